@@ -1,0 +1,204 @@
+#include "app/application.hpp"
+
+#include "config/config_loader.hpp"
+#include "config/duration.hpp"
+#include "director/static_directory.hpp"
+#include "proxy/server.hpp"
+#include "proxy/tls_contexts.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace isthmus::app {
+
+namespace asio = boost::asio;
+
+namespace {
+
+// Large messages are spooled there: find out now, not with the first one.
+void check_spool_dir(const config::Config& config) {
+  int fd = ::open(config.lmtp.spool_dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    throw config::ConfigError(fmt::format("{}: /lmtp/spool_dir: cannot create files in {}: {}",
+                                          config.path.string(), config.lmtp.spool_dir.string(),
+                                          std::strerror(errno)));
+  }
+  ::close(fd);
+}
+
+}  // namespace
+
+std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path& config_file,
+                                                    const proxy::Runtime* previous) {
+  auto config = std::make_shared<const config::Config>(config::load_config(config_file));
+  auto runtime = std::make_shared<proxy::Runtime>();
+  runtime->config = config;
+  runtime->topology =
+      backends::Topology::build(*config, previous ? previous->topology.get() : nullptr);
+  auto known = [&config](std::string_view island) { return config->find_island(island) != nullptr; };
+  runtime->directory =
+      director::StaticDirectory::load(config->directory.file, config->login_names, known);
+  if (config->tls) runtime->server_tls = proxy::make_server_tls(*config->tls, config->path.string());
+  bool nodes_use_tls = false;
+  for (const auto& island : config->islands)
+    for (const auto& node : island.nodes) nodes_use_tls |= node.tls != config::TlsMode::none;
+  if (nodes_use_tls) runtime->node_tls = proxy::make_node_tls(config->node_tls, config->path.string());
+  bool serves_lmtp = false;
+  for (const auto& l : config->listeners) serves_lmtp |= l.protocol == config::Protocol::lmtp;
+  if (serves_lmtp) check_spool_dir(*config);
+  runtime->generation = previous ? previous->generation + 1 : 1;
+  return runtime;
+}
+
+namespace {
+
+// What a reload cannot change without a restart, said out loud.
+void warn_about_restart_only_changes(const config::Config& old_config,
+                                     const config::Config& new_config) {
+  auto same_listeners = [&] {
+    if (old_config.listeners.size() != new_config.listeners.size()) return false;
+    for (std::size_t i = 0; i < old_config.listeners.size(); ++i) {
+      const auto& a = old_config.listeners[i];
+      const auto& b = new_config.listeners[i];
+      if (a.name != b.name || a.protocol != b.protocol || a.address != b.address ||
+          a.port != b.port)
+        return false;
+    }
+    return true;
+  };
+  if (!same_listeners())
+    spdlog::warn("reload: listener changes take effect only after a restart");
+  if (old_config.workers != new_config.workers)
+    spdlog::warn("reload: a new worker count takes effect only after a restart");
+  if (old_config.log.file != new_config.log.file)
+    spdlog::warn("reload: a new log file takes effect only after a restart");
+}
+
+class Lifecycle {
+ public:
+  Lifecycle(asio::io_context& io, proxy::RuntimeHolder& holder, proxy::Server& server,
+            std::filesystem::path config_file)
+      : io_(io), holder_(holder), server_(server), config_file_(std::move(config_file)),
+        signals_(io, SIGHUP, SIGTERM, SIGINT), timer_(io) {}
+
+  void start() { wait_for_signal(); }
+
+ private:
+  void wait_for_signal() {
+    signals_.async_wait([this](const boost::system::error_code& ec, int signal) {
+      if (ec) return;
+      if (signal == SIGHUP) {
+        reload();
+        wait_for_signal();
+      } else {
+        shutdown(signal);
+      }
+    });
+  }
+
+  void reload() {
+    auto current = holder_.current();
+    try {
+      auto next = build_runtime(config_file_, current.get());
+      warn_about_restart_only_changes(*current->config, *next->config);
+      spdlog::set_level(next->config->log.level);
+      holder_.publish(next);
+      spdlog::info("reload: config generation {} from {} is live ({} islands)", next->generation,
+                   config_file_.string(), next->config->islands.size());
+    } catch (const std::exception& e) {
+      spdlog::error("reload failed, keeping generation {}:\n{}", current->generation, e.what());
+    }
+  }
+
+  void shutdown(int signal) {
+    if (stopping_) {
+      spdlog::warn("second stop signal: closing every session now");
+      server_.close_all_sessions();
+      return;
+    }
+    stopping_ = true;
+    signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
+      if (!ec) shutdown(sig);
+    });
+    auto grace = holder_.current()->config->timeouts.shutdown_grace;
+    spdlog::info("signal {}: stopping; {} sessions open; relayed sessions get {} to finish",
+                 signal == SIGTERM ? "TERM" : "INT", server_.live_sessions(),
+                 config::format_duration(grace));
+    server_.begin_shutdown();
+    grace_ends_ = Clock::now() + grace;
+    poll();
+  }
+
+  // Every 50ms: done when no session is left; at the end of the grace
+  // period, the remaining sessions are closed.
+  void poll() {
+    if (server_.live_sessions() == 0) {
+      signals_.cancel();
+      timer_.cancel();
+      return;
+    }
+    if (!forced_ && Clock::now() >= grace_ends_) {
+      forced_ = true;
+      spdlog::info("grace period over: closing {} sessions", server_.live_sessions());
+      server_.close_all_sessions();
+    }
+    timer_.expires_after(std::chrono::milliseconds(50));
+    timer_.async_wait([this](const boost::system::error_code& ec) {
+      if (!ec) poll();
+    });
+  }
+
+  asio::io_context& io_;
+  proxy::RuntimeHolder& holder_;
+  proxy::Server& server_;
+  std::filesystem::path config_file_;
+  asio::signal_set signals_;
+  asio::steady_timer timer_;
+  bool stopping_ = false;
+  bool forced_ = false;
+  Clock::time_point grace_ends_;
+};
+
+}  // namespace
+
+int run(const std::filesystem::path& config_file) {
+  proxy::RuntimeHolder holder;
+  setup_logging(LogSettings{});  // standard error until the config says otherwise
+  try {
+    auto runtime = build_runtime(config_file, nullptr);
+    setup_logging(runtime->config->log);
+    holder.publish(runtime);
+  } catch (const std::exception& e) {
+    spdlog::error("cannot start:\n{}", e.what());
+    return 1;
+  }
+  auto config = holder.current()->config;
+  // Signals are handled on the main thread's io_context.
+  asio::io_context io;
+  proxy::Server server(holder, config->workers);
+  Lifecycle lifecycle(io, holder, server, config_file);
+  lifecycle.start();
+  ::signal(SIGPIPE, SIG_IGN);
+  try {
+    server.start();
+  } catch (const std::exception& e) {
+    spdlog::error("cannot start: {}", e.what());
+    return 1;
+  }
+  spdlog::info("isthmus {} ready: instance {}, {} islands, config generation {}", "0.1.0",
+               config->instance, config->islands.size(), holder.current()->generation);
+  io.run();
+  server.join();
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace isthmus::app

@@ -1,0 +1,109 @@
+#pragma once
+// Islands and nodes as the running instance sees them: the config's islands
+// with resolved addresses, plus per-node state (session counts, recent
+// failures) that outlives config reloads because it is kept by node name.
+// A Topology is immutable once built and shared between worker threads.
+
+#include "common/deadline.hpp"
+#include "config/config.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace isthmus::backends {
+
+// Mutable, thread-safe state of one node. Sessions report what they see
+// here; routing reads it without locks.
+class NodeState {
+ public:
+  explicit NodeState(std::string name) : name_(std::move(name)) {}
+  const std::string& name() const { return name_; }
+
+  int sessions() const { return sessions_.load(std::memory_order_relaxed); }
+  void add_session() { sessions_.fetch_add(1, std::memory_order_relaxed); }
+  void remove_session() { sessions_.fetch_sub(1, std::memory_order_relaxed); }
+
+  // Passive reports from real sessions. A node that just failed a connect
+  // or a greeting is tried after the others for `suspect_for`; a success
+  // clears that. (Active health checks build on this seam.)
+  void report_failure(Clock::time_point now);
+  void report_success();
+  bool suspect(Clock::time_point now) const;
+  static constexpr auto suspect_for = std::chrono::seconds(10);
+
+ private:
+  std::string name_;
+  std::atomic<int> sessions_{0};
+  std::atomic<Clock::rep> last_failure_{0};  // Clock ticks; 0: none
+};
+
+// Holds one session on a node for as long as it lives (counts towards
+// "fewest sessions" in the balance policy).
+class NodeLease {
+ public:
+  NodeLease() = default;
+  explicit NodeLease(std::shared_ptr<NodeState> state) : state_(std::move(state)) {
+    if (state_) state_->add_session();
+  }
+  NodeLease(NodeLease&& other) noexcept : state_(std::move(other.state_)) {}
+  NodeLease& operator=(NodeLease&& other) noexcept {
+    if (this != &other) {
+      release();
+      state_ = std::move(other.state_);
+    }
+    return *this;
+  }
+  NodeLease(const NodeLease&) = delete;
+  NodeLease& operator=(const NodeLease&) = delete;
+  ~NodeLease() { release(); }
+  void release() {
+    if (state_) state_->remove_session();
+    state_.reset();
+  }
+
+ private:
+  std::shared_ptr<NodeState> state_;
+};
+
+struct Node {
+  std::string name;
+  std::string island;
+  std::string host;
+  boost::asio::ip::address address;
+  std::map<config::Protocol, std::uint16_t> ports;
+  config::TlsMode tls = config::TlsMode::none;
+  std::string tls_name;  // the name its certificate must carry
+  std::shared_ptr<NodeState> state;
+
+  std::optional<boost::asio::ip::tcp::endpoint> endpoint(config::Protocol protocol) const;
+};
+
+struct Island {
+  std::string name;
+  config::IslandPolicy policy = config::IslandPolicy::balance;
+  std::vector<std::shared_ptr<const Node>> nodes;
+};
+
+class Topology {
+ public:
+  // Builds from a validated config, resolving host names (blocking: call it
+  // from the main thread, never from a worker). Node state is taken over
+  // from `previous` for nodes of the same name. Throws config::ConfigError
+  // when a host cannot be resolved.
+  static std::shared_ptr<const Topology> build(const config::Config& config,
+                                               const Topology* previous);
+
+  const Island* island(std::string_view name) const;
+  const std::vector<Island>& islands() const { return islands_; }
+  std::shared_ptr<NodeState> state_of(std::string_view node) const;
+
+ private:
+  std::vector<Island> islands_;
+};
+
+}  // namespace isthmus::backends

@@ -1,0 +1,66 @@
+# How every Isthmus target is made: one static library per top-level folder,
+# the same warnings, sanitizers and precompiled headers for all of them.
+
+# ccache, when present. PCH needs the sloppiness settings to get cache hits.
+find_program(ISTHMUS_CCACHE ccache)
+if(ISTHMUS_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
+  set(CMAKE_CXX_COMPILER_LAUNCHER
+      ${CMAKE_COMMAND} -E env
+      "CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime"
+      ${ISTHMUS_CCACHE})
+endif()
+
+# Flags shared by every target (an INTERFACE target, as userver does).
+add_library(isthmus_build_flags INTERFACE)
+target_compile_options(isthmus_build_flags INTERFACE
+  -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wold-style-cast -Wcast-align
+  -Woverloaded-virtual -Wnull-dereference -Wimplicit-fallthrough -Wformat=2
+  # GCC 12 warns falsely inside Asio's coroutine frames (its own operator
+  # new/delete pair, variant storage) and in libstdc++'s std::string
+  # (GCC bugs 105329, 105651) at -O2. ASan and UBSan check those at run time.
+  -Wno-maybe-uninitialized -Wno-null-dereference -Wno-mismatched-new-delete
+  -Wno-array-bounds -Wno-restrict -Wno-stringop-overflow -Wno-stringop-overread)
+if(ISTHMUS_WERROR)
+  target_compile_options(isthmus_build_flags INTERFACE -Werror)
+endif()
+if(ISTHMUS_CCACHE)
+  target_compile_options(isthmus_build_flags INTERFACE -fpch-preprocess)
+endif()
+target_compile_definitions(isthmus_build_flags INTERFACE
+  # Compile Asio once (common/asio_impl.cpp) instead of in every file.
+  BOOST_ASIO_SEPARATE_COMPILATION
+  BOOST_ASIO_NO_DEPRECATED
+  SPDLOG_FMT_EXTERNAL)
+if(ISTHMUS_SANITIZE)
+  target_compile_options(isthmus_build_flags INTERFACE
+    -fsanitize=${ISTHMUS_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all)
+  target_link_options(isthmus_build_flags INTERFACE -fsanitize=${ISTHMUS_SANITIZE})
+endif()
+target_link_libraries(isthmus_build_flags INTERFACE
+  Boost::headers OpenSSL::SSL OpenSSL::Crypto nlohmann_json::nlohmann_json
+  spdlog::spdlog fmt::fmt Threads::Threads)
+
+# One precompiled header for the heavy third-party headers, reused by all.
+add_library(isthmus_pch OBJECT ${PROJECT_SOURCE_DIR}/cmake/pch.cpp)
+target_link_libraries(isthmus_pch PRIVATE isthmus_build_flags)
+target_precompile_headers(isthmus_pch PRIVATE ${PROJECT_SOURCE_DIR}/cmake/pch.hpp)
+
+function(isthmus_use_pch target)
+  target_precompile_headers(${target} REUSE_FROM isthmus_pch)
+endfunction()
+
+# isthmus_add_library(NAME SOURCES ... DEPENDS ...): the library of one folder.
+function(isthmus_add_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPENDS" ${ARGN})
+  add_library(${name} STATIC ${ARG_SOURCES})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${name} PUBLIC isthmus_build_flags ${ARG_DEPENDS})
+  isthmus_use_pch(${name})
+endfunction()
+
+function(isthmus_add_executable name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPENDS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE isthmus_build_flags ${ARG_DEPENDS})
+  isthmus_use_pch(${name})
+endfunction()

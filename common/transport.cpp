@@ -1,0 +1,100 @@
+#include "common/transport.hpp"
+
+#include "common/net.hpp"
+
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/write.hpp>
+#include <fmt/format.h>
+#include <openssl/ssl.h>
+
+namespace isthmus {
+
+namespace asio = boost::asio;
+
+asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> Transport::read_some(
+    asio::mutable_buffer buffer, Deadline deadline) {
+  if (tls_) {
+    auto read = [tls = tls_.get(), buffer](auto token) { return tls->async_read_some(buffer, token); };
+    return until(deadline, read);
+  }
+  auto read = [this, buffer](auto token) { return socket_.async_read_some(buffer, token); };
+  return until(deadline, read);
+}
+
+asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> Transport::write_all(
+    asio::const_buffer buffer, Deadline deadline) {
+  if (tls_) {
+    auto write = [tls = tls_.get(), buffer](auto token) { return asio::async_write(*tls, buffer, token); };
+    return until(deadline, write);
+  }
+  auto write = [this, buffer](auto token) { return asio::async_write(socket_, buffer, token); };
+  return until(deadline, write);
+}
+
+asio::awaitable<boost::system::error_code> Transport::start_tls_as_server(
+    asio::ssl::context& context, Deadline deadline, std::string_view already_read) {
+  tls_ = std::make_unique<TlsStream>(std::move(socket_), context);
+  // Nothing of the handshake's buffers is kept while the session is idle.
+  SSL_set_mode(tls_->native_handle(), SSL_MODE_RELEASE_BUFFERS);
+  auto handshake = [tls = tls_.get(), already_read](auto token) {
+    return tls->async_handshake(asio::ssl::stream_base::server,
+                                asio::buffer(already_read.data(), already_read.size()), token);
+  };
+  auto [ec, used] = co_await until(deadline, handshake);
+  co_return ec;
+}
+
+asio::awaitable<boost::system::error_code> Transport::start_tls_as_client(
+    asio::ssl::context& context, const std::string& server_name, bool verify, Deadline deadline) {
+  tls_ = std::make_unique<TlsStream>(std::move(socket_), context);
+  SSL_set_mode(tls_->native_handle(), SSL_MODE_RELEASE_BUFFERS);
+  boost::system::error_code ip_ec;
+  asio::ip::make_address(server_name, ip_ec);
+  if (ip_ec && !server_name.empty())  // SNI carries names only (RFC 6066 section 3)
+    // SSL_set_tlsext_host_name, without the macro's C cast.
+    SSL_ctrl(tls_->native_handle(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+             const_cast<char*>(server_name.c_str()));
+  if (verify) {
+    tls_->set_verify_mode(asio::ssl::verify_peer);
+    tls_->set_verify_callback(asio::ssl::host_name_verification(server_name));
+  } else {
+    tls_->set_verify_mode(asio::ssl::verify_none);
+  }
+  auto handshake = [tls = tls_.get()](auto token) {
+    return tls->async_handshake(asio::ssl::stream_base::client, token);
+  };
+  auto [ec] = co_await until(deadline, handshake);
+  co_return ec;
+}
+
+std::string Transport::tls_description() const {
+  if (!tls_) return "plaintext";
+  auto* ssl = const_cast<TlsStream&>(*tls_).native_handle();
+  return fmt::format("{}/{}", SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+}
+
+void Transport::cancel() {
+  boost::system::error_code ignored;
+  socket().cancel(ignored);
+}
+
+void Transport::close() {
+  boost::system::error_code ignored;
+  auto& s = socket();
+  s.shutdown(asio::socket_base::shutdown_both, ignored);
+  s.close(ignored);
+}
+
+std::string format_endpoint(const asio::ip::tcp::endpoint& endpoint) {
+  const auto address = unmapped(endpoint.address());
+  if (address.is_v6()) return fmt::format("[{}]:{}", address.to_string(), endpoint.port());
+  return fmt::format("{}:{}", address.to_string(), endpoint.port());
+}
+
+std::string peer_of(const asio::ip::tcp::socket& socket) {
+  boost::system::error_code ec;
+  auto endpoint = socket.remote_endpoint(ec);
+  return ec ? std::string("?") : format_endpoint(endpoint);
+}
+
+}  // namespace isthmus

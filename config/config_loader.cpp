@@ -1,0 +1,512 @@
+#include "config/config_loader.hpp"
+
+#include "config/duration.hpp"
+
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/host_name.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace isthmus::config {
+namespace {
+
+using nlohmann::json;
+
+std::string escape_pointer_token(std::string_view key) {
+  std::string out;
+  for (char c : key) {
+    if (c == '~') out += "~0";
+    else if (c == '/') out += "~1";
+    else out += c;
+  }
+  return out;
+}
+
+// Collects problems; each names its place.
+class Problems {
+ public:
+  explicit Problems(std::string source) : source_(std::move(source)) {}
+  void add(const std::string& pointer, const std::string& what) {
+    list_.push_back(fmt::format("{}: {}: {}", source_, pointer.empty() ? "/" : pointer, what));
+  }
+  void add_raw(std::string line) { list_.push_back(std::move(line)); }
+  bool empty() const { return list_.empty(); }
+  [[noreturn]] void raise() const {
+    std::string all;
+    for (const auto& p : list_) all += p + "\n";
+    if (!all.empty()) all.pop_back();
+    throw ConfigError(all);
+  }
+  const std::string& source() const { return source_; }
+
+ private:
+  std::string source_;
+  std::vector<std::string> list_;
+};
+
+// One JSON object being read: remembers which keys were taken, so the rest
+// can be reported as unknown.
+class Object {
+ public:
+  Object(const json& value, std::string pointer, Problems& problems)
+      : value_(value), pointer_(std::move(pointer)), problems_(problems) {
+    if (!value_.is_object()) {
+      problems_.add(pointer_, "must be an object");
+      ok_ = false;
+    }
+  }
+  Object(const Object&) = delete;
+  Object& operator=(const Object&) = delete;
+  ~Object() {
+    if (!ok_) return;
+    for (const auto& [key, unused] : value_.items()) {
+      if (!taken_.count(key)) problems_.add(pointer_of(key), "unknown key");
+    }
+  }
+
+  std::string pointer_of(std::string_view key) const {
+    return pointer_ + "/" + escape_pointer_token(key);
+  }
+  Problems& problems() { return problems_; }
+
+  // The member `key`, or nullptr when absent (an error if `required`).
+  const json* take(std::string_view key, bool required = false) {
+    if (!ok_) return nullptr;
+    taken_.insert(std::string(key));
+    auto it = value_.find(key);
+    if (it == value_.end()) {
+      if (required) problems_.add(pointer_, fmt::format("missing required key \"{}\"", key));
+      return nullptr;
+    }
+    return &*it;
+  }
+
+  void read_string(std::string_view key, std::string& out, bool required = false) {
+    if (const json* v = take(key, required)) {
+      if (v->is_string()) out = v->get<std::string>();
+      else problems_.add(pointer_of(key), "must be a string");
+    }
+  }
+  void read_bool(std::string_view key, bool& out) {
+    if (const json* v = take(key)) {
+      if (v->is_boolean()) out = v->get<bool>();
+      else problems_.add(pointer_of(key), "must be true or false");
+    }
+  }
+  template <typename T>
+  void read_uint(std::string_view key, T& out, std::uint64_t min, std::uint64_t max,
+                 bool required = false) {
+    if (const json* v = take(key, required)) {
+      if (v->is_number_unsigned() && v->get<std::uint64_t>() >= min &&
+          v->get<std::uint64_t>() <= max) {
+        out = static_cast<T>(v->get<std::uint64_t>());
+      } else {
+        problems_.add(pointer_of(key), fmt::format("must be an integer from {} to {}", min, max));
+      }
+    }
+  }
+  // A list of networks: ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"].
+  void read_cidrs(std::string_view key, std::vector<Cidr>& out) {
+    if (const json* v = take(key)) {
+      if (!v->is_array()) {
+        problems_.add(pointer_of(key), "must be an array of networks such as \"10.0.0.0/8\"");
+        return;
+      }
+      for (std::size_t i = 0; i < v->size(); ++i) {
+        const json& item = (*v)[i];
+        auto cidr = item.is_string() ? Cidr::parse(item.get<std::string>()) : std::nullopt;
+        if (!cidr) {
+          problems_.add(pointer_of(key) + "/" + std::to_string(i),
+                        "must be an IP address or a network such as \"10.0.0.0/8\"");
+        } else {
+          out.push_back(*cidr);
+        }
+      }
+    }
+  }
+  void read_tls_mode(std::string_view key, TlsMode& out) {
+    std::string mode;
+    read_string(key, mode);
+    if (mode.empty()) return;
+    if (mode == "none") out = TlsMode::none;
+    else if (mode == "starttls") out = TlsMode::starttls;
+    else if (mode == "implicit") out = TlsMode::implicit;
+    else problems_.add(pointer_of(key), "must be \"none\", \"starttls\" or \"implicit\"");
+  }
+  // A file name, relative to the config file's folder unless absolute.
+  void read_path(std::string_view key, std::filesystem::path& out, const std::filesystem::path& base,
+                 bool required = false) {
+    std::string text;
+    read_string(key, text, required);
+    if (!text.empty()) {
+      std::filesystem::path p(text);
+      out = p.is_absolute() ? p : base / p;
+    }
+  }
+
+  // A duration: "250ms", "30s", "5m", "1h", or a number of seconds.
+  void read_duration(std::string_view key, Duration& out) {
+    if (const json* v = take(key)) {
+      if (v->is_number_unsigned() && v->get<std::uint64_t>() <= 365ULL * 24 * 3600) {
+        out = std::chrono::seconds(v->get<std::uint64_t>());
+      } else if (v->is_string()) {
+        if (auto d = parse_duration(v->get<std::string>())) out = *d;
+        else problems_.add(pointer_of(key), "must be a duration such as \"250ms\", \"30s\", "
+                                            "\"5m\" or \"1h\"");
+      } else {
+        problems_.add(pointer_of(key), "must be a duration such as \"30s\" (or seconds)");
+      }
+    }
+  }
+
+ private:
+  const json& value_;
+  std::string pointer_;
+  Problems& problems_;
+  std::set<std::string, std::less<>> taken_;
+  bool ok_ = true;
+};
+
+// Duplicate keys are silently merged by JSON parsers; an operator who wrote
+// "port" twice meant something, so they are an error here.
+class DuplicateKeyCheck {
+ public:
+  struct Duplicate {
+    std::string pointer;
+  };
+  bool operator()(int /*depth*/, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start: frames_.push_back({false, 0, {}, {}}); break;
+      case json::parse_event_t::array_start: frames_.push_back({true, 0, {}, {}}); break;
+      case json::parse_event_t::key: {
+        auto key = parsed.get<std::string>();
+        auto& top = frames_.back();
+        if (!top.keys.insert(key).second) throw Duplicate{pointer() + "/" + escape_pointer_token(key)};
+        top.key = key;
+        break;
+      }
+      case json::parse_event_t::value:
+        if (!frames_.empty() && frames_.back().array) ++frames_.back().index;
+        break;
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        frames_.pop_back();
+        if (!frames_.empty() && frames_.back().array) ++frames_.back().index;
+        break;
+    }
+    return true;
+  }
+
+ private:
+  struct Frame {
+    bool array;
+    std::size_t index;
+    std::set<std::string> keys;
+    std::string key;
+  };
+  std::string pointer() const {
+    std::string out;
+    for (std::size_t i = 0; i + 1 < frames_.size(); ++i) {
+      out += "/";
+      out += frames_[i].array ? std::to_string(frames_[i].index) : escape_pointer_token(frames_[i].key);
+    }
+    return out;
+  }
+  std::vector<Frame> frames_;
+};
+
+std::pair<std::size_t, std::size_t> line_and_column(std::string_view text, std::size_t byte) {
+  std::size_t line = 1, column = 1;
+  for (std::size_t i = 0; i < text.size() && i + 1 < byte; ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+  }
+  return {line, column};
+}
+
+json parse_json(std::string_view text, Problems& problems) {
+  try {
+    DuplicateKeyCheck check;
+    return json::parse(text.begin(), text.end(), std::ref(check), /*allow_exceptions=*/true,
+                       /*ignore_comments=*/true);
+  } catch (const json::parse_error& e) {
+    auto [line, column] = line_and_column(text, e.byte);
+    // nlohmann's text reads "[json.exception.parse_error.101] parse error at
+    // line L, column C: WHAT"; keep WHAT, we print the place ourselves.
+    std::string what = e.what();
+    if (auto pos = what.find(": "); pos != std::string::npos) what = what.substr(pos + 2);
+    problems.add_raw(fmt::format("{}:{}:{}: {}", problems.source(), line, column, what));
+  } catch (const DuplicateKeyCheck::Duplicate& d) {
+    problems.add(d.pointer, "duplicate key");
+  }
+  problems.raise();
+}
+
+bool valid_ip(const std::string& text) {
+  boost::system::error_code ec;
+  boost::asio::ip::make_address(text, ec);
+  return !ec;
+}
+
+bool valid_name(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '.';
+  });
+}
+constexpr const char* kNameRule = "must be 1-64 characters of letters, digits, '-', '_' or '.'";
+
+void read_log(Object& o, LogSettings& log) {
+  std::string level;
+  o.read_string("level", level);
+  if (!level.empty()) {
+    auto parsed = spdlog::level::from_str(level);
+    if (parsed == spdlog::level::off && level != "off") {
+      o.problems().add(o.pointer_of("level"),
+                       "must be one of trace, debug, info, warn, error, critical, off");
+    } else {
+      log.level = parsed;
+    }
+  }
+  o.read_string("file", log.file);
+}
+
+void read_listeners(const json& array, const std::string& pointer, Problems& problems,
+                    std::vector<Listener>& out) {
+  if (!array.is_array() || array.empty()) {
+    problems.add(pointer, "must be a non-empty array of listeners");
+    return;
+  }
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < array.size(); ++i) {
+    Object o(array[i], pointer + "/" + std::to_string(i), problems);
+    Listener l;
+    o.read_string("name", l.name, true);
+    std::string protocol;
+    o.read_string("protocol", protocol, true);
+    o.read_string("address", l.address, true);
+    o.read_uint("port", l.port, 0, 65535, true);
+    o.read_tls_mode("tls", l.tls);
+    o.read_cidrs("proxy_protocol", l.proxy_protocol);
+    o.read_bool("allow_plaintext_auth", l.allow_plaintext_auth);
+    o.read_cidrs("allow", l.allow);
+    if (!l.name.empty()) {
+      if (!valid_name(l.name)) problems.add(o.pointer_of("name"), kNameRule);
+      else if (!names.insert(l.name).second)
+        problems.add(o.pointer_of("name"), fmt::format("listener \"{}\" is defined twice", l.name));
+    }
+    if (!protocol.empty()) {
+      auto p = protocol_from_name(protocol);
+      if (!p) problems.add(o.pointer_of("protocol"), "must be \"imap\", \"pop3\" or \"lmtp\"");
+      else l.protocol = *p;
+    }
+    if (!l.address.empty() && !valid_ip(l.address))
+      problems.add(o.pointer_of("address"), "must be an IPv4 or IPv6 address");
+    out.push_back(std::move(l));
+  }
+}
+
+void read_node(Object& o, Node& node) {
+  o.read_string("name", node.name, true);
+  o.read_string("host", node.host, true);
+  o.read_tls_mode("tls", node.tls);
+  o.read_string("tls_name", node.tls_name);
+  if (!node.name.empty() && !valid_name(node.name))
+    o.problems().add(o.pointer_of("name"), kNameRule);
+  if (const json* ports = o.take("ports", true)) {
+    Object p(*ports, o.pointer_of("ports"), o.problems());
+    for (Protocol protocol : {Protocol::imap, Protocol::pop3, Protocol::lmtp}) {
+      std::uint16_t port = 0;
+      bool present = p.take(name_of(protocol)) != nullptr;
+      p.read_uint(name_of(protocol), port, 1, 65535);
+      if (present && port != 0) node.ports[protocol] = port;
+    }
+    if (ports->is_object() && ports->empty())
+      o.problems().add(o.pointer_of("ports"), "must name at least one of imap, pop3, lmtp");
+  }
+}
+
+void read_islands(const json& array, const std::string& pointer, Problems& problems,
+                  std::vector<Island>& out) {
+  if (!array.is_array() || array.empty()) {
+    problems.add(pointer, "must be a non-empty array of islands");
+    return;
+  }
+  std::set<std::string> island_names, node_names;
+  for (std::size_t i = 0; i < array.size(); ++i) {
+    Object o(array[i], pointer + "/" + std::to_string(i), problems);
+    Island island;
+    o.read_string("name", island.name, true);
+    if (!island.name.empty()) {
+      if (!valid_name(island.name)) problems.add(o.pointer_of("name"), kNameRule);
+      else if (!island_names.insert(island.name).second)
+        problems.add(o.pointer_of("name"), fmt::format("island \"{}\" is defined twice", island.name));
+    }
+    std::string policy = "balance";
+    o.read_string("policy", policy);
+    if (policy != "balance") problems.add(o.pointer_of("policy"), "must be \"balance\"");
+    if (const json* nodes = o.take("nodes", true)) {
+      if (!nodes->is_array() || nodes->empty()) {
+        problems.add(o.pointer_of("nodes"), "must be a non-empty array of nodes");
+      } else {
+        for (std::size_t k = 0; k < nodes->size(); ++k) {
+          Object n((*nodes)[k], o.pointer_of("nodes") + "/" + std::to_string(k), problems);
+          Node node;
+          read_node(n, node);
+          if (!node.name.empty() && !node_names.insert(node.name).second)
+            problems.add(n.pointer_of("name"),
+                         fmt::format("node \"{}\" is defined twice (node names are unique "
+                                     "over all islands)", node.name));
+          island.nodes.push_back(std::move(node));
+        }
+      }
+    }
+    out.push_back(std::move(island));
+  }
+}
+
+}  // namespace
+
+Config parse_config(std::string_view text, const std::string& source,
+                    const std::filesystem::path& base_dir) {
+  Problems problems(source);
+  json root = parse_json(text, problems);
+  Config config;
+  {
+    Object o(root, "", problems);
+    o.read_string("instance", config.instance);
+    o.read_uint("workers", config.workers, 0, 256);
+    if (const json* log = o.take("log")) {
+      Object l(*log, "/log", problems);
+      read_log(l, config.log);
+    }
+    if (const json* listeners = o.take("listeners", true))
+      read_listeners(*listeners, "/listeners", problems, config.listeners);
+    if (const json* islands = o.take("islands", true))
+      read_islands(*islands, "/islands", problems, config.islands);
+    if (const json* directory = o.take("directory", true)) {
+      Object d(*directory, "/directory", problems);
+      d.read_string("type", config.directory.type, true);
+      std::string file;
+      d.read_string("file", file);
+      if (config.directory.type == "static") {
+        if (file.empty()) problems.add("/directory", "a static directory needs \"file\"");
+        else config.directory.file = std::filesystem::path(file).is_absolute()
+                                         ? std::filesystem::path(file)
+                                         : base_dir / file;
+      } else if (d.take("type")) {
+        problems.add("/directory/type", "must be \"static\"");
+      }
+    }
+    if (const json* names = o.take("login_names")) {
+      Object n(*names, "/login_names", problems);
+      n.read_bool("lowercase", config.login_names.lowercase);
+      n.read_string("default_domain", config.login_names.default_domain);
+      n.read_uint("max_length", config.login_names.max_length, 1, 1024);
+      const auto& domain = config.login_names.default_domain;
+      if (domain.find_first_of("@ \t\r\n") != std::string::npos)
+        problems.add("/login_names/default_domain", "must be a bare domain such as example.org");
+    }
+    if (const json* timeouts = o.take("timeouts")) {
+      Object t(*timeouts, "/timeouts", problems);
+      auto& to = config.timeouts;
+      t.read_duration("preauth", to.preauth);
+      t.read_duration("login", to.login);
+      t.read_duration("connect", to.connect);
+      t.read_duration("idle", to.idle);
+      t.read_duration("shutdown_grace", to.shutdown_grace);
+      t.read_duration("auth_failure_delay", to.auth_failure_delay);
+      t.read_duration("lmtp_idle", to.lmtp_idle);
+      t.read_duration("lmtp_command", to.lmtp_command);
+      t.read_duration("lmtp_data", to.lmtp_data);
+      for (auto [key, value] : {std::pair{"preauth", to.preauth}, {"login", to.login},
+                                {"connect", to.connect}, {"idle", to.idle},
+                                {"lmtp_idle", to.lmtp_idle}, {"lmtp_command", to.lmtp_command},
+                                {"lmtp_data", to.lmtp_data}}) {
+        if (value < std::chrono::milliseconds(10))
+          problems.add(std::string("/timeouts/") + key, "must be at least 10ms");
+      }
+    }
+    o.read_cidrs("trusted_networks", config.trusted_networks);
+    o.read_uint("proxy_ttl", config.proxy_ttl, 1, 50);
+    if (const json* tls = o.take("tls")) {
+      Object t(*tls, "/tls", problems);
+      ServerTls server;
+      t.read_path("certificate", server.certificate, base_dir, true);
+      t.read_path("key", server.key, base_dir, true);
+      t.read_string("min_version", server.min_version);
+      if (server.min_version != "1.2" && server.min_version != "1.3")
+        problems.add("/tls/min_version", "must be \"1.2\" or \"1.3\"");
+      config.tls = server;
+    }
+    if (const json* node_tls = o.take("node_tls")) {
+      Object t(*node_tls, "/node_tls", problems);
+      t.read_path("ca", config.node_tls.ca, base_dir);
+      t.read_bool("verify", config.node_tls.verify);
+    }
+    if (const json* limits = o.take("limits")) {
+      Object l(*limits, "/limits", problems);
+      l.read_uint("max_line", config.limits.max_line, 1024, 1 << 20);
+      l.read_uint("max_literal", config.limits.max_literal, 256, 1 << 20);
+      l.read_uint("max_preauth_commands", config.limits.max_preauth_commands, 1, 10000);
+      l.read_uint("max_message_size", config.limits.max_message_size, 1024, 4ULL << 30);
+      l.read_uint("max_recipients", config.limits.max_recipients, 1, 100000);
+    }
+    if (const json* lmtp = o.take("lmtp")) {
+      Object l(*lmtp, "/lmtp", problems);
+      l.read_path("spool_dir", config.lmtp.spool_dir, base_dir);
+      l.read_uint("memory_spool", config.lmtp.memory_spool, 0, 1ULL << 30);
+      l.read_string("hostname", config.lmtp.hostname);
+    }
+  }
+  // Cross-checks: TLS listeners need a certificate.
+  for (std::size_t i = 0; i < config.listeners.size(); ++i) {
+    if (config.listeners[i].protocol == Protocol::lmtp && config.listeners[i].tls != TlsMode::none)
+      problems.add(fmt::format("/listeners/{}/tls", i),
+                   "LMTP listeners serve MTAs on trusted networks in plaintext; TLS is not "
+                   "supported there");
+    else if (config.listeners[i].tls != TlsMode::none && !config.tls)
+      problems.add(fmt::format("/listeners/{}/tls", i),
+                   "a TLS listener needs the \"tls\" section (certificate and key)");
+  }
+  // Every node must serve each protocol that a listener offers.
+  for (std::size_t i = 0; i < config.islands.size(); ++i) {
+    const auto& island = config.islands[i];
+    for (std::size_t k = 0; k < island.nodes.size(); ++k) {
+      for (const auto& listener : config.listeners) {
+        if (!island.nodes[k].name.empty() && !island.nodes[k].port_for(listener.protocol))
+          problems.add(fmt::format("/islands/{}/nodes/{}/ports", i, k),
+                       fmt::format("node \"{}\" has no {} port, but listener \"{}\" serves {}",
+                                   island.nodes[k].name, name_of(listener.protocol),
+                                   listener.name, name_of(listener.protocol)));
+      }
+    }
+  }
+  if (!problems.empty()) problems.raise();
+  config.path = source;
+  if (config.instance.empty()) config.instance = boost::asio::ip::host_name();
+  if (config.lmtp.hostname.empty()) config.lmtp.hostname = boost::asio::ip::host_name();
+  return config;
+}
+
+Config load_config(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw ConfigError(fmt::format("{}: cannot read the file", file.string()));
+  std::ostringstream text;
+  text << in.rdbuf();
+  auto base = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");
+  Config config = parse_config(text.str(), file.string(), base);
+  config.path = file;
+  return config;
+}
+
+}  // namespace isthmus::config

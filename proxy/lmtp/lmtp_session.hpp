@@ -1,0 +1,82 @@
+#pragma once
+// One MTA connection (RFC 2033 LMTP). Isthmus is the server for the MTA and
+// a client to each island's node: each recipient is routed to its island,
+// the island's node is asked (RCPT) and its answer goes back; after DATA,
+// the message goes to every island involved, in parallel, and each
+// recipient gets the answer of its own node, in RCPT order.
+//
+// The rule above all: 250 for a recipient only after that recipient's node
+// said 250 for the message. Anything else is 4xx (the MTA keeps the message
+// and retries), or 5xx only when the user really does not exist.
+
+#include "backends/lmtp_node_client.hpp"
+#include "common/smtp_data.hpp"
+#include "common/spool.hpp"
+#include "proxy/session.hpp"
+
+#include <memory>
+#include <vector>
+
+namespace isthmus::proxy::lmtp {
+
+class LmtpSession final : public Session {
+ public:
+  LmtpSession(SessionRegistry& registry, boost::asio::ip::tcp::socket client,
+              std::shared_ptr<const Runtime> runtime,
+              std::shared_ptr<const config::Listener> listener);
+  ~LmtpSession() override;
+
+  // Serves the MTA until it quits; never hands over to the relay (false).
+  boost::asio::awaitable<bool> run();
+
+ private:
+  struct Recipient {
+    std::string address;  // as the MTA wrote it, for logs
+    std::string user;     // normalised: what the node is given
+    std::size_t txn;      // its island transaction (index in txns_)
+    std::optional<backends::SmtpReply> final;  // known before DATA (its node was lost)
+  };
+  struct IslandTxn {
+    std::string island;
+    std::string node;  // current node's name
+    backends::NodeLease lease;
+    std::unique_ptr<backends::LmtpNodeClient> client;
+    std::vector<std::size_t> recipients;  // accepted on the current node, in RCPT order
+    std::vector<std::string> tried;       // nodes tried in this transaction
+    bool failed = false;                  // no node left: later RCPTs get 451
+  };
+
+  boost::asio::awaitable<bool> serve();
+  boost::asio::awaitable<bool> handle_lhlo(const std::string& argument);
+  boost::asio::awaitable<bool> handle_mail(const std::string& argument);
+  boost::asio::awaitable<bool> handle_rcpt(const std::string& argument);
+  boost::asio::awaitable<bool> handle_data();
+  // The island's transaction, opening (or re-opening) it on a node if
+  // needed; nullptr if no node of the island could take it.
+  boost::asio::awaitable<IslandTxn*> island_txn(const std::string& island);
+  boost::asio::awaitable<bool> open_txn(IslandTxn& txn);
+  boost::asio::awaitable<std::optional<backends::SmtpReply>> rcpt_on_node(IslandTxn& txn,
+                                                                          const std::string& user);
+  boost::asio::awaitable<void> deliver();
+  boost::asio::awaitable<backends::DataOutcome> deliver_to(IslandTxn& txn);
+  void reset_transaction();
+
+  // Reads one command line; nullopt if the session is over.
+  boost::asio::awaitable<std::optional<std::string>> read_command();
+  boost::asio::awaitable<bool> reply(std::string text);  // adds CRLF
+  boost::asio::awaitable<bool> goodbye(std::string text, std::string ended);
+
+  const config::Config& config_;
+  std::string helo_;
+  bool have_mail_ = false;
+  std::string mail_from_;     // the reverse path
+  std::uint64_t declared_size_ = 0;  // MAIL SIZE=, 0 if none
+  bool eight_bit_ = false;           // MAIL BODY=8BITMIME
+  std::vector<Recipient> recipients_;  // those answered 250 at RCPT
+  std::vector<IslandTxn> txns_;
+  MessageSpool spool_;
+  std::size_t errors_ = 0;
+  std::size_t messages_ = 0;
+};
+
+}  // namespace isthmus::proxy::lmtp

@@ -1,0 +1,182 @@
+#include "proxy/login_proxy.hpp"
+
+#include "common/log.hpp"
+#include "common/net.hpp"
+#include "director/login_name.hpp"
+#include "director/router.hpp"
+
+#include <boost/asio/this_coro.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+
+namespace isthmus::proxy {
+namespace {
+
+Failure connect_failure(const boost::system::error_code& ec) {
+  return ec == boost::asio::error::timed_out ? Failure::node_timeout : Failure::node_refused;
+}
+
+// Rotates the order among equally loaded nodes (see director::candidates).
+std::size_t next_spin() {
+  static std::atomic<std::size_t> spin{0};
+  return spin.fetch_add(1, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtime,
+                                                           LoginRequest request,
+                                                           const NodeLoginFn& node_login,
+                                                           Deadline deadline) {
+  LoginOutcome outcome;
+  const auto& config = *runtime.config;
+  auto user = director::normalise_login(request.login_name, config.login_names);
+  if (!user) {
+    outcome.failure = Failure::bad_login_name;
+    outcome.detail = "login name not acceptable";
+    co_return outcome;
+  }
+  outcome.user = *user;
+
+  // The mailbox owner decides the island: the authorization identity when
+  // the client gave one that differs from the login name.
+  std::string owner = *user;
+  std::string authzid;
+  if (!request.authzid.empty()) {
+    auto normalised = director::normalise_login(request.authzid, config.login_names);
+    if (!normalised) {
+      outcome.failure = Failure::bad_login_name;
+      outcome.detail = "authorization identity not acceptable";
+      co_return outcome;
+    }
+    if (*normalised != *user) {
+      owner = *normalised;
+      authzid = *normalised;
+    }
+  }
+
+  auto found = co_await runtime.directory->lookup(owner);
+  switch (found.status) {
+    case director::LookupStatus::found: break;
+    case director::LookupStatus::not_found:
+      outcome.failure = Failure::unknown_user;
+      outcome.detail = fmt::format("{} directory has no island for {}", runtime.directory->kind(),
+                                   sanitize(owner, 100));
+      co_return outcome;
+    case director::LookupStatus::unavailable:
+      outcome.failure = Failure::directory_down;
+      outcome.detail = sanitize(found.detail);
+      co_return outcome;
+  }
+  outcome.island = found.entry.island;
+  if (found.entry.state == director::AccountState::disabled) {
+    outcome.failure = Failure::account_disabled;
+    outcome.detail = "the directory says the account is disabled";
+    co_return outcome;
+  }
+  if (found.entry.state == director::AccountState::moving) {
+    outcome.failure = Failure::account_moving;
+    outcome.detail = "the account is being moved; try again when the move is done";
+    co_return outcome;
+  }
+  const backends::Island* island = runtime.topology->island(found.entry.island);
+  if (!island) {
+    outcome.failure = Failure::unknown_island;
+    outcome.detail = fmt::format("island \"{}\" is not configured", sanitize(found.entry.island));
+    co_return outcome;
+  }
+
+  // Each proxy on the way takes one from the TTL; at 0 the login has looped.
+  const unsigned ttl = request.ttl == 0 ? config.proxy_ttl : std::min(request.ttl, config.proxy_ttl);
+  if (ttl <= 1) {
+    outcome.failure = Failure::proxy_loop;
+    outcome.detail = fmt::format("proxy TTL {} reached; check for proxies routing to each other",
+                                 ttl);
+    co_return outcome;
+  }
+
+  backends::Credentials credentials;
+  // The node may know the user by another name (the directory says which).
+  credentials.user = found.entry.node_login.empty() ? *user : found.entry.node_login;
+  credentials.authzid = authzid;
+  credentials.password = std::move(request.password);
+  backends::ForwardedClient forwarded;
+  forwarded.ip = unmapped(request.client_remote.address()).to_string();
+  forwarded.port = request.client_remote.port();
+  forwarded.connected_ip = unmapped(request.client_local.address()).to_string();
+  forwarded.connected_port = request.client_local.port();
+  forwarded.session_id = request.session_id;
+  forwarded.ttl = ttl - 1;
+
+  auto nodes = director::candidates(*island, request.protocol, Clock::now(), next_spin());
+  std::string tried;
+  auto executor = co_await boost::asio::this_coro::executor;
+  for (const auto& node : nodes) {
+    if (deadline.expired()) break;
+    outcome.node = node->name;
+    backends::NodeLease lease(node->state);
+    auto endpoint = *node->endpoint(request.protocol);
+    Transport connection{boost::asio::ip::tcp::socket(executor)};
+    auto connect = [&connection, endpoint](auto token) {
+      return connection.socket().async_connect(endpoint, token);
+    };
+    auto [ec] = co_await until(deadline.within(config.timeouts.connect), connect);
+    backends::NodeLoginResult result;
+    // A node gets `connect` to accept the connection and the same again to
+    // greet (and, for implicit TLS, to finish the handshake): one that accepts
+    // but never speaks (frozen, overloaded) is skipped as quickly as one that
+    // refuses.
+    const Deadline greeting = deadline.within(config.timeouts.connect);
+    backends::NodeTlsSetup tls{node->tls, runtime.node_tls.get(), node->tls_name,
+                               config.node_tls.verify};
+    if (ec) {
+      result.failure = connect_failure(ec);
+      result.detail = fmt::format("connect to {}: {}", format_endpoint(endpoint), ec.message());
+    } else {
+      boost::system::error_code ignored;
+      connection.socket().set_option(boost::asio::ip::tcp::no_delay(true), ignored);
+      if (node->tls == config::TlsMode::implicit) {
+        auto tls_ec = co_await connection.start_tls_as_client(*tls.context, tls.name, tls.verify,
+                                                              greeting);
+        if (tls_ec) {
+          result.failure = tls_ec == boost::asio::error::timed_out ? Failure::node_timeout
+                                                                   : Failure::node_tls;
+          result.detail = "TLS handshake with the node failed: " + tls_ec.message();
+        }
+      }
+      if (result.failure == Failure::none) {
+        backends::NodeLoginParams params{credentials, forwarded, tls, greeting, deadline};
+        result = co_await node_login(connection, params);
+      }
+    }
+    if (result.failure == Failure::none) {
+      node->state->report_success();
+      outcome.failure = Failure::none;
+      outcome.detail = "logged in";
+      outcome.node_connection.emplace(std::move(connection));
+      outcome.lease = std::move(lease);
+      outcome.node_result = std::move(result);
+      co_return outcome;
+    }
+    const auto& policy = policy_of(result.failure);
+    if (policy.node_suspect) node->state->report_failure(Clock::now());
+    tried += fmt::format("{}{}: {}", tried.empty() ? "" : "; ", node->name, result.detail);
+    if (!policy.try_next_node) {
+      outcome.failure = result.failure;
+      outcome.detail = std::move(tried);
+      co_return outcome;
+    }
+    spdlog::log(policy.log_level, "session={} login user={} island={} node={}: {} ({}); {}",
+                request.session_id, sanitize(*user, 100), island->name, node->name,
+                policy.description, result.detail,
+                &node == &nodes.back() ? "no node left to try" : "trying the next node");
+    connection.close();
+  }
+  outcome.failure = Failure::no_node;
+  outcome.detail = tried.empty() ? "the island has no node to try" : tried;
+  co_return outcome;
+}
+
+}  // namespace isthmus::proxy

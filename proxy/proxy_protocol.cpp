@@ -1,0 +1,148 @@
+#include "proxy/proxy_protocol.hpp"
+
+#include <array>
+#include <charconv>
+#include <cstring>
+
+namespace isthmus::proxy {
+namespace {
+
+namespace ip = boost::asio::ip;
+using Status = ProxyParse::Status;
+
+constexpr std::string_view kV1Prefix = "PROXY ";
+constexpr std::size_t kV1MaxLine = 107;  // spec, section 2.1, CRLF included
+constexpr std::array<unsigned char, 12> kV2Signature = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                                        0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+
+ProxyParse invalid(std::string why) {
+  ProxyParse p;
+  p.status = Status::invalid;
+  p.error = std::move(why);
+  return p;
+}
+
+std::optional<std::uint16_t> parse_port(std::string_view text) {
+  if (text.empty() || text.size() > 5 || (text.size() > 1 && text[0] == '0')) return std::nullopt;
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || value > 65535) return std::nullopt;
+  return static_cast<std::uint16_t>(value);
+}
+
+ProxyParse parse_v1(std::string_view bytes) {
+  auto crlf = bytes.find("\r\n");
+  if (crlf == std::string_view::npos) {
+    if (bytes.size() >= kV1MaxLine) return invalid("v1 header line too long");
+    return {};
+  }
+  if (crlf + 2 > kV1MaxLine) return invalid("v1 header line too long");
+  std::string_view line = bytes.substr(kV1Prefix.size(), crlf - kV1Prefix.size());
+  ProxyParse p;
+  p.consumed = crlf + 2;
+  if (line == "UNKNOWN" || line.substr(0, 8) == "UNKNOWN ") {
+    p.status = Status::ok;
+    return p;
+  }
+  std::array<std::string_view, 5> fields;
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    auto sp = line.find(' ');
+    if ((i < 4) != (sp != std::string_view::npos)) return invalid("v1 header: wrong number of fields");
+    fields[i] = line.substr(0, sp);
+    line = sp == std::string_view::npos ? std::string_view() : line.substr(sp + 1);
+  }
+  const bool v4 = fields[0] == "TCP4";
+  if (!v4 && fields[0] != "TCP6") return invalid("v1 header: protocol must be TCP4, TCP6 or UNKNOWN");
+  boost::system::error_code ec1, ec2;
+  auto src = ip::make_address(std::string(fields[1]), ec1);
+  auto dst = ip::make_address(std::string(fields[2]), ec2);
+  if (ec1 || ec2 || src.is_v4() != v4 || dst.is_v4() != v4)
+    return invalid("v1 header: bad address");
+  auto sport = parse_port(fields[3]);
+  auto dport = parse_port(fields[4]);
+  if (!sport || !dport) return invalid("v1 header: bad port");
+  p.status = Status::ok;
+  p.header.has_addresses = true;
+  p.header.source = {src, *sport};
+  p.header.destination = {dst, *dport};
+  return p;
+}
+
+std::uint16_t be16(const unsigned char* p) { return static_cast<std::uint16_t>(p[0] << 8 | p[1]); }
+
+ProxyParse parse_v2(std::string_view bytes) {
+  if (bytes.size() < 16) return {};
+  auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  const unsigned version = b[12] >> 4;
+  const unsigned command = b[12] & 0x0F;
+  const unsigned family = b[13];
+  const std::size_t length = be16(b + 14);
+  if (version != 2) return invalid("v2 header: version is not 2");
+  if (command > 1) return invalid("v2 header: unknown command");
+  if (16 + length > kMaxProxyHeader) return invalid("v2 header: too long");
+  if (bytes.size() < 16 + length) return {};
+  ProxyParse p;
+  p.consumed = 16 + length;
+  p.status = Status::ok;
+  if (command == 0) return p;  // LOCAL: the balancer's own connection (health check)
+  const unsigned char* a = b + 16;
+  switch (family) {
+    case 0x11: {  // TCP over IPv4
+      if (length < 12) return invalid("v2 header: short IPv4 address block");
+      ip::address_v4::bytes_type src, dst;
+      std::memcpy(src.data(), a, 4);
+      std::memcpy(dst.data(), a + 4, 4);
+      p.header.source = {ip::address_v4(src), be16(a + 8)};
+      p.header.destination = {ip::address_v4(dst), be16(a + 10)};
+      p.header.has_addresses = true;
+      return p;
+    }
+    case 0x21: {  // TCP over IPv6
+      if (length < 36) return invalid("v2 header: short IPv6 address block");
+      ip::address_v6::bytes_type src, dst;
+      std::memcpy(src.data(), a, 16);
+      std::memcpy(dst.data(), a + 16, 16);
+      p.header.source = {ip::address_v6(src), be16(a + 32)};
+      p.header.destination = {ip::address_v6(dst), be16(a + 34)};
+      p.header.has_addresses = true;
+      return p;
+    }
+    case 0x00:  // UNSPEC with PROXY: addresses unknown, keep the connection's
+      return p;
+    default:
+      return invalid("v2 header: only TCP over IPv4 or IPv6 is supported");
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// `bytes` are a prefix of a header signature (more bytes may complete it).
+bool prefix_of_signature(std::string_view bytes) {
+  std::size_t n = std::min(bytes.size(), kV1Prefix.size());
+  if (bytes.substr(0, n) == kV1Prefix.substr(0, n)) return true;
+  n = std::min(bytes.size(), kV2Signature.size());
+  return std::memcmp(bytes.data(), kV2Signature.data(), n) == 0;
+}
+
+}  // namespace
+
+bool begins_with_proxy_signature(std::string_view bytes) {
+  return (bytes.size() >= kV1Prefix.size() && bytes.substr(0, kV1Prefix.size()) == kV1Prefix) ||
+         (bytes.size() >= kV2Signature.size() &&
+          std::memcmp(bytes.data(), kV2Signature.data(), kV2Signature.size()) == 0);
+}
+
+ProxyParse parse_proxy_header(std::string_view bytes) {
+  if (bytes.empty()) return {};
+  if (bytes.size() >= kV2Signature.size() &&
+      std::memcmp(bytes.data(), kV2Signature.data(), kV2Signature.size()) == 0)
+    return parse_v2(bytes);
+  if (bytes.size() >= kV1Prefix.size() && bytes.substr(0, kV1Prefix.size()) == kV1Prefix)
+    return parse_v1(bytes);
+  if (prefix_of_signature(bytes)) return {};  // a prefix of either: wait for more
+  return invalid("no PROXY protocol header");
+}
+
+}  // namespace isthmus::proxy

@@ -1,0 +1,37 @@
+#pragma once
+// Everything a session needs to route a login, as one immutable snapshot:
+// the config, the topology built from it and the directory. A reload builds
+// a new snapshot and publishes it; sessions keep the one they started with.
+
+#include "backends/topology.hpp"
+#include "config/config.hpp"
+#include "director/directory.hpp"
+
+#include <boost/asio/ssl/context.hpp>
+
+#include <atomic>
+#include <memory>
+
+namespace isthmus::proxy {
+
+struct Runtime {
+  std::shared_ptr<const config::Config> config;
+  std::shared_ptr<const backends::Topology> topology;
+  std::shared_ptr<director::Directory> directory;
+  std::shared_ptr<boost::asio::ssl::context> server_tls;  // set when config.tls is
+  std::shared_ptr<boost::asio::ssl::context> node_tls;    // set when a node uses TLS
+  std::uint64_t generation = 0;  // 1 for the first config, +1 per reload
+};
+
+class RuntimeHolder {
+ public:
+  std::shared_ptr<const Runtime> current() const { return current_.load(std::memory_order_acquire); }
+  void publish(std::shared_ptr<const Runtime> runtime) {
+    current_.store(std::move(runtime), std::memory_order_release);
+  }
+
+ private:
+  std::atomic<std::shared_ptr<const Runtime>> current_;
+};
+
+}  // namespace isthmus::proxy

@@ -1,0 +1,182 @@
+#include "proxy/server.hpp"
+
+#include "common/log.hpp"
+#include "common/transport.hpp"
+#include "proxy/imap/imap_session.hpp"
+#include "proxy/lmtp/lmtp_session.hpp"
+#include "proxy/pop3/pop3_session.hpp"
+#include "proxy/relay.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <spdlog/spdlog.h>
+
+#include <sys/socket.h>
+
+namespace isthmus::proxy {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+struct Server::Worker {
+  asio::io_context io{1};
+  std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
+  SessionRegistry sessions;
+  std::thread thread;
+};
+
+namespace {
+
+// One session, from accept to login; a logged-in session goes to the relay.
+template <typename ProtocolSession>
+asio::awaitable<void> serve(SessionRegistry& registry, tcp::socket socket,
+                            std::shared_ptr<const Runtime> runtime,
+                            std::shared_ptr<const config::Listener> listener) {
+  auto session = std::make_unique<ProtocolSession>(registry, std::move(socket), std::move(runtime),
+                                                   std::move(listener));
+  bool logged_in = co_await session->run();
+  if (logged_in) start_relay(std::move(session));
+}
+
+void log_escaped(std::exception_ptr e) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    spdlog::error("session ended by an unexpected error: {}", ex.what());
+  }
+}
+
+// Accept errors such as EMFILE must not spin: back off and try again.
+asio::awaitable<void> accept_loop(tcp::acceptor& acceptor,
+                                  std::shared_ptr<const config::Listener> listener,
+                                  RuntimeHolder& runtime, SessionRegistry& sessions) {
+  asio::steady_timer backoff(acceptor.get_executor());
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec) {
+      spdlog::warn("accept on {}: {}; pausing 100ms", format_endpoint(acceptor.local_endpoint()),
+                   ec.message());
+      backoff.expires_after(std::chrono::milliseconds(100));
+      co_await backoff.async_wait(use_tuple);
+      continue;
+    }
+    boost::system::error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
+    auto snapshot = runtime.current();
+    auto executor = acceptor.get_executor();
+    switch (listener->protocol) {
+      case config::Protocol::imap:
+        asio::co_spawn(executor,
+                       serve<imap::ImapSession>(sessions, std::move(socket), snapshot, listener),
+                       log_escaped);
+        break;
+      case config::Protocol::pop3:
+        asio::co_spawn(executor,
+                       serve<pop3::Pop3Session>(sessions, std::move(socket), snapshot, listener),
+                       log_escaped);
+        break;
+      case config::Protocol::lmtp:
+        asio::co_spawn(executor,
+                       serve<lmtp::LmtpSession>(sessions, std::move(socket), snapshot, listener),
+                       log_escaped);
+        break;
+    }
+  }
+}
+
+std::unique_ptr<tcp::acceptor> open_acceptor(asio::io_context& io, const tcp::endpoint& endpoint) {
+  auto acceptor = std::make_unique<tcp::acceptor>(io);
+  acceptor->open(endpoint.protocol());
+  acceptor->set_option(asio::socket_base::reuse_address(true));
+  int one = 1;
+  if (::setsockopt(acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)
+    throw std::system_error(errno, std::generic_category(), "SO_REUSEPORT");
+  acceptor->bind(endpoint);
+  acceptor->listen(asio::socket_base::max_listen_connections);
+  return acceptor;
+}
+
+}  // namespace
+
+Server::Server(RuntimeHolder& runtime, unsigned workers) : runtime_(runtime) {
+  if (workers == 0) workers = std::max(1U, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<Worker>());
+}
+
+Server::~Server() {
+  for (auto& worker : workers_) worker->io.stop();
+  join();
+}
+
+void Server::start() {
+  auto snapshot = runtime_.current();
+  for (const auto& configured : snapshot->config->listeners) {
+    auto listener = std::make_shared<const config::Listener>(configured);
+    tcp::endpoint endpoint(asio::ip::make_address(listener->address), listener->port);
+    for (auto& worker : workers_) {
+      try {
+        worker->acceptors.push_back(open_acceptor(worker->io, endpoint));
+      } catch (const boost::system::system_error& e) {
+        throw std::runtime_error(fmt::format("listener \"{}\" on {}: {}", listener->name,
+                                             format_endpoint(endpoint), e.code().message()));
+      }
+      // With port 0 the first bind picks the port; the others share it.
+      endpoint = worker->acceptors.back()->local_endpoint();
+      asio::co_spawn(worker->io,
+                     accept_loop(*worker->acceptors.back(), listener, runtime_,
+                                 worker->sessions),
+                     asio::detached);
+    }
+    bound_.emplace_back(listener->name, endpoint);
+    spdlog::info("listening: {} {}{} on {}", listener->name, config::name_of(listener->protocol),
+                 listener->tls == config::TlsMode::none
+                     ? ""
+                     : fmt::format(" ({} TLS)", config::name_of(listener->tls)),
+                 format_endpoint(endpoint));
+  }
+  for (auto& worker : workers_) {
+    worker->thread = std::thread([w = worker.get()] {
+      try {
+        w->io.run();
+      } catch (const std::exception& e) {
+        spdlog::critical("worker stopped by an unexpected error: {}", e.what());
+      }
+    });
+  }
+}
+
+void Server::begin_shutdown() {
+  for (auto& worker : workers_) {
+    asio::post(worker->io, [w = worker.get()] {
+      for (auto& acceptor : w->acceptors) {
+        boost::system::error_code ignored;
+        acceptor->close(ignored);
+      }
+      w->sessions.stop_all(StopKind::shutdown);
+    });
+  }
+}
+
+void Server::close_all_sessions() {
+  for (auto& worker : workers_)
+    asio::post(worker->io, [w = worker.get()] { w->sessions.stop_all(StopKind::force); });
+}
+
+std::size_t Server::live_sessions() const {
+  std::size_t live = 0;
+  for (const auto& worker : workers_) live += worker->sessions.live();
+  return live;
+}
+
+void Server::join() {
+  for (auto& worker : workers_)
+    if (worker->thread.joinable()) worker->thread.join();
+}
+
+std::vector<std::pair<std::string, tcp::endpoint>> Server::bound() const { return bound_; }
+
+}  // namespace isthmus::proxy

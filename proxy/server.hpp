@@ -1,0 +1,49 @@
+#pragma once
+// The listening side: N workers, each a thread with its own io_context and
+// its own acceptor per listener (SO_REUSEPORT, so the kernel spreads new
+// connections); a session lives on the worker that accepted it, for life.
+
+#include "proxy/runtime.hpp"
+#include "proxy/session_registry.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <memory>
+#include <thread>
+#include <vector>
+
+namespace isthmus::proxy {
+
+class Server {
+ public:
+  Server(RuntimeHolder& runtime, unsigned workers);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds every listener of the current config on every worker and starts
+  // the worker threads. Throws std::system_error if a listener cannot bind.
+  void start();
+
+  // Stops accepting; pre-auth sessions get BYE; relayed sessions go on.
+  void begin_shutdown();
+  // Closes every session that is still there.
+  void close_all_sessions();
+  // Sessions still alive on all workers (any thread).
+  std::size_t live_sessions() const;
+  // Waits for the worker threads to finish (after begin_shutdown, once the
+  // sessions are gone).
+  void join();
+
+  // The ports actually bound, per listener name (useful with port 0).
+  std::vector<std::pair<std::string, boost::asio::ip::tcp::endpoint>> bound() const;
+
+ private:
+  struct Worker;
+  RuntimeHolder& runtime_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<std::pair<std::string, boost::asio::ip::tcp::endpoint>> bound_;
+};
+
+}  // namespace isthmus::proxy

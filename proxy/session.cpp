@@ -1,0 +1,174 @@
+#include "proxy/session.hpp"
+
+#include "common/log.hpp"
+#include "common/net.hpp"
+#include "common/session_id.hpp"
+#include "proxy/proxy_protocol.hpp"
+#include "proxy/session_registry.hpp"
+
+#include <spdlog/spdlog.h>
+
+namespace isthmus::proxy {
+
+void log_session_end(const SessionRecord& r) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - r.started);
+  spdlog::info("session={} proto={} end client={} user={} island={} node={} tls={} in={} out={} "
+               "duration={}.{:03}s ended=\"{}\"",
+               r.id, config::name_of(r.protocol), r.client,
+               r.user.empty() ? "-" : sanitize(r.user, 100), r.island.empty() ? "-" : r.island,
+               r.node.empty() ? "-" : r.node, r.tls.empty() ? "-" : r.tls, r.bytes_in,
+               r.bytes_out, ms.count() / 1000, ms.count() % 1000, r.ended);
+}
+
+Session::Session(SessionRegistry& registry, boost::asio::ip::tcp::socket client,
+                 std::shared_ptr<const Runtime> runtime,
+                 std::shared_ptr<const config::Listener> listener)
+    : registry_(registry), client_(std::move(client)), runtime_(std::move(runtime)),
+      listener_(std::move(listener)),
+      preauth_deadline_(Deadline::after(runtime_->config->timeouts.preauth)) {
+  record_.id = new_session_id();
+  record_.protocol = listener_->protocol;
+  boost::system::error_code ec;
+  client_info_.remote = client_.socket().remote_endpoint(ec);
+  client_info_.local = client_.socket().local_endpoint(ec);
+  client_info_.trusted =
+      any_contains(runtime_->config->trusted_networks, client_info_.remote.address());
+  record_.client = format_endpoint(client_info_.remote);
+  registry_position_ = registry_.add(this);
+}
+
+Session::~Session() {
+  client_.close();
+  if (node_) node_->close();
+  lease_.release();
+  if (record_.ended.empty()) record_.ended = "ended";
+  log_session_end(record_);
+  registry_.remove(registry_position_);
+}
+
+boost::asio::awaitable<bool> Session::begin() {
+  const auto peer = client_info_.remote.address();
+  if (!listener_->proxy_protocol.empty() && any_contains(listener_->proxy_protocol, peer)) {
+    proxy_checked_ = true;
+    // A balancer we trust: its header must come first, complete and valid.
+    for (;;) {
+      ProxyParse parsed = parse_proxy_header(in_);
+      if (parsed.status == ProxyParse::Status::ok) {
+        if (parsed.header.has_addresses) {
+          client_info_.remote = parsed.header.source;
+          client_info_.local = parsed.header.destination;
+          client_info_.trusted =
+              any_contains(runtime_->config->trusted_networks, client_info_.remote.address());
+          record_.client = format_endpoint(client_info_.remote);
+        }
+        in_.erase(0, parsed.consumed);
+        break;
+      }
+      if (parsed.status == ProxyParse::Status::invalid) {
+        spdlog::warn("session={} from {} (a PROXY protocol source): {}; closing", record_.id,
+                     format_endpoint(client_info_.remote), parsed.error);
+        set_ended("bad PROXY protocol header");
+        co_return false;
+      }
+      auto ec = co_await read_more(preauth_deadline_);
+      if (ec) {
+        set_ended(ec == boost::asio::error::timed_out ? "no PROXY protocol header in time"
+                                                      : "client closed before login");
+        co_return false;
+      }
+    }
+  }
+  if (listener_->tls == config::TlsMode::implicit) {
+    auto ec = co_await client_.start_tls_as_server(*runtime_->server_tls, preauth_deadline_, in_);
+    in_.clear();
+    if (ec) {
+      spdlog::info("session={} client={}: TLS handshake failed: {}", record_.id, record_.client,
+                   ec == boost::asio::error::timed_out ? "timed out" : ec.message());
+      set_ended("TLS handshake failed");
+      co_return false;
+    }
+    record_.tls = client_.tls_description();
+  }
+  co_return true;
+}
+
+bool Session::untrusted_proxy_header() {
+  if (proxy_checked_ || listener_->proxy_protocol.empty() || in_.empty()) return false;
+  // Decide once enough has arrived to tell (the v2 signature is 12 bytes).
+  if (in_.size() < 12 && in_.find('\n') == std::string::npos) return false;
+  proxy_checked_ = true;
+  if (!begins_with_proxy_signature(in_)) return false;
+  spdlog::warn("session={} client={}: sent a PROXY protocol header but is not a configured PROXY "
+               "source; closing",
+               record_.id, record_.client);
+  set_ended("PROXY header from an untrusted source");
+  return true;
+}
+
+boost::asio::awaitable<bool> Session::start_tls() {
+  if (!in_.empty()) {
+    spdlog::info("session={} client={}: discarded {} bytes sent after the TLS command before the "
+                 "handshake",
+                 record_.id, record_.client, in_.size());
+    std::string().swap(in_);
+  }
+  auto ec = co_await client_.start_tls_as_server(*runtime_->server_tls, preauth_deadline_);
+  if (ec) {
+    spdlog::info("session={} client={}: TLS handshake failed: {}", record_.id, record_.client,
+                 ec == boost::asio::error::timed_out ? "timed out" : ec.message());
+    set_ended("TLS handshake failed");
+    co_return false;
+  }
+  record_.tls = client_.tls_description();
+  co_return true;
+}
+
+boost::asio::awaitable<boost::system::error_code> Session::read_more(Deadline deadline) {
+  const std::size_t old = in_.size();
+  constexpr std::size_t kChunk = 4096;
+  in_.resize(old + kChunk);
+  auto [ec, n] = co_await client_.read_some(boost::asio::buffer(in_.data() + old, kChunk), deadline);
+  in_.resize(old + n);
+  record_.bytes_in += n;
+  co_return ec;
+}
+
+void Session::request_stop(StopKind kind) {
+  if (kind <= stop_) return;
+  stop_ = kind;
+  if (kind == StopKind::force) {
+    set_ended("closed at shutdown");
+    client_.close();
+    if (node_) node_->close();
+  } else if (phase_ == Phase::preauth) {
+    // Wakes the pre-auth loop out of its read; it sees the request and says BYE.
+    client_.cancel();
+  }
+}
+
+boost::asio::awaitable<bool> Session::send(std::string_view text, Deadline deadline) {
+  auto [ec, n] = co_await client_.write_all(boost::asio::buffer(text), deadline);
+  record_.bytes_out += n;
+  if (ec) set_ended(ec == boost::asio::error::timed_out ? "timed out writing to the client"
+                                                        : "client connection lost");
+  co_return !ec;
+}
+
+boost::asio::awaitable<bool> Session::hand_over(std::string& to_client, std::string& to_node,
+                                                Deadline deadline) {
+  bool ok = true;
+  if (!to_client.empty()) ok = co_await send(to_client, deadline);
+  if (ok && !to_node.empty()) {
+    auto [ec, n] = co_await node_->write_all(boost::asio::buffer(to_node), deadline);
+    if (ec) {
+      set_ended("node connection lost");
+      ok = false;
+    }
+  }
+  // Assigning "" would keep the capacity; an idle session holds no buffers.
+  std::string().swap(to_client);
+  std::string().swap(to_node);
+  co_return ok;
+}
+
+}  // namespace isthmus::proxy

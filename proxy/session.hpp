@@ -1,0 +1,135 @@
+#pragma once
+// What every protocol session shares: the client connection (with the PROXY
+// protocol header and implicit TLS handled before the protocol speaks), the
+// runtime snapshot it started with, who the client is and whether it is
+// trusted, its place in the worker's registry (so shutdown and, later, kicks
+// can reach it), and the one log line at its end, written when the session
+// object goes away. A session lives in its coroutine's frame until login; a
+// relayed session is then handed to the relay (proxy/relay.hpp), which owns
+// it until it ends.
+
+#include "backends/topology.hpp"
+#include "common/deadline.hpp"
+#include "common/transport.hpp"
+#include "config/config.hpp"
+#include "proxy/runtime.hpp"
+
+#include <list>
+#include <optional>
+#include <string>
+
+namespace isthmus::proxy {
+
+class SessionRegistry;
+
+enum class Phase : std::uint8_t { preauth, login, relay };
+
+enum class StopKind : std::uint8_t {
+  none,
+  shutdown,  // the instance is stopping: pre-auth sessions say BYE and go
+  force,     // close now (grace period over)
+};
+
+// Facts for the session-end log line.
+struct SessionRecord {
+  std::string id;
+  config::Protocol protocol = config::Protocol::imap;
+  std::string client;           // the client's address (from the PROXY header if any)
+  std::string user;
+  std::string island;
+  std::string node;
+  std::string tls;              // "-" or "TLSv1.3" for the client side
+  std::uint64_t bytes_in = 0;   // received from the client
+  std::uint64_t bytes_out = 0;  // sent to the client
+  Clock::time_point started = Clock::now();
+  std::string ended;            // how it ended, in words
+};
+
+void log_session_end(const SessionRecord& record);
+
+// Who is on the other end, as far as Isthmus can tell.
+struct ClientInfo {
+  boost::asio::ip::tcp::endpoint remote;  // the client (the PROXY header's source)
+  boost::asio::ip::tcp::endpoint local;   // what it connected to
+  bool trusted = false;                   // in trusted_networks
+};
+
+class Session {
+ public:
+  Session(SessionRegistry& registry, boost::asio::ip::tcp::socket client,
+          std::shared_ptr<const Runtime> runtime,
+          std::shared_ptr<const config::Listener> listener);
+  virtual ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  Phase phase() const { return phase_; }
+  SessionRecord& record() { return record_; }
+  Transport& client() { return client_; }
+  Transport& node() { return *node_; }
+  Clock::duration idle_timeout() const { return runtime_->config->timeouts.idle; }
+  void set_ended(std::string how) {
+    if (record_.ended.empty()) record_.ended = std::move(how);
+  }
+
+  // From the registry, on the session's worker thread.
+  void request_stop(StopKind kind);
+
+ protected:
+  // Before the protocol greets: the PROXY protocol header where the
+  // listener takes one from this source, then the TLS handshake on an
+  // implicit-TLS listener. False if the session must end (logged).
+  boost::asio::awaitable<bool> begin();
+
+  // On a PROXY-protocol listener, a source that is not allowed to send a
+  // header must not send one: true (and logged) if the first bytes in in_
+  // are one. Call before parsing the first command.
+  bool untrusted_proxy_header();
+
+  // STARTTLS/STLS after the protocol said OK: anything the client sent
+  // after the command in the same packet is discarded, never executed
+  // after the handshake (the CVE-2011-0411 class of injection).
+  boost::asio::awaitable<bool> start_tls();
+
+  // Whether the client may send a password now.
+  bool plaintext_auth_allowed() const {
+    return client_.is_tls() || listener_->allow_plaintext_auth || client_info_.trusted;
+  }
+  bool tls_available() const {
+    return listener_->tls == config::TlsMode::starttls && !client_.is_tls() && runtime_->server_tls;
+  }
+
+  // Reads more client bytes into in_, bounded by `deadline`.
+  boost::asio::awaitable<boost::system::error_code> read_more(Deadline deadline);
+
+  // Writes to the client, bounded by `deadline`; false if that failed.
+  boost::asio::awaitable<bool> send(std::string_view text, Deadline deadline);
+
+  // After a login: what the node sent past its answer goes to the client,
+  // then what the client pipelined past its login command goes to the node,
+  // in that order; both strings are released. False if either side failed.
+  boost::asio::awaitable<bool> hand_over(std::string& to_client, std::string& to_node,
+                                         Deadline deadline);
+
+  StopKind stop_requested() const { return stop_; }
+  void set_phase(Phase phase) { phase_ = phase; }
+
+  SessionRegistry& registry_;
+  Transport client_;
+  std::optional<Transport> node_;
+  backends::NodeLease lease_;  // counts this session on its node
+  std::shared_ptr<const Runtime> runtime_;
+  std::shared_ptr<const config::Listener> listener_;
+  ClientInfo client_info_;
+  SessionRecord record_;
+  std::string in_;  // client bytes not yet parsed
+  Deadline preauth_deadline_;
+
+ private:
+  Phase phase_ = Phase::preauth;
+  StopKind stop_ = StopKind::none;
+  bool proxy_checked_ = false;
+  std::list<Session*>::iterator registry_position_;
+};
+
+}  // namespace isthmus::proxy

@@ -1,0 +1,35 @@
+#pragma once
+// The sessions living on one worker. Touched only from that worker's thread;
+// the live count is readable from any thread (shutdown waits on it).
+
+#include "proxy/session.hpp"
+
+#include <atomic>
+#include <list>
+
+namespace isthmus::proxy {
+
+class SessionRegistry {
+ public:
+  std::list<Session*>::iterator add(Session* session) {
+    live_.fetch_add(1, std::memory_order_relaxed);
+    return sessions_.insert(sessions_.end(), session);
+  }
+  void remove(std::list<Session*>::iterator position) {
+    sessions_.erase(position);
+    live_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  // Asks every session to stop; `kind` says how hard.
+  void stop_all(StopKind kind) {
+    // request_stop may end a session synchronously only through its own
+    // coroutine resuming later, so iterating here is safe.
+    for (Session* session : sessions_) session->request_stop(kind);
+  }
+  std::size_t live() const { return live_.load(std::memory_order_relaxed); }
+
+ private:
+  std::list<Session*> sessions_;
+  std::atomic<std::size_t> live_{0};
+};
+
+}  // namespace isthmus::proxy

@@ -1,0 +1,274 @@
+"""TLS on both sides, against real Dovecot nodes with certificates from a
+test CA: implicit TLS and STARTTLS/STLS towards clients (imaplib, poplib,
+openssl s_client, curl), STARTTLS and implicit TLS towards nodes with
+certificate checks, the plaintext-login policy, and the injection cases."""
+import imaplib
+import poplib
+import socket
+import ssl
+import subprocess
+import tempfile
+import unittest
+
+from support import Lab, PASSWORD, RawImap, binary, procs, session_end_lines, wait_for
+from lab.tls import make_ca  # after support, which puts tests/ on the path
+
+
+def tls_listeners(ports):
+    return [
+        {"name": "imap", "protocol": "imap", "address": "127.0.0.1", "port": ports["imap"],
+         "tls": "starttls"},
+        {"name": "imaps", "protocol": "imap", "address": "127.0.0.1", "port": ports["imaps"],
+         "tls": "implicit"},
+        {"name": "pop3", "protocol": "pop3", "address": "127.0.0.1", "port": ports["pop3"],
+         "tls": "starttls"},
+        {"name": "pop3s", "protocol": "pop3", "address": "127.0.0.1", "port": ports["pop3s"],
+         "tls": "implicit"},
+    ]
+
+
+class Tls(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.lab = Lab(tls=True)
+        cls.addClassCleanup(cls.lab.close)
+        cls.lab.start()
+        cls.ports = {k: procs.free_port() for k in ("imap", "imaps", "pop3", "pop3s")}
+        # Island a over STARTTLS, island b over implicit TLS (imaps/pop3s).
+        islands = []
+        for island in cls.lab.config["islands"]:
+            nodes = []
+            for n in island["nodes"]:
+                node = cls.lab.node(n["name"])
+                entry = dict(n, tls_name=Lab.tls_name(n["name"]))
+                if island["name"] == "a":
+                    entry["tls"] = "starttls"
+                else:
+                    entry["tls"] = "implicit"
+                    entry["ports"] = {"imap": node.port("imaps"), "pop3": node.port("pop3s")}
+                nodes.append(entry)
+            islands.append(dict(island, nodes=nodes))
+        cls.islands = islands
+        cls.client_ctx = ssl.create_default_context(cafile=cls.lab.ca_path)
+
+    def start(self, trusted=("127.0.0.0/8",), **overrides):
+        cert = self.lab.isthmus_cert
+        config = dict(
+            listeners=tls_listeners(self.ports),
+            islands=self.islands,
+            tls={"certificate": cert.cert_path, "key": cert.key_path},
+            node_tls={"ca": self.lab.ca_path},
+            trusted_networks=list(trusted),
+        )
+        config.update(overrides)
+        ix = self.lab.start_isthmus(binary(), **config)
+        self.addCleanup(ix.stop)
+        return ix
+
+    # -- towards clients
+
+    def test_implicit_tls_imap_and_pop3(self):
+        ix = self.start()
+        m = imaplib.IMAP4_SSL("127.0.0.1", self.ports["imaps"], ssl_context=self.client_ctx,
+                              timeout=10)
+        self.assertEqual(m.login("alice@example.org", PASSWORD)[0], "OK")
+        self.assertEqual(m.select("INBOX")[0], "OK")
+        m.logout()
+        p = poplib.POP3_SSL("127.0.0.1", self.ports["pop3s"], context=self.client_ctx, timeout=10)
+        p.user("bob@example.org")
+        self.assertTrue(p.pass_(PASSWORD).startswith(b"+OK"))
+        p.quit()
+        ends = wait_for(lambda: [e for e in session_end_lines(ix.log_text())
+                                 if e.get("user") in ("alice@example.org", "bob@example.org")
+                                 and e["tls"] != "-"], what="TLS session ends")
+        self.assertTrue(all(e["tls"].startswith("TLSv1.") for e in ends))
+
+    def test_starttls_and_stls(self):
+        self.start()
+        m = imaplib.IMAP4("127.0.0.1", self.ports["imap"], timeout=10)
+        self.assertIn("STARTTLS", m.capabilities)
+        m.starttls(ssl_context=self.client_ctx)
+        self.assertEqual(m.login("carol@example.org", PASSWORD)[0], "OK")
+        m.logout()
+        p = poplib.POP3("127.0.0.1", self.ports["pop3"], timeout=10)
+        self.assertIn("STLS", p.capa())
+        p.stls(context=self.client_ctx)
+        self.assertNotIn("STLS", p.capa())  # recomputed after TLS
+        p.user("dave@example.org")
+        self.assertTrue(p.pass_(PASSWORD).startswith(b"+OK"))
+        p.quit()
+
+    def test_openssl_s_client_and_curl(self):
+        self.start()
+        for proto, port, command, expect in (
+                ("imap", self.ports["imap"], b"a LOGIN alice@example.org demo\r\nb LOGOUT\r\n",
+                 b"a OK [CAPABILITY"),
+                ("pop3", self.ports["pop3"], b"USER bob@example.org\r\nPASS demo\r\nQUIT\r\n",
+                 b"+OK Logged in.")):
+            out = subprocess.run(
+                ["openssl", "s_client", "-quiet", "-starttls", proto, "-CAfile", self.lab.ca_path,
+                 "-verify_return_error", "-connect", f"127.0.0.1:{port}"],
+                input=command, capture_output=True, timeout=30)
+            self.assertIn(expect, out.stdout, (proto, out.stdout, out.stderr))
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "20", "--cacert", self.lab.ca_path,
+             "-u", f"alice@example.org:{PASSWORD}",
+             f"imaps://127.0.0.1:{self.ports['imaps']}/INBOX"],
+            capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "20", "--cacert", self.lab.ca_path, "--ssl-reqd",
+             "-u", f"bob@example.org:{PASSWORD}", f"pop3://127.0.0.1:{self.ports['pop3']}/"],
+            capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+
+    def test_plaintext_login_is_refused_before_tls_unless_trusted(self):
+        self.start(trusted=())
+        with RawImap(self.ports["imap"]) as c:
+            greeting = c.greeting()
+            self.assertIn(b"STARTTLS", greeting)
+            self.assertIn(b"LOGINDISABLED", greeting)
+            self.assertNotIn(b"AUTH=PLAIN", greeting)
+            self.assertEqual(
+                c.command("a", "LOGIN alice@example.org demo")[-1],
+                b"a NO [PRIVACYREQUIRED] Plaintext authentication is disallowed on non-secure "
+                b"connections; use STARTTLS.")
+            self.assertTrue(c.command("b", "AUTHENTICATE PLAIN AGEAYg==")[-1].startswith(
+                b"b NO [PRIVACYREQUIRED]"))
+        m = imaplib.IMAP4("127.0.0.1", self.ports["imap"], timeout=10)
+        m.starttls(ssl_context=self.client_ctx)
+        caps = m.capability()[1][0].split()
+        self.assertIn(b"AUTH=PLAIN", caps)
+        self.assertNotIn(b"LOGINDISABLED", caps)
+        self.assertNotIn(b"STARTTLS", caps)
+        self.assertEqual(m.login("alice@example.org", PASSWORD)[0], "OK")
+        m.logout()
+        p = poplib.POP3("127.0.0.1", self.ports["pop3"], timeout=10)
+        caps = p.capa()
+        self.assertNotIn("USER", caps)
+        self.assertNotIn("SASL", caps)
+        with self.assertRaises(poplib.error_proto) as refused:
+            p.user("bob@example.org")
+        self.assertIn(b"[AUTH] Plaintext authentication is disallowed", refused.exception.args[0])
+        p.stls(context=self.client_ctx)
+        self.assertIn("USER", p.capa())
+        p.user("bob@example.org")
+        self.assertTrue(p.pass_(PASSWORD).startswith(b"+OK"))
+        p.quit()
+
+    def test_commands_sent_with_starttls_are_not_run_after_the_handshake(self):
+        self.start(trusted=())
+        sock = socket.create_connection(("127.0.0.1", self.ports["imap"]), timeout=10)
+        sock.recv(4096)
+        # Both in one write: "b" must be dropped, never executed under TLS.
+        sock.sendall(b"a STARTTLS\r\nb LOGIN alice@example.org demo\r\n")
+        answer = b""
+        while b"\r\n" not in answer:
+            answer += sock.recv(1)  # byte by byte: leave the TLS bytes in the socket
+        self.assertEqual(answer, b"a OK Begin TLS negotiation now.\r\n")
+        tls = self.client_ctx.wrap_socket(sock, server_hostname="isthmus.lab.test")
+        tls.sendall(b"c NOOP\r\n")
+        self.assertEqual(tls.recv(4096), b"c OK NOOP completed.\r\n")  # no answer for "b"
+        tls.close()
+        sock = socket.create_connection(("127.0.0.1", self.ports["pop3"]), timeout=10)
+        sock.recv(4096)
+        sock.sendall(b"STLS\r\nUSER bob@example.org\r\nPASS demo\r\n")
+        answer = b""
+        while b"\r\n" not in answer:
+            answer += sock.recv(1)
+        self.assertEqual(answer, b"+OK Begin TLS negotiation now.\r\n")
+        tls = self.client_ctx.wrap_socket(sock, server_hostname="isthmus.lab.test")
+        tls.sendall(b"PASS demo\r\n")  # USER before TLS must be forgotten too
+        self.assertEqual(tls.recv(4096), b"-ERR No user name given; USER first.\r\n")
+        tls.close()
+
+    def test_tls_handshake_garbage_is_a_clean_close(self):
+        ix = self.start()
+        for port in (self.ports["imaps"], self.ports["pop3s"]):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"a LOGIN alice demo\r\n")
+                self.assertEqual(s.recv(4096)[:1] in (b"", b"\x15"), True)
+        wait_for(lambda: "TLS handshake failed" in ix.log_text(), what="the log line")
+        self.assertTrue(ix.running())
+
+    def test_sighup_reloads_the_certificate(self):
+        ix = self.start()
+
+        def serial():
+            with socket.create_connection(("127.0.0.1", self.ports["imaps"]), timeout=10) as s:
+                with self.client_ctx.wrap_socket(s, server_hostname="isthmus.lab.test") as t:
+                    return t.getpeercert()["serialNumber"]
+
+        before = serial()
+        renewed = self.lab.ca.issue("isthmus-renewed", dns=["isthmus.lab.test"],
+                                    ips=["127.0.0.1"])
+        ix.config["tls"] = {"certificate": renewed.cert_path, "key": renewed.key_path}
+        ix.write_files()
+        ix.reload()
+        wait_for(lambda: "reload: config generation 2" in ix.log_text(), what="the reload")
+        self.assertNotEqual(serial(), before)
+        # A broken key on the next reload is refused; the renewed one stays.
+        ix.config["tls"] = {"certificate": renewed.cert_path, "key": self.lab.ca.key_path}
+        ix.write_files()
+        ix.reload()
+        wait_for(lambda: "reload failed, keeping generation 2" in ix.log_text(), what="refusal")
+        self.assertIn("/tls/key: cannot load", ix.log_text())
+        self.assertEqual(serial(), serial())
+
+    # -- towards nodes
+
+    def test_nodes_are_reached_over_tls_and_verified(self):
+        ix = self.start()
+        m = imaplib.IMAP4_SSL("127.0.0.1", self.ports["imaps"], ssl_context=self.client_ctx,
+                              timeout=10)
+        m.login("alice@example.org", PASSWORD)  # island a: STARTTLS to the node
+        m.logout()
+        m = imaplib.IMAP4_SSL("127.0.0.1", self.ports["imaps"], ssl_context=self.client_ctx,
+                              timeout=10)
+        m.login("bob@example.org", PASSWORD)  # island b: implicit TLS to the node
+        m.logout()
+        logins = [l for name in ("a-left", "a-right", "b-left", "b-right")
+                  for l in self.lab.node(name).logins() if l.get("ok")]
+        by_user = {l["user"]: l for l in logins}
+        self.assertTrue(by_user["alice@example.org"]["tls"], by_user["alice@example.org"])
+        self.assertTrue(by_user["bob@example.org"]["tls"], by_user["bob@example.org"])
+
+    def test_a_node_with_the_wrong_name_or_ca_is_refused(self):
+        islands = [dict(i, nodes=[dict(n, tls_name="wrong.lab.test") for n in i["nodes"]])
+                   if i["name"] == "a" else i for i in self.islands]
+        ix = self.start(islands=islands)
+        with RawImap(self.ports["imap"]) as c:
+            c.greeting()
+            self.assertEqual(c.command("a", "LOGIN alice@example.org demo")[-1],
+                             b"a NO [UNAVAILABLE] Service temporarily unavailable, please try "
+                             b"again later.")
+        self.assertIn("TLS handshake with the node failed", ix.log_text())
+        ix.stop()
+        # A CA the nodes' certificates do not chain to.
+        stranger = make_ca(tempfile.mkdtemp(prefix="isthmus-test-"), "Stranger CA")
+        ix = self.start(node_tls={"ca": stranger.cert_path})
+        with RawImap(self.ports["imap"]) as c:
+            c.greeting()
+            self.assertTrue(c.command("a", "LOGIN bob@example.org demo")[-1].startswith(
+                b"a NO [UNAVAILABLE]"))
+        self.assertIn("TLS handshake with the node failed", ix.log_text())
+
+    def test_credentials_never_go_in_clear_to_a_node_that_requires_tls(self):
+        lab = Lab(require_tls=("a-left", "a-right"), tls=True)
+        self.addCleanup(lab.close)
+        lab.start()
+        # Isthmus wrongly configured to reach island a in plaintext: the
+        # nodes say LOGINDISABLED and Isthmus refuses to send the password.
+        ix = lab.start_isthmus(binary())
+        with RawImap(ix.port("imap")) as c:
+            c.greeting()
+            self.assertTrue(c.command("a", "LOGIN alice@example.org demo")[-1].startswith(
+                b"a NO [UNAVAILABLE]"))
+        self.assertIn("LOGINDISABLED", ix.log_text())
+        for name in ("a-left", "a-right"):
+            self.assertFalse([l for l in lab.node(name).logins() if l.get("user")],
+                             f"{name} saw a login attempt")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

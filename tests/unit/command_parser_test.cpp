@@ -1,0 +1,281 @@
+#include "proxy/imap/command_parser.hpp"
+
+#include <doctest/doctest.h>
+
+#include <random>
+
+using namespace isthmus::proxy::imap;
+
+namespace {
+
+ParseLimits limits() { return ParseLimits{1024, 256}; }
+
+ParseResult parse_all(CommandParser& parser, std::string& buffer) { return parser.parse(buffer); }
+
+// Feeds `input` one byte at a time; returns the events seen, in order, and
+// the commands parsed.
+struct Fed {
+  std::vector<ParseEvent> events;
+  std::vector<Command> commands;
+  std::vector<std::string> bad_tags;
+};
+
+Fed feed_bytewise(std::string_view input, ParseLimits l = limits()) {
+  CommandParser parser(l);
+  std::string buffer;
+  Fed fed;
+  for (char c : input) {
+    buffer += c;
+    for (;;) {
+      auto r = parser.parse(buffer);
+      if (r.event == ParseEvent::need_more) break;
+      fed.events.push_back(r.event);
+      if (r.event == ParseEvent::command) fed.commands.push_back(r.command);
+      if (r.event == ParseEvent::bad || r.event == ParseEvent::literal_refused)
+        fed.bad_tags.push_back(r.tag);
+      if (r.event == ParseEvent::continuation || r.event == ParseEvent::fatal) break;
+    }
+  }
+  return fed;
+}
+
+}  // namespace
+
+TEST_CASE("a simple command: tag, upper-cased name, atoms") {
+  CommandParser parser(limits());
+  std::string buffer = "a1 login alice secret\r\n";
+  auto r = parse_all(parser, buffer);
+  REQUIRE(r.event == ParseEvent::command);
+  CHECK(r.command.tag == "a1");
+  CHECK(r.command.name == "LOGIN");
+  REQUIRE(r.command.args.size() == 2);
+  CHECK(r.command.args[0].value == "alice");
+  CHECK(r.command.args[0].kind == Token::Kind::atom);
+  CHECK(r.command.args[1].value == "secret");
+  CHECK(buffer.empty());
+}
+
+TEST_CASE("incomplete input asks for more and keeps the bytes") {
+  CommandParser parser(limits());
+  std::string buffer = "a1 LOGIN alice sec";
+  CHECK(parser.parse(buffer).event == ParseEvent::need_more);
+  CHECK(buffer == "a1 LOGIN alice sec");
+  buffer += "ret\r";
+  CHECK(parser.parse(buffer).event == ParseEvent::need_more);
+  buffer += "\n";
+  auto r = parser.parse(buffer);
+  REQUIRE(r.event == ParseEvent::command);
+  CHECK(r.command.args[1].value == "secret");
+}
+
+TEST_CASE("quoted strings with escapes") {
+  CommandParser parser(limits());
+  std::string buffer = "t LOGIN \"al ice\" \"p\\\"a\\\\ss word\"\r\n";
+  auto r = parser.parse(buffer);
+  REQUIRE(r.event == ParseEvent::command);
+  CHECK(r.command.args[0].kind == Token::Kind::quoted);
+  CHECK(r.command.args[0].value == "al ice");
+  CHECK(r.command.args[1].value == "p\"a\\ss word");
+}
+
+TEST_CASE("quoted strings: empty, 8-bit, and invalid escapes") {
+  CommandParser parser(limits());
+  std::string buffer = "t LOGIN \"\" \"p\xc3\xa4ss\"\r\n";
+  auto r = parser.parse(buffer);
+  REQUIRE(r.event == ParseEvent::command);
+  CHECK(r.command.args[0].value.empty());
+  CHECK(r.command.args[1].value == "p\xc3\xa4ss");
+
+  buffer = "t LOGIN \"a\\b\" x\r\nu NOOP\r\n";
+  r = parser.parse(buffer);
+  CHECK(r.event == ParseEvent::bad);
+  CHECK(r.tag == "t");
+  r = parser.parse(buffer);
+  REQUIRE(r.event == ParseEvent::command);
+  CHECK(r.command.name == "NOOP");
+}
+
+TEST_CASE("NUL, CR or LF inside a quoted string is bad") {
+  for (std::string inner : {std::string("a\0b", 3), std::string("a\rb")}) {
+    CommandParser parser(limits());
+    std::string buffer = "t LOGIN \"" + inner + "\" x\r\nn NOOP\r\n";
+    auto r = parser.parse(buffer);
+    CHECK(r.event == ParseEvent::bad);
+    CHECK(parser.parse(buffer).command.name == "NOOP");
+  }
+}
+
+TEST_CASE("synchronising literals: one continuation each, then the command") {
+  CommandParser parser(limits());
+  std::string buffer = "a LOGIN {5}\r\n";
+  CHECK(parser.parse(buffer).event == ParseEvent::continuation);
+  CHECK(parser.parse(buffer).event == ParseEvent::need_more);  // not asked twice
+  buffer += "alice {8}\r\n";
+  CHECK(parser.parse(buffer).event == ParseEvent::continuation);
+  buffer += "pa ss\"wd\r\n";
+  auto r = parser.parse(buffer);
+  REQUIRE(r.event == ParseEvent::command);
+  CHECK(r.command.args[0].kind == Token::Kind::literal);
+  CHECK(r.command.args[0].value == "alice");
+  CHECK(r.command.args[1].value == "pa ss\"wd");
+  CHECK(buffer.empty());
+}
+
+TEST_CASE("non-synchronising literals (LITERAL+) need no continuation") {
+  CommandParser parser(limits());
+  std::string buffer = "a LOGIN {5+}\r\nalice {4+}\r\n\"p w\r\n";
+  auto r = parser.parse(buffer);
+  REQUIRE(r.event == ParseEvent::command);
+  CHECK(r.command.args[0].value == "alice");
+  CHECK(r.command.args[1].value == "\"p w");
+}
+
+TEST_CASE("a literal may hold CR LF and spaces") {
+  CommandParser parser(limits());
+  std::string buffer = "a LOGIN {5+}\r\na\r\nb  {1+}\r\nx\r\n";
+  auto r = parser.parse(buffer);
+  REQUIRE(r.event == ParseEvent::command);
+  CHECK(r.command.args[0].value == "a\r\nb ");
+}
+
+TEST_CASE("literals split across reads, byte by byte") {
+  auto fed = feed_bytewise("a LOGIN {5}\r\nalice {6}\r\nsecret\r\nb NOOP\r\n");
+  REQUIRE(fed.commands.size() == 2);
+  CHECK(fed.commands[0].args[0].value == "alice");
+  CHECK(fed.commands[0].args[1].value == "secret");
+  CHECK(fed.commands[1].name == "NOOP");
+  // Exactly two continuations, before the literal data.
+  CHECK(std::count(fed.events.begin(), fed.events.end(), ParseEvent::continuation) == 2);
+}
+
+TEST_CASE("a synchronising literal over the limit is refused, and the client can go on") {
+  CommandParser parser(limits());
+  std::string buffer = "a LOGIN {100000}\r\n";
+  auto r = parser.parse(buffer);
+  CHECK(r.event == ParseEvent::literal_refused);
+  CHECK(r.tag == "a");
+  CHECK(buffer.empty());
+  buffer = "b NOOP\r\n";
+  CHECK(parser.parse(buffer).command.name == "NOOP");
+}
+
+TEST_CASE("a non-synchronising literal over the limit is fatal") {
+  CommandParser parser(limits());
+  std::string buffer = "a LOGIN {100000+}\r\n";
+  CHECK(parser.parse(buffer).event == ParseEvent::fatal);
+}
+
+TEST_CASE("the literals of one command are bounded together") {
+  CommandParser parser(limits());  // 256 each, 1024 together
+  std::string buffer;
+  for (int i = 0; i < 5; ++i) buffer += (i == 0 ? "a ID (" : " ") + std::string("{250+}\r\n") + std::string(250, 'x');
+  buffer += ")\r\n";
+  CHECK(parser.parse(buffer).event == ParseEvent::fatal);
+}
+
+TEST_CASE("a line over the limit is fatal, whether or not it has ended") {
+  CommandParser parser(limits());
+  std::string buffer = "a LOGIN " + std::string(2000, 'x');
+  CHECK(parser.parse(buffer).event == ParseEvent::fatal);
+  CommandParser parser2(limits());
+  std::string buffer2 = "a LOGIN " + std::string(600, 'x') + " " + std::string(600, 'y') + "\r\n";
+  CHECK(parser2.parse(buffer2).event == ParseEvent::fatal);
+}
+
+TEST_CASE("bare LF ends a line; empty lines are skipped") {
+  CommandParser parser(limits());
+  std::string buffer = "\r\n\na NOOP\nb CAPABILITY\r\n";
+  CHECK(parser.parse(buffer).command.name == "NOOP");
+  CHECK(parser.parse(buffer).command.name == "CAPABILITY");
+}
+
+TEST_CASE("pipelined commands come out one at a time, the rest stays buffered") {
+  CommandParser parser(limits());
+  std::string buffer = "a LOGIN u p\r\nb SELECT INBOX\r\nc LOGOUT\r\n";
+  auto r = parser.parse(buffer);
+  CHECK(r.command.name == "LOGIN");
+  CHECK(buffer == "b SELECT INBOX\r\nc LOGOUT\r\n");
+}
+
+TEST_CASE("bad tags and missing commands are answered BAD") {
+  struct Case {
+    std::string input;
+    std::string tag;
+  };
+  for (const auto& c : {Case{"+tag NOOP\r\n", "*"}, Case{"a\r\n", "a"}, Case{"* NOOP\r\n", "*"},
+                        Case{"a  NOOP\r\n", "a"}, Case{"a NOOP \r\n", "a"},
+                        Case{"a NO(OP\r\n", "a"}, Case{"a LOGIN a\"b\" c\r\n", "a"}}) {
+    CAPTURE(c.input);
+    CommandParser parser(limits());
+    std::string buffer = c.input + "z NOOP\r\n";
+    auto r = parser.parse(buffer);
+    CHECK(r.event == ParseEvent::bad);
+    CHECK(r.tag == c.tag);
+    auto next = parser.parse(buffer);
+    CHECK(next.event == ParseEvent::command);
+    CHECK(next.command.tag == "z");
+  }
+}
+
+TEST_CASE("a bad line whose end has not arrived is skipped when it does") {
+  CommandParser parser(limits());
+  std::string buffer = "a LOGIN \"x\\q";
+  CHECK(parser.parse(buffer).event == ParseEvent::bad);
+  buffer += "more junk";
+  CHECK(parser.parse(buffer).event == ParseEvent::need_more);
+  buffer += " end\r\nb NOOP\r\n";
+  CHECK(parser.parse(buffer).command.tag == "b");
+}
+
+TEST_CASE("parenthesised lists (ID)") {
+  CommandParser parser(limits());
+  std::string buffer = "a ID (\"name\" \"Thunder bird\" \"version\" NIL)\r\n";
+  auto r = parser.parse(buffer);
+  REQUIRE(r.event == ParseEvent::command);
+  REQUIRE(r.command.args.size() == 6);
+  CHECK(r.command.args[0].kind == Token::Kind::list_open);
+  CHECK(r.command.args[4].is_nil());
+  CHECK(r.command.args[5].kind == Token::Kind::list_close);
+
+  for (std::string bad : {"a ID (\"x\" \"y\"\r\n", "a ID \"x\")\r\n", "a ID ( \"x\")\r\n"}) {
+    CommandParser p(limits());
+    CHECK(p.parse(bad).event == ParseEvent::bad);
+  }
+}
+
+TEST_CASE("NUL inside a literal is bad") {
+  CommandParser parser(limits());
+  std::string buffer = std::string("a LOGIN {3+}\r\na\0b x\r\n", 21);
+  CHECK(parser.parse(buffer).event == ParseEvent::bad);
+}
+
+TEST_CASE("raw lines for AUTHENTICATE") {
+  CommandParser parser(limits());
+  std::string buffer = "AGFsaWNlAGRlbW8=\r\nnext";
+  auto r = parser.parse_line(buffer);
+  REQUIRE(r.event == ParseEvent::command);
+  CHECK(r.message == "AGFsaWNlAGRlbW8=");
+  CHECK(buffer == "next");
+  CHECK(parser.parse_line(buffer).event == ParseEvent::need_more);
+  buffer = std::string(2000, 'A');
+  CHECK(parser.parse_line(buffer).event == ParseEvent::fatal);
+}
+
+TEST_CASE("random input never crashes and always makes progress or waits") {
+  std::mt19937 rng(12345);
+  const std::string alphabet = "aB1 \"\\{}+()*%]\r\n\0\x80\xff~NILOGIN";
+  for (int round = 0; round < 3000; ++round) {
+    CommandParser parser(limits());
+    std::string buffer;
+    int len = static_cast<int>(rng() % 200);
+    for (int i = 0; i < len; ++i) buffer += alphabet[rng() % alphabet.size()];
+    for (int steps = 0; steps < 1000; ++steps) {
+      auto before = buffer.size();
+      auto r = parser.parse(buffer);
+      if (r.event == ParseEvent::need_more || r.event == ParseEvent::fatal ||
+          r.event == ParseEvent::continuation)
+        break;
+      REQUIRE(buffer.size() < before);  // progress: every answer consumed input
+    }
+  }
+}

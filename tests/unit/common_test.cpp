@@ -1,0 +1,87 @@
+#include "common/deadline.hpp"
+#include "common/failure.hpp"
+#include "common/log.hpp"
+#include "common/session_id.hpp"
+#include "common/strings.hpp"
+#include "config/duration.hpp"
+
+#include <doctest/doctest.h>
+
+#include <set>
+
+using namespace isthmus;
+
+TEST_CASE("base64: round trips and strict decoding") {
+  for (const std::string& raw : std::vector<std::string>{"", "a", "ab", "abc", "abcd", std::string("\0alice\0demo", 11)}) {
+    CHECK(decode_base64(encode_base64(raw)) == raw);
+  }
+  CHECK(encode_base64(std::string("\0alice@example.org\0demo", 23)) ==
+        "AGFsaWNlQGV4YW1wbGUub3JnAGRlbW8=");
+  CHECK_FALSE(decode_base64("abc"));        // not a multiple of 4
+  CHECK_FALSE(decode_base64("ab=c"));       // padding in the middle
+  CHECK_FALSE(decode_base64("a==="));       // too much padding
+  CHECK_FALSE(decode_base64("ab c"));       // whitespace
+  CHECK_FALSE(decode_base64("ab$c"));       // outside the alphabet
+  CHECK_FALSE(decode_base64("YQ==YQ=="));   // padding before the end
+}
+
+TEST_CASE("sanitize keeps printable ASCII and escapes the rest") {
+  CHECK(sanitize("alice@example.org") == "alice@example.org");
+  CHECK(sanitize(std::string("a\0b\r\n", 5)) == "a\\x00b\\x0d\\x0a");
+  CHECK(sanitize("back\\slash") == "back\\x5cslash");
+  CHECK(sanitize(std::string(300, 'x'), 10) == "xxxxxxxxxx...");
+}
+
+TEST_CASE("durations") {
+  using std::chrono::milliseconds;
+  CHECK(config::parse_duration("250ms") == milliseconds(250));
+  CHECK(config::parse_duration("30s") == milliseconds(30000));
+  CHECK(config::parse_duration("5m") == milliseconds(300000));
+  CHECK(config::parse_duration("1h") == milliseconds(3600000));
+  CHECK(config::parse_duration("0s") == milliseconds(0));
+  CHECK_FALSE(config::parse_duration("30"));
+  CHECK_FALSE(config::parse_duration("s"));
+  CHECK_FALSE(config::parse_duration("-1s"));
+  CHECK_FALSE(config::parse_duration("1.5s"));
+  CHECK_FALSE(config::parse_duration("99999999999999h"));
+  CHECK(config::format_duration(milliseconds(30000)) == "30s");
+  CHECK(config::format_duration(milliseconds(1500)) == "1500ms");
+}
+
+TEST_CASE("deadlines: an inner budget never outlives the outer one") {
+  auto outer = Deadline::after(std::chrono::seconds(1));
+  CHECK(outer.within(std::chrono::seconds(10)).when() == outer.when());
+  CHECK(outer.within(std::chrono::milliseconds(10)).when() < outer.when());
+  CHECK(Deadline::never().within(std::chrono::seconds(1)).is_never() == false);
+  CHECK_FALSE(Deadline::never().expired());
+  CHECK(Deadline::after(std::chrono::seconds(-1)).expired());
+  CHECK(Deadline::after(std::chrono::seconds(-1)).remaining() == Clock::duration::zero());
+}
+
+TEST_CASE("every failure has a policy with a distinct name") {
+  std::set<std::string_view> names;
+  for (int f = 0; f <= static_cast<int>(Failure::shutdown); ++f) {
+    const auto& p = policy_of(static_cast<Failure>(f));
+    CHECK(names.insert(p.name).second);
+    CHECK_FALSE(p.description.empty());
+  }
+  // A wrong password must never make Isthmus try the other node (that
+  // would double the guesses an attacker gets); a dead node must.
+  CHECK_FALSE(policy_of(Failure::auth_failed).try_next_node);
+  CHECK(policy_of(Failure::node_refused).try_next_node);
+  CHECK(policy_of(Failure::node_timeout).node_suspect);
+  // An outage is never reported as a bad password.
+  CHECK(policy_of(Failure::directory_down).answer == ClientAnswer::temporary);
+  CHECK(policy_of(Failure::no_node).answer == ClientAnswer::temporary);
+  CHECK(policy_of(Failure::unknown_user).answer == ClientAnswer::auth_failed);
+}
+
+TEST_CASE("session ids are short and distinct") {
+  std::set<std::string> ids;
+  for (int i = 0; i < 1000; ++i) {
+    auto id = new_session_id();
+    CHECK(id.size() == 12);
+    ids.insert(id);
+  }
+  CHECK(ids.size() == 1000);
+}

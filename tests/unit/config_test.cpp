@@ -1,0 +1,136 @@
+#include "config/config_loader.hpp"
+
+#include <doctest/doctest.h>
+
+using namespace isthmus::config;
+
+namespace {
+
+const char* kGood = R"({
+  // comments are allowed
+  "instance": "t1",
+  "listeners": [ { "name": "imap", "protocol": "imap", "address": "127.0.0.1", "port": 1143 } ],
+  "islands": [
+    { "name": "a", "policy": "balance", "nodes": [
+      { "name": "a-left", "host": "127.0.0.1", "ports": { "imap": 21143 } },
+      { "name": "a-right", "host": "127.0.0.1", "ports": { "imap": 22143, "lmtp": 22024 } } ] }
+  ],
+  /* block comments too */
+  "directory": { "type": "static", "file": "users.map" },
+  "timeouts": { "idle": "30m", "connect": 2, "auth_failure_delay": "0s" }
+})";
+
+std::string error_of(const std::string& text) {
+  try {
+    parse_config(text, "test.json", "/etc/isthmus");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string with_in(std::string text, const std::string& from, const std::string& to) {
+  auto pos = text.find(from);
+  REQUIRE(pos != std::string::npos);
+  return text.replace(pos, from.size(), to);
+}
+
+std::string with(const std::string& from, const std::string& to) { return with_in(kGood, from, to); }
+
+}  // namespace
+
+TEST_CASE("a good config loads") {
+  Config c = parse_config(kGood, "test.json", "/etc/isthmus");
+  CHECK(c.instance == "t1");
+  REQUIRE(c.islands.size() == 1);
+  CHECK(c.islands[0].nodes[1].port_for(Protocol::lmtp) == 22024);
+  CHECK_FALSE(c.islands[0].nodes[0].port_for(Protocol::lmtp));
+  CHECK(c.directory.file == "/etc/isthmus/users.map");
+  CHECK(c.timeouts.idle == std::chrono::minutes(30));
+  CHECK(c.timeouts.connect == std::chrono::seconds(2));
+  CHECK(c.timeouts.auth_failure_delay == std::chrono::milliseconds(0));
+  CHECK(c.limits.max_line == 8192);
+}
+
+TEST_CASE("syntax errors name line and column") {
+  auto e = error_of("{\n  \"instance\": \"x\",\n  oops\n}");
+  CHECK(e.find("test.json:3:") == 0);
+}
+
+TEST_CASE("unknown keys are errors, named by JSON pointer") {
+  auto e = error_of(with("\"policy\": \"balance\"", "\"policy\": \"balance\", \"polcy\": 1"));
+  CHECK(e == "test.json: /islands/0/polcy: unknown key");
+  e = error_of(with("\"imap\": 21143", "\"imap\": 21143, \"imaps\": 1"));
+  CHECK(e == "test.json: /islands/0/nodes/0/ports/imaps: unknown key");
+}
+
+TEST_CASE("duplicate keys are errors") {
+  auto e = error_of(with("\"port\": 1143", "\"port\": 1143, \"port\": 1144"));
+  CHECK(e == "test.json: /listeners/0/port: duplicate key");
+}
+
+TEST_CASE("wrong values say what is expected, all problems at once") {
+  auto e = error_of(with("\"port\": 1143", "\"port\": 70000"));
+  CHECK(e == "test.json: /listeners/0/port: must be an integer from 0 to 65535");
+  e = error_of(with("\"address\": \"127.0.0.1\"", "\"address\": \"localhost\""));
+  CHECK(e == "test.json: /listeners/0/address: must be an IPv4 or IPv6 address");
+  e = error_of(with("\"idle\": \"30m\"", "\"idle\": \"30 minutes\""));
+  CHECK(e.find("test.json: /timeouts/idle: must be a duration") == 0);
+  e = error_of(with("\"name\": \"a-right\"", "\"name\": \"a-left\""));
+  CHECK(e.find("/islands/0/nodes/1/name: node \"a-left\" is defined twice") != std::string::npos);
+  e = error_of(with("\"port\": 1143", "\"port\": -1, \"protocol2\": 1"));
+  CHECK(e.find("/listeners/0/port") != std::string::npos);
+  CHECK(e.find("/listeners/0/protocol2: unknown key") != std::string::npos);
+}
+
+TEST_CASE("missing required keys") {
+  auto e = error_of("{ \"listeners\": [], \"directory\": {\"type\": \"static\"} }");
+  CHECK(e.find("test.json: /listeners: must be a non-empty array") != std::string::npos);
+  CHECK(e.find("missing required key \"islands\"") != std::string::npos);
+  CHECK(e.find("a static directory needs \"file\"") != std::string::npos);
+}
+
+TEST_CASE("a node must serve every protocol a listener offers") {
+  auto e = error_of(with("\"ports\": { \"imap\": 21143 }", "\"ports\": { \"lmtp\": 21024 }"));
+  CHECK(e == "test.json: /islands/0/nodes/0/ports: node \"a-left\" has no imap port, but "
+             "listener \"imap\" serves imap");
+}
+
+TEST_CASE("names must be plain") {
+  auto e = error_of(with("\"name\": \"a\",", "\"name\": \"a b\","));
+  CHECK(e.find("/islands/0/name: must be 1-64 characters") != std::string::npos);
+}
+
+TEST_CASE("TLS, trust and PROXY protocol keys") {
+  auto text = with("\"port\": 1143 }",
+                   "\"port\": 1143, \"tls\": \"starttls\", \"proxy_protocol\": [\"10.0.0.0/8\"] }");
+  text = with_in(text, "/* block comments too */",
+                 "\"tls\": { \"certificate\": \"c.pem\", \"key\": \"/k.pem\" },"
+                 "\"trusted_networks\": [\"127.0.0.1\", \"192.0.2.0/24\"], \"proxy_ttl\": 3,");
+  Config c = parse_config(text, "test.json", "/etc/isthmus");
+  CHECK(c.listeners[0].tls == TlsMode::starttls);
+  REQUIRE(c.listeners[0].proxy_protocol.size() == 1);
+  CHECK(c.listeners[0].proxy_protocol[0].prefix == 8);
+  REQUIRE(c.tls);
+  CHECK(c.tls->certificate == "/etc/isthmus/c.pem");
+  CHECK(c.tls->key == "/k.pem");
+  CHECK(c.trusted_networks.size() == 2);
+  CHECK(c.proxy_ttl == 3);
+}
+
+TEST_CASE("TLS and trust errors") {
+  auto e = error_of(with("\"port\": 1143 }", "\"port\": 1143, \"tls\": \"implicit\" }"));
+  CHECK(e == "test.json: /listeners/0/tls: a TLS listener needs the \"tls\" section (certificate "
+             "and key)");
+  e = error_of(with("\"port\": 1143 }", "\"port\": 1143, \"tls\": \"yes\" }"));
+  CHECK(e.find("/listeners/0/tls: must be \"none\", \"starttls\" or \"implicit\"") !=
+        std::string::npos);
+  e = error_of(with("\"port\": 1143 }", "\"port\": 1143, \"proxy_protocol\": [\"10.0.0.0/33\"] }"));
+  CHECK(e.find("/listeners/0/proxy_protocol/0: must be an IP address or a network") !=
+        std::string::npos);
+  e = error_of(with("\"instance\": \"t1\",", "\"instance\": \"t1\", \"tls\": { \"key\": \"k\" },"));
+  CHECK(e.find("/tls: missing required key \"certificate\"") != std::string::npos);
+  e = error_of(with("\"host\": \"127.0.0.1\", \"ports\": { \"imap\": 21143 }",
+                    "\"host\": \"127.0.0.1\", \"tls\": \"sometimes\", \"ports\": { \"imap\": 21143 }"));
+  CHECK(e.find("/islands/0/nodes/0/tls: must be") != std::string::npos);
+}
