@@ -2,6 +2,9 @@
 
 #include "config/config_loader.hpp"
 #include "config/duration.hpp"
+#include "director/caching_directory.hpp"
+#include "director/ldap_directory.hpp"
+#include "director/sql_directory.hpp"
 #include "director/static_directory.hpp"
 #include "proxy/server.hpp"
 #include "proxy/tls_contexts.hpp"
@@ -34,6 +37,35 @@ void check_spool_dir(const config::Config& config) {
   ::close(fd);
 }
 
+// The directory a config asks for. A reload re-reads a static file, but
+// keeps a network directory (its connections and its cache) when its
+// settings did not change: a SIGHUP must not empty the cache that carries
+// logins through a directory outage.
+std::shared_ptr<director::Directory> make_directory(const config::Config& config,
+                                                    const proxy::Runtime* previous) {
+  const auto& settings = config.directory;
+  if (previous && settings.type != "static") {
+    const auto& old = previous->config->directory;
+    bool same = old.type == settings.type && old.cache == settings.cache &&
+                (settings.type == "ldap" ? old.ldap == settings.ldap : old.sql == settings.sql);
+    if (same) return previous->directory;
+  }
+  std::shared_ptr<director::Directory> directory;
+  if (settings.type == "ldap") {
+    directory = director::make_ldap_directory(settings.ldap);
+  } else if (settings.type == "sql") {
+    directory = director::make_sql_directory(settings.sql);
+  } else {
+    auto known = [&config](std::string_view island) {
+      return config.find_island(island) != nullptr;
+    };
+    directory = director::StaticDirectory::load(settings.file, config.login_names, known);
+  }
+  if (settings.cache.enabled)
+    directory = director::CachingDirectory::create(std::move(directory), settings.cache);
+  return directory;
+}
+
 }  // namespace
 
 std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path& config_file,
@@ -43,9 +75,9 @@ std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path&
   runtime->config = config;
   runtime->topology =
       backends::Topology::build(*config, previous ? previous->topology.get() : nullptr);
-  auto known = [&config](std::string_view island) { return config->find_island(island) != nullptr; };
-  runtime->directory =
-      director::StaticDirectory::load(config->directory.file, config->login_names, known);
+  runtime->directory = make_directory(*config, previous);
+  runtime->auth_guard =
+      previous ? previous->auth_guard : std::make_shared<director::AuthGuard>();
   if (config->tls) runtime->server_tls = proxy::make_server_tls(*config->tls, config->path.string());
   bool nodes_use_tls = false;
   for (const auto& island : config->islands)

@@ -49,3 +49,15 @@ const Island* Config::find_island(std::string_view name) const {
 }
 
 }  // namespace isthmus::config
+
+namespace isthmus::config {
+
+// The CalMail-style lookup of deploy/sql/calmail-schema.sql.
+std::string_view default_sql_query() {
+  return "SELECT a.island, a.state, a.password, "
+         "COALESCE(a.node_login, CONCAT(a.localpart, '@', d.name)) AS node_login "
+         "FROM account a JOIN domain d ON d.id = a.domain_id "
+         "WHERE a.localpart = %{localpart} AND d.name = %{domain}";
+}
+
+}  // namespace isthmus::config

@@ -66,9 +66,101 @@ struct Island {
   std::vector<Node> nodes;
 };
 
+// A cache in front of a network directory (see director/caching_directory.hpp).
+struct DirectoryCache {
+  bool enabled = true;
+  Duration positive_ttl = std::chrono::minutes(5);  // a found user is trusted this long
+  Duration negative_ttl = std::chrono::seconds(60); // "no such user" is trusted this long
+  // After its TTL, an entry is still served while the directory is failing,
+  // for at most this long past expiry (logged and counted each time).
+  Duration stale_if_error = std::chrono::hours(1);
+  std::size_t max_entries = 100000;  // least recently used entries go first
+  bool operator==(const DirectoryCache&) const = default;
+};
+
+// TLS towards a directory server.
+struct DirectoryTls {
+  std::filesystem::path ca;  // PEM bundle; empty: the system's CAs
+  bool verify = true;        // chain and host name
+  bool operator==(const DirectoryTls&) const = default;
+};
+
+// LDAP: the user's entry carries the island (RFC 4511 search, RFC 4515 filter).
+struct LdapDirectory {
+  std::vector<std::string> uris;  // ldap://host:port or ldaps://host:port, tried in order
+  bool starttls = false;          // StartTLS on ldap:// URIs (required, never optional)
+  DirectoryTls tls;
+  std::string bind_dn;            // the service account; empty: anonymous
+  std::filesystem::path bind_password_file;
+  std::string bind_password;      // read from bind_password_file at load (trailing newline dropped)
+  std::string base;               // search base
+  std::string scope = "sub";      // base | one | sub
+  // %{user}, %{localpart}, %{domain}: RFC 4515-escaped values.
+  std::string filter = "(&(objectClass=mailIslandUser)(uid=%{user}))";
+  std::string island_attribute = "mailIsland";
+  std::string state_attribute = "mailAccountState";       // absent on an entry: active
+  std::string node_login_attribute = "mailNodeLogin";     // absent on an entry: the login name
+  std::string password_attribute;  // optional: a crypt(3) hash for authentication "directory"
+  unsigned pool = 4;                                       // connections
+  Duration timeout = std::chrono::seconds(3);              // one lookup, all retries
+  Duration connect_timeout = std::chrono::seconds(2);      // one server, TCP + TLS + bind
+  Duration max_backoff = std::chrono::seconds(30);         // between reconnects to a failing server
+  bool operator==(const LdapDirectory&) const = default;
+};
+
+// SQL (MySQL, MariaDB, MySQL Cluster SQL nodes): one prepared statement.
+struct SqlDirectory {
+  std::vector<std::string> servers;  // host:port (IP addresses or names), tried in order
+  std::string database;
+  std::string user;
+  std::filesystem::path password_file;
+  std::string password;  // read from password_file at load (trailing newline dropped)
+  bool tls = false;
+  DirectoryTls tls_options;
+  // %{user}, %{localpart}, %{domain} become ? parameters. Columns by
+  // position: island, state, password hash (may be NULL), node login (may be NULL).
+  std::string query;     // default: default_sql_query()
+  unsigned pool = 4;
+  Duration timeout = std::chrono::seconds(3);
+  Duration connect_timeout = std::chrono::seconds(2);
+  Duration max_backoff = std::chrono::seconds(30);
+  bool operator==(const SqlDirectory&) const = default;
+};
+std::string_view default_sql_query();
+
 struct DirectoryConfig {
-  std::string type = "static";
-  std::filesystem::path file;  // static: the user map, resolved against the config's folder
+  std::string type = "static";  // static | ldap | sql
+  std::filesystem::path file;   // static: the user map, resolved against the config's folder
+  LdapDirectory ldap;
+  SqlDirectory sql;
+  DirectoryCache cache;
+};
+
+// Who decides whether a password is right.
+enum class AuthMode : std::uint8_t {
+  backend,    // the node's answer decides (Isthmus passes the client's credentials on)
+  directory,  // Isthmus checks (LDAP bind as the user, or the SQL password hash)
+};
+enum class MasterStyle : std::uint8_t {
+  sasl,     // AUTHENTICATE/AUTH PLAIN, authzid = the user, authcid = the master user
+  dovecot,  // LOGIN/USER "user*master" (Dovecot's auth_master_user_separator)
+};
+
+struct Auth {
+  AuthMode mode = AuthMode::backend;
+  // Directory mode: log in to nodes as this master user on the user's behalf;
+  // empty: with the user's own (already verified) password.
+  std::string master_user;
+  std::filesystem::path master_password_file;
+  std::string master_password;  // read from master_password_file at load
+  MasterStyle master_style = MasterStyle::sasl;
+  std::string master_separator = "*";
+  // A verdict for (user, password) is remembered this long: a spray of the
+  // same guesses costs the directory one check each.
+  Duration outcome_cache_ttl = std::chrono::seconds(30);
+  // Each failed login from an address doubles its delay (from
+  // timeouts.auth_failure_delay) up to this; ten quiet minutes reset it.
+  Duration max_failure_delay = std::chrono::seconds(15);
 };
 
 struct LoginNames {
@@ -124,6 +216,7 @@ struct Config {
   std::vector<Listener> listeners;
   std::vector<Island> islands;
   DirectoryConfig directory;
+  Auth auth;
   LoginNames login_names;
   Timeouts timeouts;
   Limits limits;

@@ -265,6 +265,204 @@ bool valid_name(std::string_view name) {
 }
 constexpr const char* kNameRule = "must be 1-64 characters of letters, digits, '-', '_' or '.'";
 
+// A list of strings, none empty.
+void read_string_list(Object& o, std::string_view key, std::vector<std::string>& out,
+                      bool required) {
+  const json* v = o.take(key, required);
+  if (!v) return;
+  if (!v->is_array() || v->empty()) {
+    o.problems().add(o.pointer_of(key), "must be a non-empty array of strings");
+    return;
+  }
+  for (std::size_t i = 0; i < v->size(); ++i) {
+    const json& item = (*v)[i];
+    if (item.is_string() && !item.get<std::string>().empty()) out.push_back(item.get<std::string>());
+    else o.problems().add(o.pointer_of(key) + "/" + std::to_string(i), "must be a non-empty string");
+  }
+}
+
+// A secret kept in its own file (mode 0600, outside the config): the file's
+// content without one trailing newline, as `echo secret > file` writes it.
+void read_secret_file(Object& o, std::string_view key, std::filesystem::path& path,
+                      std::string& secret, const std::filesystem::path& base) {
+  o.read_path(key, path, base);
+  if (path.empty()) return;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    o.problems().add(o.pointer_of(key), fmt::format("cannot read {}", path.string()));
+    return;
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  secret = text.str();
+  if (!secret.empty() && secret.back() == '\n') secret.pop_back();
+  if (!secret.empty() && secret.back() == '\r') secret.pop_back();
+  if (secret.find_first_of("\r\n") != std::string::npos || secret.find('\0') != std::string::npos)
+    o.problems().add(o.pointer_of(key), fmt::format("{} must hold one line", path.string()));
+}
+
+void read_directory_tls(Object& o, std::string_view key, DirectoryTls& tls,
+                        const std::filesystem::path& base) {
+  if (const json* v = o.take(key)) {
+    Object t(*v, o.pointer_of(key), o.problems());
+    t.read_path("ca", tls.ca, base);
+    t.read_bool("verify", tls.verify);
+  }
+}
+
+bool has_placeholders_only(std::string_view text, std::string& bad) {
+  for (std::size_t at = text.find("%{"); at != std::string_view::npos; at = text.find("%{", at + 2)) {
+    auto end = text.find('}', at);
+    auto name = text.substr(at + 2, end == std::string_view::npos ? 0 : end - at - 2);
+    if (end == std::string_view::npos || (name != "user" && name != "localpart" && name != "domain")) {
+      bad = std::string(text.substr(at, end == std::string_view::npos ? 2 : end - at + 1));
+      return false;
+    }
+  }
+  return true;
+}
+
+void read_ldap_directory(Object& l, LdapDirectory& ldap, const std::filesystem::path& base) {
+  auto& problems = l.problems();
+  read_string_list(l, "uris", ldap.uris, true);
+  for (std::size_t i = 0; i < ldap.uris.size(); ++i) {
+    const auto& uri = ldap.uris[i];
+    if (uri.rfind("ldap://", 0) != 0 && uri.rfind("ldaps://", 0) != 0)
+      problems.add(l.pointer_of("uris") + "/" + std::to_string(i),
+                   "must start with ldap:// or ldaps://");
+  }
+  l.read_bool("starttls", ldap.starttls);
+  read_directory_tls(l, "tls", ldap.tls, base);
+  l.read_string("bind_dn", ldap.bind_dn);
+  read_secret_file(l, "bind_password_file", ldap.bind_password_file, ldap.bind_password, base);
+  if (!ldap.bind_dn.empty() && ldap.bind_password_file.empty())
+    problems.add(l.pointer_of("bind_dn"), "a bind DN needs \"bind_password_file\"");
+  l.read_string("base", ldap.base, true);
+  l.read_string("scope", ldap.scope);
+  if (ldap.scope != "base" && ldap.scope != "one" && ldap.scope != "sub")
+    problems.add(l.pointer_of("scope"), "must be \"base\", \"one\" or \"sub\"");
+  l.read_string("filter", ldap.filter);
+  std::string bad;
+  if (!has_placeholders_only(ldap.filter, bad))
+    problems.add(l.pointer_of("filter"), fmt::format("unknown placeholder \"{}\" (use %{{user}}, "
+                                                     "%{{localpart}} or %{{domain}})", bad));
+  else if (ldap.filter.find("%{") == std::string::npos)
+    problems.add(l.pointer_of("filter"), "must contain %{user}, %{localpart} or %{domain}");
+  if (const json* attributes = l.take("attributes")) {
+    Object a(*attributes, l.pointer_of("attributes"), problems);
+    a.read_string("island", ldap.island_attribute);
+    a.read_string("state", ldap.state_attribute);
+    a.read_string("node_login", ldap.node_login_attribute);
+    a.read_string("password", ldap.password_attribute);
+    if (ldap.island_attribute.empty())
+      problems.add(a.pointer_of("island"), "must name the attribute holding the island");
+  }
+  l.read_uint("pool", ldap.pool, 1, 64);
+  l.read_duration("timeout", ldap.timeout);
+  l.read_duration("connect_timeout", ldap.connect_timeout);
+  l.read_duration("max_backoff", ldap.max_backoff);
+}
+
+void read_sql_directory(Object& q, SqlDirectory& sql, const std::filesystem::path& base) {
+  auto& problems = q.problems();
+  read_string_list(q, "servers", sql.servers, true);
+  for (std::size_t i = 0; i < sql.servers.size(); ++i) {
+    const auto& server = sql.servers[i];
+    auto colon = server.rfind(':');
+    bool ok = colon != std::string::npos && colon > 0 && colon + 1 < server.size() &&
+              server.find_first_not_of("0123456789", colon + 1) == std::string::npos &&
+              server.size() - colon - 1 <= 5 && std::stoul(server.substr(colon + 1)) - 1 < 65535;
+    if (!ok)
+      problems.add(q.pointer_of("servers") + "/" + std::to_string(i),
+                   "must be host:port, such as \"10.0.0.5:3306\" or \"[2001:db8::5]:3306\"");
+  }
+  q.read_string("database", sql.database, true);
+  q.read_string("user", sql.user, true);
+  read_secret_file(q, "password_file", sql.password_file, sql.password, base);
+  q.read_bool("tls", sql.tls);
+  read_directory_tls(q, "tls_options", sql.tls_options, base);
+  sql.query = std::string(default_sql_query());
+  q.read_string("query", sql.query);
+  std::string bad;
+  if (!has_placeholders_only(sql.query, bad))
+    problems.add(q.pointer_of("query"), fmt::format("unknown placeholder \"{}\" (use %{{user}}, "
+                                                    "%{{localpart}} or %{{domain}})", bad));
+  else if (sql.query.find("%{") == std::string::npos)
+    problems.add(q.pointer_of("query"), "must contain %{user}, %{localpart} or %{domain}");
+  if (sql.query.find('?') != std::string::npos)
+    problems.add(q.pointer_of("query"), "use %{user}, %{localpart} and %{domain}, not ?");
+  q.read_uint("pool", sql.pool, 1, 64);
+  q.read_duration("timeout", sql.timeout);
+  q.read_duration("connect_timeout", sql.connect_timeout);
+  q.read_duration("max_backoff", sql.max_backoff);
+}
+
+void read_directory(Object& d, DirectoryConfig& directory, const std::filesystem::path& base) {
+  auto& problems = d.problems();
+  d.read_string("type", directory.type, true);
+  const auto& type = directory.type;
+  if (type != "static" && type != "ldap" && type != "sql") {
+    problems.add(d.pointer_of("type"), "must be \"static\", \"ldap\" or \"sql\"");
+    return;
+  }
+  d.read_path("file", directory.file, base);
+  if (type == "static" && directory.file.empty())
+    problems.add("/directory", "a static directory needs \"file\"");
+  if (type != "static" && !directory.file.empty())
+    problems.add(d.pointer_of("file"), "only a static directory reads a file");
+  const json* ldap = d.take("ldap");
+  const json* sql = d.take("sql");
+  if (type == "ldap" && !ldap) problems.add("/directory", "an ldap directory needs \"ldap\"");
+  if (type == "sql" && !sql) problems.add("/directory", "an sql directory needs \"sql\"");
+  if (ldap && type != "ldap") problems.add(d.pointer_of("ldap"), "only for type \"ldap\"");
+  if (sql && type != "sql") problems.add(d.pointer_of("sql"), "only for type \"sql\"");
+  if (ldap && type == "ldap") {
+    Object l(*ldap, d.pointer_of("ldap"), problems);
+    read_ldap_directory(l, directory.ldap, base);
+  }
+  if (sql && type == "sql") {
+    Object q(*sql, d.pointer_of("sql"), problems);
+    read_sql_directory(q, directory.sql, base);
+  }
+  // Static lookups are a hash probe already: no cache unless asked for.
+  directory.cache.enabled = type != "static";
+  if (const json* cache = d.take("cache")) {
+    Object c(*cache, d.pointer_of("cache"), problems);
+    c.read_bool("enabled", directory.cache.enabled);
+    c.read_duration("positive_ttl", directory.cache.positive_ttl);
+    c.read_duration("negative_ttl", directory.cache.negative_ttl);
+    c.read_duration("stale_if_error", directory.cache.stale_if_error);
+    c.read_uint("max_entries", directory.cache.max_entries, 1, 100000000);
+  }
+}
+
+void read_auth(Object& a, Auth& auth, const std::filesystem::path& base) {
+  auto& problems = a.problems();
+  std::string mode;
+  a.read_string("mode", mode);
+  if (mode == "directory") auth.mode = AuthMode::directory;
+  else if (!mode.empty() && mode != "backend")
+    problems.add(a.pointer_of("mode"), "must be \"backend\" or \"directory\"");
+  a.read_string("master_user", auth.master_user);
+  read_secret_file(a, "master_password_file", auth.master_password_file, auth.master_password,
+                   base);
+  if (!auth.master_user.empty() && auth.master_password_file.empty())
+    problems.add(a.pointer_of("master_user"), "a master user needs \"master_password_file\"");
+  if (!auth.master_user.empty() && auth.mode != AuthMode::directory)
+    problems.add(a.pointer_of("master_user"),
+                 "only for mode \"directory\" (nodes must not trust unverified logins)");
+  std::string style;
+  a.read_string("master_style", style);
+  if (style == "dovecot") auth.master_style = MasterStyle::dovecot;
+  else if (!style.empty() && style != "sasl")
+    problems.add(a.pointer_of("master_style"), "must be \"sasl\" or \"dovecot\"");
+  a.read_string("master_separator", auth.master_separator);
+  if (auth.master_separator.empty())
+    problems.add(a.pointer_of("master_separator"), "must not be empty");
+  a.read_duration("outcome_cache_ttl", auth.outcome_cache_ttl);
+  a.read_duration("max_failure_delay", auth.max_failure_delay);
+}
+
 void read_log(Object& o, LogSettings& log) {
   std::string level;
   o.read_string("level", level);
@@ -395,17 +593,14 @@ Config parse_config(std::string_view text, const std::string& source,
       read_islands(*islands, "/islands", problems, config.islands);
     if (const json* directory = o.take("directory", true)) {
       Object d(*directory, "/directory", problems);
-      d.read_string("type", config.directory.type, true);
-      std::string file;
-      d.read_string("file", file);
-      if (config.directory.type == "static") {
-        if (file.empty()) problems.add("/directory", "a static directory needs \"file\"");
-        else config.directory.file = std::filesystem::path(file).is_absolute()
-                                         ? std::filesystem::path(file)
-                                         : base_dir / file;
-      } else if (d.take("type")) {
-        problems.add("/directory/type", "must be \"static\"");
-      }
+      read_directory(d, config.directory, base_dir);
+    }
+    if (const json* auth = o.take("auth")) {
+      Object a(*auth, "/auth", problems);
+      read_auth(a, config.auth, base_dir);
+      if (config.auth.mode == AuthMode::directory && config.directory.type == "static")
+        problems.add("/auth/mode", "\"directory\" needs an ldap or sql directory (a static "
+                                   "directory holds no passwords)");
     }
     if (const json* names = o.take("login_names")) {
       Object n(*names, "/login_names", problems);

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace isthmus::director {
 
@@ -40,12 +41,49 @@ struct LookupResult {
   std::string detail;  // for logs: how it was found or why it failed
 };
 
+// A login name cut for query templates: %{user} is the whole normalised
+// name, %{localpart} what comes before its last '@', %{domain} what comes
+// after (empty for a name without '@').
+struct LoginParts {
+  std::string user;
+  std::string localpart;
+  std::string domain;
+};
+LoginParts split_login(std::string_view user);
+
+// A filter or query template cut at its placeholders. Each implementation
+// renders the values its own safe way: RFC 4515 escaping for LDAP, bound
+// parameters for SQL. The config loader has rejected unknown placeholders.
+struct TemplatePiece {
+  enum class Field : std::uint8_t { none, user, localpart, domain };
+  std::string text;          // literal text before the field
+  Field field = Field::none; // none only for the last piece
+};
+std::vector<TemplatePiece> parse_template(std::string_view text);
+const std::string& value_of(const LoginParts& parts, TemplatePiece::Field field);
+
+// Directory authentication (auth mode "directory"): the answer to "is this
+// the user's password?".
+enum class PasswordCheck : std::uint8_t {
+  accepted,
+  rejected,
+  unavailable,  // the directory could not answer: a temporary failure
+  unsupported,  // nothing to check against (no DN, no hash): a configuration problem
+};
+std::string_view name_of(PasswordCheck check);
+
 class Directory {
  public:
   virtual ~Directory() = default;
   // `user` is a normalised login name (see login_name.hpp).
   virtual boost::asio::awaitable<LookupResult> lookup(std::string user) = 0;
   virtual std::string_view kind() const = 0;
+
+  // Checks `password` for the user `entry` was found for. The default
+  // verifies entry.password_hash with crypt(3) off the worker threads
+  // (password_hash.hpp); the LDAP directory binds as entry.dn instead.
+  virtual boost::asio::awaitable<PasswordCheck> check_password(const UserEntry& entry,
+                                                               std::string password);
 };
 
 }  // namespace isthmus::director

@@ -24,6 +24,49 @@ std::size_t next_spin() {
   return spin.fetch_add(1, std::memory_order_relaxed);
 }
 
+struct Verdict {
+  Failure failure = Failure::none;
+  std::string detail;
+};
+
+// Directory authentication: a remembered verdict, or the directory's.
+boost::asio::awaitable<Verdict> check_password(const Runtime& runtime, const std::string& user,
+                                               const director::UserEntry& entry,
+                                               const std::string& password) {
+  const auto& config = *runtime.config;
+  auto& guard = *runtime.auth_guard;
+  director::PasswordCheck check = director::PasswordCheck::unavailable;
+  std::string how = "remembered";
+  const std::string stored = entry.password_hash + '\n' + entry.dn;
+  if (auto known = guard.remembered(user, stored, password, Clock::now())) {
+    check = *known;
+  } else {
+    how = std::string(runtime.directory->kind());
+    check = co_await runtime.directory->check_password(entry, password);
+    guard.remember(user, stored, password, check, config.auth.outcome_cache_ttl, Clock::now());
+  }
+  Verdict verdict;
+  switch (check) {
+    case director::PasswordCheck::accepted: break;
+    case director::PasswordCheck::rejected:
+      verdict.failure = Failure::auth_failed;
+      verdict.detail = fmt::format("wrong password ({} verdict)", how);
+      break;
+    case director::PasswordCheck::unavailable:
+      verdict.failure = Failure::directory_down;
+      verdict.detail = "the directory could not check the password";
+      break;
+    case director::PasswordCheck::unsupported:
+      verdict.failure = Failure::directory_down;
+      verdict.detail = entry.dn.empty() && entry.password_hash.empty()
+                           ? "nothing to check the password against: the directory gave no "
+                             "password hash or DN for the user (check directory and auth config)"
+                           : "the stored password hash has a scheme Isthmus cannot check";
+      break;
+  }
+  co_return verdict;
+}
+
 }  // namespace
 
 boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtime,
@@ -99,9 +142,34 @@ boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtim
 
   backends::Credentials credentials;
   // The node may know the user by another name (the directory says which).
-  credentials.user = found.entry.node_login.empty() ? *user : found.entry.node_login;
+  const std::string node_user = found.entry.node_login.empty() ? *user : found.entry.node_login;
+  credentials.user = node_user;
   credentials.authzid = authzid;
   credentials.password = std::move(request.password);
+  if (config.auth.mode == config::AuthMode::directory) {
+    // Isthmus checks the password; the node is told who logs in.
+    if (!authzid.empty()) {
+      outcome.failure = Failure::auth_failed;
+      outcome.detail = "an authorization identity is not accepted with directory authentication";
+      co_return outcome;
+    }
+    auto verdict = co_await check_password(runtime, *user, found.entry, credentials.password);
+    if (verdict.failure != Failure::none) {
+      outcome.failure = verdict.failure;
+      outcome.detail = std::move(verdict.detail);
+      co_return outcome;
+    }
+    const auto& auth = config.auth;
+    if (!auth.master_user.empty()) {
+      credentials.password = auth.master_password;
+      if (auth.master_style == config::MasterStyle::sasl) {
+        credentials.user = auth.master_user;
+        credentials.authzid = node_user;
+      } else {
+        credentials.user = node_user + auth.master_separator + auth.master_user;
+      }
+    }
+  }
   backends::ForwardedClient forwarded;
   forwarded.ip = unmapped(request.client_remote.address()).to_string();
   forwarded.port = request.client_remote.port();

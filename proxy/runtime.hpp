@@ -5,6 +5,7 @@
 
 #include "backends/topology.hpp"
 #include "config/config.hpp"
+#include "director/auth_guard.hpp"
 #include "director/directory.hpp"
 
 #include <boost/asio/ssl/context.hpp>
@@ -18,6 +19,7 @@ struct Runtime {
   std::shared_ptr<const config::Config> config;
   std::shared_ptr<const backends::Topology> topology;
   std::shared_ptr<director::Directory> directory;
+  std::shared_ptr<director::AuthGuard> auth_guard;  // kept across reloads
   std::shared_ptr<boost::asio::ssl::context> server_tls;  // set when config.tls is
   std::shared_ptr<boost::asio::ssl::context> node_tls;    // set when a node uses TLS
   std::uint64_t generation = 0;  // 1 for the first config, +1 per reload

@@ -95,6 +95,14 @@ class Session {
   bool plaintext_auth_allowed() const {
     return client_.is_tls() || listener_->allow_plaintext_auth || client_info_.trusted;
   }
+  // How long after the command a failed login's answer goes out: the
+  // configured delay, doubled per recent failure from the client's address.
+  Clock::duration auth_failure_delay() const {
+    const auto& config = *runtime_->config;
+    return runtime_->auth_guard->failed_login(client_info_.remote.address().to_string(),
+                                              config.timeouts.auth_failure_delay,
+                                              config.auth.max_failure_delay, Clock::now());
+  }
   bool tls_available() const {
     return listener_->tls == config::TlsMode::starttls && !client_.is_tls() && runtime_->server_tls;
   }

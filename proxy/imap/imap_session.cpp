@@ -330,7 +330,8 @@ asio::awaitable<ImapSession::Next> ImapSession::log_in(const std::string& tag, s
     // password was wrong (the node took its time) or the user unknown (no
     // node asked): no way to probe which names exist, as long as the delay
     // is longer than a node takes to refuse.
-    co_await sleep_until(Deadline::at(started + config_.timeouts.auth_failure_delay));
+    const auto delay = auth_failure_delay();
+    co_await sleep_until(Deadline::at(started + delay));
     text = tag + " NO [AUTHENTICATIONFAILED] Authentication failed.\r\n";
   } else if (policy.answer == ClientAnswer::in_use) {
     text = tag + " NO [INUSE] Mailbox is in use, please try again later.\r\n";

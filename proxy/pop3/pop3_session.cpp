@@ -219,7 +219,8 @@ asio::awaitable<Pop3Session::Next> Pop3Session::log_in(std::string user, std::st
   if (policy.answer == ClientAnswer::auth_failed) {
     // The same answer, at the same time after the command, for a wrong
     // password and an unknown user (RFC 3206 [AUTH]).
-    co_await sleep_until(Deadline::at(started + config_.timeouts.auth_failure_delay));
+    const auto delay = auth_failure_delay();
+    co_await sleep_until(Deadline::at(started + delay));
     text = "-ERR [AUTH] Authentication failed.\r\n";
   } else if (policy.answer == ClientAnswer::in_use) {
     text = "-ERR [IN-USE] Mailbox is in use, please try again later.\r\n";

@@ -2,6 +2,9 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdio>
+#include <unistd.h>
+
 using namespace isthmus::config;
 
 namespace {
@@ -133,4 +136,79 @@ TEST_CASE("TLS and trust errors") {
   e = error_of(with("\"host\": \"127.0.0.1\", \"ports\": { \"imap\": 21143 }",
                     "\"host\": \"127.0.0.1\", \"tls\": \"sometimes\", \"ports\": { \"imap\": 21143 }"));
   CHECK(e.find("/islands/0/nodes/0/tls: must be") != std::string::npos);
+}
+
+namespace {
+
+std::string with_directory(const std::string& directory) {
+  return with(R"("directory": { "type": "static", "file": "users.map" })",
+              "\"directory\": " + directory);
+}
+
+struct TempSecret {
+  std::string path = "/tmp/isthmus-config-test-secret-" + std::to_string(::getpid());
+  explicit TempSecret(const std::string& text) {
+    FILE* f = std::fopen(path.c_str(), "w");
+    std::fputs(text.c_str(), f);
+    std::fclose(f);
+  }
+  ~TempSecret() { std::remove(path.c_str()); }
+};
+
+}  // namespace
+
+TEST_CASE("an LDAP directory: defaults, secrets from a file, the cache on") {
+  TempSecret secret("s3cret\n");
+  auto c = parse_config(with_directory(R"({ "type": "ldap", "ldap": {
+      "uris": ["ldap://10.0.0.1", "ldaps://10.0.0.2:636"], "base": "ou=people,dc=example,dc=org",
+      "bind_dn": "cn=isthmus,dc=example,dc=org", "bind_password_file": ")" + secret.path + R"(",
+      "attributes": { "island": "mailHost" } },
+      "cache": { "positive_ttl": "10m", "stale_if_error": "2h" } })"),
+                        "t.json", "/etc");
+  CHECK(c.directory.type == "ldap");
+  CHECK(c.directory.ldap.uris.size() == 2);
+  CHECK(c.directory.ldap.bind_password == "s3cret");
+  CHECK(c.directory.ldap.island_attribute == "mailHost");
+  CHECK(c.directory.ldap.state_attribute == "mailAccountState");
+  CHECK(c.directory.ldap.filter == "(&(objectClass=mailIslandUser)(uid=%{user}))");
+  CHECK(c.directory.cache.enabled);
+  CHECK(c.directory.cache.positive_ttl == std::chrono::minutes(10));
+  CHECK(c.directory.cache.stale_if_error == std::chrono::hours(2));
+}
+
+TEST_CASE("an SQL directory: the CalMail query by default, placeholders checked") {
+  auto c = parse_config(with_directory(R"({ "type": "sql", "sql": {
+      "servers": ["10.0.0.5:3306", "[2001:db8::5]:3306"], "database": "mail", "user": "isthmus" } })"),
+                        "t.json", "/etc");
+  CHECK(c.directory.sql.query == default_sql_query());
+  CHECK(c.directory.sql.servers.size() == 2);
+  auto e = error_of(with_directory(R"({ "type": "sql", "sql": { "servers": ["db"],
+      "database": "mail", "user": "u", "query": "SELECT island FROM t WHERE u = %{usr}" } })"));
+  CHECK(e.find("/directory/sql/servers/0: must be host:port") != std::string::npos);
+  CHECK(e.find("/directory/sql/query: unknown placeholder \"%{usr}\"") != std::string::npos);
+  e = error_of(with_directory(R"({ "type": "sql", "sql": { "servers": ["db:3306"],
+      "database": "mail", "user": "u", "query": "SELECT island FROM t WHERE u = ?" } })"));
+  CHECK(e.find("/directory/sql/query: must contain %{user}") != std::string::npos);
+}
+
+TEST_CASE("directory and auth errors name their place") {
+  auto e = error_of(with_directory(R"({ "type": "ldap", "ldap": { "uris": ["http://x"],
+      "bind_dn": "cn=x", "filter": "uid=x" } })"));
+  CHECK(e.find("/directory/ldap/uris/0: must start with ldap:// or ldaps://") != std::string::npos);
+  CHECK(e.find("/directory/ldap: missing required key \"base\"") != std::string::npos);
+  CHECK(e.find("/directory/ldap/bind_dn: a bind DN needs \"bind_password_file\"") !=
+        std::string::npos);
+  CHECK(e.find("/directory/ldap/filter: must contain %{user}") != std::string::npos);
+  e = error_of(with_directory(R"({ "type": "ldap", "ldap": { "uris": ["ldap://x"], "base": "o=x",
+      "bind_dn": "cn=x", "bind_password_file": "/nonexistent/secret" } })"));
+  CHECK(e.find("/directory/ldap/bind_password_file: cannot read /nonexistent/secret") !=
+        std::string::npos);
+  e = error_of(with_directory(R"({ "type": "nis" })"));
+  CHECK(e.find("/directory/type: must be \"static\", \"ldap\" or \"sql\"") != std::string::npos);
+  e = error_of(with("\"instance\": \"t1\",", "\"instance\": \"t1\", \"auth\": { \"mode\": \"directory\" },"));
+  CHECK(e.find("/auth/mode: \"directory\" needs an ldap or sql directory") != std::string::npos);
+  e = error_of(with("\"instance\": \"t1\",", "\"instance\": \"t1\", \"auth\": { \"master_user\": \"m\" },"));
+  CHECK(e.find("/auth/master_user: a master user needs \"master_password_file\"") !=
+        std::string::npos);
+  CHECK(e.find("/auth/master_user: only for mode \"directory\"") != std::string::npos);
 }

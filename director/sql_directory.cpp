@@ -1,0 +1,185 @@
+#include "director/sql_directory.hpp"
+
+#include "common/log.hpp"
+#include "director/directory_loop.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <stdexcept>
+
+namespace isthmus::director {
+
+namespace asio = boost::asio;
+
+namespace {
+
+// Columns by position.
+constexpr unsigned kIsland = 0;
+constexpr unsigned kState = 1;
+constexpr unsigned kPasswordHash = 2;
+constexpr unsigned kNodeLogin = 3;
+constexpr unsigned kMaxColumns = 4;
+
+LookupResult unavailable(std::string detail) {
+  LookupResult r;
+  r.status = LookupStatus::unavailable;
+  r.detail = std::move(detail);
+  return r;
+}
+
+LookupResult not_found(std::string detail) {
+  LookupResult r;
+  r.status = LookupStatus::not_found;
+  r.detail = std::move(detail);
+  return r;
+}
+
+sql::ClientSettings client_settings(const config::SqlDirectory& settings) {
+  sql::ClientSettings out;
+  for (const auto& text : settings.servers) {
+    auto address = sql::parse_server_address(text);
+    if (!address)  // the config loader checks this already
+      throw std::runtime_error(fmt::format("sql directory: server \"{}\" is not host:port", text));
+    out.servers.push_back(std::move(*address));
+  }
+  if (out.servers.empty()) throw std::runtime_error("sql directory: no servers");
+  out.database = settings.database;
+  out.user = settings.user;
+  out.password = settings.password;
+  out.tls = settings.tls;
+  out.tls_ca = settings.tls_options.ca.string();
+  out.tls_verify = settings.tls_options.verify;
+  out.pool = settings.pool;
+  out.connect_timeout = settings.connect_timeout;
+  out.max_backoff = settings.max_backoff;
+  out.name = "sql directory";
+  return out;
+}
+
+class SqlDirectory final : public LoopDirectory {
+ public:
+  explicit SqlDirectory(const config::SqlDirectory& settings)
+      : LoopDirectory("isthmus-sql"),
+        statement_(sql_statement_from_template(settings.query)),
+        timeout_(settings.timeout),
+        client_(loop().executor(), client_settings(settings)) {
+    client_.warm_up();
+  }
+
+  // Nothing of ours may run while the members go away.
+  ~SqlDirectory() override { stop_loop(); }
+
+  std::string_view kind() const override { return "sql"; }
+
+ protected:
+  asio::awaitable<LookupResult> lookup_in_loop(std::string user) override {
+    auto params = sql_parameters(statement_, user);
+    auto deadline = Deadline::after(timeout_);
+    // Two rows are enough to know the answer is ambiguous; the rest are
+    // counted.
+    sql::QueryResult rows = co_await client_.query(statement_.text, std::move(params), deadline, 2);
+    if (rows.status == sql::QueryStatus::rejected) report_rejected(rows.error);
+    co_return lookup_result_from_rows(rows);
+  }
+
+ private:
+  // A query the server refuses fails every lookup: say so loudly, but not
+  // once per login.
+  void report_rejected(const std::string& error) {
+    auto now = Clock::now();
+    if (now - last_rejected_log_ < std::chrono::seconds(10)) return;
+    last_rejected_log_ = now;
+    spdlog::error(
+        "sql directory: the server refuses the configured query (check "
+        "/directory/sql/query and the grants): {}",
+        error);
+  }
+
+  SqlStatement statement_;
+  Clock::duration timeout_;
+  Clock::time_point last_rejected_log_{};
+  sql::Client client_;
+};
+
+}  // namespace
+
+SqlStatement sql_statement_from_template(std::string_view query) {
+  SqlStatement statement;
+  for (auto& piece : parse_template(query)) {
+    statement.text += piece.text;
+    if (piece.field != TemplatePiece::Field::none) {
+      statement.text += '?';
+      statement.parameters.push_back(piece.field);
+    }
+  }
+  return statement;
+}
+
+std::vector<std::string> sql_parameters(const SqlStatement& statement, std::string_view user) {
+  auto parts = split_login(user);
+  std::vector<std::string> values;
+  values.reserve(statement.parameters.size());
+  for (auto field : statement.parameters) values.push_back(value_of(parts, field));
+  return values;
+}
+
+LookupResult lookup_result_from_rows(const sql::QueryResult& result) {
+  switch (result.status) {
+    case sql::QueryStatus::ok:
+      break;
+    case sql::QueryStatus::failed:
+      return unavailable("sql directory unavailable: " + result.error);
+    case sql::QueryStatus::rejected:
+      return unavailable("sql directory: the server refuses the query: " + result.error);
+  }
+  if (result.columns < 1 || result.columns > kMaxColumns) {
+    return unavailable(
+        fmt::format("sql directory: the query returns {} columns; it must "
+                    "return 1 to 4 (island, state, "
+                    "password hash, node login)",
+                    result.columns));
+  }
+  if (result.row_count == 0) return not_found(fmt::format("no row on {}", result.server));
+  if (result.row_count > 1 || result.rows.size() != 1) {
+    return unavailable(
+        fmt::format("sql directory: the query returned {} rows on {}; one user "
+                    "must match one row at most",
+                    result.row_count, result.server));
+  }
+  const sql::Row& row = result.rows.front();
+  auto column = [&row](unsigned index) -> const sql::Value& {
+    static const sql::Value absent;
+    return index < row.size() ? row[index] : absent;
+  };
+
+  const auto& island = column(kIsland);
+  if (!island || island->empty()) {
+    return not_found(
+        fmt::format("the row on {} has {} island", result.server, island ? "an empty" : "a NULL"));
+  }
+  LookupResult found;
+  found.status = LookupStatus::found;
+  found.entry.island = *island;
+  const auto& state = column(kState);
+  if (state && !state->empty()) {
+    auto parsed = account_state_from(*state);
+    if (!parsed) {
+      return unavailable(
+          fmt::format("sql directory: unknown account state \"{}\" on {} "
+                      "(expected active, disabled or moving)",
+                      sanitize(*state, 40), result.server));
+    }
+    found.entry.state = *parsed;
+  }
+  if (const auto& hash = column(kPasswordHash)) found.entry.password_hash = *hash;
+  if (const auto& node_login = column(kNodeLogin)) found.entry.node_login = *node_login;
+  found.detail = fmt::format("found on {}", result.server);
+  return found;
+}
+
+std::shared_ptr<Directory> make_sql_directory(const config::SqlDirectory& settings) {
+  return std::make_shared<SqlDirectory>(settings);
+}
+
+}  // namespace isthmus::director
