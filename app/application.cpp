@@ -42,8 +42,10 @@ void check_spool_dir(const config::Config& config) {
 // settings did not change: a SIGHUP must not empty the cache that carries
 // logins through a directory outage.
 std::shared_ptr<director::Directory> make_directory(const config::Config& config,
-                                                    const proxy::Runtime* previous) {
+                                                    const proxy::Runtime* previous,
+                                                    bool connect) {
   const auto& settings = config.directory;
+  if (!connect && settings.type != "static") return nullptr;
   if (previous && settings.type != "static") {
     const auto& old = previous->config->directory;
     bool same = old.type == settings.type && old.cache == settings.cache &&
@@ -69,13 +71,14 @@ std::shared_ptr<director::Directory> make_directory(const config::Config& config
 }  // namespace
 
 std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path& config_file,
-                                                    const proxy::Runtime* previous) {
+                                                    const proxy::Runtime* previous,
+                                                    bool connect) {
   auto config = std::make_shared<const config::Config>(config::load_config(config_file));
   auto runtime = std::make_shared<proxy::Runtime>();
   runtime->config = config;
   runtime->topology =
       backends::Topology::build(*config, previous ? previous->topology.get() : nullptr);
-  runtime->directory = make_directory(*config, previous);
+  runtime->directory = make_directory(*config, previous, connect);
   runtime->auth_guard =
       previous ? previous->auth_guard : std::make_shared<director::AuthGuard>();
   if (config->tls) runtime->server_tls = proxy::make_server_tls(*config->tls, config->path.string());

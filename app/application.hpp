@@ -12,8 +12,11 @@ namespace isthmus::app {
 
 // Builds a runtime from a config file: config, topology (resolving hosts;
 // blocking), directory. Throws config::ConfigError listing what is wrong.
+// `connect` false (--check-config): LDAP/SQL directories are validated but
+// not created, so a check never opens connections to directory servers.
 std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path& config_file,
-                                                    const proxy::Runtime* previous);
+                                                    const proxy::Runtime* previous,
+                                                    bool connect = true);
 
 // Runs until SIGTERM/SIGINT and the graceful shutdown are done. Returns the
 // process exit code.

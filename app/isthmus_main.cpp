@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
 
   if (!check_file.empty()) {
     try {
-      auto runtime = isthmus::app::build_runtime(check_file, nullptr);
+      auto runtime = isthmus::app::build_runtime(check_file, nullptr, false);
       std::cout << check_file << ": ok (" << runtime->config->listeners.size() << " listeners, "
                 << runtime->config->islands.size() << " islands)\n";
       return 0;

@@ -1,22 +1,33 @@
 #include "common/deadline.hpp"
 
+#include <boost/asio/execution/context.hpp>
+#include <boost/asio/execution_context.hpp>
+#include <boost/asio/query.hpp>
+
 #include <memory>
 
 namespace isthmus {
 
-// The calling thread's guards, and the timer that checks them. Workers each
-// run one io_context on one thread, so everything here is single-threaded.
-class DeadlineWheel {
+namespace asio = boost::asio;
+
+// One io_context's guards, and the timer that checks them. An io_context is
+// run by one thread (workers, directory loops), so nothing here is locked.
+class DeadlineWheel final : public asio::execution_context::service {
  public:
-  static DeadlineWheel& local() {
-    thread_local DeadlineWheel wheel;
-    return wheel;
+  using key_type = DeadlineWheel;
+  static inline asio::execution_context::id id;
+
+  explicit DeadlineWheel(asio::execution_context& context) : service(context) {}
+
+  static DeadlineWheel& of(const asio::any_io_executor& executor) {
+    return asio::use_service<DeadlineWheel>(asio::query(executor, asio::execution::context));
   }
 
-  void add(DeadlineGuard* guard, const boost::asio::any_io_executor& executor) {
+  void add(DeadlineGuard* guard, const asio::any_io_executor& executor) {
     guard->position_ = guards_.insert(guards_.end(), guard);
     guard->registered_ = true;
-    if (!timer_) timer_ = std::make_unique<boost::asio::steady_timer>(executor);
+    guard->wheel_ = this;
+    if (!timer_ && !shut_down_) timer_ = std::make_unique<asio::steady_timer>(executor);
     arm();
   }
 
@@ -28,10 +39,19 @@ class DeadlineWheel {
  private:
   static constexpr auto kTick = std::chrono::milliseconds(50);
 
-  // The timer runs only while a guard waits, so an idle worker's
-  // io_context has nothing pending and can finish at shutdown.
+  // The io_context is going away: pending operations (and the coroutine
+  // frames holding guards) are destroyed after this, possibly elsewhere.
+  void shutdown() override {
+    shut_down_ = true;
+    for (DeadlineGuard* guard : guards_) guard->registered_ = false;
+    guards_.clear();
+    timer_.reset();
+  }
+
+  // The timer runs only while a guard waits, so an idle io_context has
+  // nothing pending and can finish at shutdown.
   void arm() {
-    if (armed_ || guards_.empty()) return;
+    if (armed_ || guards_.empty() || !timer_) return;
     armed_ = true;
     timer_->expires_after(kTick);
     timer_->async_wait([this](const boost::system::error_code& ec) {
@@ -52,21 +72,24 @@ class DeadlineWheel {
       guard->registered_ = false;
       guard->fired_ = true;
       // Cancelling an operation posts its completion; nothing runs here.
-      guard->signal_.emit(boost::asio::cancellation_type::terminal);
+      guard->signal_.emit(asio::cancellation_type::terminal);
     }
     arm();
   }
 
   std::list<DeadlineGuard*> guards_;
-  std::unique_ptr<boost::asio::steady_timer> timer_;
+  std::unique_ptr<asio::steady_timer> timer_;
   bool armed_ = false;
+  bool shut_down_ = false;
 };
 
-DeadlineGuard::DeadlineGuard(const boost::asio::any_io_executor& executor, Deadline deadline)
+DeadlineGuard::DeadlineGuard(const asio::any_io_executor& executor, Deadline deadline)
     : when_(deadline.when()) {
-  DeadlineWheel::local().add(this, executor);
+  DeadlineWheel::of(executor).add(this, executor);
 }
 
-DeadlineGuard::~DeadlineGuard() { DeadlineWheel::local().remove(this); }
+DeadlineGuard::~DeadlineGuard() {
+  if (registered_) wheel_->remove(this);
+}
 
 }  // namespace isthmus

@@ -54,12 +54,18 @@ class Deadline {
   Clock::time_point when_;
 };
 
-// While alive, a DeadlineGuard sits in its thread's deadline wheel; when its
-// deadline passes, the wheel emits terminal cancellation on the guard's
-// signal. One coarse timer per worker thread (it ticks every 50 ms while
-// any guard is waiting) serves all guards: no timer and no extra coroutine
-// per network operation, which is what made every wait cost a timerfd
-// re-arm and two coroutine frames before.
+class DeadlineWheel;
+
+// While alive, a DeadlineGuard sits in its io_context's deadline wheel; when
+// its deadline passes, the wheel emits terminal cancellation on the guard's
+// signal. One coarse timer per io_context (it ticks every 50 ms while any
+// guard is waiting) serves all guards: no timer and no extra coroutine per
+// network operation, which is what made every wait cost a timerfd re-arm
+// and two coroutine frames before.
+//
+// The wheel is an io_context service: it lives and dies with the
+// io_context, and when that shuts down it lets go of every guard, so a
+// coroutine frame destroyed later (on whatever thread) never touches it.
 class DeadlineGuard {
  public:
   DeadlineGuard(const boost::asio::any_io_executor& executor, Deadline deadline);
@@ -76,6 +82,7 @@ class DeadlineGuard {
   boost::asio::cancellation_signal signal_;
   bool fired_ = false;
   bool registered_ = false;
+  DeadlineWheel* wheel_ = nullptr;
   std::list<DeadlineGuard*>::iterator position_;  // in the wheel, while registered
 };
 

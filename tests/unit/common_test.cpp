@@ -5,7 +5,12 @@
 #include "common/strings.hpp"
 #include "config/duration.hpp"
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
 #include <doctest/doctest.h>
+
+#include <thread>
 
 #include <set>
 
@@ -84,4 +89,34 @@ TEST_CASE("session ids are short and distinct") {
     ids.insert(id);
   }
   CHECK(ids.size() == 1000);
+}
+
+namespace {
+
+boost::asio::awaitable<boost::system::error_code> wait_on_timer(Deadline deadline) {
+  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor,
+                                  std::chrono::hours(1));
+  auto wait = [&timer](auto token) { return timer.async_wait(token); };
+  auto [ec] = co_await until(deadline, wait);
+  co_return ec;
+}
+
+}  // namespace
+
+TEST_CASE("deadlines: waits abandoned with their io_context, destroyed on another thread") {
+  // A directory loop stops with lookups pending; its io_context (and the
+  // frames holding deadline guards) is destroyed by another thread.
+  auto io = std::make_unique<boost::asio::io_context>();
+  boost::asio::co_spawn(*io, wait_on_timer(Deadline::after(std::chrono::hours(1))),
+                        boost::asio::detached);
+  std::thread loop([&io] { io->run_for(std::chrono::milliseconds(30)); });
+  loop.join();
+  io.reset();
+  // Deadlines still fire for the next io_context on this thread.
+  boost::asio::io_context next;
+  boost::system::error_code result;
+  auto store = [&result](std::exception_ptr, boost::system::error_code ec) { result = ec; };
+  boost::asio::co_spawn(next, wait_on_timer(Deadline::after(std::chrono::milliseconds(60))), store);
+  next.run();
+  CHECK(result == boost::asio::error::timed_out);
 }
