@@ -12,6 +12,15 @@ Modules:
   cluster   Lab: islands a (a-left + a-right) and b (b-left + b-right), each
             pair sharing one store, users alice/carol on a and bob/dave on b;
             Lab(tls=True, require_tls=[...]) adds a CA and node certificates
+  gate      a fault-injecting TCP gate between two endpoints (hang, drop,
+            close mid-stream)
+  postfix   a real Postfix delivering over LMTP to Isthmus
+  directory_data  the users the directories are seeded with (one table,
+            LDIF and SQL renderings; crypt(3) hashes; ABSENT_LOOKUPS)
+  slapd     a real slapd (dc=example,dc=org, the isthmus schema; optional
+            StartTLS/ldaps), stop/pause/resume for outage tests
+  mariadb   a real MariaDB with the CalMail-style schema, seeded; a template
+            datadir makes restarts fast; stop/pause/resume
   demo      the demo behind deploy/demo.sh
   selfcheck checks the Dovecot, TLS and haproxy side of the lab for real and
             prints timings: /usr/bin/python3 tests/lab/selfcheck.py
