@@ -81,6 +81,9 @@ std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path&
   runtime->directory = make_directory(*config, previous, connect);
   runtime->auth_guard =
       previous ? previous->auth_guard : std::make_shared<director::AuthGuard>();
+  // One checker for the life of the process; --check-config checks nothing.
+  if (previous) runtime->health = previous->health;
+  else if (connect) runtime->health = std::make_shared<backends::HealthChecker>();
   if (config->tls) runtime->server_tls = proxy::make_server_tls(*config->tls, config->path.string());
   bool nodes_use_tls = false;
   for (const auto& island : config->islands)
@@ -94,6 +97,39 @@ std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path&
 }
 
 namespace {
+
+// Points the health checker at a runtime that is now live.
+void follow_health(const proxy::Runtime& runtime) {
+  if (!runtime.health) return;
+  backends::HealthInputs inputs;
+  inputs.topology = runtime.topology;
+  inputs.node_tls = runtime.node_tls;
+  inputs.verify_tls = runtime.config->node_tls.verify;
+  inputs.lhlo_name = runtime.config->lmtp.hostname;
+  runtime.health->update(std::move(inputs));
+}
+
+// Drained nodes (config "drain"), said once when that changes.
+void log_drain_changes(const backends::Topology* old_topology,
+                       const backends::Topology& new_topology) {
+  for (const auto& island : new_topology.islands()) {
+    for (const auto& node : island.nodes) {
+      bool was = false;
+      if (old_topology) {
+        if (const auto* old_island = old_topology->island(island.name)) {
+          for (const auto& old_node : old_island->nodes)
+            if (old_node->name == node->name) was = old_node->drain;
+        }
+      }
+      if (node->drain && !was)
+        spdlog::info("node {} draining (config): no new sessions; its open sessions ({}) stay",
+                     node->name, node->state->sessions());
+      else if (!node->drain && was)
+        spdlog::info("node {} no longer draining (config): it takes new sessions again",
+                     node->name);
+    }
+  }
+}
 
 // What a reload cannot change without a restart, said out loud.
 void warn_about_restart_only_changes(const config::Config& old_config,
@@ -146,6 +182,8 @@ class Lifecycle {
       warn_about_restart_only_changes(*current->config, *next->config);
       spdlog::set_level(next->config->log.level);
       holder_.publish(next);
+      follow_health(*next);
+      log_drain_changes(current->topology.get(), *next->topology);
       spdlog::info("reload: config generation {} from {} is live ({} islands)", next->generation,
                    config_file_.string(), next->config->islands.size());
     } catch (const std::exception& e) {
@@ -230,8 +268,11 @@ int run(const std::filesystem::path& config_file) {
   }
   spdlog::info("isthmus {} ready: instance {}, {} islands, config generation {}", "0.1.0",
                config->instance, config->islands.size(), holder.current()->generation);
+  follow_health(*holder.current());
+  log_drain_changes(nullptr, *holder.current()->topology);
   io.run();
   server.join();
+  if (auto health = holder.current()->health) health->stop();
   spdlog::info("stopped");
   return 0;
 }

@@ -35,7 +35,7 @@ std::shared_ptr<const Topology> Topology::build(const config::Config& config,
   std::string problems;
   for (std::size_t i = 0; i < config.islands.size(); ++i) {
     const auto& ci = config.islands[i];
-    Island island{ci.name, ci.policy, {}};
+    Island island{ci.name, ci.policy, {}, ci.health};
     for (std::size_t k = 0; k < ci.nodes.size(); ++k) {
       const auto& cn = ci.nodes[k];
       auto node = std::make_shared<Node>();
@@ -45,6 +45,7 @@ std::shared_ptr<const Topology> Topology::build(const config::Config& config,
       node->ports = cn.ports;
       node->tls = cn.tls;
       node->tls_name = cn.tls_name.empty() ? cn.host : cn.tls_name;
+      node->drain = cn.drain;
       boost::system::error_code ec;
       auto address = boost::asio::ip::make_address(cn.host, ec);
       if (ec) {

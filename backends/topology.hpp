@@ -30,16 +30,29 @@ class NodeState {
 
   // Passive reports from real sessions. A node that just failed a connect
   // or a greeting is tried after the others for `suspect_for`; a success
-  // clears that. (Active health checks build on this seam.)
+  // clears that. The same failures also go to the health checker
+  // (backends/health_checker.hpp), which decides whether the node is down.
   void report_failure(Clock::time_point now);
   void report_success();
   bool suspect(Clock::time_point now) const;
   static constexpr auto suspect_for = std::chrono::seconds(10);
 
+  // Published by the health checker (its thread writes, workers read):
+  // a down node gets no new sessions while its island has a node up.
+  bool down() const { return down_.load(std::memory_order_relaxed); }
+  void set_down(bool down) { down_.store(down, std::memory_order_relaxed); }
+
+  // Drained at run time (the admin API, later): no new sessions, the
+  // existing ones stay. The config's "drain" is Node::drain; either drains.
+  bool draining() const { return draining_.load(std::memory_order_relaxed); }
+  void set_draining(bool draining) { draining_.store(draining, std::memory_order_relaxed); }
+
  private:
   std::string name_;
   std::atomic<int> sessions_{0};
   std::atomic<Clock::rep> last_failure_{0};  // Clock ticks; 0: none
+  std::atomic<bool> down_{false};
+  std::atomic<bool> draining_{false};
 };
 
 // Holds one session on a node for as long as it lives (counts towards
@@ -78,15 +91,19 @@ struct Node {
   std::map<config::Protocol, std::uint16_t> ports;
   config::TlsMode tls = config::TlsMode::none;
   std::string tls_name;  // the name its certificate must carry
+  bool drain = false;    // the config drains it
   std::shared_ptr<NodeState> state;
 
   std::optional<boost::asio::ip::tcp::endpoint> endpoint(config::Protocol protocol) const;
+  // No new sessions: drained by the config or at run time.
+  bool draining() const { return drain || state->draining(); }
 };
 
 struct Island {
   std::string name;
   config::IslandPolicy policy = config::IslandPolicy::balance;
   std::vector<std::shared_ptr<const Node>> nodes;
+  config::Health health;
 };
 
 class Topology {

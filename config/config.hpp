@@ -51,6 +51,8 @@ struct Node {
   std::map<Protocol, std::uint16_t> ports;
   TlsMode tls = TlsMode::none;
   std::string tls_name;  // the name its certificate must carry; default: host
+  // Draining: no new sessions; the ones it has stay (docs/health.md).
+  bool drain = false;
 
   std::optional<std::uint16_t> port_for(Protocol protocol) const;
 };
@@ -60,10 +62,24 @@ enum class IslandPolicy : std::uint8_t {
 };
 std::string_view name_of(IslandPolicy policy);
 
+// Health checking of nodes (backends/health.hpp, docs/health.md): global
+// defaults in "health", overridden per island in "islands[].health".
+struct Health {
+  bool active = true;                               // false: no active checks, no down state
+  Duration interval = std::chrono::seconds(5);      // between checks of a node that is up
+  Duration down_interval = std::chrono::seconds(2); // between checks of a node that is down
+  Duration timeout = std::chrono::seconds(2);       // one check: connect, TLS, greeting (LHLO)
+  unsigned rise = 2;         // consecutive good checks to come back up
+  unsigned fall = 2;         // consecutive failed checks (or session reports) to go down
+  bool lmtp_lhlo = false;    // LMTP: also send LHLO and expect 250
+  bool operator==(const Health&) const = default;
+};
+
 struct Island {
   std::string name;
   IslandPolicy policy = IslandPolicy::balance;
   std::vector<Node> nodes;
+  Health health;  // the global "health", with this island's overrides applied
 };
 
 // A cache in front of a network directory (see director/caching_directory.hpp).
@@ -215,6 +231,7 @@ struct Config {
   LogSettings log;
   std::vector<Listener> listeners;
   std::vector<Island> islands;
+  Health health;  // the defaults; each island holds its effective settings
   DirectoryConfig directory;
   Auth auth;
   LoginNames login_names;

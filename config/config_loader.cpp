@@ -68,6 +68,8 @@ class Object {
     }
   }
 
+  bool has(std::string_view key) const { return ok_ && value_.contains(key); }
+
   std::string pointer_of(std::string_view key) const {
     return pointer_ + "/" + escape_pointer_token(key);
   }
@@ -513,11 +515,35 @@ void read_listeners(const json& array, const std::string& pointer, Problems& pro
   }
 }
 
+// "health" (global) or "islands[].health": `health` starts as the defaults
+// it overrides. Only the keys present here are checked here, so a bad global
+// value is reported once, at its own place.
+void read_health(Object& h, Health& health) {
+  auto& problems = h.problems();
+  h.read_bool("active", health.active);
+  for (auto [key, value, minimum] :
+       {std::tuple{"interval", &health.interval, std::chrono::milliseconds(100)},
+        {"down_interval", &health.down_interval, std::chrono::milliseconds(100)},
+        {"timeout", &health.timeout, std::chrono::milliseconds(10)}}) {
+    if (!h.has(key)) continue;
+    Duration before = *value;
+    h.read_duration(key, *value);
+    if (*value < minimum) {
+      problems.add(h.pointer_of(key), fmt::format("must be at least {}ms", minimum.count()));
+      *value = before;
+    }
+  }
+  h.read_uint("rise", health.rise, 1, 100);
+  h.read_uint("fall", health.fall, 1, 100);
+  h.read_bool("lmtp_lhlo", health.lmtp_lhlo);
+}
+
 void read_node(Object& o, Node& node) {
   o.read_string("name", node.name, true);
   o.read_string("host", node.host, true);
   o.read_tls_mode("tls", node.tls);
   o.read_string("tls_name", node.tls_name);
+  o.read_bool("drain", node.drain);
   if (!node.name.empty() && !valid_name(node.name))
     o.problems().add(o.pointer_of("name"), kNameRule);
   if (const json* ports = o.take("ports", true)) {
@@ -534,7 +560,7 @@ void read_node(Object& o, Node& node) {
 }
 
 void read_islands(const json& array, const std::string& pointer, Problems& problems,
-                  std::vector<Island>& out) {
+                  const Health& health, std::vector<Island>& out) {
   if (!array.is_array() || array.empty()) {
     problems.add(pointer, "must be a non-empty array of islands");
     return;
@@ -543,6 +569,7 @@ void read_islands(const json& array, const std::string& pointer, Problems& probl
   for (std::size_t i = 0; i < array.size(); ++i) {
     Object o(array[i], pointer + "/" + std::to_string(i), problems);
     Island island;
+    island.health = health;
     o.read_string("name", island.name, true);
     if (!island.name.empty()) {
       if (!valid_name(island.name)) problems.add(o.pointer_of("name"), kNameRule);
@@ -552,6 +579,10 @@ void read_islands(const json& array, const std::string& pointer, Problems& probl
     std::string policy = "balance";
     o.read_string("policy", policy);
     if (policy != "balance") problems.add(o.pointer_of("policy"), "must be \"balance\"");
+    if (const json* h = o.take("health")) {
+      Object ho(*h, o.pointer_of("health"), problems);
+      read_health(ho, island.health);
+    }
     if (const json* nodes = o.take("nodes", true)) {
       if (!nodes->is_array() || nodes->empty()) {
         problems.add(o.pointer_of("nodes"), "must be a non-empty array of nodes");
@@ -589,8 +620,13 @@ Config parse_config(std::string_view text, const std::string& source,
     }
     if (const json* listeners = o.take("listeners", true))
       read_listeners(*listeners, "/listeners", problems, config.listeners);
+    // Before the islands: they start from these defaults.
+    if (const json* health = o.take("health")) {
+      Object h(*health, "/health", problems);
+      read_health(h, config.health);
+    }
     if (const json* islands = o.take("islands", true))
-      read_islands(*islands, "/islands", problems, config.islands);
+      read_islands(*islands, "/islands", problems, config.health, config.islands);
     if (const json* directory = o.take("directory", true)) {
       Object d(*directory, "/directory", problems);
       read_directory(d, config.directory, base_dir);

@@ -6,7 +6,8 @@
 #   --no-build      do not run cmake; use an existing binary
 #   --binary PATH   the isthmus binary to run (default: build/release/bin/isthmus)
 #   ISTHMUS_BIN=PATH  same as --no-build --binary PATH
-# Other options go to tests/lab/demo.py (--no-isthmus, --keep, --port N).
+# Other options go to tests/lab/demo.py (--no-isthmus, --keep, --port N,
+#   --directory static|ldap|sql, --auth backend|directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
     --binary) binary="${2:?--binary needs a path}"; shift ;;
     --binary=*) binary="${1#*=}" ;;
     --no-isthmus) build=0; args+=("$1") ;;
-    -h|--help) sed -n '2,11s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) args+=("$1") ;;
   esac
   shift

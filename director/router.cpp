@@ -9,6 +9,7 @@ std::vector<std::shared_ptr<const backends::Node>> candidates(const backends::Is
                                                              Clock::time_point now,
                                                              std::size_t spin) {
   struct Ranked {
+    bool down;
     bool suspect;
     int sessions;
     std::size_t turn;
@@ -16,12 +17,24 @@ std::vector<std::shared_ptr<const backends::Node>> candidates(const backends::Is
   };
   std::vector<Ranked> ranked;
   const std::size_t count = island.nodes.size();
+  bool any_up = false;
   for (std::size_t i = 0; i < count; ++i) {
     const auto& node = island.nodes[i];
-    if (!node->endpoint(protocol)) continue;
-    ranked.push_back({node->state->suspect(now), node->state->sessions(),
+    // Draining is the operator's word: no new sessions, even when the
+    // island's other nodes are down.
+    if (!node->endpoint(protocol) || node->draining()) continue;
+    const bool down = node->state->down();
+    any_up |= !down;
+    ranked.push_back({down, node->state->suspect(now), node->state->sessions(),
                       (i + count - spin % count) % count, node});
   }
+  // Down nodes get no new sessions while a node of the island is up. When
+  // all are down, they are all tried anyway: the last verdict may be stale
+  // (a check interval old), and a refused login costs the client more than
+  // a try that fails fast.
+  if (any_up)
+    ranked.erase(std::remove_if(ranked.begin(), ranked.end(), [](const Ranked& r) { return r.down; }),
+                 ranked.end());
   std::sort(ranked.begin(), ranked.end(), [](const Ranked& a, const Ranked& b) {
     if (a.suspect != b.suspect) return !a.suspect;
     if (a.sessions != b.sessions) return a.sessions < b.sessions;

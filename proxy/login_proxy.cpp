@@ -69,6 +69,14 @@ boost::asio::awaitable<Verdict> check_password(const Runtime& runtime, const std
 
 }  // namespace
 
+void report_node_failure(const Runtime& runtime, const backends::Node& node, Failure failure) {
+  const auto& policy = policy_of(failure);
+  if (!policy.node_suspect) return;
+  node.state->report_failure(Clock::now());
+  if (runtime.health)
+    runtime.health->report_failure(node.name, fmt::format("a session: {}", policy.description));
+}
+
 boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtime,
                                                            LoginRequest request,
                                                            const NodeLoginFn& node_login,
@@ -229,7 +237,7 @@ boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtim
       co_return outcome;
     }
     const auto& policy = policy_of(result.failure);
-    if (policy.node_suspect) node->state->report_failure(Clock::now());
+    report_node_failure(runtime, *node, result.failure);
     tried += fmt::format("{}{}: {}", tried.empty() ? "" : "; ", node->name, result.detail);
     if (!policy.try_next_node) {
       outcome.failure = result.failure;
@@ -243,7 +251,10 @@ boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtim
     connection.close();
   }
   outcome.failure = Failure::no_node;
-  outcome.detail = tried.empty() ? "the island has no node to try" : tried;
+  outcome.detail = tried.empty() ? fmt::format("the island has no node to try (none serves {} or "
+                                              "all are draining)",
+                                              config::name_of(request.protocol))
+                                : tried;
   co_return outcome;
 }
 

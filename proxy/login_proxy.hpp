@@ -42,6 +42,12 @@ struct LoginOutcome {
 using NodeLoginFn = std::function<boost::asio::awaitable<backends::NodeLoginResult>(
     Transport& node, const backends::NodeLoginParams& params)>;
 
+// A node failed a session in a way that counts against its health (the
+// failure table's node_suspect: refused, timed out, broken greeting, TLS):
+// the node is suspect for a while, and the health checker counts one failed
+// check at once (docs/health.md). Other failures are not reported.
+void report_node_failure(const Runtime& runtime, const backends::Node& node, Failure failure);
+
 boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtime,
                                                            LoginRequest request,
                                                            const NodeLoginFn& node_login,

@@ -3,6 +3,7 @@
 // the config, the topology built from it and the directory. A reload builds
 // a new snapshot and publishes it; sessions keep the one they started with.
 
+#include "backends/health_checker.hpp"
 #include "backends/topology.hpp"
 #include "config/config.hpp"
 #include "director/auth_guard.hpp"
@@ -20,6 +21,9 @@ struct Runtime {
   std::shared_ptr<const backends::Topology> topology;
   std::shared_ptr<director::Directory> directory;
   std::shared_ptr<director::AuthGuard> auth_guard;  // kept across reloads
+  // Active checks and passive reports (kept across reloads; null for
+  // --check-config). Sessions report node failures to it.
+  std::shared_ptr<backends::HealthChecker> health;
   std::shared_ptr<boost::asio::ssl::context> server_tls;  // set when config.tls is
   std::shared_ptr<boost::asio::ssl::context> node_tls;    // set when a node uses TLS
   std::uint64_t generation = 0;  // 1 for the first config, +1 per reload

@@ -7,6 +7,7 @@
 #include "director/login_name.hpp"
 #include "director/router.hpp"
 #include "proxy/lmtp/smtp_command.hpp"
+#include "proxy/login_proxy.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
@@ -310,7 +311,7 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
     }
     if (step.failure != Failure::none) {
       const auto& policy = policy_of(step.failure);
-      if (policy.node_suspect) node->state->report_failure(Clock::now());
+      report_node_failure(*runtime_, *node, step.failure);
       spdlog::warn("session={} lmtp island={} node={}: {} ({}); trying the next node", record_.id,
                    txn.island, node->name, policy.description, step.detail);
       if (client) client->close();

@@ -260,6 +260,11 @@ class Lab:
             "timeouts": {"preauth": "60s", "login": "30s", "connect": "3s", "idle": "30m",
                          "shutdown_grace": "10s", "auth_failure_delay": "0s"},
             "limits": {"max_line": 8192, "max_literal": 8192, "max_preauth_commands": 30},
+            # No active health checks by default: their connections would show
+            # up in the nodes' logs (node.logins() sees "Disconnected (no auth
+            # attempts)") and in the fake nodes' counts. test_health.py turns
+            # them on (health={"active": True, ...}).
+            "health": {"active": False},
         }
 
     @staticmethod

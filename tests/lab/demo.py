@@ -16,6 +16,13 @@ Starts (on fixed loopback ports, checked to be free first)
 puts a welcome message naming the island into each user's INBOX on the
 user's home island, prints what to try, and runs until Ctrl-C or SIGTERM,
 which stop everything it started and remove its temp dir (exit status 0).
+
+--directory ldap starts a real slapd on 127.0.0.1:1389 (the island is each
+entry's mailIsland attribute), --directory sql a real MariaDB on
+127.0.0.1:13306 (the CalMail-style schema), both seeded with the demo users
+and a few more (eve: disabled, mallory: moving); --auth directory makes
+Isthmus check passwords itself and log in to the nodes as their master user.
+The default is the static user map.
 deploy/demo.sh builds isthmus and runs this.
 """
 
@@ -33,12 +40,14 @@ if __package__ in (None, ""):
     from lab import procs  # noqa: E402
     from lab.cluster import (DEMO_ISTHMUS_PORTS, DEMO_NODE_PORTS, HOME_ISLAND, ISLANDS,  # noqa: E402
                              PASSWORD, Lab)
-    from lab.dovecot import make_message  # noqa: E402
+    from lab.dovecot import MASTER_PASSWORD, MASTER_USER, make_message  # noqa: E402
+    from lab import directory_data as dd  # noqa: E402
 else:
     from . import procs
     from .cluster import (DEMO_ISTHMUS_PORTS, DEMO_NODE_PORTS, HOME_ISLAND, ISLANDS,
                           PASSWORD, Lab)
-    from .dovecot import make_message
+    from .dovecot import MASTER_PASSWORD, MASTER_USER, make_message
+    from . import directory_data as dd
 
 
 # Isthmus' own listeners: name -> (protocol, port, TLS mode).
@@ -49,6 +58,30 @@ ISTHMUS_LISTENERS = {
     "pop3s": ("pop3", 1995, "implicit"),
     "lmtp": ("lmtp", 1024, "none"),
 }
+
+
+DIRECTORY_PORTS = {"ldap": 1389, "sql": 13306}
+
+
+def _lab_module(name: str):
+    """A lab module imported only when asked for (slapd, mariadb)."""
+    import importlib
+    return importlib.import_module(f"{__package__}.{name}" if __package__ else f"lab.{name}")
+
+
+def start_directory(kind: str, root: str):
+    """slapd or MariaDB on its demo port, seeded; returns (server, /directory)."""
+    if kind == "ldap":
+        server = _lab_module("slapd").Slapd(os.path.join(root, "slapd"), DIRECTORY_PORTS["ldap"])
+        server.start()
+        return server, {"type": "ldap", "file": None, "ldap": {
+            "uris": [server.url], "bind_dn": dd.SERVICE_DN,
+            "bind_password_file": server.service_pw_path, "base": dd.PEOPLE_DN}}
+    server = _lab_module("mariadb").MariaDB(os.path.join(root, "mariadb"), DIRECTORY_PORTS["sql"])
+    server.start()
+    return server, {"type": "sql", "file": None, "sql": {
+        "servers": [f"127.0.0.1:{server.port}"], "database": dd.SQL_DATABASE,
+        "user": dd.SQL_USER, "password_file": server.password_path}}
 
 
 class Stop(Exception):
@@ -62,13 +95,15 @@ def on_signal(signum, _frame):
     raise Stop(signal.Signals(signum).name)
 
 
-def taken_ports(isthmus_port: int, with_isthmus: bool) -> list[str]:
+def taken_ports(isthmus_port: int, with_isthmus: bool, directory: str = "static") -> list[str]:
     """Human-readable descriptions of the demo ports that are not free."""
     wanted = [(f"{node} {proto}", port)
               for node, ports in DEMO_NODE_PORTS.items() for proto, port in ports.items()]
     if with_isthmus:
         for name, (_, port, _) in ISTHMUS_LISTENERS.items():
             wanted.append((f"isthmus {name}", isthmus_port if name == "imap" else port))
+    if directory in DIRECTORY_PORTS:
+        wanted.append((f"{directory} directory", DIRECTORY_PORTS[directory]))
     problems = []
     for what, port in wanted:
         # SO_REUSEADDR like the servers: connections of a previous demo
@@ -149,6 +184,11 @@ def main() -> int:
                     help="start only the four Dovecot nodes")
     ap.add_argument("--port", type=int, default=DEMO_ISTHMUS_PORTS["imap"],
                     help="isthmus IMAP port (default %(default)s)")
+    ap.add_argument("--directory", choices=("static", "ldap", "sql"), default="static",
+                    help="where isthmus finds each user's island (default %(default)s)")
+    ap.add_argument("--auth", choices=("backend", "directory"), default="backend",
+                    help="who checks passwords: the nodes, or isthmus against the "
+                         "directory, logging in to nodes as their master user")
     ap.add_argument("--keep", action="store_true",
                     help="keep the temp dir (logs, configs, stores) at exit")
     args = ap.parse_args()
@@ -162,8 +202,10 @@ def main() -> int:
             return 1
     if args.keep:
         os.environ["ISTHMUS_KEEP_LAB"] = "1"
+    if args.auth == "directory" and args.directory == "static":
+        ap.error("--auth directory needs --directory ldap or sql")
 
-    problems = taken_ports(args.port, with_isthmus)
+    problems = taken_ports(args.port, with_isthmus, args.directory)
     if problems:
         print("demo: cannot start, these ports are in use:", file=sys.stderr)
         print("\n".join(problems), file=sys.stderr)
@@ -175,6 +217,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     lab = None
+    directory_server = None
     try:
         print("demo: starting Dovecot nodes a-left, a-right, b-left, b-right ...", flush=True)
         lab = Lab(DEMO_NODE_PORTS, isthmus_ports={"imap": args.port}, tls=True)
@@ -188,9 +231,32 @@ def main() -> int:
             listeners = [{"name": name, "protocol": proto, "address": "127.0.0.1",
                           "port": args.port if name == "imap" else port, "tls": tls}
                          for name, (proto, port, tls) in ISTHMUS_LISTENERS.items()]
+            # The lab turns active health checks off for tests; the demo
+            # shows the real thing (docs/health.md).
+            overrides = {"health": {"active": True}}
+            if args.directory != "static":
+                print(f"demo: starting the {args.directory} directory on 127.0.0.1:"
+                      f"{DIRECTORY_PORTS[args.directory]} ...", flush=True)
+                directory_server, overrides["directory"] = start_directory(args.directory,
+                                                                           lab.root)
+            if args.auth == "directory":
+                master_pw = os.path.join(lab.root, "master.pw")
+                with open(master_pw, "w") as f:
+                    f.write(MASTER_PASSWORD + "\n")
+                overrides["auth"] = {"mode": "directory", "master_user": MASTER_USER,
+                                     "master_password_file": master_pw}
             lab.start_isthmus(args.binary, listeners=listeners,
-                              tls={"certificate": cert.cert_path, "key": cert.key_path})
+                              tls={"certificate": cert.cert_path, "key": cert.key_path},
+                              **overrides)
         print_instructions(lab, args.port, with_isthmus)
+        if directory_server is not None:
+            print(f"Directory: {args.directory} on 127.0.0.1:{DIRECTORY_PORTS[args.directory]}"
+                  f" (log {getattr(directory_server, 'log_path', '-')}); also seeded: "
+                  "eve@example.org (disabled), mallory@example.org (moving).")
+            if args.auth == "directory":
+                print(f"Passwords are checked by isthmus; nodes see the master user "
+                      f"{MASTER_USER!r}.")
+            sys.stdout.flush()
 
         # Wait for a signal, watching that what we started keeps running.
         while True:
@@ -214,6 +280,8 @@ def main() -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if directory_server is not None:
+            directory_server.stop()
         if lab is not None:
             lab.close()
             print("demo: stopped; temp dir " +

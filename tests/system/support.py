@@ -328,6 +328,8 @@ def fake_config(islands: dict, listener_port: int = 0, **overrides) -> dict:
         "trusted_networks": ["127.0.0.0/8"],
         "timeouts": {"preauth": "30s", "login": "10s", "connect": "1s", "idle": "30m",
                      "shutdown_grace": "2s", "auth_failure_delay": "0s"},
+        # Checks would be connections the scripted nodes count (see cluster.py).
+        "health": {"active": False},
     }
     return deep_merge(config, overrides)
 

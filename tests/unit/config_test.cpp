@@ -212,3 +212,64 @@ TEST_CASE("directory and auth errors name their place") {
         std::string::npos);
   CHECK(e.find("/auth/master_user: only for mode \"directory\"") != std::string::npos);
 }
+
+TEST_CASE("health config: defaults, global keys, per-island overrides, drain") {
+  Config d = parse_config(kGood, "test.json", "/etc/isthmus");
+  CHECK(d.health.active);
+  CHECK(d.health.interval == std::chrono::seconds(5));
+  CHECK(d.health.down_interval == std::chrono::seconds(2));
+  CHECK(d.health.timeout == std::chrono::seconds(2));
+  CHECK(d.health.rise == 2);
+  CHECK(d.health.fall == 2);
+  CHECK_FALSE(d.health.lmtp_lhlo);
+  CHECK(d.islands[0].health == d.health);
+  CHECK_FALSE(d.islands[0].nodes[0].drain);
+
+  auto text = with("\"instance\": \"t1\",",
+                   "\"instance\": \"t1\", \"health\": { \"interval\": \"3s\", \"down_interval\": "
+                   "\"500ms\", \"timeout\": 1, \"rise\": 3, \"fall\": 1, \"lmtp_lhlo\": true },");
+  text = with_in(text, "\"policy\": \"balance\",",
+                 "\"policy\": \"balance\", \"health\": { \"fall\": 4, \"active\": false },");
+  text = with_in(text, "\"imap\": 21143 }", "\"imap\": 21143 }, \"drain\": true");
+  Config c = parse_config(text, "test.json", "/etc/isthmus");
+  CHECK(c.health.interval == std::chrono::seconds(3));
+  CHECK(c.health.down_interval == std::chrono::milliseconds(500));
+  CHECK(c.health.timeout == std::chrono::seconds(1));
+  CHECK(c.health.rise == 3);
+  CHECK(c.health.fall == 1);
+  CHECK(c.health.lmtp_lhlo);
+  // The island takes the global values and overrides what it names.
+  const auto& ih = c.islands[0].health;
+  CHECK(ih.interval == std::chrono::seconds(3));
+  CHECK(ih.rise == 3);
+  CHECK(ih.fall == 4);
+  CHECK_FALSE(ih.active);
+  CHECK(ih.lmtp_lhlo);
+  CHECK(c.islands[0].nodes[0].drain);
+  CHECK_FALSE(c.islands[0].nodes[1].drain);
+}
+
+TEST_CASE("health config errors name their place") {
+  auto global = [](const std::string& keys) {
+    return error_of(with("\"instance\": \"t1\",", "\"instance\": \"t1\", \"health\": {" + keys + "},"));
+  };
+  CHECK(global("\"interval\": \"50ms\"") == "test.json: /health/interval: must be at least 100ms");
+  CHECK(global("\"down_interval\": \"1 second\"") ==
+        "test.json: /health/down_interval: must be a duration such as \"250ms\", \"30s\", \"5m\" "
+        "or \"1h\"");
+  CHECK(global("\"timeout\": \"5ms\"") == "test.json: /health/timeout: must be at least 10ms");
+  CHECK(global("\"rise\": 0") == "test.json: /health/rise: must be an integer from 1 to 100");
+  CHECK(global("\"fall\": -1") == "test.json: /health/fall: must be an integer from 1 to 100");
+  CHECK(global("\"lmtp_lhlo\": \"yes\"") == "test.json: /health/lmtp_lhlo: must be true or false");
+  CHECK(global("\"active\": 1") == "test.json: /health/active: must be true or false");
+  CHECK(global("\"intervall\": \"5s\"") == "test.json: /health/intervall: unknown key");
+  CHECK(error_of(with("\"instance\": \"t1\",", "\"instance\": \"t1\", \"health\": 5,")) ==
+        "test.json: /health: must be an object");
+  auto island = error_of(with("\"policy\": \"balance\",",
+                              "\"policy\": \"balance\", \"health\": { \"rise\": 101, "
+                              "\"interval\": \"10ms\" },"));
+  CHECK(island == "test.json: /islands/0/health/interval: must be at least 100ms\n"
+                  "test.json: /islands/0/health/rise: must be an integer from 1 to 100");
+  CHECK(error_of(with("\"imap\": 21143 }", "\"imap\": 21143 }, \"drain\": \"yes\"")) ==
+        "test.json: /islands/0/nodes/0/drain: must be true or false");
+}

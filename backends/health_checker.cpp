@@ -1,0 +1,306 @@
+#include "backends/health_checker.hpp"
+
+#include "backends/health.hpp"
+#include "common/line_reader.hpp"
+#include "common/log.hpp"
+#include "common/transport.hpp"
+#include "config/duration.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+#include <pthread.h>
+
+namespace isthmus::backends {
+
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr std::size_t kMaxGreetingLine = 4096;
+constexpr int kMaxGreetingLines = 50;  // a multi-line LMTP greeting or LHLO reply
+
+struct CheckResult {
+  bool ok = true;
+  std::string problem;  // "imap: connect refused"
+};
+
+// What a client says to leave politely before any login.
+std::string_view goodbye(config::Protocol protocol) {
+  switch (protocol) {
+    case config::Protocol::imap: return "h LOGOUT\r\n";
+    case config::Protocol::pop3: return "QUIT\r\n";
+    case config::Protocol::lmtp: return "QUIT\r\n";
+  }
+  return "";
+}
+
+std::string read_problem(const LineResult& read, std::string_view waiting_for,
+                         config::Duration timeout) {
+  switch (read.status) {
+    case ReadStatus::ok: return "";
+    case ReadStatus::timeout:
+      return fmt::format("no {} within {}", waiting_for, config::format_duration(timeout));
+    case ReadStatus::closed: return fmt::format("closed before its {}", waiting_for);
+    case ReadStatus::too_long: return fmt::format("{} line too long", waiting_for);
+    case ReadStatus::error: break;
+  }
+  return fmt::format("reading its {}: {}", waiting_for, read.error.message());
+}
+
+}  // namespace
+
+struct HealthChecker::Impl {
+  // One checked node: its state machine and its check loop's timer.
+  struct Target {
+    Target(asio::io_context& io, std::shared_ptr<const Node> n, const config::Health& given)
+        : node(std::move(n)), health(node->name, given), settings(given), timer(io) {}
+    std::shared_ptr<const Node> node;  // replaced on reload (same name)
+    NodeHealth health;
+    config::Health settings;
+    Clock::time_point due{};
+    asio::steady_timer timer;
+    bool removed = false;
+  };
+
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
+  std::thread thread;
+  // Only touched on the checker's thread:
+  HealthInputs inputs;
+  std::map<std::string, std::shared_ptr<Target>, std::less<>> targets;
+  std::mt19937_64 random{std::random_device{}()};
+
+  double unit() { return std::uniform_real_distribution<double>(0.0, 1.0)(random); }
+
+  void apply(HealthInputs next) {
+    inputs = std::move(next);
+    std::set<std::string, std::less<>> seen;
+    const auto now = Clock::now();
+    for (const auto& island : inputs.topology->islands()) {
+      if (!island.health.active) continue;
+      for (const auto& node : island.nodes) {
+        seen.insert(node->name);
+        auto it = targets.find(node->name);
+        if (it != targets.end()) {
+          it->second->node = node;
+          it->second->settings = island.health;
+          it->second->health.configure(island.health);
+          continue;
+        }
+        auto target = std::make_shared<Target>(io, node, island.health);
+        // The first check soon, spread over a fifth of the interval.
+        target->due = now + std::chrono::duration_cast<Clock::duration>(
+                                island.health.interval * (kHealthJitter * unit()));
+        targets.emplace(node->name, target);
+        auto done = [name = node->name](std::exception_ptr e) {
+          if (!e) return;
+          try {
+            std::rethrow_exception(e);
+          } catch (const std::exception& ex) {
+            spdlog::error("health: the check loop of node {} stopped: {}", name, ex.what());
+          }
+        };
+        asio::co_spawn(io, check_loop(target), done);
+      }
+    }
+    for (auto it = targets.begin(); it != targets.end();) {
+      if (seen.count(it->first)) {
+        ++it;
+        continue;
+      }
+      it->second->removed = true;
+      it->second->timer.cancel();
+      it->second->node->state->set_down(false);
+      it = targets.erase(it);
+    }
+  }
+
+  // A verdict, active or passive, into the node's state machine and out to
+  // the workers (NodeState::down) and the log.
+  void record(Target& target, const CheckResult& result) {
+    const auto now = Clock::now();
+    const bool was_down = target.health.down();
+    std::optional<std::string> change;
+    if (result.ok) change = target.health.record_success(now);
+    else change = target.health.record_failure(result.problem, now);
+    // Published before it is logged: once the line is there, routing knows.
+    target.node->state->set_down(target.health.down());
+    // Back up after `rise` good checks: no longer tried last either.
+    if (was_down && !target.health.down()) target.node->state->report_success();
+    if (result.ok) {
+      if (change) spdlog::info("health: {}", *change);
+    } else if (change) {
+      spdlog::warn("health: {}; it gets no new sessions while its island has a node up",
+                   *change);
+    } else if (!was_down) {
+      spdlog::info("health: node {}: failed check {} of {} before it is marked down: {}",
+                   target.node->name, target.health.failures(), target.settings.fall,
+                   result.problem);
+    } else {
+      spdlog::debug("health: node {} still down: {}", target.node->name, result.problem);
+    }
+    if (!was_down && target.health.down()) {
+      // Down: check it again at the faster pace from now on.
+      target.due = target.health.next_check(now, unit());
+      target.timer.cancel();
+    }
+  }
+
+  void report(const std::string& node, const std::string& reason) {
+    auto it = targets.find(node);
+    if (it == targets.end()) return;  // not checked (health.active false) or gone
+    record(*it->second, CheckResult{false, reason});  // a session's report
+  }
+
+  asio::awaitable<void> check_loop(std::shared_ptr<Target> target) {
+    while (!target->removed) {
+      target->timer.expires_at(target->due);
+      auto [ec] = co_await target->timer.async_wait(use_tuple);
+      (void)ec;  // cancelled: removed, or due moved
+      if (target->removed) break;
+      if (Clock::now() < target->due) continue;
+      CheckResult result = co_await check_node(*target);
+      if (target->removed) break;
+      record(*target, result);
+      target->due = target->health.next_check(Clock::now(), unit());
+    }
+  }
+
+  // Every protocol the node serves; the first problem fails the check.
+  asio::awaitable<CheckResult> check_node(Target& target) {
+    auto node = target.node;
+    const auto settings = target.settings;
+    for (const auto& [protocol, port] : node->ports) {
+      (void)port;
+      std::string problem = co_await check_protocol(*node, protocol, settings);
+      if (!problem.empty())
+        co_return CheckResult{false, fmt::format("{}: {}", config::name_of(protocol), problem)};
+    }
+    co_return CheckResult{};
+  }
+
+  // One connection: connect, TLS for implicit-TLS nodes, the greeting (and
+  // LHLO), goodbye. Returns "" when all was well, else what went wrong.
+  asio::awaitable<std::string> check_protocol(const Node& node, config::Protocol protocol,
+                                              const config::Health& settings) {
+    const Deadline deadline = Deadline::after(settings.timeout);
+    auto endpoint = *node.endpoint(protocol);
+    Transport connection{asio::ip::tcp::socket(io)};
+    auto connect = [&connection, endpoint](auto token) {
+      return connection.socket().async_connect(endpoint, token);
+    };
+    auto [ec] = co_await until(deadline, connect);
+    if (ec == asio::error::connection_refused) co_return "connect refused";
+    if (ec == asio::error::timed_out)
+      co_return fmt::format("connect timed out after {}",
+                            config::format_duration(settings.timeout));
+    if (ec) co_return "connect: " + ec.message();
+    if (node.tls == config::TlsMode::implicit) {
+      if (!inputs.node_tls) co_return "implicit TLS but no TLS context";
+      auto tls_ec = co_await connection.start_tls_as_client(*inputs.node_tls, node.tls_name,
+                                                            inputs.verify_tls, deadline);
+      if (tls_ec == asio::error::timed_out)
+        co_return fmt::format("no TLS handshake within {}",
+                              config::format_duration(settings.timeout));
+      if (tls_ec) co_return "TLS handshake: " + tls_ec.message();
+    }
+    LineReader reader(kMaxGreetingLine);
+    for (int lines = 0;; ++lines) {
+      LineResult read = co_await reader.read_line(connection, deadline);
+      std::string problem = read_problem(read, "greeting", settings.timeout);
+      if (problem.empty()) {
+        if (auto bad = greeting_problem(protocol, read.line)) problem = *bad;
+      }
+      if (!problem.empty()) {
+        connection.close();
+        co_return problem;
+      }
+      // LMTP greetings may span lines ("220-..."); the last has "220 ".
+      if (protocol != config::Protocol::lmtp || read.line.size() < 4 || read.line[3] != '-') break;
+      if (lines >= kMaxGreetingLines) co_return "greeting too long";
+    }
+    if (protocol == config::Protocol::lmtp && settings.lmtp_lhlo) {
+      std::string problem = co_await check_lhlo(connection, reader, deadline, settings.timeout);
+      if (!problem.empty()) {
+        connection.close();
+        co_return problem;
+      }
+    }
+    const std::string_view bye = goodbye(protocol);
+    auto [write_ec, written] = co_await connection.write_all(asio::buffer(bye.data(), bye.size()),
+                                                             deadline);
+    (void)write_ec;
+    (void)written;
+    connection.close();
+    co_return "";
+  }
+
+  // LHLO answered by 250 (RFC 2033 section 4.1).
+  asio::awaitable<std::string> check_lhlo(Transport& connection, LineReader& reader,
+                                          Deadline deadline, config::Duration timeout) {
+    const std::string lhlo = "LHLO " + inputs.lhlo_name + "\r\n";
+    auto [ec, written] = co_await connection.write_all(asio::buffer(lhlo), deadline);
+    (void)written;
+    if (ec) co_return "sending LHLO: " + ec.message();
+    for (int lines = 0; lines < kMaxGreetingLines; ++lines) {
+      LineResult read = co_await reader.read_line(connection, deadline);
+      std::string problem = read_problem(read, "LHLO reply", timeout);
+      if (!problem.empty()) co_return problem;
+      if (read.line.size() < 3 || read.line.compare(0, 3, "250") != 0)
+        co_return "LHLO answered: " + sanitize(read.line, 100);
+      if (read.line.size() < 4 || read.line[3] != '-') co_return "";
+    }
+    co_return "LHLO reply too long";
+  }
+};
+
+HealthChecker::HealthChecker() : impl_(std::make_unique<Impl>()) {
+  impl_->thread = std::thread([impl = impl_.get()] {
+    pthread_setname_np(pthread_self(), "isthmus-health");
+    for (;;) {
+      try {
+        impl->io.run();
+        return;
+      } catch (const std::exception& e) {
+        spdlog::error("health: unexpected error on the checker thread: {}", e.what());
+      }
+    }
+  });
+}
+
+HealthChecker::~HealthChecker() { stop(); }
+
+void HealthChecker::update(HealthInputs inputs) {
+  if (!inputs.topology) return;
+  auto apply = [impl = impl_.get(), inputs = std::move(inputs)]() mutable {
+    impl->apply(std::move(inputs));
+  };
+  asio::post(impl_->io, std::move(apply));
+}
+
+void HealthChecker::report_failure(const std::string& node, std::string reason) {
+  auto report = [impl = impl_.get(), node, reason = std::move(reason)] {
+    impl->report(node, reason);
+  };
+  asio::post(impl_->io, std::move(report));
+}
+
+void HealthChecker::stop() {
+  if (!impl_->thread.joinable()) return;
+  impl_->work.reset();
+  impl_->io.stop();
+  impl_->thread.join();
+}
+
+}  // namespace isthmus::backends

@@ -1,0 +1,55 @@
+#pragma once
+// Active health checks of every node, on a thread and io_context of their
+// own (never on a worker): per node, for each protocol it serves, connect
+// and read the greeting within the island's health timeout (after a TLS
+// handshake for implicit-TLS nodes; optionally LHLO for LMTP), then say
+// goodbye (LOGOUT/QUIT). The verdicts go through a NodeHealth state machine
+// per node (backends/health.hpp) and are published in NodeState::down(),
+// which the router reads without locks. Routing never waits for a check.
+//
+// Sessions report what they see (report_failure): those count as failed
+// checks at once. The checker follows reloads (update): nodes are matched
+// by name, so their health outlives a SIGHUP, like NodeState.
+
+#include "backends/topology.hpp"
+
+#include <boost/asio/ssl/context.hpp>
+
+#include <memory>
+#include <string>
+
+namespace isthmus::backends {
+
+// What the checker needs from one runtime snapshot.
+struct HealthInputs {
+  std::shared_ptr<const Topology> topology;
+  std::shared_ptr<boost::asio::ssl::context> node_tls;  // set when a node uses TLS
+  bool verify_tls = true;
+  std::string lhlo_name = "localhost";  // for the LMTP LHLO check
+};
+
+class HealthChecker {
+ public:
+  HealthChecker();  // starts the thread; it checks nothing until update()
+  ~HealthChecker();
+  HealthChecker(const HealthChecker&) = delete;
+  HealthChecker& operator=(const HealthChecker&) = delete;
+
+  // Checks the nodes of `inputs.topology` from now on (any thread). Islands
+  // with health.active false are not checked and their nodes never down.
+  void update(HealthInputs inputs);
+
+  // A real session could not use `node` (refused, timed out, broken
+  // greeting): one failed check, at once (any thread; never blocks).
+  void report_failure(const std::string& node, std::string reason);
+
+  // Stops the thread; checks in flight are dropped. Idempotent; not from
+  // the checker's own thread.
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace isthmus::backends

@@ -1,0 +1,234 @@
+"""Health checks against real Dovecot nodes: a stopped node (connection
+refused) and a frozen one (SIGSTOP: accepts TCP, never greets) are marked
+down by the active checks and get no new logins; they come back after
+`rise` good checks; a node drained by config + SIGHUP gets no new sessions
+while its existing ones stay. While a node fails, a client loop logs in
+continuously and the figures (failed logins, seconds until traffic moved)
+are printed for the release note. Timing is asserted only within sane
+bounds: these machines are noisy."""
+import imaplib
+import re
+import threading
+import time
+import unittest
+
+from support import Lab, PASSWORD, binary, wait_for
+
+INTERVAL = 1.0       # s, between checks of a node that is up
+DOWN_INTERVAL = 0.5  # s, while down
+TIMEOUT = 0.5        # s, one check
+RISE = 2
+FALL = 2
+HEALTH = {"active": True, "interval": "1s", "down_interval": "500ms", "timeout": "500ms",
+          "rise": RISE, "fall": FALL, "lmtp_lhlo": True}
+USER = "alice@example.org"  # island a: a-left + a-right
+
+
+class LoginLoop:
+    """Logs in (and out) continuously with imaplib on a thread, recording
+    (start, seconds, ok) for each attempt."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.attempts: list[tuple[float, float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            started = time.monotonic()
+            ok = True
+            try:
+                m = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
+                m.login(USER, PASSWORD)
+                m.logout()
+            except (OSError, imaplib.IMAP4.error):
+                ok = False
+            self.attempts.append((started, time.monotonic() - started, ok))
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+    def since(self, t: float):
+        return [a for a in self.attempts if a[0] >= t]
+
+
+class Health(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.lab = Lab()
+        cls.addClassCleanup(cls.lab.close)
+        cls.lab.start()
+
+    def setUp(self):
+        self.ix = self.lab.start_isthmus(binary(), timeouts={"connect": "1s"}, health=HEALTH)
+        self.addCleanup(self.ix.stop)
+        self.port = self.ix.port("imap")
+
+    def login(self, user=USER):
+        m = imaplib.IMAP4("127.0.0.1", self.port, timeout=15)
+        m.login(user, PASSWORD)
+        return m
+
+    def log(self, mark: int = 0) -> str:
+        return self.ix.log_text()[mark:]
+
+    def wait_log(self, pattern: str, mark: int, timeout: float) -> re.Match:
+        return wait_for(lambda: re.search(pattern, self.log(mark)), timeout=timeout,
+                        interval=0.02, what=pattern)
+
+    def nodes_logged_in(self, mark: int, user: str = USER) -> list[str]:
+        return re.findall(rf"login ok user={re.escape(user)} island=\w+ node=(\S+)",
+                          self.log(mark))
+
+    def both_nodes_take_logins(self):
+        """Concurrent sessions spread over the island again (both are up)."""
+        mark = len(self.log())
+        sessions = [self.login() for _ in range(4)]
+        try:
+            self.assertEqual(sorted(self.nodes_logged_in(mark)), ["a-left"] * 2 + ["a-right"] * 2)
+        finally:
+            for m in sessions:
+                m.logout()
+
+    def report(self, what: str, loop: LoginLoop, failed_at: float, down_after: float,
+               bad_node_tries: int):
+        during = loop.since(failed_at)
+        failed = sum(1 for a in during if not a[2])
+        slow = sum(1 for a in during if a[1] > 0.9)
+        print(f"\nFAILOVER {what}: {failed} failed logins of {len(during)}; marked down "
+              f"{down_after:.2f}s after the fault; {bad_node_tries} logins tried the bad node "
+              f"first; {slow} logins slower than 0.9s", flush=True)
+        return failed
+
+    def test_a_stopped_node_goes_down_gets_no_logins_and_comes_back(self):
+        left = self.lab.node("a-left")
+        self.both_nodes_take_logins()
+        with LoginLoop(self.port) as loop:
+            time.sleep(0.5)
+            mark = len(self.log())
+            failed_at = time.monotonic()
+            left.stop()  # connection refused from now on
+            try:
+                m = self.wait_log(r"health: node a-left down: 2 failed checks: (.*)", mark,
+                                  timeout=FALL * INTERVAL * 1.2 + 5)
+                down_after = time.monotonic() - failed_at
+                down_at = mark + m.start()
+                time.sleep(1.5)  # the loop keeps logging in
+            finally:
+                loop_attempts = len(loop.attempts)
+        bad_tries = len(re.findall(r"node=a-left: the node", self.log(mark)))
+        failed = self.report("node stopped (connection refused)", loop, failed_at, down_after,
+                             bad_tries)
+        # Refused; or, caught in the middle of Dovecot's shutdown, reset,
+        # closed, or accepted by a master that no longer greets or answers.
+        self.assertRegex(m.group(1), r"refused|reset|closed|no greeting|did not answer")
+        # fall x interval, plus Dovecot's own ~1 s shutdown, plus noise.
+        self.assertLess(down_after, FALL * INTERVAL * 1.2 + 3)
+        # A refused node costs the client nothing: the login moves on.
+        self.assertLessEqual(failed, 2)
+        self.assertGreater(loop_attempts, 5)
+        # Once down, no login tries it (but one already routed may still).
+        after_down = self.ix.log_text()[down_at:]
+        self.assertLessEqual(len(re.findall(r"node=a-left: the node", after_down)), 2)
+        mark2 = len(self.log())
+        for _ in range(6):
+            self.login().logout()
+        self.assertEqual(self.nodes_logged_in(mark2), ["a-right"] * 6)
+        self.assertNotIn("node=a-left", self.log(mark2))
+
+        left.start()
+        started = time.monotonic()
+        self.wait_log(rf"health: node a-left up again after {RISE} good checks", mark2,
+                      timeout=RISE * DOWN_INTERVAL * 1.2 + 10)
+        print(f"FAILOVER node stopped: back up {time.monotonic() - started:.2f}s after its "
+              f"Dovecot was listening again", flush=True)
+        self.both_nodes_take_logins()
+
+    def test_a_frozen_node_goes_down_by_timeouts_and_logins_skip_it(self):
+        left = self.lab.node("a-left")
+        with LoginLoop(self.port) as loop:
+            time.sleep(0.5)
+            mark = len(self.log())
+            failed_at = time.monotonic()
+            left.pause()  # SIGSTOP: the kernel accepts, nobody greets
+            try:
+                m = self.wait_log(r"health: node a-left down: 2 failed checks: (.*)", mark,
+                                  timeout=FALL * (INTERVAL * 1.2 + TIMEOUT) + 5)
+                down_after = time.monotonic() - failed_at
+                down_at = mark + m.start()
+                time.sleep(1.5)
+            except BaseException:
+                left.resume()
+                raise
+        try:
+            bad_tries = len(re.findall(r"node=a-left: the node", self.log(mark)))
+            failed = self.report("node frozen (SIGSTOP, black hole)", loop, failed_at, down_after,
+                                 bad_tries)
+            self.assertRegex(m.group(1), r"no greeting within|did not answer")
+            self.assertLess(down_after, FALL * (INTERVAL * 1.2 + TIMEOUT) + 3)
+            self.assertLessEqual(failed, 2)
+            after_down = self.ix.log_text()[down_at:]
+            self.assertLessEqual(len(re.findall(r"node=a-left: ", after_down)), 2)
+            # While down, logins go straight to a-right: none waits on the
+            # frozen node's 1 s greeting deadline.
+            mark2 = len(self.log())
+            times = []
+            for _ in range(6):
+                t = time.monotonic()
+                self.login().logout()
+                times.append(time.monotonic() - t)
+            self.assertEqual(self.nodes_logged_in(mark2), ["a-right"] * 6)
+            self.assertTrue(all(t < 0.9 for t in times), times)
+        finally:
+            left.resume()
+        self.wait_log(rf"health: node a-left up again after {RISE} good checks", mark,
+                      timeout=RISE * DOWN_INTERVAL * 1.2 + 10)
+        self.both_nodes_take_logins()
+
+    def test_a_drained_node_keeps_its_sessions_and_gets_no_new_ones(self):
+        mark = len(self.log())
+        held = [self.login() for _ in range(2)]
+        try:
+            nodes = self.nodes_logged_in(mark)
+            self.assertEqual(sorted(nodes), ["a-left", "a-right"])
+            on_left = held[nodes.index("a-left")]
+            self.ix.config["islands"][0]["nodes"][0]["drain"] = True
+            self.assertEqual(self.ix.config["islands"][0]["nodes"][0]["name"], "a-left")
+            self.ix.write_files()
+            mark = len(self.log())
+            self.ix.reload()
+            self.wait_log(r"node a-left draining \(config\): no new sessions; its open sessions "
+                          r"\(1\) stay",
+                          mark, timeout=10)
+            # New sessions go elsewhere, even though a-left has fewer.
+            fresh = [self.login() for _ in range(3)]
+            self.assertEqual(self.nodes_logged_in(mark), ["a-right"] * 3)
+            for m in fresh:
+                m.logout()
+            # The existing session on a-left goes on.
+            self.assertEqual(on_left.select("INBOX")[0], "OK")
+            self.assertEqual(on_left.noop()[0], "OK")
+            # Undrained: it takes new sessions again.
+            self.ix.config["islands"][0]["nodes"][0]["drain"] = False
+            self.ix.write_files()
+            mark = len(self.log())
+            self.ix.reload()
+            self.wait_log(r"node a-left no longer draining", mark, timeout=10)
+            more = [self.login() for _ in range(2)]
+            for m in more:
+                m.logout()
+            self.assertEqual(sorted(self.nodes_logged_in(mark)), ["a-left", "a-right"])
+        finally:
+            for m in held:
+                m.logout()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,270 @@
+// The health state machine on a fake clock (time is passed in; nothing
+// sleeps), the jitter bounds, greeting verdicts, and what the router makes
+// of down and draining nodes.
+#include "backends/health.hpp"
+#include "backends/topology.hpp"
+#include "director/router.hpp"
+
+#include <doctest/doctest.h>
+
+#include <random>
+
+using namespace isthmus;
+using backends::HealthState;
+using backends::NodeHealth;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+namespace {
+
+config::Health settings(unsigned rise = 2, unsigned fall = 2) {
+  config::Health h;
+  h.rise = rise;
+  h.fall = fall;
+  h.interval = seconds(5);
+  h.down_interval = seconds(2);
+  return h;
+}
+
+const Clock::time_point t0 = Clock::time_point(seconds(1000));
+
+}  // namespace
+
+TEST_CASE("health: a node starts unknown and a good check makes it up quietly") {
+  NodeHealth h("a-left", settings());
+  CHECK(h.state() == HealthState::unknown);
+  CHECK_FALSE(h.down());
+  CHECK_FALSE(h.record_success(t0));  // nothing to announce: it was never down
+  CHECK(h.state() == HealthState::up);
+}
+
+TEST_CASE("health: fall failures in a row take it down, with one log line naming the reason") {
+  NodeHealth h("a-left", settings(2, 3));
+  h.record_success(t0);
+  CHECK_FALSE(h.record_failure("imap: connect refused", t0 + seconds(5)));
+  CHECK_FALSE(h.record_failure("imap: connect refused", t0 + seconds(10)));
+  CHECK(h.state() == HealthState::up);
+  auto line = h.record_failure("imap: connect refused", t0 + seconds(15));
+  REQUIRE(line);
+  CHECK(*line == "node a-left down: 3 failed checks: imap: connect refused");
+  CHECK(h.down());
+  CHECK(h.since() == t0 + seconds(15));
+  // Further failures keep it down without another announcement.
+  CHECK_FALSE(h.record_failure("imap: connect refused", t0 + seconds(17)));
+  CHECK(h.down());
+}
+
+TEST_CASE("health: a good check in between resets the failure count (hysteresis)") {
+  NodeHealth h("n", settings(2, 2));
+  h.record_failure("x", t0);
+  h.record_success(t0 + seconds(1));
+  CHECK(h.failures() == 0);
+  CHECK_FALSE(h.record_failure("x", t0 + seconds(2)));
+  CHECK_FALSE(h.down());
+  CHECK(h.record_failure("x", t0 + seconds(3)));
+  CHECK(h.down());
+}
+
+TEST_CASE("health: unknown counts as up: fall failures from the start take it down") {
+  NodeHealth h("n", settings(2, 2));
+  CHECK_FALSE(h.record_failure("imap: no greeting within 2s", t0));
+  CHECK(h.state() == HealthState::unknown);
+  CHECK(h.record_failure("imap: no greeting within 2s", t0 + seconds(1)));
+  CHECK(h.down());
+}
+
+TEST_CASE("health: rise good checks in a row bring it back up; a failure restarts the count") {
+  NodeHealth h("a-left", settings(3, 1));
+  REQUIRE(h.record_failure("imap: connect refused", t0));
+  CHECK_FALSE(h.record_success(t0 + seconds(2)));
+  CHECK_FALSE(h.record_success(t0 + seconds(4)));
+  CHECK_FALSE(h.record_failure("imap: connect refused", t0 + seconds(6)));  // flapping
+  CHECK(h.successes() == 0);
+  CHECK_FALSE(h.record_success(t0 + seconds(8)));
+  CHECK_FALSE(h.record_success(t0 + seconds(10)));
+  auto line = h.record_success(t0 + seconds(12));
+  REQUIRE(line);
+  CHECK(*line == "node a-left up again after 3 good checks (down for 12.0s)");
+  CHECK(h.state() == HealthState::up);
+}
+
+TEST_CASE("health: fall 1 and rise 1 act on the first verdict") {
+  NodeHealth h("n", settings(1, 1));
+  h.record_success(t0);
+  auto down = h.record_failure("pop3: greeting was -ERR: busy", t0 + seconds(1));
+  REQUIRE(down);
+  CHECK(*down == "node n down: 1 failed check: pop3: greeting was -ERR: busy");
+  auto up = h.record_success(t0 + seconds(3));
+  REQUIRE(up);
+  CHECK(*up == "node n up again after 1 good check (down for 2.0s)");
+}
+
+TEST_CASE("health: passive reports are failures like any other: two sessions take it down") {
+  // A node between two active checks: sessions see it refuse.
+  NodeHealth h("n", settings(2, 2));
+  h.record_success(t0);
+  CHECK_FALSE(h.record_failure("a session: the node refused the connection", t0 + milliseconds(10)));
+  auto line = h.record_failure("a session: the node refused the connection", t0 + milliseconds(20));
+  REQUIRE(line);
+  CHECK(line->find("2 failed checks: a session: the node refused") != std::string::npos);
+}
+
+TEST_CASE("health: new settings after a reload keep the state and the counts") {
+  NodeHealth h("n", settings(2, 3));
+  h.record_success(t0);
+  h.record_failure("x", t0);
+  h.record_failure("x", t0);
+  CHECK_FALSE(h.down());
+  h.configure(settings(2, 2));  // fall lowered: the next failure decides
+  CHECK(h.failures() == 2);
+  CHECK(h.record_failure("x", t0));
+}
+
+TEST_CASE("health: the next check is interval +- 20%, and the faster down_interval while down") {
+  NodeHealth h("n", settings(2, 1));
+  h.record_success(t0);
+  CHECK(h.next_check(t0, 0.0) == t0 + seconds(4));
+  CHECK(h.next_check(t0, 0.5) == t0 + seconds(5));
+  CHECK(h.next_check(t0, 1.0) == t0 + seconds(6));
+  h.record_failure("x", t0);
+  REQUIRE(h.down());
+  CHECK(h.next_check(t0, 0.0) == t0 + milliseconds(1600));
+  CHECK(h.next_check(t0, 1.0) == t0 + milliseconds(2400));
+}
+
+TEST_CASE("health: jitter stays within its bounds for any draw, and clamps bad ones") {
+  const auto interval = Clock::duration(seconds(5));
+  CHECK(backends::jittered(interval, -1.0) == seconds(4));
+  CHECK(backends::jittered(interval, 7.0) == seconds(6));
+  CHECK(backends::jittered(interval, std::numeric_limits<double>::quiet_NaN()) == seconds(4));
+  std::mt19937_64 random(42);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  Clock::duration lowest = Clock::duration::max(), highest = Clock::duration::min();
+  for (int i = 0; i < 10000; ++i) {
+    auto d = backends::jittered(interval, unit(random));
+    lowest = std::min(lowest, d);
+    highest = std::max(highest, d);
+  }
+  CHECK(lowest >= seconds(4));
+  CHECK(highest <= seconds(6));
+  // ... and it really spreads: both ends of the range are used.
+  CHECK(lowest < milliseconds(4100));
+  CHECK(highest > milliseconds(5900));
+}
+
+TEST_CASE("health: greetings per protocol") {
+  using backends::greeting_problem;
+  using config::Protocol;
+  CHECK_FALSE(greeting_problem(Protocol::imap, "* OK [CAPABILITY IMAP4rev1] Dovecot ready."));
+  CHECK_FALSE(greeting_problem(Protocol::imap, "* ok ready"));
+  CHECK(*greeting_problem(Protocol::imap, "* BYE too many connections") ==
+        "greeting was BYE: too many connections");
+  CHECK(greeting_problem(Protocol::imap, "* PREAUTH hello"));
+  CHECK(greeting_problem(Protocol::imap, "+OK pop3 on the imap port"));
+  CHECK(greeting_problem(Protocol::imap, "garbage\x01"));
+  CHECK(greeting_problem(Protocol::imap, ""));
+  CHECK_FALSE(greeting_problem(Protocol::pop3, "+OK Dovecot ready."));
+  CHECK_FALSE(greeting_problem(Protocol::pop3, "+OK [XCLIENT] Dovecot (Debian) ready."));
+  CHECK_FALSE(greeting_problem(Protocol::pop3, "+OK"));
+  CHECK(*greeting_problem(Protocol::pop3, "-ERR [SYS/TEMP] busy") ==
+        "greeting was -ERR:  [SYS/TEMP] busy");
+  CHECK(greeting_problem(Protocol::pop3, "+OKAY"));
+  CHECK(greeting_problem(Protocol::pop3, "* OK imap"));
+  CHECK_FALSE(greeting_problem(Protocol::lmtp, "220 mx.example.org Dovecot LMTP ready"));
+  CHECK_FALSE(greeting_problem(Protocol::lmtp, "220-first line"));
+  CHECK(*greeting_problem(Protocol::lmtp, "421 4.3.2 shutting down") ==
+        "greeting was 421: 4.3.2 shutting down");
+  CHECK(greeting_problem(Protocol::lmtp, "554 no"));
+  CHECK(greeting_problem(Protocol::lmtp, "250 what"));
+  CHECK(greeting_problem(Protocol::lmtp, "hello"));
+}
+
+namespace {
+
+std::shared_ptr<const backends::Topology> two_nodes(bool drain_right = false) {
+  config::Config c;
+  config::Island island;
+  island.name = "a";
+  for (auto name : {"l", "r"}) {
+    config::Node n;
+    n.name = name;
+    n.host = "127.0.0.1";
+    n.ports[config::Protocol::imap] = 1;
+    n.drain = drain_right && std::string_view(name) == "r";
+    island.nodes.push_back(n);
+  }
+  c.islands.push_back(island);
+  return backends::Topology::build(c, nullptr);
+}
+
+std::vector<std::string> order(const backends::Island& island, std::size_t spin) {
+  std::vector<std::string> names;
+  for (const auto& node : director::candidates(island, config::Protocol::imap, Clock::now(), spin))
+    names.push_back(node->name);
+  return names;
+}
+
+}  // namespace
+
+TEST_CASE("health router: a down node gets no new sessions while another is up") {
+  auto topology = two_nodes();
+  const auto& a = *topology->island("a");
+  topology->state_of("l")->set_down(true);
+  for (std::size_t spin = 0; spin < 4; ++spin) CHECK(order(a, spin) == std::vector<std::string>{"r"});
+  // Even with fewer sessions than the up node.
+  backends::NodeLease busy(topology->state_of("r"));
+  CHECK(order(a, 0) == std::vector<std::string>{"r"});
+  // Back up: the fewest sessions first again.
+  topology->state_of("l")->set_down(false);
+  CHECK(order(a, 0) == std::vector<std::string>{"l", "r"});
+}
+
+TEST_CASE("health router: every node down: all are tried anyway, in the usual order") {
+  auto topology = two_nodes();
+  const auto& a = *topology->island("a");
+  topology->state_of("l")->set_down(true);
+  topology->state_of("r")->set_down(true);
+  CHECK(order(a, 0).size() == 2);
+  CHECK(order(a, 0) != order(a, 1));  // still rotating
+  topology->state_of("r")->report_failure(Clock::now());
+  CHECK(order(a, 0) == std::vector<std::string>{"l", "r"});  // suspect last
+  CHECK(order(a, 1) == std::vector<std::string>{"l", "r"});
+}
+
+TEST_CASE("health router: draining nodes get no new sessions, by config or at run time") {
+  auto topology = two_nodes(/*drain_right=*/true);
+  const auto& a = *topology->island("a");
+  CHECK(order(a, 0) == std::vector<std::string>{"l"});
+  CHECK(order(a, 1) == std::vector<std::string>{"l"});
+  // Draining holds even when the other node is down: the operator said so.
+  topology->state_of("l")->set_down(true);
+  CHECK(order(a, 0) == std::vector<std::string>{"l"});  // down but the only one
+  topology->state_of("l")->set_draining(true);
+  CHECK(order(a, 0).empty());
+  topology->state_of("l")->set_draining(false);
+  topology->state_of("l")->set_down(false);
+  // Run-time drain on a config that does not drain.
+  auto plain = two_nodes();
+  const auto& p = *plain->island("a");
+  plain->state_of("l")->set_draining(true);
+  CHECK(order(p, 0) == std::vector<std::string>{"r"});
+  CHECK(order(p, 1) == std::vector<std::string>{"r"});
+}
+
+TEST_CASE("health router: down and draining flags outlive a reload (kept by node name)") {
+  config::Config c;
+  config::Island island;
+  island.name = "a";
+  config::Node n;
+  n.name = "l";
+  n.host = "127.0.0.1";
+  n.ports[config::Protocol::imap] = 1;
+  island.nodes.push_back(n);
+  c.islands.push_back(island);
+  auto first = backends::Topology::build(c, nullptr);
+  first->state_of("l")->set_down(true);
+  first->state_of("l")->set_draining(true);
+  auto second = backends::Topology::build(c, first.get());
+  CHECK(second->state_of("l")->down());
+  CHECK(second->state_of("l")->draining());
+}
