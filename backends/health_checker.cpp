@@ -124,6 +124,7 @@ struct HealthChecker::Impl {
       it->second->node->state->set_down(false);
       it = targets.erase(it);
     }
+    review_roles();
   }
 
   // A verdict, active or passive, into the node's state machine and out to
@@ -150,10 +151,31 @@ struct HealthChecker::Impl {
     } else {
       spdlog::debug("health: node {} still down: {}", target.node->name, result.problem);
     }
+    if (was_down != target.health.down()) review_roles();
     if (!was_down && target.health.down()) {
       // Down: check it again at the faster pace from now on.
       target.due = target.health.next_check(now, unit());
       target.timer.cancel();
+    }
+  }
+
+  // Active-passive islands: a down holder hands the role on (never back by
+  // itself). Called after every up/down change.
+  void review_roles() {
+    if (!inputs.topology) return;
+    for (const auto& island : inputs.topology->islands()) {
+      if (!island.role) continue;
+      auto holder = island.role->current();
+      if (auto next = role_successor(island)) {
+        auto epoch = island.role->move_to(*next);
+        spdlog::warn("role: island {}: the active role moves from {} (down) to {}, epoch {}; "
+                     "it will not move back by itself (promote to move it)",
+                     island.name, holder->node, *next, epoch);
+      } else if (const Node* node = island.node(holder->node); node && node->state->down()) {
+        spdlog::error("role: island {}: {} holds the active role and is down, and no other "
+                      "node is up: the role stays",
+                      island.name, holder->node);
+      }
     }
   }
 

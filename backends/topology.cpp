@@ -35,7 +35,7 @@ std::shared_ptr<const Topology> Topology::build(const config::Config& config,
   std::string problems;
   for (std::size_t i = 0; i < config.islands.size(); ++i) {
     const auto& ci = config.islands[i];
-    Island island{ci.name, ci.policy, {}, ci.health};
+    Island island{ci.name, ci.policy, {}, ci.health, nullptr};
     for (std::size_t k = 0; k < ci.nodes.size(); ++k) {
       const auto& cn = ci.nodes[k];
       auto node = std::make_shared<Node>();
@@ -63,6 +63,12 @@ std::shared_ptr<const Topology> Topology::build(const config::Config& config,
       if (!node->state) node->state = std::make_shared<NodeState>(cn.name);
       island.nodes.push_back(std::move(node));
     }
+    if (island.policy == config::IslandPolicy::active_passive) {
+      // The role outlives a reload, unless its holder left the island.
+      if (previous) island.role = previous->role_of(island.name);
+      if (!island.role || !island.node(island.role->current()->node))
+        island.role = std::make_shared<IslandRole>(ci.active);
+    }
     topology->islands_.push_back(std::move(island));
   }
   if (!problems.empty()) {
@@ -70,6 +76,28 @@ std::shared_ptr<const Topology> Topology::build(const config::Config& config,
     throw config::ConfigError(problems);
   }
   return topology;
+}
+
+const Node* Island::node(std::string_view wanted) const {
+  for (const auto& n : nodes)
+    if (n->name == wanted) return n.get();
+  return nullptr;
+}
+
+std::optional<std::string> role_successor(const Island& island) {
+  if (!island.role) return std::nullopt;
+  const Node* holder = island.node(island.role->current()->node);
+  if (holder && !holder->state->down()) return std::nullopt;
+  for (const auto& n : island.nodes) {
+    if (n.get() == holder || n->state->down() || n->draining()) continue;
+    return n->name;
+  }
+  return std::nullopt;
+}
+
+std::shared_ptr<IslandRole> Topology::role_of(std::string_view name) const {
+  const Island* found = island(name);
+  return found ? found->role : nullptr;
 }
 
 const Island* Topology::island(std::string_view name) const {

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -99,12 +100,48 @@ struct Node {
   bool draining() const { return drain || state->draining(); }
 };
 
+// Who holds an active-passive island's active role, and the epoch that
+// counts its moves. Written by the health checker's thread (and, later, an
+// operator's promote), read by the router on every login: published as an
+// immutable value behind an atomic pointer. Kept across reloads by island
+// name, like NodeState.
+class IslandRole {
+ public:
+  struct Holder {
+    std::string node;
+    std::uint64_t epoch = 1;
+  };
+  explicit IslandRole(std::string node)
+      : current_(std::make_shared<const Holder>(Holder{std::move(node), 1})) {}
+  std::shared_ptr<const Holder> current() const {
+    return current_.load(std::memory_order_acquire);
+  }
+  // The role to `node`, one epoch on; returns the new epoch.
+  std::uint64_t move_to(std::string node) {
+    auto next = std::make_shared<const Holder>(Holder{std::move(node), current()->epoch + 1});
+    current_.store(next, std::memory_order_release);
+    return next->epoch;
+  }
+
+ private:
+  std::atomic<std::shared_ptr<const Holder>> current_;
+};
+
 struct Island {
   std::string name;
   config::IslandPolicy policy = config::IslandPolicy::balance;
   std::vector<std::shared_ptr<const Node>> nodes;
   config::Health health;
+  std::shared_ptr<IslandRole> role;  // active-passive only
+
+  const Node* node(std::string_view name) const;
 };
+
+// Active-passive: where the role should go now, if it should move. The
+// holder keeps it while it is not down (no failback when an old holder
+// returns: an operator promotes). A down holder hands it to the first node
+// in config order that is neither down nor draining; with none, it stays.
+std::optional<std::string> role_successor(const Island& island);
 
 class Topology {
  public:
@@ -118,6 +155,7 @@ class Topology {
   const Island* island(std::string_view name) const;
   const std::vector<Island>& islands() const { return islands_; }
   std::shared_ptr<NodeState> state_of(std::string_view node) const;
+  std::shared_ptr<IslandRole> role_of(std::string_view island) const;
 
  private:
   std::vector<Island> islands_;

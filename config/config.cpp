@@ -32,6 +32,7 @@ std::string_view name_of(TlsMode mode) {
 std::string_view name_of(IslandPolicy policy) {
   switch (policy) {
     case IslandPolicy::balance: return "balance";
+    case IslandPolicy::active_passive: return "active-passive";
   }
   return "?";
 }

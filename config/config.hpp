@@ -58,7 +58,8 @@ struct Node {
 };
 
 enum class IslandPolicy : std::uint8_t {
-  balance,  // any healthy node; new sessions go to the one with the fewest
+  balance,         // any healthy node; new sessions go to the one with the fewest
+  active_passive,  // only the node holding the island's active role (docs/health.md)
 };
 std::string_view name_of(IslandPolicy policy);
 
@@ -78,6 +79,7 @@ struct Health {
 struct Island {
   std::string name;
   IslandPolicy policy = IslandPolicy::balance;
+  std::string active;  // active-passive: the node holding the role at start (default: the first)
   std::vector<Node> nodes;
   Health health;  // the global "health", with this island's overrides applied
 };

@@ -578,7 +578,12 @@ void read_islands(const json& array, const std::string& pointer, Problems& probl
     }
     std::string policy = "balance";
     o.read_string("policy", policy);
-    if (policy != "balance") problems.add(o.pointer_of("policy"), "must be \"balance\"");
+    if (policy == "active-passive") island.policy = IslandPolicy::active_passive;
+    else if (policy != "balance")
+      problems.add(o.pointer_of("policy"), "must be \"balance\" or \"active-passive\"");
+    o.read_string("active", island.active);
+    if (!island.active.empty() && island.policy != IslandPolicy::active_passive)
+      problems.add(o.pointer_of("active"), "only for policy \"active-passive\"");
     if (const json* h = o.take("health")) {
       Object ho(*h, o.pointer_of("health"), problems);
       read_health(ho, island.health);
@@ -598,6 +603,15 @@ void read_islands(const json& array, const std::string& pointer, Problems& probl
           island.nodes.push_back(std::move(node));
         }
       }
+    }
+    if (island.policy == IslandPolicy::active_passive && !island.nodes.empty()) {
+      if (island.active.empty()) island.active = island.nodes.front().name;
+      bool known = false;
+      for (const auto& node : island.nodes) known |= node.name == island.active;
+      if (!known)
+        problems.add(o.pointer_of("active"),
+                     fmt::format("\"{}\" is not a node of island \"{}\"", island.active,
+                                 island.name));
     }
     out.push_back(std::move(island));
   }

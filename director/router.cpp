@@ -18,8 +18,15 @@ std::vector<std::shared_ptr<const backends::Node>> candidates(const backends::Is
   std::vector<Ranked> ranked;
   const std::size_t count = island.nodes.size();
   bool any_up = false;
+  // Active-passive: the role holder is the only candidate. When it is down
+  // the health checker moves the role (role_successor); until then, or when
+  // no other node is up, the holder is tried as the all-down rule says.
+  std::string holder;
+  if (island.policy == config::IslandPolicy::active_passive && island.role)
+    holder = island.role->current()->node;
   for (std::size_t i = 0; i < count; ++i) {
     const auto& node = island.nodes[i];
+    if (!holder.empty() && node->name != holder) continue;
     // Draining is the operator's word: no new sessions, even when the
     // island's other nodes are down.
     if (!node->endpoint(protocol) || node->draining()) continue;

@@ -230,5 +230,54 @@ class Health(unittest.TestCase):
                 m.logout()
 
 
+class ActivePassive(unittest.TestCase):
+    """Island a as an active-passive pair: the role holder gets every
+    session; when it goes down the role moves (one epoch on) and traffic
+    follows; when it comes back the role stays where it is (no flapping)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lab = Lab()
+        cls.addClassCleanup(cls.lab.close)
+        cls.lab.start()
+
+    def test_the_role_moves_once_on_failure_and_never_back_by_itself(self):
+        config = self.lab.config
+        islands = [dict(island, policy="active-passive", active="a-left")
+                   if island["name"] == "a" else island for island in config["islands"]]
+        ix = self.lab.start_isthmus(binary(), timeouts={"connect": "1s"}, health=HEALTH,
+                                    islands=islands)
+        self.addCleanup(ix.stop)
+        port = ix.port("imap")
+
+        def nodes_used(count: int) -> list[str]:
+            mark = len(ix.log_text())
+            for _ in range(count):
+                m = imaplib.IMAP4("127.0.0.1", port, timeout=15)
+                m.login(USER, PASSWORD)
+                m.logout()
+            return re.findall(r"login ok user=\S+ island=a node=(\S+)", ix.log_text()[mark:])
+
+        # Balance would spread these; the holder takes them all.
+        self.assertEqual(nodes_used(4), ["a-left"] * 4)
+        left = self.lab.node("a-left")
+        mark = len(ix.log_text())
+        left.stop()
+        try:
+            wait_for(lambda: "role: island a: the active role moves from a-left" in
+                     ix.log_text()[mark:], timeout=FALL * INTERVAL * 1.2 + 5, interval=0.05,
+                     what="the role to move")
+            self.assertIn("to a-right, epoch 2", ix.log_text()[mark:])
+            self.assertEqual(nodes_used(3), ["a-right"] * 3)
+        finally:
+            left.start()
+        wait_for(lambda: re.search(r"node a-left up again", ix.log_text()[mark:]),
+                 timeout=RISE * DOWN_INTERVAL * 2 + 5, interval=0.05, what="a-left back up")
+        time.sleep(2 * INTERVAL)
+        # No failback: a-left is healthy, but a-right keeps the role.
+        self.assertEqual(nodes_used(3), ["a-right"] * 3)
+        self.assertEqual(ix.log_text()[mark:].count("the active role moves"), 1)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -273,3 +273,22 @@ TEST_CASE("health config errors name their place") {
   CHECK(error_of(with("\"imap\": 21143 }", "\"imap\": 21143 }, \"drain\": \"yes\"")) ==
         "test.json: /islands/0/nodes/0/drain: must be true or false");
 }
+
+TEST_CASE("active-passive islands: the initial holder is a node of the island") {
+  auto c = parse_config(with("\"policy\": \"balance\"", "\"policy\": \"active-passive\""),
+                        "t.json", "/etc");
+  CHECK(c.islands[0].policy == IslandPolicy::active_passive);
+  CHECK(c.islands[0].active == "a-left");
+  c = parse_config(with("\"policy\": \"balance\"",
+                        "\"policy\": \"active-passive\", \"active\": \"a-right\""),
+                   "t.json", "/etc");
+  CHECK(c.islands[0].active == "a-right");
+  auto e = error_of(with("\"policy\": \"balance\"",
+                         "\"policy\": \"active-passive\", \"active\": \"b-left\""));
+  CHECK(e.find("/islands/0/active: \"b-left\" is not a node of island \"a\"") !=
+        std::string::npos);
+  e = error_of(with("\"policy\": \"balance\"", "\"policy\": \"balance\", \"active\": \"a-left\""));
+  CHECK(e.find("/islands/0/active: only for policy \"active-passive\"") != std::string::npos);
+  e = error_of(with("\"policy\": \"balance\"", "\"policy\": \"primary\""));
+  CHECK(e.find("must be \"balance\" or \"active-passive\"") != std::string::npos);
+}

@@ -87,7 +87,8 @@ TEST_CASE("static directory: errors name file and line") {
 
 TEST_CASE("router: fewest sessions first, suspects last, equals rotate") {
   config::Config c;
-  config::Island island{"a", config::IslandPolicy::balance, {}, {}};
+  config::Island island;
+  island.name = "a";
   for (auto name : {"l", "r"}) {
     config::Node n;
     n.name = name;

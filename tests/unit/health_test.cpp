@@ -181,10 +181,14 @@ TEST_CASE("health: greetings per protocol") {
 
 namespace {
 
-std::shared_ptr<const backends::Topology> two_nodes(bool drain_right = false) {
+config::Config two_node_config(bool drain_right = false, bool active_passive = false) {
   config::Config c;
   config::Island island;
   island.name = "a";
+  if (active_passive) {
+    island.policy = config::IslandPolicy::active_passive;
+    island.active = "l";
+  }
   for (auto name : {"l", "r"}) {
     config::Node n;
     n.name = name;
@@ -194,7 +198,11 @@ std::shared_ptr<const backends::Topology> two_nodes(bool drain_right = false) {
     island.nodes.push_back(n);
   }
   c.islands.push_back(island);
-  return backends::Topology::build(c, nullptr);
+  return c;
+}
+
+std::shared_ptr<const backends::Topology> two_nodes(bool drain_right = false) {
+  return backends::Topology::build(two_node_config(drain_right), nullptr);
 }
 
 std::vector<std::string> order(const backends::Island& island, std::size_t spin) {
@@ -267,4 +275,47 @@ TEST_CASE("health router: down and draining flags outlive a reload (kept by node
   auto second = backends::Topology::build(c, first.get());
   CHECK(second->state_of("l")->down());
   CHECK(second->state_of("l")->draining());
+}
+
+TEST_CASE("active-passive: only the holder gets sessions; a down holder hands the role on") {
+  auto topology = backends::Topology::build(two_node_config(false, true), nullptr);
+  const auto& a = *topology->island("a");
+  REQUIRE(a.role);
+  CHECK(a.role->current()->node == "l");
+  CHECK(a.role->current()->epoch == 1);
+  for (std::size_t spin = 0; spin < 3; ++spin) CHECK(order(a, spin) == std::vector<std::string>{"l"});
+  CHECK_FALSE(backends::role_successor(a));  // the holder is up: it keeps the role
+  topology->state_of("l")->set_down(true);
+  CHECK(order(a, 0) == std::vector<std::string>{"l"});  // until the role moves
+  REQUIRE(backends::role_successor(a) == std::optional<std::string>("r"));
+  CHECK(a.role->move_to("r") == 2);
+  CHECK(order(a, 0) == std::vector<std::string>{"r"});
+  // The old holder comes back: no failback.
+  topology->state_of("l")->set_down(false);
+  CHECK_FALSE(backends::role_successor(a));
+  CHECK(order(a, 0) == std::vector<std::string>{"r"});
+}
+
+TEST_CASE("active-passive: no successor when the other node is down or draining") {
+  auto topology = backends::Topology::build(two_node_config(false, true), nullptr);
+  const auto& a = *topology->island("a");
+  topology->state_of("l")->set_down(true);
+  topology->state_of("r")->set_down(true);
+  CHECK_FALSE(backends::role_successor(a));
+  CHECK(order(a, 0) == std::vector<std::string>{"l"});  // tried anyway
+  topology->state_of("r")->set_down(false);
+  topology->state_of("r")->set_draining(true);
+  CHECK_FALSE(backends::role_successor(a));
+}
+
+TEST_CASE("active-passive: the role outlives a reload, unless its holder left the island") {
+  auto config = two_node_config(false, true);
+  auto first = backends::Topology::build(config, nullptr);
+  first->island("a")->role->move_to("r");
+  auto second = backends::Topology::build(config, first.get());
+  CHECK(second->island("a")->role->current()->node == "r");
+  CHECK(second->island("a")->role->current()->epoch == 2);
+  config.islands[0].nodes.pop_back();  // r leaves
+  auto third = backends::Topology::build(config, second.get());
+  CHECK(third->island("a")->role->current()->node == "l");
 }
