@@ -4,6 +4,7 @@ POP3 XCLIENT), what is believed from whom, and the proxy TTL that stops a
 routing loop."""
 import imaplib
 import os
+import time
 import re
 import poplib
 import socket
@@ -65,8 +66,16 @@ class ProxyProtocol(unittest.TestCase):
         Isthmus' session id, which the node receives with the identity."""
         sessions = re.findall(rf"session=(\w+) login ok user={re.escape(user)} ", ix.log_text())
         self.assertTrue(sessions, f"{user} did not log in through isthmus")
-        logins = [l for n in self.lab.nodes.values() for l in n.logins()
-                  if l.get("ok") and l.get("session") == sessions[-1]]
+        def node_logins():
+            return [l for n in self.lab.nodes.values() for l in n.logins()
+                    if l.get("ok") and l.get("session") == sessions[-1]]
+
+        # Dovecot's log process writes a moment after the login answer.
+        deadline = time.monotonic() + 5
+        logins = node_logins()
+        while not logins and time.monotonic() < deadline:
+            time.sleep(0.05)
+            logins = node_logins()
         self.assertEqual(len(logins), 1, f"no node logged session {sessions[-1]}")
         return logins[0]
 

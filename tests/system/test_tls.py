@@ -227,9 +227,13 @@ class Tls(unittest.TestCase):
                               timeout=10)
         m.login("bob@example.org", PASSWORD)  # island b: implicit TLS to the node
         m.logout()
-        logins = [l for name in ("a-left", "a-right", "b-left", "b-right")
-                  for l in self.lab.node(name).logins() if l.get("ok")]
-        by_user = {l["user"]: l for l in logins}
+        def by_user():
+            logins = [l for name in ("a-left", "a-right", "b-left", "b-right")
+                      for l in self.lab.node(name).logins() if l.get("ok")]
+            found = {l["user"]: l for l in logins}
+            # Dovecot's log process writes a moment after the login answer.
+            return found if {"alice@example.org", "bob@example.org"} <= found.keys() else None
+        by_user = wait_for(by_user, what="both logins in the nodes' logs")
         self.assertTrue(by_user["alice@example.org"]["tls"], by_user["alice@example.org"])
         self.assertTrue(by_user["bob@example.org"]["tls"], by_user["bob@example.org"])
 
