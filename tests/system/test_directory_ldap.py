@@ -353,12 +353,13 @@ class DirectoryAuthentication(unittest.TestCase):
     def test_the_right_password_binds_and_logs_in(self):
         dn = dd.BY_LOGIN["dave@example.org"].dn  # {SSHA} in LDAP: slapd checks it
         imap_login(self.ix, "dave@example.org").logout()
-        self.assertTrue(any("err=0" in l for l in self.binds_of(dn)))
+        # slapd logs a RESULT after it has sent it: wait for the line.
+        wait_for(lambda: any("err=0" in l for l in self.binds_of(dn)), what="slapd's err=0")
 
     def test_a_wrong_password_is_refused_by_the_directory(self):
         dn = dd.BY_LOGIN["carol@example.org"].dn
         self.assertIn(AUTHFAILED, imap_refusal(self.ix, "carol@example.org", "not-demo"))
-        self.assertTrue(any("err=49" in l for l in self.binds_of(dn)))
+        wait_for(lambda: any("err=49" in l for l in self.binds_of(dn)), what="slapd's err=49")
         self.assertTrue(pop3_pass(self.ix, "carol@example.org", "still-not").startswith(
             b"-ERR [AUTH]"))
         self.assertNotIn("not-demo", self.ix.log_text())
