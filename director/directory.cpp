@@ -37,6 +37,20 @@ boost::asio::awaitable<PasswordCheck> Directory::check_password(const UserEntry&
   co_return co_await verify_password_hash_async(entry.password_hash, std::move(password));
 }
 
+LookupResult unavailable_result(std::string detail) {
+  LookupResult result;
+  result.status = LookupStatus::unavailable;
+  result.detail = std::move(detail);
+  return result;
+}
+
+LookupResult not_found_result(std::string detail) {
+  LookupResult result;
+  result.status = LookupStatus::not_found;
+  result.detail = std::move(detail);
+  return result;
+}
+
 LoginParts split_login(std::string_view user) {
   LoginParts parts;
   parts.user = std::string(user);

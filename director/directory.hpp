@@ -41,6 +41,10 @@ struct LookupResult {
   std::string detail;  // for logs: how it was found or why it failed
 };
 
+// A lookup that failed, or found nothing; `detail` is for the log.
+LookupResult unavailable_result(std::string detail);
+LookupResult not_found_result(std::string detail);
+
 // A login name cut for query templates: %{user} is the whole normalised
 // name, %{localpart} what comes before its last '@', %{domain} what comes
 // after (empty for a name without '@').

@@ -43,10 +43,7 @@ asio::awaitable<LookupResult> LoopDirectory::lookup(std::string user) {
     co_return co_await asio::co_spawn(loop_.executor(), lookup_in_loop(std::move(user)),
                                       asio::use_awaitable);
   } catch (const std::exception& e) {
-    LookupResult failed;
-    failed.status = LookupStatus::unavailable;
-    failed.detail = std::string(kind()) + " directory: " + e.what();
-    co_return failed;
+    co_return unavailable_result(std::string(kind()) + " directory: " + e.what());
   }
 }
 

@@ -30,20 +30,6 @@ std::string render_ldap_filter(const std::vector<TemplatePiece>& pieces, const L
 
 namespace {
 
-LookupResult unavailable(std::string detail) {
-  LookupResult result;
-  result.status = LookupStatus::unavailable;
-  result.detail = std::move(detail);
-  return result;
-}
-
-LookupResult not_found(std::string detail) {
-  LookupResult result;
-  result.status = LookupStatus::not_found;
-  result.detail = std::move(detail);
-  return result;
-}
-
 // Dovecot-style "{CRYPT}$6$..." holds a crypt(3) string after the prefix;
 // so does OpenLDAP's userPassword with the {CRYPT} scheme.
 std::string without_crypt_prefix(const std::string& stored) {
@@ -52,31 +38,36 @@ std::string without_crypt_prefix(const std::string& stored) {
   return stored;
 }
 
-}  // namespace
+} // namespace
 
-LookupResult interpret_ldap_search(const config::LdapDirectory& settings,
-                                   const ldap::SearchResult& result) {
-  if (!result.ok) return unavailable("ldap: " + result.error);
-  const auto& entries = result.entries;
-  if (entries.empty()) return not_found("ldap: no entry matches the filter");
+LookupResult interpret_ldap_search(const config::LdapDirectory &settings,
+                                   const ldap::SearchResult &result) {
+  if (!result.ok)
+    return unavailable_result("ldap: " + result.error);
+  const auto &entries = result.entries;
+  if (entries.empty())
+    return not_found_result("ldap: no entry matches the filter");
   if (entries.size() > 1 || result.size_limit_exceeded) {
     std::string dns;
     for (std::size_t i = 0; i < entries.size() && i < 3; ++i)
       dns += (i ? "; " : "") + sanitize(entries[i].dn, 100);
-    return unavailable(fmt::format("ldap: filter matched {}{} entries ({}{}); refusing to route "
-                                   "on an ambiguous answer",
-                                   result.size_limit_exceeded ? "more than " : "", entries.size(),
-                                   dns, entries.size() > 3 ? "; ..." : ""));
+    return unavailable_result(fmt::format(
+        "ldap: filter matched {}{} entries ({}{}); refusing to route "
+        "on an ambiguous answer",
+        result.size_limit_exceeded ? "more than " : "", entries.size(), dns,
+        entries.size() > 3 ? "; ..." : ""));
   }
-  const ldap::Entry& entry = entries.front();
+  const ldap::Entry &entry = entries.front();
   const std::string dn = sanitize(entry.dn, 200);
 
-  const auto* island = entry.values(settings.island_attribute);
+  const auto *island = entry.values(settings.island_attribute);
   if (!island || island->empty() || island->front().empty())
-    return not_found(fmt::format("ldap: entry {} has no {} value", dn, settings.island_attribute));
+    return not_found_result(fmt::format("ldap: entry {} has no {} value", dn,
+                                        settings.island_attribute));
   if (island->size() > 1)
-    return unavailable(fmt::format("ldap: entry {} has {} {} values", dn, island->size(),
-                                   settings.island_attribute));
+    return unavailable_result(fmt::format("ldap: entry {} has {} {} values", dn,
+                                          island->size(),
+                                          settings.island_attribute));
 
   LookupResult found;
   found.status = LookupStatus::found;
@@ -84,29 +75,32 @@ LookupResult interpret_ldap_search(const config::LdapDirectory& settings,
   found.entry.dn = entry.dn;
 
   if (!settings.state_attribute.empty()) {
-    const auto* state = entry.values(settings.state_attribute);
+    const auto *state = entry.values(settings.state_attribute);
     if (state && state->size() > 1)
-      return unavailable(fmt::format("ldap: entry {} has {} {} values", dn, state->size(),
-                                     settings.state_attribute));
-    if (state && !state->empty()) {  // absent: active
+      return unavailable_result(fmt::format("ldap: entry {} has {} {} values",
+                                            dn, state->size(),
+                                            settings.state_attribute));
+    if (state && !state->empty()) { // absent: active
       auto known = account_state_from(trim(state->front()));
       if (!known)
-        return unavailable(fmt::format("ldap: entry {} has an unknown {} value \"{}\" (known: "
-                                       "active, disabled, moving)",
-                                       dn, settings.state_attribute,
-                                       sanitize(state->front(), 40)));
+        return unavailable_result(fmt::format(
+            "ldap: entry {} has an unknown {} value \"{}\" (known: "
+            "active, disabled, moving)",
+            dn, settings.state_attribute, sanitize(state->front(), 40)));
       found.entry.state = *known;
     }
   }
   if (!settings.node_login_attribute.empty()) {
-    const auto* node_login = entry.values(settings.node_login_attribute);
+    const auto *node_login = entry.values(settings.node_login_attribute);
     if (node_login && node_login->size() > 1)
-      return unavailable(fmt::format("ldap: entry {} has {} {} values", dn, node_login->size(),
-                                     settings.node_login_attribute));
-    if (node_login && !node_login->empty()) found.entry.node_login = node_login->front();
+      return unavailable_result(fmt::format("ldap: entry {} has {} {} values",
+                                            dn, node_login->size(),
+                                            settings.node_login_attribute));
+    if (node_login && !node_login->empty())
+      found.entry.node_login = node_login->front();
   }
   if (!settings.password_attribute.empty()) {
-    const auto* password = entry.values(settings.password_attribute);
+    const auto *password = entry.values(settings.password_attribute);
     if (password && !password->empty())
       found.entry.password_hash = without_crypt_prefix(password->front());
   }

@@ -21,20 +21,6 @@ constexpr unsigned kPasswordHash = 2;
 constexpr unsigned kNodeLogin = 3;
 constexpr unsigned kMaxColumns = 4;
 
-LookupResult unavailable(std::string detail) {
-  LookupResult r;
-  r.status = LookupStatus::unavailable;
-  r.detail = std::move(detail);
-  return r;
-}
-
-LookupResult not_found(std::string detail) {
-  LookupResult r;
-  r.status = LookupStatus::not_found;
-  r.detail = std::move(detail);
-  return r;
-}
-
 sql::ClientSettings client_settings(const config::SqlDirectory& settings) {
   sql::ClientSettings out;
   for (const auto& text : settings.servers) {
@@ -129,20 +115,20 @@ LookupResult lookup_result_from_rows(const sql::QueryResult& result) {
     case sql::QueryStatus::ok:
       break;
     case sql::QueryStatus::failed:
-      return unavailable("sql directory unavailable: " + result.error);
+      return unavailable_result("sql directory unavailable: " + result.error);
     case sql::QueryStatus::rejected:
-      return unavailable("sql directory: the server refuses the query: " + result.error);
+      return unavailable_result("sql directory: the server refuses the query: " + result.error);
   }
   if (result.columns < 1 || result.columns > kMaxColumns) {
-    return unavailable(
+    return unavailable_result(
         fmt::format("sql directory: the query returns {} columns; it must "
                     "return 1 to 4 (island, state, "
                     "password hash, node login)",
                     result.columns));
   }
-  if (result.row_count == 0) return not_found(fmt::format("no row on {}", result.server));
+  if (result.row_count == 0) return not_found_result(fmt::format("no row on {}", result.server));
   if (result.row_count > 1 || result.rows.size() != 1) {
-    return unavailable(
+    return unavailable_result(
         fmt::format("sql directory: the query returned {} rows on {}; one user "
                     "must match one row at most",
                     result.row_count, result.server));
@@ -155,7 +141,7 @@ LookupResult lookup_result_from_rows(const sql::QueryResult& result) {
 
   const auto& island = column(kIsland);
   if (!island || island->empty()) {
-    return not_found(
+    return not_found_result(
         fmt::format("the row on {} has {} island", result.server, island ? "an empty" : "a NULL"));
   }
   LookupResult found;
@@ -165,7 +151,7 @@ LookupResult lookup_result_from_rows(const sql::QueryResult& result) {
   if (state && !state->empty()) {
     auto parsed = account_state_from(*state);
     if (!parsed) {
-      return unavailable(
+      return unavailable_result(
           fmt::format("sql directory: unknown account state \"{}\" on {} "
                       "(expected active, disabled or moving)",
                       sanitize(*state, 40), result.server));
