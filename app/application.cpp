@@ -68,6 +68,16 @@ std::shared_ptr<director::Directory> make_directory(const config::Config& config
   return directory;
 }
 
+// The health checker with the role store the config asks for.
+std::shared_ptr<backends::HealthChecker> make_health_checker(const config::Config& config) {
+  backends::RoleStoreContext context;
+  context.instance = config.instance;
+  context.settings = config.roles;
+  backends::RoleStoreMaker maker;
+  if (config.roles.store == config::RoleStoreKind::sql) maker = backends::make_sql_role_store;
+  return std::make_shared<backends::HealthChecker>(std::move(maker), std::move(context));
+}
+
 }  // namespace
 
 std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path& config_file,
@@ -81,9 +91,10 @@ std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path&
   runtime->directory = make_directory(*config, previous, connect);
   runtime->auth_guard =
       previous ? previous->auth_guard : std::make_shared<director::AuthGuard>();
-  // One checker for the life of the process; --check-config checks nothing.
+  // One checker (and role store) for the life of the process; --check-config
+  // checks nothing.
   if (previous) runtime->health = previous->health;
-  else if (connect) runtime->health = std::make_shared<backends::HealthChecker>();
+  else if (connect) runtime->health = make_health_checker(*config);
   if (config->tls) runtime->server_tls = proxy::make_server_tls(*config->tls, config->path.string());
   bool nodes_use_tls = false;
   for (const auto& island : config->islands)
@@ -151,6 +162,14 @@ void warn_about_restart_only_changes(const config::Config& old_config,
     spdlog::warn("reload: a new worker count takes effect only after a restart");
   if (old_config.log.file != new_config.log.file)
     spdlog::warn("reload: a new log file takes effect only after a restart");
+  auto roles_without_spread = [](config::Roles roles) {
+    roles.close_spread = {};
+    return roles;
+  };
+  if (roles_without_spread(old_config.roles) != roles_without_spread(new_config.roles) ||
+      old_config.instance != new_config.instance)
+    spdlog::warn("reload: changes to \"roles\" (other than close_spread) and to \"instance\" "
+                 "take effect only after a restart");
 }
 
 class Lifecycle {
@@ -268,6 +287,16 @@ int run(const std::filesystem::path& config_file) {
   }
   spdlog::info("isthmus {} ready: instance {}, {} islands, config generation {}", "0.1.0",
                config->instance, config->islands.size(), holder.current()->generation);
+  if (auto health = holder.current()->health) {
+    backends::RoleEvents events;
+    events.close_sessions = [&server, &holder](const std::string& node, const std::string& why) {
+      auto spread = holder.current()->config->roles.close_spread;
+      spdlog::info("closing the sessions on node {} over {}: {}", node,
+                   config::format_duration(spread), why);
+      server.close_node_sessions(node, spread, why);
+    };
+    health->set_events(std::move(events));
+  }
   follow_health(*holder.current());
   log_drain_changes(nullptr, *holder.current()->topology);
   io.run();

@@ -77,6 +77,8 @@ struct HealthChecker::Impl {
   asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
   std::thread thread;
   // Only touched on the checker's thread:
+  RoleEvents events;
+  std::unique_ptr<RoleStore> roles;  // after io: destroyed (with its timers) before it
   HealthInputs inputs;
   std::map<std::string, std::shared_ptr<Target>, std::less<>> targets;
   std::mt19937_64 random{std::random_device{}()};
@@ -124,7 +126,7 @@ struct HealthChecker::Impl {
       it->second->node->state->set_down(false);
       it = targets.erase(it);
     }
-    review_roles();
+    roles->follow(inputs.topology);
   }
 
   // A verdict, active or passive, into the node's state machine and out to
@@ -151,31 +153,14 @@ struct HealthChecker::Impl {
     } else {
       spdlog::debug("health: node {} still down: {}", target.node->name, result.problem);
     }
-    if (was_down != target.health.down()) review_roles();
+    if (!was_down && target.health.down() && events.close_sessions)
+      events.close_sessions(target.node->name,
+                            fmt::format("node {} was marked down", target.node->name));
+    if (was_down != target.health.down()) roles->health_changed();
     if (!was_down && target.health.down()) {
       // Down: check it again at the faster pace from now on.
       target.due = target.health.next_check(now, unit());
       target.timer.cancel();
-    }
-  }
-
-  // Active-passive islands: a down holder hands the role on (never back by
-  // itself). Called after every up/down change.
-  void review_roles() {
-    if (!inputs.topology) return;
-    for (const auto& island : inputs.topology->islands()) {
-      if (!island.role) continue;
-      auto holder = island.role->current();
-      if (auto next = role_successor(island)) {
-        auto epoch = island.role->move_to(*next);
-        spdlog::warn("role: island {}: the active role moves from {} (down) to {}, epoch {}; "
-                     "it will not move back by itself (promote to move it)",
-                     island.name, holder->node, *next, epoch);
-      } else if (const Node* node = island.node(holder->node); node && node->state->down()) {
-        spdlog::error("role: island {}: {} holds the active role and is down, and no other "
-                      "node is up: the role stays",
-                      island.name, holder->node);
-      }
     }
   }
 
@@ -287,7 +272,14 @@ struct HealthChecker::Impl {
   }
 };
 
-HealthChecker::HealthChecker() : impl_(std::make_unique<Impl>()) {
+HealthChecker::HealthChecker(RoleStoreMaker roles, RoleStoreContext context)
+    : impl_(std::make_unique<Impl>()) {
+  context.executor = impl_->io.get_executor();
+  context.events.close_sessions = [impl = impl_.get()](const std::string& node,
+                                                       const std::string& why) {
+    if (impl->events.close_sessions) impl->events.close_sessions(node, why);
+  };
+  impl_->roles = roles ? roles(std::move(context)) : make_local_role_store(std::move(context));
   impl_->thread = std::thread([impl = impl_.get()] {
     pthread_setname_np(pthread_self(), "isthmus-health");
     for (;;) {
@@ -318,11 +310,26 @@ void HealthChecker::report_failure(const std::string& node, std::string reason) 
   asio::post(impl_->io, std::move(report));
 }
 
+void HealthChecker::set_events(RoleEvents events) {
+  asio::post(impl_->io, [impl = impl_.get(), events = std::move(events)]() mutable {
+    impl->events = std::move(events);
+  });
+}
+
+void HealthChecker::promote(std::string island, std::string node,
+                            std::function<void(std::string)> done) {
+  asio::post(impl_->io, [impl = impl_.get(), island = std::move(island), node = std::move(node),
+                         done = std::move(done)]() mutable {
+    impl->roles->promote(std::move(island), std::move(node), std::move(done));
+  });
+}
+
 void HealthChecker::stop() {
   if (!impl_->thread.joinable()) return;
   impl_->work.reset();
   impl_->io.stop();
   impl_->thread.join();
+  impl_->roles->stop();  // its thread is gone: nothing runs concurrently
 }
 
 }  // namespace isthmus::backends

@@ -11,10 +11,12 @@
 // checks at once. The checker follows reloads (update): nodes are matched
 // by name, so their health outlives a SIGHUP, like NodeState.
 
+#include "backends/role_store.hpp"
 #include "backends/topology.hpp"
 
 #include <boost/asio/ssl/context.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -28,9 +30,15 @@ struct HealthInputs {
   std::string lhlo_name = "localhost";  // for the LMTP LHLO check
 };
 
+// Makes the role store, given the checker's executor (and the events it
+// must forward). Empty: a local store with default settings.
+using RoleStoreMaker = std::function<std::unique_ptr<RoleStore>(RoleStoreContext)>;
+
 class HealthChecker {
  public:
-  HealthChecker();  // starts the thread; it checks nothing until update()
+  // Starts the thread; it checks nothing until update(). `roles` (with
+  // `context` less its executor and events) decides active roles.
+  explicit HealthChecker(RoleStoreMaker roles = {}, RoleStoreContext context = {});
   ~HealthChecker();
   HealthChecker(const HealthChecker&) = delete;
   HealthChecker& operator=(const HealthChecker&) = delete;
@@ -42,6 +50,14 @@ class HealthChecker {
   // A real session could not use `node` (refused, timed out, broken
   // greeting): one failed check, at once (any thread; never blocks).
   void report_failure(const std::string& node, std::string reason);
+
+  // Where sessions are closed: a node that goes down, or an old role
+  // holder (any thread; applies from the next event).
+  void set_events(RoleEvents events);
+
+  // An operator's promote (role_store.hpp); `done` runs on the checker's
+  // thread with "" or why not (any thread).
+  void promote(std::string island, std::string node, std::function<void(std::string)> done);
 
   // Stops the thread; checks in flight are dropped. Idempotent; not from
   // the checker's own thread.

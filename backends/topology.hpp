@@ -101,10 +101,10 @@ struct Node {
 };
 
 // Who holds an active-passive island's active role, and the epoch that
-// counts its moves. Written by the health checker's thread (and, later, an
-// operator's promote), read by the router on every login: published as an
-// immutable value behind an atomic pointer. Kept across reloads by island
-// name, like NodeState.
+// counts its moves. Written only by the role store (backends/role_store.hpp)
+// on the health checker's thread, read by the router on every login:
+// published as an immutable value behind an atomic pointer. Kept across
+// reloads by island name, like NodeState.
 class IslandRole {
  public:
   struct Holder {
@@ -121,6 +121,10 @@ class IslandRole {
     auto next = std::make_shared<const Holder>(Holder{std::move(node), current()->epoch + 1});
     current_.store(next, std::memory_order_release);
     return next->epoch;
+  }
+  // As a shared role store says (backends/role_store.hpp).
+  void set(Holder holder) {
+    current_.store(std::make_shared<const Holder>(std::move(holder)), std::memory_order_release);
   }
 
  private:

@@ -126,8 +126,9 @@ struct LdapDirectory {
   bool operator==(const LdapDirectory&) const = default;
 };
 
-// SQL (MySQL, MariaDB, MySQL Cluster SQL nodes): one prepared statement.
-struct SqlDirectory {
+// A MySQL/MariaDB connection pool: the SQL directory's and the SQL role
+// store's.
+struct SqlConnection {
   std::vector<std::string> servers;  // host:port (IP addresses or names), tried in order
   std::string database;
   std::string user;
@@ -135,13 +136,18 @@ struct SqlDirectory {
   std::string password;  // read from password_file at load (trailing newline dropped)
   bool tls = false;
   DirectoryTls tls_options;
+  unsigned pool = 4;
+  Duration timeout = std::chrono::seconds(3);  // one query, all retries
+  Duration connect_timeout = std::chrono::seconds(2);
+  Duration max_backoff = std::chrono::seconds(30);
+  bool operator==(const SqlConnection&) const = default;
+};
+
+// SQL (MySQL, MariaDB, MySQL Cluster SQL nodes): one prepared statement.
+struct SqlDirectory : SqlConnection {
   // %{user}, %{localpart}, %{domain} become ? parameters. Columns by
   // position: island, state, password hash (may be NULL), node login (may be NULL).
   std::string query;     // default: default_sql_query()
-  unsigned pool = 4;
-  Duration timeout = std::chrono::seconds(3);
-  Duration connect_timeout = std::chrono::seconds(2);
-  Duration max_backoff = std::chrono::seconds(30);
   bool operator==(const SqlDirectory&) const = default;
 };
 std::string_view default_sql_query();
@@ -226,6 +232,28 @@ struct NodeTls {
   bool verify = true;        // chain and name; false only for tests
 };
 
+// Who decides an active-passive island's role, and what a move sets off
+// (backends/role_store.hpp, docs/health.md).
+enum class RoleStoreKind : std::uint8_t {
+  local,  // this instance alone
+  sql,    // a row per island shared by every instance (compare-and-set on an epoch)
+};
+
+struct Roles {
+  RoleStoreKind store = RoleStoreKind::local;
+  SqlConnection sql;                              // store "sql"
+  Duration poll_interval = std::chrono::seconds(1);   // sql: heartbeat, views, follow the rows
+  Duration instance_timeout = std::chrono::seconds(5);  // sql: a heartbeat older is a dead instance
+  // Run (no shell) when this instance moves a role: ISLAND, OLD_NODE,
+  // NEW_NODE, EPOCH, INSTANCE in its environment. Empty: none.
+  std::vector<std::string> hook;
+  Duration hook_timeout = std::chrono::seconds(10);
+  // Sessions on a node that lost its island's role, or went down, are
+  // closed at random moments over this long (not all clients at once).
+  Duration close_spread = std::chrono::seconds(5);
+  bool operator==(const Roles&) const = default;
+};
+
 struct Config {
   std::filesystem::path path;  // the file it came from
   std::string instance;        // a name for this instance (logs, admin)
@@ -234,6 +262,7 @@ struct Config {
   std::vector<Listener> listeners;
   std::vector<Island> islands;
   Health health;  // the defaults; each island holds its effective settings
+  Roles roles;
   DirectoryConfig directory;
   Auth auth;
   LoginNames login_names;

@@ -365,7 +365,7 @@ void read_ldap_directory(Object& l, LdapDirectory& ldap, const std::filesystem::
   l.read_duration("max_backoff", ldap.max_backoff);
 }
 
-void read_sql_directory(Object& q, SqlDirectory& sql, const std::filesystem::path& base) {
+void read_sql_connection(Object& q, SqlConnection& sql, const std::filesystem::path& base) {
   auto& problems = q.problems();
   read_string_list(q, "servers", sql.servers, true);
   for (std::size_t i = 0; i < sql.servers.size(); ++i) {
@@ -383,6 +383,15 @@ void read_sql_directory(Object& q, SqlDirectory& sql, const std::filesystem::pat
   read_secret_file(q, "password_file", sql.password_file, sql.password, base);
   q.read_bool("tls", sql.tls);
   read_directory_tls(q, "tls_options", sql.tls_options, base);
+  q.read_uint("pool", sql.pool, 1, 64);
+  q.read_duration("timeout", sql.timeout);
+  q.read_duration("connect_timeout", sql.connect_timeout);
+  q.read_duration("max_backoff", sql.max_backoff);
+}
+
+void read_sql_directory(Object& q, SqlDirectory& sql, const std::filesystem::path& base) {
+  auto& problems = q.problems();
+  read_sql_connection(q, sql, base);
   sql.query = std::string(default_sql_query());
   q.read_string("query", sql.query);
   std::string bad;
@@ -393,10 +402,36 @@ void read_sql_directory(Object& q, SqlDirectory& sql, const std::filesystem::pat
     problems.add(q.pointer_of("query"), "must contain %{user}, %{localpart} or %{domain}");
   if (sql.query.find('?') != std::string::npos)
     problems.add(q.pointer_of("query"), "use %{user}, %{localpart} and %{domain}, not ?");
-  q.read_uint("pool", sql.pool, 1, 64);
-  q.read_duration("timeout", sql.timeout);
-  q.read_duration("connect_timeout", sql.connect_timeout);
-  q.read_duration("max_backoff", sql.max_backoff);
+}
+
+void read_roles(Object& r, Roles& roles, const std::filesystem::path& base) {
+  auto& problems = r.problems();
+  std::string store = "local";
+  r.read_string("store", store);
+  if (store == "sql") roles.store = RoleStoreKind::sql;
+  else if (store != "local") problems.add(r.pointer_of("store"), "must be \"local\" or \"sql\"");
+  const json* sql = r.take("sql");
+  if (roles.store == RoleStoreKind::sql && !sql)
+    problems.add("/roles", "store \"sql\" needs \"sql\" (servers, database, user, password_file)");
+  if (sql && roles.store != RoleStoreKind::sql)
+    problems.add(r.pointer_of("sql"), "only for store \"sql\"");
+  if (sql && roles.store == RoleStoreKind::sql) {
+    Object q(*sql, r.pointer_of("sql"), problems);
+    read_sql_connection(q, roles.sql, base);
+  }
+  r.read_duration("poll_interval", roles.poll_interval);
+  r.read_duration("instance_timeout", roles.instance_timeout);
+  if (roles.poll_interval < std::chrono::milliseconds(100))
+    problems.add(r.pointer_of("poll_interval"), "must be at least 100ms");
+  if (roles.instance_timeout < 2 * roles.poll_interval)
+    problems.add(r.pointer_of("instance_timeout"), "must be at least twice poll_interval");
+  read_string_list(r, "hook", roles.hook, false);
+  if (!roles.hook.empty() && (roles.hook.front().empty() || roles.hook.front()[0] != '/'))
+    problems.add(r.pointer_of("hook") + "/0", "must be an absolute path to the program to run");
+  r.read_duration("hook_timeout", roles.hook_timeout);
+  if (roles.hook_timeout < std::chrono::milliseconds(10))
+    problems.add(r.pointer_of("hook_timeout"), "must be at least 10ms");
+  r.read_duration("close_spread", roles.close_spread);
 }
 
 void read_directory(Object& d, DirectoryConfig& directory, const std::filesystem::path& base) {
@@ -641,6 +676,10 @@ Config parse_config(std::string_view text, const std::string& source,
     }
     if (const json* islands = o.take("islands", true))
       read_islands(*islands, "/islands", problems, config.health, config.islands);
+    if (const json* roles = o.take("roles")) {
+      Object r(*roles, "/roles", problems);
+      read_roles(r, config.roles, base_dir);
+    }
     if (const json* directory = o.take("directory", true)) {
       Object d(*directory, "/directory", problems);
       read_directory(d, config.directory, base_dir);

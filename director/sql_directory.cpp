@@ -2,6 +2,7 @@
 
 #include "common/log.hpp"
 #include "director/directory_loop.hpp"
+#include "sql/config_settings.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -21,35 +22,13 @@ constexpr unsigned kPasswordHash = 2;
 constexpr unsigned kNodeLogin = 3;
 constexpr unsigned kMaxColumns = 4;
 
-sql::ClientSettings client_settings(const config::SqlDirectory& settings) {
-  sql::ClientSettings out;
-  for (const auto& text : settings.servers) {
-    auto address = sql::parse_server_address(text);
-    if (!address)  // the config loader checks this already
-      throw std::runtime_error(fmt::format("sql directory: server \"{}\" is not host:port", text));
-    out.servers.push_back(std::move(*address));
-  }
-  if (out.servers.empty()) throw std::runtime_error("sql directory: no servers");
-  out.database = settings.database;
-  out.user = settings.user;
-  out.password = settings.password;
-  out.tls = settings.tls;
-  out.tls_ca = settings.tls_options.ca.string();
-  out.tls_verify = settings.tls_options.verify;
-  out.pool = settings.pool;
-  out.connect_timeout = settings.connect_timeout;
-  out.max_backoff = settings.max_backoff;
-  out.name = "sql directory";
-  return out;
-}
-
 class SqlDirectory final : public LoopDirectory {
  public:
   explicit SqlDirectory(const config::SqlDirectory& settings)
       : LoopDirectory("isthmus-sql"),
         statement_(sql_statement_from_template(settings.query)),
         timeout_(settings.timeout),
-        client_(loop().executor(), client_settings(settings)) {
+        client_(loop().executor(), sql::client_settings(settings, "sql directory")) {
     client_.warm_up();
   }
 

@@ -13,6 +13,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <random>
+#include <unordered_set>
+
 #include <sys/socket.h>
 
 namespace isthmus::proxy {
@@ -85,6 +89,39 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor,
                        log_escaped);
         break;
     }
+  }
+}
+
+// On one worker: the relayed sessions on `node`, closed in about 20 steps
+// over `spread`, in random order. A session is found again by its id at its
+// step (it may have ended meanwhile).
+asio::awaitable<void> close_spread_out(SessionRegistry& sessions, std::string node,
+                                       Clock::duration spread, std::string why) {
+  std::vector<std::string> ids;
+  for (Session* session : sessions.sessions()) {
+    const auto& record = session->record();
+    if (session->phase() == Phase::relay && record.protocol != config::Protocol::lmtp &&
+        record.node == node)
+      ids.push_back(record.id);
+  }
+  if (ids.empty()) co_return;
+  std::shuffle(ids.begin(), ids.end(), std::mt19937{std::random_device{}()});
+  const std::size_t steps = std::min<std::size_t>(ids.size(), 20);
+  const auto start = Clock::now();
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  std::size_t next = 0;
+  for (std::size_t step = 0; step < steps; ++step) {
+    timer.expires_at(start + spread * static_cast<long>(step) / static_cast<long>(steps));
+    co_await timer.async_wait(use_tuple);
+    const std::size_t end = ids.size() * (step + 1) / steps;
+    std::unordered_set<std::string> now(ids.begin() + static_cast<long>(next),
+                                        ids.begin() + static_cast<long>(end));
+    next = end;
+    // Collected first: a stop may end a session (and unlist it) later only.
+    std::vector<Session*> chosen;
+    for (Session* session : sessions.sessions())
+      if (now.count(session->record().id)) chosen.push_back(session);
+    for (Session* session : chosen) session->request_stop(StopKind::kick, why);
   }
 }
 
@@ -164,6 +201,13 @@ void Server::begin_shutdown() {
 void Server::close_all_sessions() {
   for (auto& worker : workers_)
     asio::post(worker->io, [w = worker.get()] { w->sessions.stop_all(StopKind::force); });
+}
+
+void Server::close_node_sessions(std::string node, Clock::duration spread, std::string why) {
+  for (auto& worker : workers_) {
+    asio::co_spawn(worker->io, close_spread_out(worker->sessions, node, spread, why),
+                   log_escaped);
+  }
 }
 
 std::size_t Server::live_sessions() const {

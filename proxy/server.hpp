@@ -30,6 +30,11 @@ class Server {
   void begin_shutdown();
   // Closes every session that is still there.
   void close_all_sessions();
+  // Closes the relayed IMAP/POP3 sessions on `node`, each at a random moment
+  // within `spread` (clients do not all come back at once); LMTP
+  // transactions finish. `why` goes into their session-end lines. Any
+  // thread; returns at once.
+  void close_node_sessions(std::string node, Clock::duration spread, std::string why);
   // Sessions still alive on all workers (any thread).
   std::size_t live_sessions() const;
   // Waits for the worker threads to finish (after begin_shutdown, once the

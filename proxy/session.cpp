@@ -133,11 +133,11 @@ boost::asio::awaitable<boost::system::error_code> Session::read_more(Deadline de
   co_return ec;
 }
 
-void Session::request_stop(StopKind kind) {
+void Session::request_stop(StopKind kind, std::string_view why) {
   if (kind <= stop_) return;
   stop_ = kind;
-  if (kind == StopKind::force) {
-    set_ended("closed at shutdown");
+  if (kind == StopKind::kick || kind == StopKind::force) {
+    set_ended(kind == StopKind::kick ? "closed: " + std::string(why) : "closed at shutdown");
     client_.close();
     if (node_) node_->close();
   } else if (phase_ == Phase::preauth) {

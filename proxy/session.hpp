@@ -27,6 +27,7 @@ enum class Phase : std::uint8_t { preauth, login, relay };
 enum class StopKind : std::uint8_t {
   none,
   shutdown,  // the instance is stopping: pre-auth sessions say BYE and go
+  kick,      // close now, for a reason (an operator's kick, a node that lost its role)
   force,     // close now (grace period over)
 };
 
@@ -72,8 +73,9 @@ class Session {
     if (record_.ended.empty()) record_.ended = std::move(how);
   }
 
-  // From the registry, on the session's worker thread.
-  void request_stop(StopKind kind);
+  // From the registry, on the session's worker thread. `why` (kick) ends up
+  // in the session-end line.
+  void request_stop(StopKind kind, std::string_view why = {});
 
  protected:
   // Before the protocol greets: the PROXY protocol header where the

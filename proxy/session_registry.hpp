@@ -27,6 +27,10 @@ class SessionRegistry {
   }
   std::size_t live() const { return live_.load(std::memory_order_relaxed); }
 
+  // Every session, for a look or a kick (from the worker's thread; do not
+  // keep the pointers past the current handler).
+  const std::list<Session*>& sessions() const { return sessions_; }
+
  private:
   std::list<Session*> sessions_;
   std::atomic<std::size_t> live_{0};

@@ -127,6 +127,7 @@ class Connection {
 
   asio::awaitable<Outcome> connect(Deadline deadline);
   asio::awaitable<Outcome> run(const std::string& sql, const std::vector<std::string>& params,
+                               Statement kind,
                                std::size_t max_rows, QueryResult& out, Deadline deadline);
 
   // True if an idle connection has something to read: the server closed it
@@ -417,7 +418,7 @@ asio::awaitable<Outcome> Connection::drain_more_results(MYSQL_STMT* stmt, Deadli
 }
 
 asio::awaitable<Outcome> Connection::run(const std::string& sql,
-                                         const std::vector<std::string>& params,
+                                         const std::vector<std::string>& params, Statement kind,
                                          std::size_t max_rows, QueryResult& out,
                                          Deadline deadline) {
   started_ = Clock::now();
@@ -455,8 +456,12 @@ asio::awaitable<Outcome> Connection::run(const std::string& sql,
     co_return wrong;
   }
   const unsigned columns = mysql_stmt_field_count(stmt);
-  if (columns == 0) {
+  if (kind == Statement::select && columns == 0) {
     wrong.message = "the query returns no columns (it must be a SELECT)";
+    co_return wrong;
+  }
+  if (kind == Statement::modify && columns != 0) {
+    wrong.message = "the statement returns rows (it must change rows, not SELECT them)";
     co_return wrong;
   }
 
@@ -482,6 +487,13 @@ asio::awaitable<Outcome> Connection::run(const std::string& sql,
   bool executed = co_await drive(status, deadline, resume_execute);
   if (!executed) co_return timed_out("running the query", deadline);
   if (int_ret_ != 0) co_return stmt_failure(stmt, "running the query");
+  if (kind == Statement::modify) {
+    out.columns = 0;
+    out.row_count = 0;
+    out.rows.clear();
+    out.affected_rows = mysql_stmt_affected_rows(stmt);
+    co_return co_await drain_more_results(stmt, deadline);
+  }
 
   // Rows, one at a time off the wire (bounded memory whatever the query
   // returns): each column is first fetched with no buffer to learn its
@@ -550,7 +562,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   }
 
   asio::awaitable<QueryResult> query(std::string sql, std::vector<std::string> params,
-                                     Deadline deadline, std::size_t max_rows);
+                                     Statement kind, Deadline deadline, std::size_t max_rows);
   asio::awaitable<void> warm_up();
 
   const ClientSettings& settings() const { return settings_; }
@@ -708,7 +720,8 @@ asio::awaitable<std::unique_ptr<Connection>> Pool::acquire(Deadline deadline, At
 }
 
 asio::awaitable<QueryResult> Pool::query(std::string sql, std::vector<std::string> params,
-                                         Deadline deadline, std::size_t max_rows) {
+                                         Statement kind, Deadline deadline,
+                                         std::size_t max_rows) {
   auto self = shared_from_this();  // pending coroutines keep the pool alive
   QueryResult result;
   Attempts attempts;
@@ -720,7 +733,7 @@ asio::awaitable<QueryResult> Pool::query(std::string sql, std::vector<std::strin
     const bool fresh = connection->runs() == 0;
     const std::size_t server = connection->server();
     const std::string& name = settings_.servers[server].text;
-    Outcome outcome = co_await connection->run(sql, params, max_rows, result,
+    Outcome outcome = co_await connection->run(sql, params, kind, max_rows, result,
                                                deadline.within(settings_.connect_timeout));
     switch (outcome.kind) {
       case Outcome::Kind::ok:
@@ -783,7 +796,15 @@ Client::~Client() = default;
 asio::awaitable<QueryResult> Client::query(std::string sql, std::vector<std::string> params,
                                            Deadline deadline, std::size_t max_rows) {
   auto pool = pool_;
-  co_return co_await pool->query(std::move(sql), std::move(params), deadline, max_rows);
+  co_return co_await pool->query(std::move(sql), std::move(params), Statement::select, deadline,
+                                 max_rows);
+}
+
+asio::awaitable<QueryResult> Client::execute(std::string sql, std::vector<std::string> params,
+                                             Deadline deadline) {
+  auto pool = pool_;
+  co_return co_await pool->query(std::move(sql), std::move(params), Statement::modify, deadline,
+                                 0);
 }
 
 void Client::warm_up() {

@@ -73,6 +73,7 @@ struct QueryResult {
   unsigned columns = 0;         // the result's column count
   std::uint64_t row_count = 0;  // rows the server returned
   std::vector<Row> rows;        // the first max_rows of them
+  std::uint64_t affected_rows = 0;  // execute(): rows the statement changed
   std::string server;           // who answered (host:port as configured)
   std::string error;            // why not ok, for the log: no parameter values, no password
 };
@@ -88,6 +89,9 @@ ErrorKind classify_error(unsigned error_number);
 // The backoff after `failures` consecutive failures of one server (no jitter).
 Clock::duration backoff_after(unsigned failures, Clock::duration max_backoff);
 
+// What a statement is expected to be: rows come back, or rows change.
+enum class Statement : std::uint8_t { select, modify };
+
 class Pool;
 
 class Client {
@@ -102,6 +106,13 @@ class Client {
   // rows and counts the rest. Never throws for server or network trouble.
   boost::asio::awaitable<QueryResult> query(std::string sql, std::vector<std::string> params,
                                             Deadline deadline, std::size_t max_rows = 2);
+
+  // Runs a statement that changes rows (INSERT, UPDATE, DELETE) the same
+  // way; affected_rows says how many it changed (MySQL counts a row whose
+  // values did not change as unaffected). A statement whose connection
+  // failed may be run again: make it safe to repeat (compare-and-set).
+  boost::asio::awaitable<QueryResult> execute(std::string sql, std::vector<std::string> params,
+                                              Deadline deadline);
 
   // Opens one connection in the background, so that a wrong password or an
   // unreachable server shows in the log at start rather than at the first

@@ -50,6 +50,7 @@ CLIENT = shutil.which("mariadb", path="/usr/bin:/bin") or "/usr/bin/mariadb"
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMA_SQL = os.path.join(REPO, "deploy", "sql", "calmail-schema.sql")
+ROLE_STORE_SQL = os.path.join(REPO, "deploy", "sql", "role-store.sql")
 
 # The lookup Isthmus runs by default (see the schema file), with the named
 # placeholders; query_for() fills them in for the mariadb client.
@@ -217,6 +218,18 @@ class MariaDB:
             f.write(self.password)  # no trailing newline: the file is the password
         os.chmod(self.password_path, 0o600)
 
+    def install_role_store(self) -> None:
+        """The role store's tables (deploy/sql/role-store.sql) and the grants
+        it documents, for the isthmus user."""
+        with open(ROLE_STORE_SQL, encoding="utf-8") as f:
+            schema = f.read()
+        grants = "".join(
+            f"GRANT SELECT, INSERT, UPDATE ON `{self.database}`.{table} "
+            f"TO '{self.user}'@'{host}';\n"
+            for host in ("127.0.0.1", "localhost")
+            for table in ("isthmus_roles", "isthmus_instances", "isthmus_node_views"))
+        self.execute(schema + "\n" + grants)
+
     def stop(self, timeout: float = 15.0) -> Optional[int]:
         """SIGTERM (a clean InnoDB shutdown, ~0.2 s), SIGKILL after TIMEOUT."""
         if self.proc is None:
@@ -345,5 +358,5 @@ def template_dir() -> Optional[str]:
     return _template_dir
 
 
-__all__ = ["MariaDB", "SqlError", "DEFAULT_QUERY", "SCHEMA_SQL", "remove_template",
+__all__ = ["MariaDB", "SqlError", "DEFAULT_QUERY", "SCHEMA_SQL", "ROLE_STORE_SQL", "remove_template",
            "template_dir"]

@@ -292,3 +292,36 @@ TEST_CASE("active-passive islands: the initial holder is a node of the island") 
   e = error_of(with("\"policy\": \"balance\"", "\"policy\": \"primary\""));
   CHECK(e.find("must be \"balance\" or \"active-passive\"") != std::string::npos);
 }
+
+TEST_CASE("roles config: local by default; sql needs its connection; hook and timings checked") {
+  auto c = parse_config(kGood, "t.json", "/etc");
+  CHECK(c.roles.store == RoleStoreKind::local);
+  CHECK(c.roles.poll_interval == std::chrono::seconds(1));
+  CHECK(c.roles.close_spread == std::chrono::seconds(5));
+  CHECK(c.roles.hook.empty());
+  auto roles = [](const std::string& keys) {
+    return with("\"instance\": \"t1\",", "\"instance\": \"t1\", \"roles\": {" + keys + "},");
+  };
+  c = parse_config(roles("\"store\": \"sql\", \"poll_interval\": \"500ms\", \"hook\": "
+                         "[\"/usr/local/bin/move-ip\", \"--island\"], \"hook_timeout\": \"3s\", "
+                         "\"sql\": { \"servers\": [\"10.0.0.5:3306\"], \"database\": \"mail\", "
+                         "\"user\": \"isthmus\", \"pool\": 2 }"),
+                   "t.json", "/etc");
+  CHECK(c.roles.store == RoleStoreKind::sql);
+  CHECK(c.roles.sql.servers == std::vector<std::string>{"10.0.0.5:3306"});
+  CHECK(c.roles.sql.pool == 2);
+  CHECK(c.roles.hook == std::vector<std::string>{"/usr/local/bin/move-ip", "--island"});
+  CHECK(c.roles.hook_timeout == std::chrono::seconds(3));
+  CHECK(error_of(roles("\"store\": \"sql\"")) ==
+        "test.json: /roles: store \"sql\" needs \"sql\" (servers, database, user, password_file)");
+  CHECK(error_of(roles("\"store\": \"etcd\"")) ==
+        "test.json: /roles/store: must be \"local\" or \"sql\"");
+  CHECK(error_of(roles("\"sql\": {}")) == "test.json: /roles/sql: only for store \"sql\"");
+  CHECK(error_of(roles("\"hook\": [\"move-ip\"]")) ==
+        "test.json: /roles/hook/0: must be an absolute path to the program to run");
+  CHECK(error_of(roles("\"poll_interval\": \"2s\", \"instance_timeout\": \"3s\"")) ==
+        "test.json: /roles/instance_timeout: must be at least twice poll_interval");
+  CHECK(error_of(roles("\"store\": \"sql\", \"sql\": { \"servers\": [\"db\"], \"database\": "
+                       "\"mail\", \"user\": \"u\" }"))
+            .find("/roles/sql/servers/0: must be host:port") != std::string::npos);
+}
