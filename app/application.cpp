@@ -1,5 +1,6 @@
 #include "app/application.hpp"
 
+#include "admin/admin_server.hpp"
 #include "config/config_loader.hpp"
 #include "config/duration.hpp"
 #include "director/caching_directory.hpp"
@@ -15,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cerrno>
+#include <future>
 #include <csignal>
 #include <cstring>
 #include <fcntl.h>
@@ -25,6 +27,8 @@ namespace isthmus::app {
 namespace asio = boost::asio;
 
 namespace {
+
+constexpr const char* kVersion = "0.1.0";
 
 // Large messages are spooled there: find out now, not with the first one.
 void check_spool_dir(const config::Config& config) {
@@ -91,6 +95,7 @@ std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path&
   runtime->directory = make_directory(*config, previous, connect);
   runtime->auth_guard =
       previous ? previous->auth_guard : std::make_shared<director::AuthGuard>();
+  runtime->metrics = previous ? previous->metrics : std::make_shared<proxy::Metrics>();
   // One checker (and role store) for the life of the process; --check-config
   // checks nothing.
   if (previous) runtime->health = previous->health;
@@ -162,6 +167,8 @@ void warn_about_restart_only_changes(const config::Config& old_config,
     spdlog::warn("reload: a new worker count takes effect only after a restart");
   if (old_config.log.file != new_config.log.file)
     spdlog::warn("reload: a new log file takes effect only after a restart");
+  if (old_config.admin != new_config.admin)
+    spdlog::warn("reload: admin API changes take effect only after a restart");
   auto roles_without_spread = [](config::Roles roles) {
     roles.close_spread = {};
     return roles;
@@ -194,7 +201,9 @@ class Lifecycle {
     });
   }
 
-  void reload() {
+  // As SIGHUP: "" when the new config is live (its generation in
+  // `generation`), else what is wrong with it (the old one stays).
+  std::string reload(std::uint64_t* generation = nullptr) {
     auto current = holder_.current();
     try {
       auto next = build_runtime(config_file_, current.get());
@@ -205,10 +214,27 @@ class Lifecycle {
       log_drain_changes(current->topology.get(), *next->topology);
       spdlog::info("reload: config generation {} from {} is live ({} islands)", next->generation,
                    config_file_.string(), next->config->islands.size());
+      if (generation) *generation = next->generation;
+      return "";
     } catch (const std::exception& e) {
       spdlog::error("reload failed, keeping generation {}:\n{}", current->generation, e.what());
+      return e.what();
     }
   }
+
+ public:
+  // From another thread (the admin API): the reload runs on the main
+  // thread, like SIGHUP's, and this waits for it.
+  std::string reload_from_elsewhere(std::uint64_t& generation) {
+    auto promise = std::make_shared<std::promise<std::string>>();
+    auto answer = promise->get_future();
+    asio::post(io_, [this, promise, &generation] { promise->set_value(reload(&generation)); });
+    if (answer.wait_for(std::chrono::seconds(30)) != std::future_status::ready)
+      return "the reload did not finish within 30s (the instance may be stopping)";
+    return answer.get();
+  }
+
+ private:
 
   void shutdown(int signal) {
     if (stopping_) {
@@ -285,8 +311,26 @@ int run(const std::filesystem::path& config_file) {
     spdlog::error("cannot start: {}", e.what());
     return 1;
   }
-  spdlog::info("isthmus {} ready: instance {}, {} islands, config generation {}", "0.1.0",
+  spdlog::info("isthmus {} ready: instance {}, {} islands, config generation {}", kVersion,
                config->instance, config->islands.size(), holder.current()->generation);
+  std::unique_ptr<admin::AdminServer> admin_server;
+  if (!config->admin.socket.empty() || !config->admin.listen.empty()) {
+    admin::AdminContext context;
+    context.holder = &holder;
+    context.server = &server;
+    context.version = kVersion;
+    context.reload = [&lifecycle](std::uint64_t& generation) {
+      return lifecycle.reload_from_elsewhere(generation);
+    };
+    try {
+      admin_server = std::make_unique<admin::AdminServer>(std::move(context), config->admin);
+    } catch (const std::exception& e) {
+      spdlog::error("cannot start: {}", e.what());
+      server.begin_shutdown();
+      server.close_all_sessions();
+      return 1;
+    }
+  }
   if (auto health = holder.current()->health) {
     backends::RoleEvents events;
     events.close_sessions = [&server, &holder](const std::string& node, const std::string& why) {
@@ -300,6 +344,7 @@ int run(const std::filesystem::path& config_file) {
   follow_health(*holder.current());
   log_drain_changes(nullptr, *holder.current()->topology);
   io.run();
+  if (admin_server) admin_server->stop();
   server.join();
   if (auto health = holder.current()->health) health->stop();
   spdlog::info("stopped");

@@ -254,6 +254,15 @@ struct Roles {
   bool operator==(const Roles&) const = default;
 };
 
+// The admin API (admin/admin_server.hpp, docs/operations.md).
+struct Admin {
+  std::filesystem::path socket;  // a unix socket (mode 0660); empty: none
+  std::string listen;            // "127.0.0.1:8025" (TCP, needs a token); empty: none
+  std::filesystem::path token_file;
+  std::string token;  // read from token_file at load
+  bool operator==(const Admin&) const = default;
+};
+
 struct Config {
   std::filesystem::path path;  // the file it came from
   std::string instance;        // a name for this instance (logs, admin)
@@ -263,6 +272,7 @@ struct Config {
   std::vector<Island> islands;
   Health health;  // the defaults; each island holds its effective settings
   Roles roles;
+  Admin admin;
   DirectoryConfig directory;
   Auth auth;
   LoginNames login_names;

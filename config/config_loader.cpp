@@ -676,6 +676,33 @@ Config parse_config(std::string_view text, const std::string& source,
     }
     if (const json* islands = o.take("islands", true))
       read_islands(*islands, "/islands", problems, config.health, config.islands);
+    if (const json* admin = o.take("admin")) {
+      Object a(*admin, "/admin", problems);
+      auto& settings = config.admin;
+      a.read_path("socket", settings.socket, base_dir);
+      a.read_string("listen", settings.listen);
+      read_secret_file(a, "token_file", settings.token_file, settings.token, base_dir);
+      if (!settings.listen.empty()) {
+        auto colon = settings.listen.rfind(':');
+        bool port_ok = colon != std::string::npos && colon + 1 < settings.listen.size() &&
+                       settings.listen.find_first_not_of("0123456789", colon + 1) ==
+                           std::string::npos &&
+                       settings.listen.size() - colon - 1 <= 5;
+        std::string host = port_ok ? settings.listen.substr(0, colon) : "";
+        if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+          host = host.substr(1, host.size() - 2);
+        boost::system::error_code ec;
+        if (port_ok) boost::asio::ip::make_address(host, ec);
+        if (!port_ok || ec)
+          problems.add("/admin/listen",
+                       "must be an IP address and a port, such as \"127.0.0.1:8025\"");
+        if (settings.token.empty())
+          problems.add("/admin", "\"listen\" (TCP) needs \"token_file\": the API acts on the "
+                                 "instance and must not be open to anyone who can connect");
+      }
+      if (settings.token.size() > 0 && settings.token.size() < 16)
+        problems.add("/admin/token_file", "the token must be at least 16 characters");
+    }
     if (const json* roles = o.take("roles")) {
       Object r(*roles, "/roles", problems);
       read_roles(r, config.roles, base_dir);

@@ -12,7 +12,7 @@ build_packages=(
 )
 test_packages=(
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
-  python3 curl openssl procps iproute2
+  python3 python3-prometheus-client curl openssl procps iproute2
   haproxy
   postfix swaks
   slapd ldap-utils

@@ -77,7 +77,7 @@ void report_node_failure(const Runtime& runtime, const backends::Node& node, Fai
     runtime.health->report_failure(node.name, fmt::format("a session: {}", policy.description));
 }
 
-boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtime,
+static boost::asio::awaitable<LoginOutcome> log_in_through_island_unmeasured(const Runtime& runtime,
                                                            LoginRequest request,
                                                            const NodeLoginFn& node_login,
                                                            Deadline deadline) {
@@ -255,6 +255,18 @@ boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtim
                                               "all are draining)",
                                               config::name_of(request.protocol))
                                 : tried;
+  co_return outcome;
+}
+
+boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtime,
+                                                           LoginRequest request,
+                                                           const NodeLoginFn& node_login,
+                                                           Deadline deadline) {
+  const auto started = Clock::now();
+  const auto protocol = request.protocol;
+  LoginOutcome outcome =
+      co_await log_in_through_island_unmeasured(runtime, std::move(request), node_login, deadline);
+  if (runtime.metrics) runtime.metrics->login(protocol, outcome.failure, Clock::now() - started);
   co_return outcome;
 }
 

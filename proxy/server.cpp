@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <future>
 #include <random>
 #include <unordered_set>
 
@@ -208,6 +209,56 @@ void Server::close_node_sessions(std::string node, Clock::duration spread, std::
     asio::co_spawn(worker->io, close_spread_out(worker->sessions, node, spread, why),
                    log_escaped);
   }
+}
+
+std::vector<SessionInfo> Server::sessions(const SessionFilter& filter, Clock::duration wait) {
+  std::vector<std::future<std::vector<SessionInfo>>> answers;
+  for (auto& worker : workers_) {
+    auto promise = std::make_shared<std::promise<std::vector<SessionInfo>>>();
+    answers.push_back(promise->get_future());
+    asio::post(worker->io, [w = worker.get(), promise, filter] {
+      std::vector<SessionInfo> found;
+      const auto now = Clock::now();
+      for (Session* session : w->sessions.sessions()) {
+        const auto& r = session->record();
+        if (!filter.matches(r)) continue;
+        found.push_back(SessionInfo{r.id, r.protocol, r.client, r.user, r.island, r.node,
+                                    session->phase(), now - r.started});
+      }
+      promise->set_value(std::move(found));
+    });
+  }
+  std::vector<SessionInfo> all;
+  const auto until = Clock::now() + wait;
+  for (auto& answer : answers) {
+    if (answer.wait_until(until) != std::future_status::ready) continue;  // a stuck worker
+    auto part = answer.get();
+    std::move(part.begin(), part.end(), std::back_inserter(all));
+  }
+  return all;
+}
+
+std::size_t Server::kick(const SessionFilter& filter, const std::string& why,
+                         Clock::duration wait) {
+  std::vector<std::future<std::size_t>> answers;
+  for (auto& worker : workers_) {
+    auto promise = std::make_shared<std::promise<std::size_t>>();
+    answers.push_back(promise->get_future());
+    asio::post(worker->io, [w = worker.get(), promise, filter, why] {
+      std::vector<Session*> chosen;
+      for (Session* session : w->sessions.sessions()) {
+        const auto& r = session->record();
+        if (r.protocol != config::Protocol::lmtp && filter.matches(r)) chosen.push_back(session);
+      }
+      for (Session* session : chosen) session->request_stop(StopKind::kick, why);
+      promise->set_value(chosen.size());
+    });
+  }
+  std::size_t kicked = 0;
+  const auto until = Clock::now() + wait;
+  for (auto& answer : answers)
+    if (answer.wait_until(until) == std::future_status::ready) kicked += answer.get();
+  return kicked;
 }
 
 std::size_t Server::live_sessions() const {

@@ -15,6 +15,29 @@
 
 namespace isthmus::proxy {
 
+// Which sessions an operator means: every field that is set must match.
+struct SessionFilter {
+  std::string user;
+  std::string node;
+  std::string island;
+  bool matches(const SessionRecord& record) const {
+    return (user.empty() || record.user == user) && (node.empty() || record.node == node) &&
+           (island.empty() || record.island == island);
+  }
+};
+
+// One session as the admin API shows it.
+struct SessionInfo {
+  std::string id;
+  config::Protocol protocol = config::Protocol::imap;
+  std::string client;
+  std::string user;
+  std::string island;
+  std::string node;
+  Phase phase = Phase::preauth;
+  Clock::duration age{};
+};
+
 class Server {
  public:
   Server(RuntimeHolder& runtime, unsigned workers);
@@ -35,6 +58,15 @@ class Server {
   // transactions finish. `why` goes into their session-end lines. Any
   // thread; returns at once.
   void close_node_sessions(std::string node, Clock::duration spread, std::string why);
+  // The sessions matching `filter` on every worker, and a kick of those
+  // (relayed or logging in; LMTP sessions are never kicked: their
+  // transactions finish). Block until every worker has answered (at most
+  // `wait`): call from a thread that is not a worker's.
+  std::vector<SessionInfo> sessions(const SessionFilter& filter,
+                                    Clock::duration wait = std::chrono::seconds(5));
+  std::size_t kick(const SessionFilter& filter, const std::string& why,
+                   Clock::duration wait = std::chrono::seconds(5));
+
   // Sessions still alive on all workers (any thread).
   std::size_t live_sessions() const;
   // Waits for the worker threads to finish (after begin_shutdown, once the

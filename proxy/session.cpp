@@ -35,6 +35,7 @@ Session::Session(SessionRegistry& registry, boost::asio::ip::tcp::socket client,
       any_contains(runtime_->config->trusted_networks, client_info_.remote.address());
   record_.client = format_endpoint(client_info_.remote);
   registry_position_ = registry_.add(this);
+  if (runtime_->metrics) runtime_->metrics->session_started(record_.protocol);
 }
 
 Session::~Session() {
@@ -43,6 +44,8 @@ Session::~Session() {
   lease_.release();
   if (record_.ended.empty()) record_.ended = "ended";
   log_session_end(record_);
+  if (runtime_->metrics)
+    runtime_->metrics->session_ended(record_.protocol, record_.bytes_in, record_.bytes_out);
   registry_.remove(registry_position_);
 }
 

@@ -433,6 +433,14 @@ asio::awaitable<bool> LmtpSession::handle_data() {
     replies += final.format() + "\r\n";
   }
   replies.resize(replies.size() - 2);
+  if (auto& metrics = runtime_->metrics) {
+    for (std::size_t i = 0; i < delivered; ++i) metrics->lmtp_recipient(LmtpResult::delivered);
+    for (std::size_t i = 0; i < deferred; ++i) metrics->lmtp_recipient(LmtpResult::temporary);
+    for (std::size_t i = 0; i < rejected; ++i) metrics->lmtp_recipient(LmtpResult::permanent);
+    metrics->lmtp_message(deferred > 0    ? LmtpResult::temporary
+                          : rejected > 0 ? LmtpResult::permanent
+                                         : LmtpResult::delivered);
+  }
   spdlog::info("session={} lmtp message from=<{}> size={} rcpts={} delivered={} deferred={} "
                "rejected={} islands={}",
                record_.id, sanitize(mail_from_, 100), spool_.size(), recipients_.size(), delivered,

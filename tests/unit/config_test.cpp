@@ -325,3 +325,21 @@ TEST_CASE("roles config: local by default; sql needs its connection; hook and ti
                        "\"mail\", \"user\": \"u\" }"))
             .find("/roles/sql/servers/0: must be host:port") != std::string::npos);
 }
+
+TEST_CASE("admin config: TCP needs a token file; addresses checked") {
+  auto c = parse_config(kGood, "t.json", "/etc");
+  CHECK(c.admin.socket.empty());
+  CHECK(c.admin.listen.empty());
+  auto admin = [](const std::string& keys) {
+    return with("\"instance\": \"t1\",", "\"instance\": \"t1\", \"admin\": {" + keys + "},");
+  };
+  c = parse_config(admin("\"socket\": \"run/admin.sock\""), "t.json", "/etc/isthmus");
+  CHECK(c.admin.socket == "/etc/isthmus/run/admin.sock");
+  CHECK(error_of(admin("\"listen\": \"127.0.0.1:8025\"")) ==
+        "test.json: /admin: \"listen\" (TCP) needs \"token_file\": the API acts on the instance "
+        "and must not be open to anyone who can connect");
+  CHECK(error_of(admin("\"listen\": \"localhost:8025\"")).find(
+            "/admin/listen: must be an IP address and a port") != std::string::npos);
+  CHECK(error_of(admin("\"listen\": \"127.0.0.1\"")).find("/admin/listen:") != std::string::npos);
+  CHECK(error_of(admin("\"sock\": \"x\"")).find("/admin/sock: unknown key") != std::string::npos);
+}

@@ -1,0 +1,574 @@
+#include "admin/admin_server.hpp"
+
+#include "admin/metrics_text.hpp"
+#include "common/log.hpp"
+#include "common/net.hpp"
+#include "director/caching_directory.hpp"
+#include "director/login_name.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <openssl/crypto.h>
+#include <spdlog/spdlog.h>
+
+#include <future>
+#include <list>
+#include <thread>
+
+#include <pthread.h>
+#include <sys/stat.h>
+
+namespace isthmus::admin {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using json = nlohmann::json;
+using Request = http::request<http::string_body>;
+using Response = http::response<http::string_body>;
+
+namespace {
+
+constexpr std::size_t kMaxBody = 64 * 1024;
+constexpr auto kReadTimeout = std::chrono::seconds(30);   // a request, from its first byte
+constexpr auto kActionWait = std::chrono::seconds(10);    // promote, reload
+
+Response reply(const Request& request, http::status status, const json& body) {
+  Response response{status, request.version()};
+  response.set(http::field::content_type, "application/json");
+  response.set(http::field::cache_control, "no-store");
+  response.keep_alive(request.keep_alive());
+  response.body() = body.dump(2) + "\n";
+  response.prepare_payload();
+  return response;
+}
+
+Response error(const Request& request, http::status status, std::string text) {
+  return reply(request, status, json{{"error", std::move(text)}});
+}
+
+// "/v1/nodes/a-left/drain" -> {"v1", "nodes", "a-left", "drain"}, each
+// percent-decoded; nullopt for a malformed escape.
+std::optional<std::vector<std::string>> split_path(std::string_view target,
+                                                   std::string& query) {
+  auto q = target.find('?');
+  query = q == std::string_view::npos ? "" : std::string(target.substr(q + 1));
+  std::string_view path = target.substr(0, q);
+  std::vector<std::string> parts;
+  std::string part;
+  auto flush = [&] {
+    if (!part.empty()) parts.push_back(std::move(part));
+    part.clear();
+  };
+  for (std::size_t i = 0; i < path.size(); ++i) {
+    char c = path[i];
+    if (c == '/') {
+      flush();
+    } else if (c == '%') {
+      if (i + 2 >= path.size() || !std::isxdigit(static_cast<unsigned char>(path[i + 1])) ||
+          !std::isxdigit(static_cast<unsigned char>(path[i + 2])))
+        return std::nullopt;
+      part += static_cast<char>(std::stoi(std::string(path.substr(i + 1, 2)), nullptr, 16));
+      i += 2;
+    } else {
+      part += c;
+    }
+  }
+  flush();
+  return parts;
+}
+
+// The value of `key` in a query string (percent-decoded; '+' is a space).
+std::string query_value(const std::string& query, std::string_view key) {
+  std::size_t start = 0;
+  while (start <= query.size()) {
+    auto end = query.find('&', start);
+    if (end == std::string::npos) end = query.size();
+    std::string_view item(query.data() + start, end - start);
+    auto eq = item.find('=');
+    if (item.substr(0, eq) == key && eq != std::string_view::npos) {
+      std::string value;
+      auto raw = item.substr(eq + 1);
+      for (std::size_t i = 0; i < raw.size(); ++i) {
+        if (raw[i] == '+') value += ' ';
+        else if (raw[i] == '%' && i + 2 < raw.size() &&
+                 std::isxdigit(static_cast<unsigned char>(raw[i + 1])) &&
+                 std::isxdigit(static_cast<unsigned char>(raw[i + 2]))) {
+          value += static_cast<char>(std::stoi(std::string(raw.substr(i + 1, 2)), nullptr, 16));
+          i += 2;
+        } else {
+          value += raw[i];
+        }
+      }
+      return value;
+    }
+    start = end + 1;
+  }
+  return "";
+}
+
+std::string_view phase_name(proxy::Phase phase) {
+  switch (phase) {
+    case proxy::Phase::preauth: return "preauth";
+    case proxy::Phase::login: return "login";
+    case proxy::Phase::relay: return "relay";
+  }
+  return "?";
+}
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+  auto seconds = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+json session_json(const proxy::SessionInfo& s) {
+  const auto now = std::chrono::system_clock::now();
+  const auto since =
+      now - std::chrono::duration_cast<std::chrono::system_clock::duration>(s.age);
+  return json{{"id", s.id},
+              {"protocol", config::name_of(s.protocol)},
+              {"client", s.client},
+              {"user", s.user},
+              {"island", s.island},
+              {"node", s.node},
+              {"phase", phase_name(s.phase)},
+              {"since", iso_time(since)},
+              {"seconds", std::chrono::duration<double>(s.age).count()}};
+}
+
+json sessions_json(const std::vector<proxy::SessionInfo>& sessions) {
+  json list = json::array();
+  for (const auto& s : sessions) list.push_back(session_json(s));
+  return list;
+}
+
+std::string_view node_state(const backends::Node& node) {
+  return node.state->down() ? "down" : "up";
+}
+
+bool same_token(std::string_view given, std::string_view expected) {
+  return given.size() == expected.size() &&
+         CRYPTO_memcmp(given.data(), expected.data(), given.size()) == 0;
+}
+
+}  // namespace
+
+struct AdminServer::Impl {
+  AdminContext context;
+  config::Admin settings;
+  asio::io_context io{1};
+  std::optional<asio::local::stream_protocol::acceptor> unix_acceptor;
+  std::optional<asio::ip::tcp::acceptor> tcp_acceptor;
+  std::thread thread;
+  const Clock::time_point started = Clock::now();
+  bool stopped = false;
+
+  // --- serving
+
+  template <typename Stream>
+  asio::awaitable<void> serve(Stream stream, bool needs_token, std::string peer) {
+    beast::flat_buffer buffer;
+    for (;;) {
+      http::request_parser<http::string_body> parser;
+      parser.body_limit(kMaxBody);
+      parser.header_limit(16 * 1024);
+      stream.expires_after(kReadTimeout);
+      auto [ec, n] = co_await http::async_read(stream, buffer, parser, use_tuple);
+      (void)n;
+      if (ec) {
+        if (ec != http::error::end_of_stream && ec != asio::error::eof &&
+            ec != beast::error::timeout && ec != asio::error::operation_aborted) {
+          spdlog::info("admin: {}: bad request: {}", peer, ec.message());
+          Request dummy;
+          dummy.version(11);
+          dummy.keep_alive(false);
+          Response bad = error(dummy, http::status::bad_request, "bad request: " + ec.message());
+          stream.expires_after(kReadTimeout);
+          co_await http::async_write(stream, bad, use_tuple);
+        }
+        break;
+      }
+      Request request = parser.release();
+      Response response;
+      if (needs_token && !authorized(request)) {
+        spdlog::warn("admin: {}: {} {}: missing or wrong bearer token", peer,
+                     std::string(request.method_string()), sanitize(request.target(), 200));
+        response = error(request, http::status::unauthorized, "a bearer token is required");
+        response.set(http::field::www_authenticate, "Bearer");
+      } else {
+        response = co_await handle(request, peer);
+      }
+      stream.expires_after(kReadTimeout);
+      auto [write_ec, written] = co_await http::async_write(stream, response, use_tuple);
+      (void)written;
+      if (write_ec || !response.keep_alive()) break;
+    }
+    beast::error_code ignored;
+    stream.socket().shutdown(asio::socket_base::shutdown_both, ignored);
+  }
+
+  bool authorized(const Request& request) const {
+    auto header = request[http::field::authorization];
+    constexpr std::string_view kBearer = "Bearer ";
+    if (header.size() <= kBearer.size() || !header.starts_with(kBearer)) return false;
+    return same_token(header.substr(kBearer.size()), settings.token);
+  }
+
+  // Every action is logged: who asked, what, and what came of it.
+  void log_action(const std::string& peer, const Request& request, std::string_view outcome) {
+    spdlog::info("admin: {}: {} {}: {}", peer, std::string(request.method_string()),
+                 sanitize(request.target(), 200), outcome);
+  }
+
+  asio::awaitable<Response> handle(const Request& request, const std::string& peer) {
+    std::string query;
+    auto parts_opt = split_path(request.target(), query);
+    if (!parts_opt) co_return error(request, http::status::bad_request, "malformed path");
+    const auto& parts = *parts_opt;
+    const auto method = request.method();
+    const bool get = method == http::verb::get;
+    const bool post = method == http::verb::post;
+    auto runtime = context.holder->current();
+
+    if (parts.size() == 1 && parts[0] == "metrics" && get) {
+      Response response{http::status::ok, request.version()};
+      response.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+      response.keep_alive(request.keep_alive());
+      response.body() = render_metrics(*runtime, context.version);
+      response.prepare_payload();
+      co_return response;
+    }
+    if (parts.empty() || parts[0] != "v1")
+      co_return error(request, http::status::not_found, "no such resource (try /v1/status)");
+
+    json body = json::object();
+    if (post && !request.body().empty()) {
+      body = json::parse(request.body(), nullptr, false);
+      if (body.is_discarded() || !body.is_object())
+        co_return error(request, http::status::bad_request, "the body must be a JSON object");
+    }
+    auto text = [&body](const char* key) -> std::string {
+      auto it = body.find(key);
+      return it != body.end() && it->is_string() ? it->get<std::string>() : "";
+    };
+
+    const std::string what = parts.size() > 1 ? parts[1] : "";
+    if (what == "status" && get && parts.size() == 2) co_return status(request, *runtime);
+    if (what == "nodes" && get && parts.size() == 2) co_return nodes(request, *runtime);
+    if (what == "islands" && get && parts.size() == 2) co_return islands(request, *runtime);
+    if (what == "sessions" && get && parts.size() == 2) {
+      proxy::SessionFilter filter{query_value(query, "user"), query_value(query, "node"),
+                                  query_value(query, "island")};
+      co_return reply(request, http::status::ok,
+                      json{{"sessions", sessions_json(context.server->sessions(filter))}});
+    }
+    if (what == "users" && get && parts.size() == 3)
+      co_return co_await user(request, *runtime, parts[2]);
+    if (what == "kick" && post && parts.size() == 2) {
+      proxy::SessionFilter filter{text("user"), text("node"), text("island")};
+      if (filter.user.empty() && filter.node.empty() && filter.island.empty())
+        co_return error(request, http::status::bad_request,
+                        "say whose sessions: {\"user\": ...}, {\"node\": ...} or {\"island\": ...}");
+      if (!filter.user.empty()) {
+        if (auto normal = director::normalise_login(filter.user, runtime->config->login_names))
+          filter.user = *normal;
+      }
+      std::string why = "kicked by an operator";
+      auto kicked = context.server->kick(filter, why);
+      log_action(peer, request, fmt::format("{} sessions closed ({})", kicked,
+                                            sanitize(request.body(), 200)));
+      co_return reply(request, http::status::ok, json{{"kicked", kicked}});
+    }
+    if (what == "nodes" && post && parts.size() == 4 &&
+        (parts[3] == "drain" || parts[3] == "undrain")) {
+      auto state = runtime->topology->state_of(parts[2]);
+      if (!state)
+        co_return error(request, http::status::not_found,
+                        fmt::format("no node \"{}\"", sanitize(parts[2], 100)));
+      const bool drain = parts[3] == "drain";
+      state->set_draining(drain);
+      log_action(peer, request,
+                 drain ? fmt::format("node {} draining: no new sessions; its open sessions ({}) "
+                                     "stay",
+                                     parts[2], state->sessions())
+                       : fmt::format("node {} no longer draining (unless the config drains it)",
+                                     parts[2]));
+      co_return reply(request, http::status::ok, json{{"node", parts[2]}, {"draining", drain}});
+    }
+    if (what == "islands" && post && parts.size() == 4 && parts[3] == "promote")
+      co_return promote(request, *runtime, parts[2], text("node"), peer);
+    if (what == "reload" && post && parts.size() == 2) {
+      std::uint64_t generation = 0;
+      std::string problems = context.reload(generation);
+      log_action(peer, request,
+                 problems.empty() ? fmt::format("config generation {}", generation)
+                                  : "refused: " + problems);
+      if (!problems.empty()) co_return error(request, http::status::bad_request, problems);
+      co_return reply(request, http::status::ok, json{{"config_generation", generation}});
+    }
+    if (what == "cache" && post && parts.size() == 3 && parts[2] == "invalidate") {
+      auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(runtime->directory);
+      if (!cache)
+        co_return error(request, http::status::conflict, "this directory has no cache");
+      std::string user = text("user");
+      if (user.empty()) {
+        cache->clear();
+      } else {
+        auto normal = director::normalise_login(user, runtime->config->login_names);
+        cache->invalidate(normal ? *normal : user);
+      }
+      log_action(peer, request, user.empty() ? "the whole cache emptied"
+                                             : "cached entry of " + sanitize(user, 100) + " dropped");
+      co_return reply(request, http::status::ok, json{{"invalidated", true}});
+    }
+    co_return error(request, http::status::not_found,
+                    fmt::format("no such resource: {} {}", std::string(request.method_string()),
+                                sanitize(request.target(), 200)));
+  }
+
+  Response status(const Request& request, const proxy::Runtime& runtime) {
+    json sessions = json::object();
+    for (auto protocol : {config::Protocol::imap, config::Protocol::pop3, config::Protocol::lmtp})
+      sessions[std::string(config::name_of(protocol))] = 0;
+    for (const auto& s : context.server->sessions({}))
+      sessions[std::string(config::name_of(s.protocol))] =
+          sessions[std::string(config::name_of(s.protocol))].get<int>() + 1;
+    json body{{"instance", runtime.config->instance},
+              {"version", context.version},
+              {"config_generation", runtime.generation},
+              {"config_file", runtime.config->path.string()},
+              {"uptime_seconds", std::chrono::duration<double>(Clock::now() - started).count()},
+              {"sessions", sessions},
+              {"directory", runtime.directory ? std::string(runtime.directory->kind()) : "-"}};
+    if (auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(runtime.directory)) {
+      auto stats = cache->stats();
+      body["cache"] = json{{"entries", stats.entries}, {"hits", stats.hits},
+                           {"misses", stats.misses}, {"stale", stats.stale},
+                           {"failures", stats.failures}};
+    }
+    return reply(request, http::status::ok, body);
+  }
+
+  Response nodes(const Request& request, const proxy::Runtime& runtime) {
+    json list = json::array();
+    for (const auto& island : runtime.topology->islands()) {
+      auto holder = island.role ? island.role->current() : nullptr;
+      for (const auto& node : island.nodes) {
+        json role = nullptr;
+        if (holder) role = holder->node == node->name ? "active" : "standby";
+        list.push_back(json{{"name", node->name},
+                            {"island", island.name},
+                            {"host", node->host},
+                            {"state", node_state(*node)},
+                            {"draining", node->draining()},
+                            {"drain_config", node->drain},
+                            {"sessions", node->state->sessions()},
+                            {"role", role}});
+      }
+    }
+    return reply(request, http::status::ok, json{{"nodes", list}});
+  }
+
+  Response islands(const Request& request, const proxy::Runtime& runtime) {
+    json list = json::array();
+    for (const auto& island : runtime.topology->islands()) {
+      json names = json::array();
+      int sessions = 0;
+      for (const auto& node : island.nodes) {
+        names.push_back(node->name);
+        sessions += node->state->sessions();
+      }
+      auto holder = island.role ? island.role->current() : nullptr;
+      list.push_back(json{{"name", island.name},
+                          {"policy", config::name_of(island.policy)},
+                          {"holder", holder ? json(holder->node) : json(nullptr)},
+                          {"epoch", holder ? json(holder->epoch) : json(nullptr)},
+                          {"nodes", names},
+                          {"sessions", sessions}});
+    }
+    return reply(request, http::status::ok, json{{"islands", list}});
+  }
+
+  asio::awaitable<Response> user(const Request& request, const proxy::Runtime& runtime,
+                                 const std::string& raw) {
+    auto normal = director::normalise_login(raw, runtime.config->login_names);
+    if (!normal)
+      co_return error(request, http::status::bad_request,
+                      fmt::format("\"{}\" is not an acceptable login name", sanitize(raw, 100)));
+    auto directory = runtime.directory;
+    auto found = co_await directory->lookup(*normal);
+    if (found.status == director::LookupStatus::unavailable)
+      co_return error(request, http::status::service_unavailable,
+                      "the directory could not answer: " + found.detail);
+    if (found.status == director::LookupStatus::not_found)
+      co_return error(request, http::status::not_found,
+                      fmt::format("the directory does not know {}", sanitize(*normal, 100)));
+    proxy::SessionFilter filter;
+    filter.user = *normal;
+    co_return reply(request, http::status::ok,
+                    json{{"user", *normal},
+                         {"found", true},
+                         {"island", found.entry.island},
+                         {"state", director::name_of(found.entry.state)},
+                         {"node_login", found.entry.node_login.empty() ? *normal
+                                                                       : found.entry.node_login},
+                         {"sessions", sessions_json(context.server->sessions(filter))}});
+  }
+
+  Response promote(const Request& request, const proxy::Runtime& runtime,
+                   const std::string& island, const std::string& node, const std::string& peer) {
+    if (node.empty())
+      return error(request, http::status::bad_request, "say which node: {\"node\": ...}");
+    if (!runtime.health)
+      return error(request, http::status::conflict, "no role store in this process");
+    auto promise = std::make_shared<std::promise<std::string>>();
+    auto answer = promise->get_future();
+    runtime.health->promote(island, node,
+                            [promise](std::string problem) { promise->set_value(problem); });
+    if (answer.wait_for(kActionWait) != std::future_status::ready)
+      return error(request, http::status::gateway_timeout, "the role store did not answer in time");
+    std::string problem = answer.get();
+    log_action(peer, request, problem.empty() ? fmt::format("{} holds island {}'s role", node, island)
+                                              : "refused: " + problem);
+    if (!problem.empty()) {
+      auto status = problem.starts_with("no island") || problem.find("is not a node") !=
+                                                            std::string::npos
+                        ? http::status::not_found
+                        : http::status::conflict;
+      return error(request, status, problem);
+    }
+    const auto* found = runtime.topology->island(island);
+    auto holder = found && found->role ? found->role->current() : nullptr;
+    return reply(request, http::status::ok,
+                 json{{"island", island},
+                      {"node", holder ? holder->node : node},
+                      {"epoch", holder ? json(holder->epoch) : json(nullptr)}});
+  }
+
+  // --- accepting
+
+  template <typename Acceptor, typename Stream>
+  asio::awaitable<void> accept_loop(Acceptor& acceptor, bool needs_token) {
+    for (;;) {
+      auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      if (ec) {
+        spdlog::warn("admin: accept: {}", ec.message());
+        asio::steady_timer pause(io, std::chrono::milliseconds(100));
+        co_await pause.async_wait(use_tuple);
+        continue;
+      }
+      std::string peer = format_peer(socket);
+      Stream stream(std::move(socket));
+      auto done = [peer](std::exception_ptr e) {
+        if (!e) return;
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+          spdlog::error("admin: {}: connection ended by an unexpected error: {}", peer, ex.what());
+        }
+      };
+      asio::co_spawn(io, serve(std::move(stream), needs_token, peer), done);
+    }
+  }
+
+  static std::string format_peer(const asio::local::stream_protocol::socket&) {
+    return "unix socket";
+  }
+  static std::string format_peer(const asio::ip::tcp::socket& socket) {
+    boost::system::error_code ec;
+    auto remote = socket.remote_endpoint(ec);
+    return ec ? "?" : format_endpoint(remote);
+  }
+};
+
+AdminServer::AdminServer(AdminContext context, const config::Admin& settings)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->context = std::move(context);
+  impl_->settings = settings;
+  auto& io = impl_->io;
+  using UnixStream = beast::basic_stream<asio::local::stream_protocol>;
+  if (!settings.socket.empty()) {
+    const std::string path = settings.socket.string();
+    struct stat st{};
+    if (::lstat(path.c_str(), &st) == 0) {
+      if (!S_ISSOCK(st.st_mode))
+        throw std::runtime_error(fmt::format("admin socket {}: exists and is not a socket", path));
+      ::unlink(path.c_str());  // a previous run's
+    }
+    try {
+      impl_->unix_acceptor.emplace(io);
+      asio::local::stream_protocol::endpoint endpoint(path);
+      impl_->unix_acceptor->open(endpoint.protocol());
+      impl_->unix_acceptor->bind(endpoint);
+      ::chmod(path.c_str(), 0660);
+      impl_->unix_acceptor->listen();
+    } catch (const boost::system::system_error& e) {
+      throw std::runtime_error(fmt::format("admin socket {}: {}", path, e.code().message()));
+    }
+    asio::co_spawn(io,
+                   impl_->accept_loop<asio::local::stream_protocol::acceptor, UnixStream>(
+                       *impl_->unix_acceptor, false),
+                   asio::detached);
+    spdlog::info("admin API on unix socket {}", path);
+  }
+  if (!settings.listen.empty()) {
+    auto colon = settings.listen.rfind(':');
+    std::string host = settings.listen.substr(0, colon);
+    if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+    asio::ip::tcp::endpoint endpoint(asio::ip::make_address(host),
+                                     static_cast<std::uint16_t>(
+                                         std::stoul(settings.listen.substr(colon + 1))));
+    try {
+      impl_->tcp_acceptor.emplace(io);
+      impl_->tcp_acceptor->open(endpoint.protocol());
+      impl_->tcp_acceptor->set_option(asio::socket_base::reuse_address(true));
+      impl_->tcp_acceptor->bind(endpoint);
+      impl_->tcp_acceptor->listen();
+    } catch (const boost::system::system_error& e) {
+      throw std::runtime_error(
+          fmt::format("admin listen {}: {}", settings.listen, e.code().message()));
+    }
+    asio::co_spawn(io,
+                   impl_->accept_loop<asio::ip::tcp::acceptor, beast::tcp_stream>(
+                       *impl_->tcp_acceptor, true),
+                   asio::detached);
+    spdlog::info("admin API on {} (bearer token required)",
+                 format_endpoint(impl_->tcp_acceptor->local_endpoint()));
+  }
+  impl_->thread = std::thread([impl = impl_.get()] {
+    pthread_setname_np(pthread_self(), "isthmus-admin");
+    for (;;) {
+      try {
+        impl->io.run();
+        return;
+      } catch (const std::exception& e) {
+        spdlog::error("admin: unexpected error: {}", e.what());
+      }
+    }
+  });
+}
+
+AdminServer::~AdminServer() { stop(); }
+
+void AdminServer::stop() {
+  if (impl_->stopped) return;
+  impl_->stopped = true;
+  impl_->io.stop();
+  if (impl_->thread.joinable()) impl_->thread.join();
+  if (impl_->unix_acceptor) {
+    boost::system::error_code ignored;
+    impl_->unix_acceptor->close(ignored);
+    ::unlink(impl_->settings.socket.c_str());
+  }
+}
+
+}  // namespace isthmus::admin

@@ -1,0 +1,106 @@
+#include "proxy/metrics.hpp"
+
+#include <fmt/format.h>
+
+namespace isthmus::proxy {
+
+namespace {
+
+constexpr std::array<config::Protocol, kProtocols> kAll{
+    config::Protocol::imap, config::Protocol::pop3, config::Protocol::lmtp};
+constexpr std::array<std::string_view, kLmtpResults> kLmtpNames{"delivered", "temporary",
+                                                                "permanent"};
+
+void family(std::string& out, std::string_view name, std::string_view type,
+            std::string_view help) {
+  out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+}  // namespace
+
+std::string prometheus_escape(std::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+  return out;
+}
+
+void Metrics::login(config::Protocol protocol, Failure result, Clock::duration took) {
+  const auto p = static_cast<std::size_t>(protocol);
+  logins_[p][static_cast<std::size_t>(result)].fetch_add(1, std::memory_order_relaxed);
+  const double seconds = std::chrono::duration<double>(took).count();
+  std::size_t bucket = 0;
+  while (bucket < kLoginBuckets.size() && seconds > kLoginBuckets[bucket]) ++bucket;
+  login_buckets_[p][bucket].fetch_add(1, std::memory_order_relaxed);
+  login_micros_[p].fetch_add(
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(took).count()),
+      std::memory_order_relaxed);
+}
+
+void Metrics::render(std::string& out) const {
+  auto get = [](const auto& counter) { return counter.load(std::memory_order_relaxed); };
+  family(out, "isthmus_sessions_active", "gauge", "Client sessions open now, by protocol.");
+  for (auto p : kAll)
+    out += fmt::format("isthmus_sessions_active{{protocol=\"{}\"}} {}\n", config::name_of(p),
+                       get(protocol_slot(sessions_active_, p)));
+  family(out, "isthmus_sessions_total", "counter", "Client sessions accepted, by protocol.");
+  for (auto p : kAll)
+    out += fmt::format("isthmus_sessions_total{{protocol=\"{}\"}} {}\n", config::name_of(p),
+                       get(protocol_slot(sessions_total_, p)));
+  family(out, "isthmus_relayed_bytes_total", "counter",
+         "Bytes of ended sessions, from and to clients, by protocol.");
+  for (auto p : kAll) {
+    out += fmt::format("isthmus_relayed_bytes_total{{protocol=\"{}\",direction=\"in\"}} {}\n",
+                       config::name_of(p), get(protocol_slot(bytes_in_, p)));
+    out += fmt::format("isthmus_relayed_bytes_total{{protocol=\"{}\",direction=\"out\"}} {}\n",
+                       config::name_of(p), get(protocol_slot(bytes_out_, p)));
+  }
+  family(out, "isthmus_logins_total", "counter",
+         "IMAP and POP3 logins by result (ok, or the failure's name).");
+  for (auto p : {config::Protocol::imap, config::Protocol::pop3}) {
+    for (std::size_t f = 0; f < kFailures; ++f) {
+      auto n = get(logins_[static_cast<std::size_t>(p)][f]);
+      auto failure = static_cast<Failure>(f);
+      // Every result that can happen at login, zeros included, so rates work.
+      if (n == 0 && failure != Failure::none && failure != Failure::auth_failed) continue;
+      out += fmt::format("isthmus_logins_total{{protocol=\"{}\",result=\"{}\"}} {}\n",
+                         config::name_of(p), failure == Failure::none ? "ok" : name_of(failure),
+                         n);
+    }
+  }
+  family(out, "isthmus_login_duration_seconds", "histogram",
+         "From the login command to the answer, by protocol.");
+  for (auto p : {config::Protocol::imap, config::Protocol::pop3}) {
+    const auto i = static_cast<std::size_t>(p);
+    std::uint64_t cumulative = 0;
+    for (std::size_t b = 0; b < kLoginBuckets.size(); ++b) {
+      cumulative += get(login_buckets_[i][b]);
+      out += fmt::format("isthmus_login_duration_seconds_bucket{{protocol=\"{}\",le=\"{}\"}} {}\n",
+                         config::name_of(p), kLoginBuckets[b], cumulative);
+    }
+    cumulative += get(login_buckets_[i][kLoginBuckets.size()]);
+    out += fmt::format("isthmus_login_duration_seconds_bucket{{protocol=\"{}\",le=\"+Inf\"}} {}\n",
+                       config::name_of(p), cumulative);
+    out += fmt::format("isthmus_login_duration_seconds_sum{{protocol=\"{}\"}} {:.6f}\n",
+                       config::name_of(p), static_cast<double>(get(login_micros_[i])) / 1e6);
+    out += fmt::format("isthmus_login_duration_seconds_count{{protocol=\"{}\"}} {}\n",
+                       config::name_of(p), cumulative);
+  }
+  family(out, "isthmus_lmtp_recipients_total", "counter",
+         "LMTP recipients by final answer: delivered (2xx), temporary (4xx), permanent (5xx).");
+  for (std::size_t r = 0; r < kLmtpResults; ++r)
+    out += fmt::format("isthmus_lmtp_recipients_total{{result=\"{}\"}} {}\n", kLmtpNames[r],
+                       get(lmtp_recipients_[r]));
+  family(out, "isthmus_lmtp_messages_total", "counter",
+         "LMTP messages (DATA) by outcome: delivered to every accepted recipient, or not.");
+  for (std::size_t r = 0; r < kLmtpResults; ++r)
+    out += fmt::format("isthmus_lmtp_messages_total{{result=\"{}\"}} {}\n", kLmtpNames[r],
+                       get(lmtp_messages_[r]));
+}
+
+}  // namespace isthmus::proxy
