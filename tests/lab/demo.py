@@ -233,7 +233,8 @@ def main() -> int:
                          for name, (proto, port, tls) in ISTHMUS_LISTENERS.items()]
             # The lab turns active health checks off for tests; the demo
             # shows the real thing (docs/health.md).
-            overrides = {"health": {"active": True}}
+            overrides = {"health": {"active": True},
+                         "admin": {"socket": os.path.join(lab.root, "admin.sock")}}
             if args.directory != "static":
                 print(f"demo: starting the {args.directory} directory on 127.0.0.1:"
                       f"{DIRECTORY_PORTS[args.directory]} ...", flush=True)
@@ -249,6 +250,12 @@ def main() -> int:
                               tls={"certificate": cert.cert_path, "key": cert.key_path},
                               **overrides)
         print_instructions(lab, args.port, with_isthmus)
+        if with_isthmus:
+            admin_socket = os.path.join(lab.root, "admin.sock")
+            repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            print(f"Admin API: curl --unix-socket {admin_socket} http://isthmus/v1/nodes\n"
+                  f"           {os.path.join(repo, 'tools', 'isthmusctl')} --instance "
+                  f"{admin_socket} nodes   (docs/operations.md)", flush=True)
         if directory_server is not None:
             print(f"Directory: {args.directory} on 127.0.0.1:{DIRECTORY_PORTS[args.directory]}"
                   f" (log {getattr(directory_server, 'log_path', '-')}); also seeded: "
