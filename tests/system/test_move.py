@@ -1,0 +1,700 @@
+"""Moving users between islands (tools/isthmus_move.py, docs/move.md) with
+real components: the Dovecot lab (islands a and b, master user
+"master"/"masterpw" on every node), a MariaDB SQL directory, one isthmus
+with an admin unix socket serving IMAP and LMTP, and a real Postfix
+delivering through it.
+
+  * alice: a seeded mailbox (folders, subscriptions, flags, keywords, old
+    INTERNALDATEs, ~1 MB and 8-bit messages, duplicates, messages without a
+    Message-ID) moved from a to b while Postfix submits mail for her every
+    100 ms: every message ends up on b exactly once, mail submitted during
+    the move was deferred (451 4.2.1) and delivered on b afterwards. Prints
+    the measured throughput (MOVE-BENCH lines).
+  * carol: the move is SIGKILLed in the middle of the copy, twice; --resume
+    and then a plain second run finish it without a duplicate.
+  * ivan (logs in to the nodes as ivan.legacy): a message is deleted on the
+    destination between copy and verify: exit 7, active on island a again;
+    a second run then completes the move.
+  * bob with a static users.map (his own isthmus): b -> a, the map rewritten
+    and every instance reloaded.
+
+Run: ISTHMUS_BIN=build/dev/bin/isthmus /usr/bin/python3 -u tests/system/test_move.py
+"""
+import collections
+import hashlib
+import imaplib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import unittest
+import urllib.parse
+import uuid
+
+from support import Lab, PASSWORD, binary, procs, wait_for
+
+from lab import directory_data as dd  # noqa: E402 (support puts tests/ on sys.path)
+from lab.dovecot import (MASTER_PASSWORD, MASTER_SEPARATOR, MASTER_USER,  # noqa: E402
+                         put_message)
+from lab.mariadb import MariaDB  # noqa: E402
+from lab.postfix import Postfix  # noqa: E402
+from lab.slapd import Slapd  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The operator's command: isthmusctl hands "move" to tools/isthmus_move.py.
+TOOL = os.path.join(REPO, "tools", "isthmusctl")
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import isthmus_move as mv  # noqa: E402
+
+PYTHON = "/usr/bin/python3"
+SENDER = "sender@example.net"
+NODE_USERS = {"ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
+              dd.LONG_USER: PASSWORD}
+# The larger benchmark move (dave, island b -> a): its size in MB; 0 skips it.
+BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "200"))
+
+LAB = None
+DB = None
+IX = None
+PF = None
+SOCKET = None
+CONFIG = None       # the move config (SQL directory)
+JOURNALS = None
+
+
+def setUpModule():
+    global LAB, DB, IX, PF, SOCKET, CONFIG, JOURNALS
+    LAB = Lab(isthmus_ports={"imap": 0, "lmtp": 0})
+    unittest.addModuleCleanup(LAB.close)
+    for node in LAB.nodes.values():
+        node.users.update(NODE_USERS)
+        # Dovecot allows only [a-zA-Z0-9.@_-] in user names by default; the
+        # non-ASCII user must reach its mailbox (as in test_directory_sql.py).
+        node.config_text = (lambda text=node.config_text:
+                            text() + "\n# any octet in a user name\nauth_username_chars =\n")
+    used = {p for node in LAB.nodes.values() for p in node.ports.values()}
+    used |= set(LAB.isthmus_ports.values())
+    DB = MariaDB(os.path.join(LAB.root, "mariadb"), procs.free_port(exclude=used))
+    unittest.addModuleCleanup(DB.stop)
+    failed = []
+
+    def start_db():
+        try:
+            DB.start()
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            failed.append(e)
+
+    t = threading.Thread(target=start_db)
+    t.start()
+    LAB.start()
+    t.join()
+    if failed:
+        raise failed[0]
+
+    SOCKET = os.path.join(LAB.root, "admin.sock")
+    IX = LAB.start_isthmus(
+        binary(), lmtp={"hostname": "isthmus.lab.test"}, admin={"socket": SOCKET},
+        directory={"type": "sql", "file": None,
+                   "sql": {"servers": [f"127.0.0.1:{DB.port}"], "database": dd.SQL_DATABASE,
+                           "user": dd.SQL_USER, "password_file": DB.password_path, "pool": 2,
+                           "timeout": "2s", "connect_timeout": "1s"},
+                   # The default TTL: a move must drop cached entries itself.
+                   "cache": {"positive_ttl": "5m", "negative_ttl": "60s"}})
+    wait_for(lambda: os.path.exists(SOCKET), timeout=10, what="the admin socket")
+
+    PF = Postfix(os.path.join(LAB.root, "postfix"), procs.free_port(),
+                 ("127.0.0.1", IX.port("lmtp")), lmtp_timeout=10)
+    PF.start()
+    unittest.addModuleCleanup(PF.stop)
+
+    JOURNALS = os.path.join(LAB.root, "moves")
+    CONFIG = write_config("move.json", SOCKET, {
+        "type": "sql", "server": f"127.0.0.1:{DB.port}", "database": dd.SQL_DATABASE,
+        "user": dd.SQL_USER, "password_file": DB.password_path,
+        "set_state": "UPDATE account a JOIN domain d ON d.id = a.domain_id "
+                     "SET a.state = %{value} WHERE a.localpart = %{localpart} AND d.name = %{domain}",
+        "set_island": "UPDATE account a JOIN domain d ON d.id = a.domain_id "
+                      "SET a.island = %{value} WHERE a.localpart = %{localpart} AND d.name = %{domain}",
+    })
+
+
+def write_config(name: str, socket_path: str, directory: dict, instances=None, **move) -> str:
+    master_pw = os.path.join(LAB.root, "master.pw")
+    with open(master_pw, "w") as f:
+        f.write(MASTER_PASSWORD + "\n")
+    os.chmod(master_pw, 0o600)
+    config = {
+        "instances": instances or [{"name": "lab", "socket": socket_path}],
+        "timeout": "10s",
+        "move": {
+            "journal_dir": JOURNALS,
+            "directory": directory,
+            "login": {"master_user": MASTER_USER, "master_password_file": master_pw,
+                      "master_style": "dovecot", "separator": MASTER_SEPARATOR},
+            "nodes": {node.name: f"{node.host}:{node.port('imap')}"
+                      for node in LAB.nodes.values()},
+            "kick_timeout": "20s",
+            "settle": "1s",
+            **move,
+        },
+    }
+    path = os.path.join(LAB.root, name)
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+    return path
+
+
+# -- helpers -----------------------------------------------------------------
+
+def admin(method: str, path: str, body=None, socket_path=None):
+    return mv.Instance("lab", socket_path=socket_path or SOCKET, timeout=10).request(
+        method, path, body)
+
+
+def where(user: str, socket_path=None) -> tuple:
+    status, body = admin("GET", "/v1/users/" + user, socket_path=socket_path)
+    assert status == 200, (status, body)
+    return body["island"], body["state"]
+
+
+def master(node_name: str, login: str) -> imaplib.IMAP4:
+    node = LAB.node(node_name)
+    m = imaplib.IMAP4(node.host, node.port("imap"), timeout=60)
+    payload = f"\0{login}{MASTER_SEPARATOR}{MASTER_USER}\0{MASTER_PASSWORD}".encode()
+    m.authenticate("PLAIN", lambda _: payload)
+    return m
+
+
+def run_move(*args, config=None, env=None, timeout=150) -> subprocess.CompletedProcess:
+    argv = [PYTHON, TOOL, "--config", config or CONFIG, *args]
+    t = time.monotonic()
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                       env=dict(os.environ, **(env or {})))
+    r.seconds = time.monotonic() - t
+    print(f"\n$ isthmusctl {' '.join(args)}  -> exit {r.returncode} in {r.seconds:.1f}s\n"
+          f"{r.stdout}{r.stderr}", flush=True)
+    return r
+
+
+def journal(user: str) -> dict:
+    with open(os.path.join(JOURNALS, user + ".json")) as f:
+        return json.load(f)
+
+
+_seq = 0
+
+
+def message(subject: str, body: str, *, size: int = 0, msgid: bool = True,
+            eight_bit: bool = False, msgid_value: str = "") -> bytes:
+    global _seq
+    _seq += 1
+    head = [f"From: Sender {_seq} <s{_seq}@example.net>", "To: someone@example.org",
+            f"Subject: {subject}", "Date: Tue, 03 Jun 2025 10:00:00 +0000"]
+    if msgid:
+        head.append(f"Message-ID: {msgid_value or f'<seed-{_seq}-{uuid.uuid4().hex}@lab.test>'}")
+    head += ["MIME-Version: 1.0",
+             "Content-Type: text/plain; charset=utf-8",
+             f"Content-Transfer-Encoding: {'8bit' if eight_bit else '7bit'}"]
+    lines = body.splitlines() or [""]
+    if size:
+        filler = "the quick brown fox jumps over the lazy dog 0123456789 " * 2
+        lines += [filler[: 70 + (i % 7)] for i in range(size // 75)]
+    return ("\r\n".join(head + [""] + lines) + "\r\n").encode("utf-8")
+
+
+def seed(user: str, login: str, island: str, *, small: int, big: int, big_size: int = 1_000_000,
+         folders=("Archive", "Archive.2023", "Sent", "Entw&APw-rfe", "My Folder"),
+         small_size=(500, 30_000)) -> int:
+    """A mailbox for USER in ISLAND's store: SMALL small messages spread over
+    INBOX and FOLDERS, BIG messages of BIG_SIZE, 8-bit bodies, messages
+    without a Message-ID, a duplicate; old INTERNALDATEs; then flags,
+    keywords and subscriptions over IMAP as the master user. Returns the
+    number of bytes."""
+    rng = random.Random(user)
+    store = LAB.store(island)
+    total = 0
+    names = ["INBOX"] + list(folders)
+
+    def put(raw: bytes, folder: str):
+        nonlocal total
+        path = put_message(store, login, raw, folder)
+        t = 1_500_000_000 + rng.randrange(200_000_000)
+        os.utime(path, (t, t))
+        total += len(raw)
+
+    for i in range(small):
+        folder = "INBOX" if i % 3 else names[(i // 3) % len(names)]
+        eight = i % 5 == 0
+        body = (f"Grüße aus Köln, Nachricht {i}: żółć, 日本語, emoji \U0001F600\n" if eight
+                else f"plain message {i}\n")
+        put(message(f"seed {i}", body, size=rng.randrange(*small_size), eight_bit=eight,
+                    msgid=i % 40 != 7), folder)
+    for i in range(big):
+        put(message(f"big {i}", "a big one\n", size=big_size, eight_bit=i % 2 == 0),
+            names[i % 2])
+    dup = message("duplicate", "the same message twice\n", msgid_value="<dup@lab.test>")
+    put(dup, "INBOX")
+    put(dup, "INBOX")
+
+    node = LAB.island_nodes(island)[0].name
+    m = master(node, login)
+    try:
+        for name in names:
+            quoted = mv.imap_quote(name)
+            typ, data = m.select(quoted)
+            assert typ == "OK", (name, data)
+            n = int(data[0])
+            if n:
+                m.store("1:*", "+FLAGS", "(\\Seen)")          # most are read
+                m.store(f"{max(1, n - 3)}:*", "-FLAGS", "(\\Seen)")
+                m.store("1", "+FLAGS", "(\\Flagged $Label1 NonJunk)")
+                if n > 2:
+                    m.store("2", "+FLAGS", "(\\Answered \\Draft)")
+                if n > 4:
+                    m.store("4", "+FLAGS", "(\\Deleted)")   # flagged, not expunged
+            m.close()
+        for name in ("INBOX", "Archive", "Entw&APw-rfe", "My Folder"):
+            if name in names:
+                m.subscribe(mv.imap_quote(name))
+    finally:
+        m.logout()
+    return total
+
+
+def snapshot(node_name: str, login: str) -> dict:
+    """{folder: Counter((sha256, flags, internaldate))} plus "__subscribed__"
+    and "__ids__" (every Message-ID, with repeats, per folder)."""
+    m = master(node_name, login)
+    out, ids = {}, {}
+    try:
+        typ, data = m.list('""', '"*"')
+        assert typ == "OK"
+        for resp in mv.imap_responses(data):
+            parsed = mv.imap_parse(resp)
+            flags = [f.decode().lower() for f in parsed[0]]
+            if "\\noselect" in flags:
+                continue
+            name = parsed[2].decode()
+            typ, data = m.select(mv.imap_quote(name), True)
+            assert typ == "OK", name
+            counter, folder_ids = collections.Counter(), []
+            if int(data[0]):
+                typ, data = m.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+                assert typ == "OK"
+                for r in mv.imap_responses(data):
+                    items = mv._fetch_items(r)
+                    if "BODY[]" not in items:
+                        continue
+                    body = items["BODY[]"]
+                    flags = tuple(sorted(f.decode() for f in items["FLAGS"]
+                                         if f.lower() != b"\\recent"))
+                    date = mv.internaldate_epoch(items["INTERNALDATE"].decode())
+                    counter[(hashlib.sha256(body).hexdigest(), flags, date)] += 1
+                    folder_ids.append(mv.message_id_of(body.split(b"\r\n\r\n", 1)[0]))
+            out[name] = counter
+            ids[name] = folder_ids
+        typ, data = m.lsub('""', '"*"')
+        out["__subscribed__"] = sorted(mv.imap_parse(r)[2].decode()
+                                       for r in mv.imap_responses(data))
+        out["__ids__"] = ids
+    finally:
+        m.logout()
+    return out
+
+
+def folders_of(snap: dict) -> list:
+    return sorted(k for k in snap if not k.startswith("__"))
+
+
+class SendLoop(threading.Thread):
+    """Submits a message to USER through Postfix every INTERVAL seconds,
+    each with a unique Message-ID, until stopped."""
+
+    def __init__(self, user: str, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.user = user
+        self.interval = interval
+        self.sent: list[tuple[str, str]] = []    # (message-id, queue id)
+        self.errors: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self):
+        n = 0
+        while not self.halt.is_set():
+            n += 1
+            msgid = f"<during-{n}-{uuid.uuid4().hex[:12]}@lab.test>"
+            raw = message(f"during the move {n}", f"sent while moving, number {n}\n",
+                          msgid_value=msgid, eight_bit=n % 3 == 0)
+            try:
+                r = PF.send(SENDER, [self.user], raw)
+                self.sent.append((msgid, r.queue_id))
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                self.errors.append(f"{type(e).__name__}: {e}")
+            self.halt.wait(self.interval)
+
+    def stop(self):
+        self.halt.set()
+        self.join(10)
+
+
+def bench_line(label: str, size: int, seconds: float, copy_seconds: float, copy_bytes: int):
+    rate = copy_bytes / copy_seconds / 1e6 if copy_seconds else 0
+    overall = size / seconds / 1e6 if seconds else 0
+    gb = 1e9 / (rate * 1e6) if rate else float("inf")
+    print(f"MOVE-BENCH {label}: {size / 1e6:.1f} MB mailbox moved in {seconds:.1f}s end to end "
+          f"({overall:.1f} MB/s including the fixed steps); copy step {copy_bytes / 1e6:.1f} MB "
+          f"in {copy_seconds:.1f}s = {rate:.1f} MB/s", flush=True)
+    return rate, gb
+
+
+# -- the tests ---------------------------------------------------------------
+
+class Move(unittest.TestCase):
+
+    def test_1_move_under_mail_flow(self):
+        user = "alice@example.org"
+        t = time.monotonic()
+        size = seed(user, user, "a", small=300, big=10)
+        print(f"seeded {user}: {size / 1e6:.1f} MB in {time.monotonic() - t:.1f}s", flush=True)
+        self.assertEqual(where(user), ("a", "active"))
+
+        # An IMAP session of hers, which the move must close.
+        m = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=15)
+        self.addCleanup(m.shutdown)
+        m.login(user, PASSWORD)
+        m.select("INBOX")
+        status, body = admin("GET", "/v1/sessions?user=alice%40example.org")
+        self.assertEqual(len(body["sessions"]), 1, body)
+
+        loop = SendLoop(user)
+        loop.start()
+        try:
+            time.sleep(1.0)   # some arrive on island a before the move
+            r = run_move("move", user, "--to", "b")
+            time.sleep(1.0)   # and some after it
+        finally:
+            loop.stop()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("[6/6] report", r.stdout)
+        self.assertFalse(loop.errors, loop.errors)
+        self.assertGreater(len(loop.sent), 15)
+
+        # The kicked session is gone.
+        with self.assertRaises((imaplib.IMAP4.abort, OSError, EOFError)):
+            m.noop()
+            m.noop()
+
+        # The directory and the instance agree: island b, active.
+        self.assertEqual(where(user), ("b", "active"))
+        self.assertEqual(DB.lookup(user)[:2], ("b", "active"))
+
+        # Mail submitted during the move was deferred with 451 4.2.1 ...
+        PF.flush()
+        PF.wait_queue_empty(timeout=60)
+        deferred = [d for d in PF.deliveries() if d["status"] == "deferred"]
+        self.assertTrue(any("4.2.1" in (d.get("reply") or "") for d in deferred), deferred[:3])
+        deferred_ids = {d["queue_id"] for d in deferred}
+        print(f"{len(loop.sent)} messages submitted during the test, "
+              f"{len(deferred_ids)} of them deferred during the move", flush=True)
+        for msgid, qid in loop.sent:
+            recs = PF.deliveries(qid)
+            self.assertEqual([d["status"] for d in recs if d["status"] != "deferred"],
+                             ["sent"], (msgid, recs))
+
+        # ... and every message is on island b exactly once.
+        src = snapshot("a-left", user)
+        dst = snapshot("b-left", user)
+        self.assertEqual(folders_of(src), folders_of(dst))
+        for folder in folders_of(src):
+            missing = src[folder] - dst[folder]
+            self.assertFalse(missing, f"{folder}: {sum(missing.values())} messages not on b "
+                                      f"(or with other flags/dates)")
+            if folder != "INBOX":
+                self.assertEqual(src[folder], dst[folder], folder)
+        self.assertEqual(src["__subscribed__"], dst["__subscribed__"])
+        self.assertIn("Entw&APw-rfe", dst["__subscribed__"])
+        self.assertNotIn("Sent", dst["__subscribed__"])
+        on_b = collections.Counter(dst["__ids__"]["INBOX"])
+        on_a = collections.Counter(src["__ids__"]["INBOX"])
+        for msgid, _ in loop.sent:
+            self.assertEqual(on_b[msgid], 1, f"{msgid} is on island b {on_b[msgid]} times")
+            self.assertLessEqual(on_a[msgid], 1)
+        late = [i for i, _ in loop.sent if on_a[i] == 0]
+        self.assertEqual(sum(dst["INBOX"].values()) - sum(src["INBOX"].values()), len(late))
+        self.assertEqual(on_b["<dup@lab.test>"], 2)   # the duplicate stays a duplicate
+
+        # Logins go to island b now.
+        m = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=15)
+        m.login(user, PASSWORD)
+        self.assertEqual(int(m.select("INBOX", True)[1][0]), sum(dst["INBOX"].values()))
+        m.logout()
+        self.assertRegex(IX.log_text(), rf"login ok user={user} island=b ")
+
+        j = journal(user)
+        self.assertEqual(j["status"], "done")
+        steps = j["steps"]
+        copied = steps["copy"]["copied"]
+        move_seconds = sum(steps[s]["seconds"] for s in mv.STEPS)
+        rate, gb = bench_line("seeded mailbox (sql directory, Postfix delivering)",
+                              steps["verify"]["bytes"], move_seconds,
+                              steps["copy"]["seconds"], copied["bytes"])
+        print(f"MOVE-BENCH steps: " + ", ".join(f"{s} {steps[s]['seconds']:.2f}s"
+                                                 for s in mv.STEPS), flush=True)
+        verify_rate = steps["verify"]["bytes"] / steps["verify"]["seconds"] / 1e6
+        fixed = move_seconds - steps["copy"]["seconds"] - steps["verify"]["seconds"]
+        one_gb = fixed + 1000 / rate + 1000 / verify_rate
+        print(f"MOVE-BENCH 1 GB mailbox (extrapolated from the measured copy rate {rate:.1f} MB/s "
+              f"and verify rate {verify_rate:.1f} MB/s plus {fixed:.1f}s of fixed steps): about "
+              f"{one_gb:.0f}s ({one_gb / 60:.1f} min) on this machine, during which the user "
+              f"cannot log in and mail is queued", flush=True)
+
+        # Running it again is harmless.
+        r = run_move("move", user, "--to", "b")
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("nothing to do", r.stdout)
+
+    def test_2_killed_during_the_copy_then_resumed(self):
+        user = "carol@example.org"
+        seed(user, user, "a", small=160, big=2, big_size=300_000)
+        before = snapshot("a-left", user)
+        path = os.path.join(JOURNALS, user + ".json")
+        # Small batches, so that the journal shows progress often.
+        with open(CONFIG) as f:
+            directory = json.load(f)["move"]["directory"]
+        config = write_config("move-small-batches.json", SOCKET, directory, batch_messages=10)
+
+        def kill_during_copy(args, at_least):
+            p = subprocess.Popen([PYTHON, TOOL, "--config", config, *args],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=dict(os.environ, **{mv.ENV_COPY_DELAY: "0.02"}))
+
+            def copying():
+                try:
+                    with open(path) as f:
+                        j = json.load(f)
+                except (OSError, ValueError):
+                    return False
+                return (j["steps"].get("copy", {}).get("status") == "running"
+                        and j["copy"]["messages"] >= at_least)
+
+            try:
+                wait_for(copying, timeout=60, interval=0.02, what="the copy under way")
+            finally:
+                p.send_signal(signal.SIGKILL)
+                out = p.communicate(timeout=10)[0]
+            print(f"\n$ isthmusctl {' '.join(args)}  -> killed\n{out}", flush=True)
+            j = journal(user)
+            self.assertEqual(j["status"], "running")
+            self.assertEqual(j["steps"]["copy"]["status"], "running")
+            return j["copy"]["messages"]
+
+        first = kill_during_copy(["move", user, "--to", "b"], 20)
+        # Stuck in "moving" meanwhile: logins are refused for now.
+        self.assertEqual(where(user), ("a", "moving"))
+        m = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=15)
+        with self.assertRaisesRegex(imaplib.IMAP4.error, "UNAVAILABLE"):
+            m.login(user, PASSWORD)
+        m.shutdown()
+        second = kill_during_copy(["move", user, "--resume"], first + 20)
+        self.assertGreater(second, first)
+
+        r = run_move("move", user, "--to", "b")   # a plain second run resumes too
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("resuming the move", r.stdout)
+        self.assertEqual(where(user), ("b", "active"))
+        after = snapshot("b-left", user)
+        for folder in folders_of(before):
+            self.assertEqual(before[folder], after[folder], f"{folder} differs after the resume")
+        self.assertEqual(before["__subscribed__"], after["__subscribed__"])
+        j = journal(user)
+        self.assertEqual(j["status"], "done")
+        self.assertEqual(j["runs"], 3)
+        self.assertGreater(j["steps"]["copy"]["copied"]["already"], 0)
+
+    def test_3_verification_failure_rolls_back(self):
+        user, login = "ivan@example.org", "ivan.legacy@example.org"
+        seed(user, login, "a", small=30, big=0, folders=("Archive",))
+        self.assertEqual(where(user), ("a", "active"))
+        gate = os.path.join(LAB.root, "ivan-verify-gate")
+        p = subprocess.Popen([PYTHON, TOOL, "--config", CONFIG, "move", user, "--to", "b"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
+        try:
+            wait_for(lambda: os.path.exists(gate + ".waiting"), timeout=60,
+                     what="the move to reach verify")
+            # Lose one message on the destination.
+            m = master("b-right", login)
+            m.select("Archive")
+            m.store("1", "+FLAGS", "(\\Deleted)")
+            m.expunge()
+            m.logout()
+            open(gate, "w").close()
+            out = p.communicate(timeout=60)[0]
+        finally:
+            if p.poll() is None:
+                p.kill()
+        print(f"\n$ isthmusctl move {user} --to b  -> exit {p.returncode}\n{out}", flush=True)
+        self.assertEqual(p.returncode, 7)
+        self.assertIn("verification failed", out)
+        self.assertIn("Archive", out)
+        self.assertEqual(where(user), ("a", "active"))
+        self.assertEqual(DB.lookup(user)[:2], ("a", "active"))
+        j = journal(user)
+        self.assertEqual(j["status"], "failed")
+        self.assertEqual(j["steps"]["verify"]["status"], "failed")
+        self.assertNotIn("switch", j["steps"])
+        m = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=15)
+        m.login(user, PASSWORD)    # works again, on island a
+        m.logout()
+        self.assertRegex(IX.log_text(), rf"login ok user={user} island=a ")
+
+        # Trying again copies what is missing and completes.
+        r = run_move("move", user, "--to", "b")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(where(user), ("b", "active"))
+        src, dst = snapshot("a-left", login), snapshot("b-left", login)
+        for folder in folders_of(src):
+            self.assertEqual(src[folder], dst[folder], folder)
+
+    def test_4_static_directory(self):
+        user = "bob@example.org"
+        seed(user, user, "b", small=12, big=0, folders=("Archive",))
+        sock = os.path.join(LAB.root, "admin-static.sock")
+        ix = LAB.start_isthmus(binary(), listeners=[
+            {"name": "imap", "protocol": "imap", "address": "127.0.0.1",
+             "port": procs.free_port()}], admin={"socket": sock})
+        wait_for(lambda: os.path.exists(sock), timeout=10, what="the admin socket")
+        config = write_config("move-static.json", sock, {"type": "static",
+                                                         "file": ix.users_map_path})
+        with open(ix.users_map_path) as f:
+            before = f.read()
+        self.assertEqual(where(user, sock), ("b", "active"))
+        r = run_move("move", user, "--to", "a", config=config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(where(user, sock), ("a", "active"))
+        with open(ix.users_map_path) as f:
+            after = f.read()
+        self.assertIn(f"\n{user} a\n", after)
+        self.assertEqual([l for l in before.splitlines() if not l.startswith(user)],
+                         [l for l in after.splitlines() if not l.startswith(user)])
+        src, dst = snapshot("b-left", user), snapshot("a-left", user)
+        for folder in folders_of(src):
+            self.assertEqual(src[folder], dst[folder], folder)
+        m = imaplib.IMAP4("127.0.0.1", ix.port("imap"), timeout=15)
+        m.login(user, PASSWORD)
+        m.logout()
+        self.assertRegex(ix.log_text(), rf"login ok user={user} island=a ")
+        self.assertIn("POST /v1/reload", ix.log_text())
+
+    def test_5_abort_puts_the_user_back(self):
+        user = "zoe@other.test"
+        seed(user, user, "b", small=10, big=0, folders=("Archive",))
+        # An instance that cannot be reached stops the move before anything changes.
+        with open(CONFIG) as f:
+            directory = json.load(f)["move"]["directory"]
+        two = write_config("move-two.json", SOCKET, directory, instances=[
+            {"name": "lab", "socket": SOCKET},
+            {"name": "gone", "socket": os.path.join(LAB.root, "no-such.sock")}])
+        r = run_move("move", user, "--to", "a", config=two)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("gone", r.stderr)
+        self.assertEqual(where(user), ("b", "active"))
+        gate = os.path.join(LAB.root, "zoe-verify-gate")
+        p = subprocess.Popen([PYTHON, TOOL, "--config", CONFIG, "move", user, "--to", "a"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
+        try:
+            wait_for(lambda: os.path.exists(gate + ".waiting"), timeout=60,
+                     what="the move to reach verify")
+        finally:
+            p.kill()
+            p.communicate(timeout=10)
+        self.assertEqual(where(user), ("b", "moving"))
+        r = run_move("move", user, "--to", "b")      # another destination: refused
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--resume", r.stderr)
+        r = run_move("move", user, "--abort")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(where(user), ("b", "active"))
+        self.assertEqual(journal(user)["status"], "aborted")
+        r = run_move("move", user, "--resume")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("not unfinished", r.stderr)
+
+    def test_7_ldap_directory(self):
+        """A non-ASCII user (UTF-8 local part) moved b -> a in an LDAP
+        directory, with a cached entry to drop. The lab's service account
+        only reads: the move binds as the rootdn here (in production, an
+        account allowed to write the two attributes)."""
+        user = dd.LONG_USER
+        seed(user, user, "b", small=8, big=0, folders=("Archive",))
+        slapd = Slapd(os.path.join(LAB.root, "slapd"), procs.free_port())
+        slapd.start()
+        self.addCleanup(slapd.stop)
+        sock = os.path.join(LAB.root, "admin-ldap.sock")
+        ix = LAB.start_isthmus(
+            binary(), listeners=[{"name": "imap", "protocol": "imap", "address": "127.0.0.1",
+                                  "port": procs.free_port()}],
+            admin={"socket": sock},
+            directory={"type": "ldap", "file": None,
+                       "ldap": {"uris": [slapd.url], "bind_dn": dd.SERVICE_DN,
+                                "bind_password_file": slapd.service_pw_path,
+                                "base": dd.PEOPLE_DN, "scope": "sub",
+                                "filter": "(&(objectClass=mailIslandUser)(uid=%{user}))"},
+                       "cache": {"positive_ttl": "5m"}})
+        wait_for(lambda: os.path.exists(sock), timeout=10, what="the admin socket")
+        config = write_config("move-ldap.json", sock, {
+            "type": "ldap", "uri": slapd.url, "bind_dn": dd.ADMIN_DN,
+            "bind_password_file": slapd.admin_pw_path, "base": dd.PEOPLE_DN})
+        quoted = urllib.parse.quote(user, safe="")
+        status, body = admin("GET", "/v1/users/" + quoted, socket_path=sock)
+        self.assertEqual((body["island"], body["state"]), ("b", "active"))
+        r = run_move("move", user, "--to", "a", config=config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        status, body = admin("GET", "/v1/users/" + quoted, socket_path=sock)
+        self.assertEqual((body["island"], body["state"]), ("a", "active"))
+        entry = slapd.search(f"(uid={dd.ldap_filter_escape(user)})", "mailIsland",
+                             "mailAccountState")
+        self.assertEqual(entry[0]["mailIsland"], ["a"], entry)
+        self.assertEqual(entry[0]["mailAccountState"], ["active"], entry)
+        src, dst = snapshot("b-left", user), snapshot("a-left", user)
+        for folder in folders_of(src):
+            self.assertEqual(src[folder], dst[folder], folder)
+
+    @unittest.skipUnless(BENCH_MB > 0, "ISTHMUS_MOVE_BENCH_MB=0")
+    def test_8_bench_a_larger_mailbox(self):
+        """dave (island b -> a): BENCH_MB MB, half in ~50 kB messages, half in
+        ~2.5 MB ones, indexed on the source (as a mailbox in use is)."""
+        user = "dave@example.org"
+        half = BENCH_MB * 1_000_000 // 2
+        t = time.monotonic()
+        size = seed(user, user, "b", small=half // 50_000, small_size=(20_000, 80_000),
+                    big=max(1, half // 2_500_000), big_size=2_500_000)
+        print(f"seeded {user}: {size / 1e6:.0f} MB in {time.monotonic() - t:.1f}s", flush=True)
+        r = run_move("move", user, "--to", "a", timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(where(user), ("a", "active"))
+        steps = journal(user)["steps"]
+        copied = steps["copy"]["copied"]
+        total = sum(steps[s]["seconds"] for s in mv.STEPS)
+        messages = steps["verify"]["messages"]
+        rate, _ = bench_line(f"{size / 1e6:.0f} MB, {messages} messages (sql directory)",
+                             size, total, steps["copy"]["seconds"], copied["bytes"])
+        print(f"MOVE-BENCH steps: " + ", ".join(f"{s} {steps[s]['seconds']:.2f}s"
+                                                 for s in mv.STEPS), flush=True)
+        scaled = sum(steps[s]["seconds"] for s in ("preflight", "copy", "verify"))
+        fixed = total - scaled
+        one_gb = fixed + scaled * 1e9 / size
+        print(f"MOVE-BENCH 1 GB mailbox of the same mix (~{1e9 / size * messages:.0f} messages, "
+              f"extrapolated linearly from this {size / 1e6:.0f} MB run: preflight+copy+verify "
+              f"{scaled:.1f}s scaled by {1e9 / size:.1f}, plus {fixed:.1f}s of fixed steps): about "
+              f"{one_gb:.0f}s ({one_gb / 60:.1f} min) here; the user cannot log in and mail is "
+              f"queued for that long", flush=True)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,2072 @@
+#!/usr/bin/env python3
+"""isthmus_move: move a user's mailbox from one island to another.
+
+    isthmus_move.py --config /etc/isthmus/isthmusctl.json move alice@example.org --to b
+    isthmus_move.py --config ... move alice@example.org --resume
+    isthmus_move.py --config ... move alice@example.org --abort
+    isthmus_move.py --config ... status alice@example.org
+
+A move is a journaled sequence of steps (docs/move.md):
+
+  0 preflight  the directory's answer, the nodes, master logins, an empty destination
+  1 moving     the account's state to "moving" in the directory; every instance's
+               cached entry dropped: logins get NO [UNAVAILABLE], LMTP 451 4.2.1
+  2 kick       the user's sessions closed on every instance, until none is left
+  3 copy       every folder, subscription, message, flag and INTERNALDATE, over IMAP
+               as the master user (or an external copier command)
+  4 verify     per folder: the same messages (size + Message-ID or body SHA-256,
+               flags, INTERNALDATE) on both sides; if not, back to "active" on the
+               source island and exit 7
+  5 switch     the island to the destination and the state to "active"
+  6 report     durations, folders, messages, bytes
+
+The journal (one JSON file per user in move.journal_dir) is rewritten atomically
+after every step; a second run (or --resume) continues with the first step that
+did not finish. Every step can be run again safely: the copy skips what is on the
+destination already.
+
+Python 3.11 standard library only, plus the ``mariadb`` client for an SQL
+directory and ``ldapsearch``/``ldapmodify`` for an LDAP one. Also a module:
+``main(argv) -> int`` is what ``isthmusctl move`` calls.
+
+Exit codes: 0 done (or nothing to do), 1 usage or config, 2 an instance could
+not be reached, 3 a step failed (the journal says which; resume with --resume),
+7 verification failed (the user is active on the source island again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import concurrent.futures
+import datetime
+import errno
+import fcntl
+import hashlib
+import http.client
+import imaplib
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+VERSION = "0.1.0"
+
+EXIT_OK = 0
+EXIT_USAGE = 1
+EXIT_UNREACHABLE = 2
+EXIT_STEP = 3
+EXIT_VERIFY = 7
+
+DEFAULT_CONFIG = "/etc/isthmus/isthmusctl.json"
+DEFAULT_JOURNAL_DIR = "/var/lib/isthmus/moves"
+
+STEPS = ("preflight", "moving", "kick", "copy", "verify", "switch", "report")
+STEP_NUMBER = {name: i for i, name in enumerate(STEPS)}
+
+# Test hooks (docs/move.md, "Testing"): never set them in production.
+ENV_COPY_DELAY = "ISTHMUS_MOVE_TEST_COPY_DELAY"            # seconds slept after each message
+ENV_PAUSE_BEFORE_VERIFY = "ISTHMUS_MOVE_TEST_PAUSE_BEFORE_VERIFY"  # a path: wait for it
+
+
+class MoveError(Exception):
+    code = EXIT_STEP
+
+
+class UsageError(MoveError):
+    code = EXIT_USAGE
+
+
+class Unreachable(MoveError):
+    code = EXIT_UNREACHABLE
+
+
+class StepFailed(MoveError):
+    code = EXIT_STEP
+
+
+class VerifyFailed(MoveError):
+    code = EXIT_VERIFY
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+# ---------------------------------------------------------------- small helpers
+
+def parse_duration(value, what: str) -> float:
+    """'5s', '250ms', '2m', '1h' or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise UsageError(f"{what}: expected a duration like \"5s\", got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
+        if not m:
+            raise UsageError(f"{what}: expected a duration like \"5s\" or \"250ms\", got {value!r}")
+        seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    else:
+        raise UsageError(f"{what}: expected a duration like \"5s\", got {value!r}")
+    if seconds < 0:
+        raise UsageError(f"{what}: must not be negative")
+    return seconds
+
+
+def show_seconds(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def show_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def clean(text) -> str:
+    """TEXT with control characters escaped (names come from a network)."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in str(text))
+
+
+def read_secret(path: str, what: str) -> str:
+    """The first line of PATH (a trailing newline is not part of it)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise UsageError(f"{what}: cannot read {path}: {e.strerror or e}") from None
+    line = text.split("\n", 1)[0].rstrip("\r")
+    if not line:
+        raise UsageError(f"{what}: {path} is empty")
+    return line
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600, like: str | None = None) -> None:
+    """Write DATA to PATH: a temp file in the same folder, fsync, rename,
+    fsync of the folder. LIKE: copy that file's mode and owner."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if like is not None and os.path.exists(like):
+            st = os.stat(like)
+            os.chmod(tmp, st.st_mode & 0o7777)
+            if os.geteuid() == 0:
+                os.chown(tmp, st.st_uid, st.st_gid)
+        else:
+            os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def split_address(text: str, what: str, default_port: int | None = None) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port)."""
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)|([^:\[\]]+)", text or "")
+    if not m:
+        raise UsageError(f"{what}: expected HOST:PORT, got {text!r}")
+    if m.group(1):
+        return m.group(1), int(m.group(2))
+    if m.group(3):
+        return m.group(3), int(m.group(4))
+    if default_port is None:
+        raise UsageError(f"{what}: expected HOST:PORT, got {text!r}")
+    return m.group(5), default_port
+
+
+def check_keys(obj, known: set, where: str) -> None:
+    if not isinstance(obj, dict):
+        raise UsageError(f"{where}: expected a JSON object")
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise UsageError(f"{where}: unknown key {', '.join(map(repr, unknown))} "
+                         f"(known: {', '.join(sorted(known))})")
+
+
+def want_str(obj: dict, key: str, where: str, default=None, required=False):
+    value = obj.get(key, default)
+    if value is None:
+        if required:
+            raise UsageError(f"{where}: \"{key}\" is required")
+        return None
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{where}: \"{key}\" must be a non-empty string")
+    return value
+
+
+# ---------------------------------------------------------------- config
+
+class Instance:
+    """One Isthmus instance's admin API (a unix socket, or HTTP + token)."""
+
+    def __init__(self, name: str, socket_path=None, url=None, token=None, timeout=5.0):
+        self.name = name
+        self.socket_path = socket_path
+        self.url = url
+        self.token = token
+        self.timeout = timeout
+        if url is not None:
+            u = urllib.parse.urlsplit(url)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise UsageError(f"instance {name}: url must be http://HOST:PORT, got {url!r}")
+            self.scheme = u.scheme
+            self.host = u.hostname
+            self.port = u.port or (443 if u.scheme == "https" else 80)
+            self.prefix = u.path.rstrip("/")
+
+    @property
+    def address(self) -> str:
+        return self.socket_path or self.url
+
+    def request(self, method: str, path: str, body=None) -> tuple[int, dict]:
+        """(HTTP status, JSON object). Raises Unreachable for network trouble
+        and for a wrong token (401)."""
+        headers = {"Accept": "application/json", "User-Agent": f"isthmus-move/{VERSION}",
+                   "Connection": "close"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif method == "POST":
+            headers["Content-Length"] = "0"
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.socket_path is not None:
+            conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+            target = path
+        elif self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                               context=ssl.create_default_context())
+            target = self.prefix + path
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            target = self.prefix + path
+        try:
+            conn.request(method, target, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+            status = resp.status
+        except (OSError, http.client.HTTPException) as e:
+            raise Unreachable(f"instance {self.name} ({self.address}): {_transport_error(e)}") \
+                from None
+        finally:
+            conn.close()
+        try:
+            parsed = json.loads(raw.decode("utf-8", errors="replace")) if raw.strip() else {}
+        except json.JSONDecodeError:
+            parsed = {"error": " ".join(raw.decode("utf-8", "replace").split())[:200]}
+        if not isinstance(parsed, dict):
+            parsed = {"error": "the answer is not a JSON object"}
+        if status == 401:
+            raise Unreachable(f"instance {self.name} ({self.address}): authentication failed: "
+                              f"{parsed.get('error', 'HTTP 401')} (check its token_file)")
+        return status, parsed
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _transport_error(e: BaseException) -> str:
+    if isinstance(e, (socket.timeout, TimeoutError)):
+        return "no answer in time"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused (is isthmus running?)"
+    if isinstance(e, FileNotFoundError):
+        return "no such socket (is isthmus running, with its admin API on this socket?)"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if isinstance(e, http.client.RemoteDisconnected):
+        return "closed the connection without answering"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return f"{type(e).__name__}: {e}"
+
+
+class Endpoint:
+    """A node's IMAP address for the copy."""
+
+    def __init__(self, name: str, spec, where: str):
+        self.name = name
+        if isinstance(spec, str):
+            spec = {"address": spec}
+        check_keys(spec, {"address", "tls", "ca", "verify", "tls_name"}, where)
+        self.host, self.port = split_address(want_str(spec, "address", where, required=True),
+                                             f"{where}: address")
+        self.tls = spec.get("tls", "none")
+        if self.tls not in ("none", "starttls", "implicit"):
+            raise UsageError(f"{where}: tls must be none, starttls or implicit")
+        self.ca = want_str(spec, "ca", where)
+        self.verify = spec.get("verify", True)
+        if not isinstance(self.verify, bool):
+            raise UsageError(f"{where}: verify must be true or false")
+        self.tls_name = want_str(spec, "tls_name", where) or self.host
+
+    def __str__(self):
+        return f"{self.name} ({self.host}:{self.port})"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca)
+        if not self.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+class Config:
+    TOP_KEYS = {"instances", "timeout", "move"}
+    INSTANCE_KEYS = {"name", "socket", "url", "token_file", "timeout"}
+    MOVE_KEYS = {"journal_dir", "directory", "login", "source_login", "nodes", "copier",
+                 "copier_timeout", "kick_timeout", "settle", "imap_timeout", "confirm_timeout",
+                 "copy_passes", "batch_bytes", "batch_messages"}
+    LOGIN_KEYS = {"master_user", "master_password_file", "master_style", "separator"}
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise UsageError(f"config file {path} does not exist (see docs/move.md)") from None
+        except OSError as e:
+            raise UsageError(f"cannot read config file {path}: {e.strerror or e}") from None
+        try:
+            conf = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} "
+                             f"column {e.colno}") from None
+        check_keys(conf, self.TOP_KEYS, path)
+        self.base_dir = os.path.dirname(os.path.abspath(path))
+        timeout = parse_duration(conf.get("timeout", "5s"), f"{path}: timeout")
+
+        self.instances: list[Instance] = []
+        raw = conf.get("instances")
+        if not isinstance(raw, list) or not raw:
+            raise UsageError(f"{path}: \"instances\" must be a non-empty list")
+        names = set()
+        for i, item in enumerate(raw, 1):
+            where = f"{path}: instance {i}"
+            check_keys(item, self.INSTANCE_KEYS, where)
+            name = want_str(item, "name", where, required=True)
+            if name in names:
+                raise UsageError(f"{where}: the name {name!r} is used twice")
+            names.add(name)
+            sock, url = want_str(item, "socket", where), want_str(item, "url", where)
+            if (sock is None) == (url is None):
+                raise UsageError(f"{where}: give exactly one of \"socket\" and \"url\"")
+            token = None
+            token_file = want_str(item, "token_file", where)
+            if token_file is not None:
+                token = read_secret(self.resolve(token_file), f"{where}: token_file")
+            inst_timeout = (parse_duration(item["timeout"], f"{where}: timeout")
+                            if "timeout" in item else timeout)
+            self.instances.append(Instance(name, socket_path=sock, url=url, token=token,
+                                           timeout=inst_timeout))
+
+        move = conf.get("move")
+        if move is None:
+            raise UsageError(f"{path}: no \"move\" section (see docs/move.md)")
+        where = f"{path}: move"
+        check_keys(move, self.MOVE_KEYS, where)
+        self.journal_dir = self.resolve(want_str(move, "journal_dir", where,
+                                                 default=DEFAULT_JOURNAL_DIR))
+        self.kick_timeout = parse_duration(move.get("kick_timeout", "30s"), f"{where}: kick_timeout")
+        self.settle = parse_duration(move.get("settle", "2s"), f"{where}: settle")
+        self.imap_timeout = parse_duration(move.get("imap_timeout", "120s"), f"{where}: imap_timeout")
+        self.confirm_timeout = parse_duration(move.get("confirm_timeout", "10s"),
+                                              f"{where}: confirm_timeout")
+        self.copy_passes = move.get("copy_passes", 3)
+        if not isinstance(self.copy_passes, int) or isinstance(self.copy_passes, bool) \
+                or not 1 <= self.copy_passes <= 20:
+            raise UsageError(f"{where}: copy_passes must be an integer from 1 to 20")
+        self.batch_bytes = move.get("batch_bytes", 16 * 1024 * 1024)
+        if not isinstance(self.batch_bytes, int) or self.batch_bytes < 1024:
+            raise UsageError(f"{where}: batch_bytes must be an integer of at least 1024")
+        self.batch_messages = move.get("batch_messages", 500)
+        if not isinstance(self.batch_messages, int) or not 1 <= self.batch_messages <= 100000:
+            raise UsageError(f"{where}: batch_messages must be an integer from 1 to 100000")
+
+        login = move.get("login", move.get("source_login"))
+        if login is None:
+            raise UsageError(f"{where}: \"login\" (the nodes' master user) is required")
+        lwhere = f"{where}: login"
+        check_keys(login, self.LOGIN_KEYS, lwhere)
+        self.master_user = want_str(login, "master_user", lwhere, required=True)
+        self.master_password = read_secret(
+            self.resolve(want_str(login, "master_password_file", lwhere, required=True)),
+            f"{lwhere}: master_password_file")
+        self.master_style = login.get("master_style", "dovecot")
+        if self.master_style not in ("dovecot", "sasl"):
+            raise UsageError(f"{lwhere}: master_style must be \"dovecot\" or \"sasl\"")
+        self.separator = want_str(login, "separator", lwhere, default="*")
+
+        nodes = move.get("nodes")
+        if not isinstance(nodes, dict) or not nodes:
+            raise UsageError(f"{where}: \"nodes\" must map node names to their IMAP "
+                             f"address, e.g. {{\"a-left\": \"10.0.1.11:143\"}}")
+        self.nodes = {name: Endpoint(name, spec, f"{where}: nodes: {name}")
+                      for name, spec in nodes.items()}
+
+        copier = move.get("copier")
+        if copier is not None and (not isinstance(copier, list) or not copier
+                                   or not all(isinstance(a, str) for a in copier)):
+            raise UsageError(f"{where}: copier must be a list of strings (a command and its "
+                             f"arguments)")
+        self.copier = copier
+        self.copier_timeout = (parse_duration(move["copier_timeout"], f"{where}: copier_timeout")
+                               if "copier_timeout" in move else None)
+
+        directory = move.get("directory")
+        if directory is None:
+            raise UsageError(f"{where}: \"directory\" is required")
+        if not isinstance(directory, dict):
+            raise UsageError(f"{where}: directory: expected a JSON object")
+        kind = directory.get("type")
+        dwhere = f"{where}: directory"
+        if kind == "static":
+            self.directory = StaticDirectory(directory, dwhere, self)
+        elif kind == "sql":
+            self.directory = SqlDirectory(directory, dwhere, self)
+        elif kind == "ldap":
+            self.directory = LdapDirectory(directory, dwhere, self)
+        else:
+            raise UsageError(f"{dwhere}: type must be \"static\", \"sql\" or \"ldap\"")
+
+    def resolve(self, path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
+
+
+# ---------------------------------------------------------------- directories
+
+def split_user(user: str) -> tuple[str, str]:
+    local, at, domain = user.rpartition("@")
+    return (local, domain) if at else (user, "")
+
+
+PLACEHOLDER = re.compile(r"%\{([a-z_]+)\}")
+
+
+class SqlDirectory:
+    """UPDATEs through the ``mariadb`` client. Every placeholder becomes a
+    quoted string literal (backslash and quote escaped, with the session's
+    sql_mode forced to interpret backslashes as escapes)."""
+
+    kind = "sql"
+    KEYS = {"type", "server", "socket", "database", "user", "password_file", "set_state",
+            "set_island", "client", "timeout", "tls"}
+    DEFAULT_SET_STATE = ("UPDATE account a JOIN domain d ON d.id = a.domain_id "
+                         "SET a.state = %{value} "
+                         "WHERE a.localpart = %{localpart} AND d.name = %{domain}")
+    DEFAULT_SET_ISLAND = ("UPDATE account a JOIN domain d ON d.id = a.domain_id "
+                          "SET a.island = %{value} "
+                          "WHERE a.localpart = %{localpart} AND d.name = %{domain}")
+    FIELDS = {"value", "user", "localpart", "domain"}
+
+    def __init__(self, conf: dict, where: str, config: Config):
+        check_keys(conf, self.KEYS, where)
+        self.where = where
+        self.server = want_str(conf, "server", where)
+        self.socket = want_str(conf, "socket", where)
+        if (self.server is None) == (self.socket is None):
+            raise UsageError(f"{where}: give exactly one of \"server\" (HOST:PORT) and \"socket\"")
+        if self.server is not None:
+            self.host, self.port = split_address(self.server, f"{where}: server", 3306)
+        self.database = want_str(conf, "database", where, required=True)
+        self.user = want_str(conf, "user", where, required=True)
+        pw_file = want_str(conf, "password_file", where)
+        self.password = (read_secret(config.resolve(pw_file), f"{where}: password_file")
+                         if pw_file else None)
+        self.set_state_sql = want_str(conf, "set_state", where, default=self.DEFAULT_SET_STATE)
+        self.set_island_sql = want_str(conf, "set_island", where, default=self.DEFAULT_SET_ISLAND)
+        for key, text in (("set_state", self.set_state_sql), ("set_island", self.set_island_sql)):
+            fields = set(PLACEHOLDER.findall(text))
+            if fields - self.FIELDS:
+                raise UsageError(f"{where}: {key}: unknown placeholder "
+                                 f"{', '.join('%{' + f + '}' for f in sorted(fields - self.FIELDS))}"
+                                 f" (known: %{{value}}, %{{user}}, %{{localpart}}, %{{domain}})")
+            if "value" not in fields:
+                raise UsageError(f"{where}: {key}: the statement must use %{{value}}")
+            if not fields & {"user", "localpart", "domain"}:
+                raise UsageError(f"{where}: {key}: the statement must select the user with "
+                                 f"%{{user}} or %{{localpart}}/%{{domain}}")
+        client = conf.get("client", "mariadb")
+        self.client = shutil.which(client) or client
+        self.timeout = parse_duration(conf.get("timeout", "30s"), f"{where}: timeout")
+        self.tls = conf.get("tls", False)
+        if not isinstance(self.tls, bool):
+            raise UsageError(f"{where}: tls must be true or false")
+
+    def describe(self) -> str:
+        return f"sql directory ({self.server or self.socket}, database {self.database})"
+
+    @staticmethod
+    def literal(value: str) -> str:
+        if "\x00" in value:
+            raise StepFailed("a value with a NUL byte cannot go to the SQL directory")
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    def render(self, template: str, user: str, value: str) -> str:
+        local, domain = split_user(user)
+        values = {"value": value, "user": user, "localpart": local, "domain": domain}
+        return PLACEHOLDER.sub(lambda m: self.literal(values[m.group(1)]), template)
+
+    def run(self, statements: list[str]) -> str:
+        """Run STATEMENTS in one client session; their output (tab separated)."""
+        if not os.path.exists(self.client):
+            raise StepFailed(f"the SQL client {self.client} is not installed (apt-get install "
+                             f"mariadb-client)")
+
+        def opt(value: str) -> str:
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        lines = ["[client]", f"user={opt(self.user)}"]
+        if self.password is not None:
+            lines.append(f"password={opt(self.password)}")
+        if self.socket is not None:
+            lines.append(f"socket={opt(self.socket)}")
+        else:
+            lines += [f"host={opt(self.host)}", f"port={self.port}", "protocol=TCP"]
+        if self.tls:
+            lines.append("ssl")
+        fd, defaults = tempfile.mkstemp(prefix="isthmus-move-", suffix=".cnf")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            argv = [self.client, f"--defaults-file={defaults}", "--batch", "--skip-column-names",
+                    "--default-character-set=utf8mb4",
+                    f"--connect-timeout={max(1, int(self.timeout))}", self.database]
+            script = ("SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, "
+                      "'NO_BACKSLASH_ESCAPES', '');\n"
+                      + "".join(s.rstrip().rstrip(";") + ";\n" for s in statements))
+            try:
+                r = subprocess.run(argv, input=script.encode("utf-8"), capture_output=True,
+                                   timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                raise StepFailed(f"the SQL directory did not answer within "
+                                 f"{show_seconds(self.timeout)}") from None
+        finally:
+            os.unlink(defaults)
+        if r.returncode != 0:
+            raise StepFailed(f"the SQL directory refused: "
+                             f"{r.stderr.decode('utf-8', 'replace').strip() or r.returncode}")
+        return r.stdout.decode("utf-8", "replace")
+
+    def preflight(self, user: str) -> str:
+        self.run(["SELECT 1"])
+        return "the SQL directory answers"
+
+    def set_state(self, user: str, state: str, island: str, journal: dict) -> str:
+        out = self.run([self.render(self.set_state_sql, user, state), "SELECT ROW_COUNT()"])
+        return f"state {state} ({_rows(out)})"
+
+    def switch(self, user: str, island: str, journal: dict) -> str:
+        out = self.run(["START TRANSACTION",
+                        self.render(self.set_island_sql, user, island), "SELECT ROW_COUNT()",
+                        self.render(self.set_state_sql, user, "active"), "SELECT ROW_COUNT()",
+                        "COMMIT"])
+        return f"island {island} and state active in one transaction ({_rows(out)})"
+
+    def after_change(self, mover: "Mover") -> str:
+        return mover.invalidate_everywhere()
+
+
+def _rows(output: str) -> str:
+    counts = [int(x) for x in output.split() if x.lstrip("-").isdigit()]
+    changed = sum(c for c in counts if c > 0)
+    return f"{plural(changed, 'row')} changed"
+
+
+class StaticDirectory:
+    """The users.map file (docs/configuration.md): the user's line is
+    rewritten (``LOGIN ISLAND [state=moving] [node_login=...]``), every other
+    line kept, then every instance reloads."""
+
+    kind = "static"
+    KEYS = {"type", "file", "files", "lowercase", "default_domain"}
+
+    def __init__(self, conf: dict, where: str, config: Config):
+        check_keys(conf, self.KEYS, where)
+        files = conf.get("files", conf.get("file"))
+        if isinstance(files, str):
+            files = [files]
+        if not isinstance(files, list) or not files or not all(isinstance(f, str) and f
+                                                               for f in files):
+            raise UsageError(f"{where}: \"file\" (the users.map path) is required")
+        self.files = [config.resolve(f) for f in files]
+        self.lowercase = conf.get("lowercase", True)
+        self.default_domain = want_str(conf, "default_domain", where)
+
+    def describe(self) -> str:
+        return f"static directory ({', '.join(self.files)})"
+
+    def key_of(self, key: str) -> str:
+        if self.lowercase:
+            key = key.translate({c: c + 32 for c in range(65, 91)})
+        if "@" not in key and self.default_domain:
+            key += "@" + (self.default_domain.lower() if self.lowercase else self.default_domain)
+        return key
+
+    def _find(self, lines: list[str], user: str):
+        for i, line in enumerate(lines):
+            body = line.split("#", 1)[0].strip()
+            if not body:
+                continue
+            fields = body.split()
+            if fields[0] in ("*",) or fields[0].startswith("*@"):
+                continue
+            if self.key_of(fields[0]) == user:
+                return i
+        return None
+
+    def _read(self, path: str) -> list[str]:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().splitlines()
+        except OSError as e:
+            raise StepFailed(f"cannot read {path}: {e.strerror or e}") from None
+
+    def preflight(self, user: str) -> str:
+        for path in self.files:
+            self._read(path)
+            if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+                raise StepFailed(f"cannot write in the folder of {path} (the map is replaced "
+                                 f"by a rename)")
+        return "the user map is writable"
+
+    def _rewrite(self, user: str, island: str, state: str, journal: dict) -> list[tuple]:
+        """Set USER's line in every file; returns [(path, old text)] for undo."""
+        saved = journal.setdefault("static_original_lines", {})
+        undo = []
+        for path in self.files:
+            lines = self._read(path)
+            with open(path, "rb") as f:
+                old = f.read()
+            i = self._find(lines, user)
+            if path not in saved:
+                saved[path] = lines[i] if i is not None else None
+            if i is None:
+                key, attrs, comment = user, [], ""
+            else:
+                body, hash_, comment = lines[i].partition("#")
+                comment = ("  #" + comment) if hash_ else ""
+                fields = body.split()
+                key = fields[0]
+                attrs = [f for f in fields[2:] if not f.startswith("state=")]
+            if state != "active":
+                attrs.append(f"state={state}")
+            new_line = " ".join([key, island] + attrs) + comment
+            original = saved.get(path)
+            if state == "active" and original is None and i is not None \
+                    and island == journal.get("from"):
+                # A rollback: the user had no line of their own.
+                del lines[i]
+            elif i is None:
+                lines.append(new_line)
+            else:
+                lines[i] = new_line
+            write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"), like=path)
+            undo.append((path, old))
+        return undo
+
+    def set_state(self, user: str, state: str, island: str, journal: dict) -> str:
+        self._pending_undo = self._rewrite(user, island, state, journal)
+        return f"{user} {island} state={state} in {', '.join(self.files)}"
+
+    def switch(self, user: str, island: str, journal: dict) -> str:
+        self._pending_undo = self._rewrite(user, island, "active", journal)
+        return f"{user} {island} in {', '.join(self.files)}"
+
+    def after_change(self, mover: "Mover") -> str:
+        try:
+            generations = mover.reload_everywhere()
+        except StepFailed:
+            # An instance refused the new map: put the old one back.
+            for path, old in getattr(self, "_pending_undo", []):
+                write_atomic(path, old, like=path)
+            try:
+                mover.reload_everywhere()
+            except MoveError:
+                pass
+            raise
+        return (f"reloaded on {plural(len(generations), 'instance')}; "
+                + mover.invalidate_everywhere())
+
+
+class LdapDirectory:
+    """ldapsearch (the user's DN) and ldapmodify (replace the island and
+    state attributes) as a service account allowed to write them."""
+
+    kind = "ldap"
+    KEYS = {"type", "uri", "bind_dn", "bind_password_file", "base", "scope", "filter",
+            "attributes", "starttls", "ca", "timeout"}
+
+    def __init__(self, conf: dict, where: str, config: Config):
+        check_keys(conf, self.KEYS, where)
+        self.uri = want_str(conf, "uri", where, required=True)
+        self.bind_dn = want_str(conf, "bind_dn", where, required=True)
+        self.password = read_secret(config.resolve(
+            want_str(conf, "bind_password_file", where, required=True)),
+            f"{where}: bind_password_file")
+        self.base = want_str(conf, "base", where, required=True)
+        self.scope = conf.get("scope", "sub")
+        if self.scope not in ("base", "one", "sub"):
+            raise UsageError(f"{where}: scope must be base, one or sub")
+        self.filter = want_str(conf, "filter", where,
+                               default="(&(objectClass=mailIslandUser)(uid=%{user}))")
+        attrs = conf.get("attributes", {})
+        check_keys(attrs, {"island", "state"}, f"{where}: attributes")
+        self.island_attr = attrs.get("island", "mailIsland")
+        self.state_attr = attrs.get("state", "mailAccountState")
+        self.starttls = conf.get("starttls", False)
+        self.ca = config.resolve(conf["ca"]) if conf.get("ca") else None
+        self.timeout = parse_duration(conf.get("timeout", "30s"), f"{where}: timeout")
+        for tool in ("ldapsearch", "ldapmodify"):
+            if shutil.which(tool) is None:
+                raise UsageError(f"{where}: {tool} is not installed (apt-get install ldap-utils)")
+
+    def describe(self) -> str:
+        return f"ldap directory ({self.uri})"
+
+    @staticmethod
+    def escape(value: str) -> str:
+        return "".join(f"\\{ord(ch):02x}" if ch in "*()\\\x00" else ch for ch in value)
+
+    def _run(self, tool: str, args: list[str], stdin: str | None = None) -> str:
+        fd, pw = tempfile.mkstemp(prefix="isthmus-move-", suffix=".pw")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.password)  # -y takes the whole file: no newline
+            env = dict(os.environ)
+            if self.ca:
+                env["LDAPTLS_CACERT"] = self.ca
+            argv = [tool, "-x", "-H", self.uri, "-D", self.bind_dn, "-y", pw,
+                    "-o", f"nettimeout={max(1, int(self.timeout))}"]
+            if self.starttls:
+                argv.append("-ZZ")
+            try:
+                r = subprocess.run(argv + args, input=stdin.encode() if stdin else None,
+                                   capture_output=True, timeout=self.timeout, env=env)
+            except subprocess.TimeoutExpired:
+                raise StepFailed(f"{tool}: no answer within {show_seconds(self.timeout)}") from None
+        finally:
+            os.unlink(pw)
+        if r.returncode != 0:
+            raise StepFailed(f"{tool} failed ({r.returncode}): "
+                             f"{r.stderr.decode('utf-8', 'replace').strip()}")
+        return r.stdout.decode("utf-8", "replace")
+
+    def dn_of(self, user: str) -> str:
+        local, domain = split_user(user)
+        values = {"user": user, "localpart": local, "domain": domain}
+        filt = PLACEHOLDER.sub(lambda m: self.escape(values.get(m.group(1), "")), self.filter)
+        out = self._run("ldapsearch", ["-LLL", "-b", self.base, "-s", self.scope, filt, "1.1"])
+        out = re.sub(r"\n ", "", out)
+        dns = []
+        for line in out.splitlines():
+            if line.startswith("dn:: "):
+                dns.append(base64.b64decode(line[5:]).decode("utf-8"))
+            elif line.startswith("dn: "):
+                dns.append(line[4:])
+        if len(dns) != 1:
+            raise StepFailed(f"the LDAP search for {user} found {len(dns)} entries (want one)")
+        return dns[0]
+
+    def _modify(self, dn: str, changes: list[tuple[str, str]]) -> None:
+        lines = ["dn:: " + base64.b64encode(dn.encode()).decode(), "changetype: modify"]
+        for attr, value in changes:
+            lines += [f"replace: {attr}", f"{attr}:: " + base64.b64encode(value.encode()).decode(),
+                      "-"]
+        self._run("ldapmodify", [], "\n".join(lines) + "\n")
+
+    def preflight(self, user: str) -> str:
+        return f"LDAP entry {self.dn_of(user)}"
+
+    def set_state(self, user: str, state: str, island: str, journal: dict) -> str:
+        dn = self.dn_of(user)
+        self._modify(dn, [(self.state_attr, state)])
+        return f"{self.state_attr}: {state} on {dn}"
+
+    def switch(self, user: str, island: str, journal: dict) -> str:
+        dn = self.dn_of(user)
+        self._modify(dn, [(self.island_attr, island), (self.state_attr, "active")])
+        return f"{self.island_attr}: {island}, {self.state_attr}: active on {dn} (one modify)"
+
+    def after_change(self, mover: "Mover") -> str:
+        return mover.invalidate_everywhere()
+
+
+# ---------------------------------------------------------------- IMAP
+
+class Lit(bytes):
+    """A literal in a parsed IMAP response."""
+
+
+_LITERAL_MARK = re.compile(rb"\{(\d+)\+?\}\s*$")
+
+
+def imap_responses(data) -> list[list]:
+    """imaplib's untagged DATA regrouped into responses: each a list of text
+    pieces and Lit()s. imaplib gives one (text, literal) tuple per literal,
+    then the rest of the line as bytes."""
+    out, cur = [], []
+    for item in data or []:
+        if item is None:
+            continue
+        if isinstance(item, tuple):
+            cur.append(item[0])
+            cur.append(Lit(item[1]))
+        else:
+            cur.append(item)
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+def imap_parse(parts: list) -> list:
+    """One response's pieces -> nested lists of bytes (atoms, strings,
+    literals) and None (NIL)."""
+    stack: list[list] = [[]]
+    for k, part in enumerate(parts):
+        if isinstance(part, Lit):
+            stack[-1].append(bytes(part))
+            continue
+        text = bytes(part)
+        if k + 1 < len(parts) and isinstance(parts[k + 1], Lit):
+            m = _LITERAL_MARK.search(text)
+            if m:
+                text = text[:m.start()]
+        i, n = 0, len(text)
+        while i < n:
+            c = text[i]
+            if c in b" \t\r\n":
+                i += 1
+            elif c == 0x28:  # (
+                stack.append([])
+                i += 1
+            elif c == 0x29:  # )
+                if len(stack) > 1:
+                    done = stack.pop()
+                    stack[-1].append(done)
+                i += 1
+            elif c == 0x22:  # "
+                j, buf = i + 1, bytearray()
+                while j < n and text[j] != 0x22:
+                    if text[j] == 0x5C and j + 1 < n:
+                        j += 1
+                    buf.append(text[j])
+                    j += 1
+                stack[-1].append(bytes(buf))
+                i = j + 1
+            else:
+                j, depth = i, 0
+                while j < n:
+                    ch = text[j]
+                    if ch == 0x5B:
+                        depth += 1
+                    elif ch == 0x5D:
+                        depth -= 1
+                    elif depth <= 0 and ch in b" ()":
+                        break
+                    j += 1
+                atom = text[i:j]
+                stack[-1].append(None if atom.upper() == b"NIL" else atom)
+                i = j
+    while len(stack) > 1:
+        done = stack.pop()
+        stack[-1].append(done)
+    return stack[0]
+
+
+def imap_quote(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def uid_set(uids: list[int]) -> str:
+    """[1,2,3,5] -> '1:3,5'."""
+    out, start, prev = [], None, None
+    for u in sorted(uids):
+        if start is None:
+            start = prev = u
+        elif u == prev + 1:
+            prev = u
+        else:
+            out.append(f"{start}:{prev}" if prev != start else str(start))
+            start = prev = u
+    if start is not None:
+        out.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(out)
+
+
+def internaldate_epoch(text: str) -> int | None:
+    try:
+        return int(datetime.datetime.strptime(text.strip(), "%d-%b-%Y %H:%M:%S %z").timestamp())
+    except ValueError:
+        return None
+
+
+def message_id_of(header: bytes | None) -> str | None:
+    if not header:
+        return None
+    text = re.sub(r"\r?\n[ \t]+", " ", header.decode("latin-1"))
+    for line in text.splitlines():
+        name, colon, value = line.partition(":")
+        if colon and name.strip().lower() == "message-id":
+            value = value.strip()
+            return value or None
+    return None
+
+
+class Msg:
+    __slots__ = ("uid", "size", "msgid", "flags", "date", "sha")
+
+    def __init__(self, uid, size, msgid, flags, date):
+        self.uid, self.size, self.msgid, self.flags, self.date = uid, size, msgid, flags, date
+        self.sha = None
+
+    @property
+    def key(self) -> str:
+        """What identifies the message across servers."""
+        if self.msgid is not None:
+            return f"{self.size} id {self.msgid}"
+        return f"{self.size} sha256 {self.sha}"
+
+    @property
+    def flag_text(self) -> str:
+        return " ".join(self.flags)
+
+
+class ImapError(StepFailed):
+    pass
+
+
+class Imap:
+    """One master-user session on one node (imaplib underneath)."""
+
+    def __init__(self, endpoint: Endpoint, config: Config, node_login: str):
+        self.endpoint = endpoint
+        try:
+            if endpoint.tls == "implicit":
+                m = imaplib.IMAP4_SSL(endpoint.host, endpoint.port,
+                                      ssl_context=endpoint.ssl_context(),
+                                      timeout=config.imap_timeout)
+            else:
+                m = imaplib.IMAP4(endpoint.host, endpoint.port, timeout=config.imap_timeout)
+                if endpoint.tls == "starttls":
+                    m.starttls(endpoint.ssl_context())
+        except (OSError, imaplib.IMAP4.error) as e:
+            raise ImapError(f"cannot connect to node {endpoint}: {e}") from None
+        self.m = m
+        if config.master_style == "dovecot":
+            payload = (b"\0" + (node_login + config.separator + config.master_user).encode()
+                       + b"\0" + config.master_password.encode())
+        else:
+            payload = (node_login.encode() + b"\0" + config.master_user.encode() + b"\0"
+                       + config.master_password.encode())
+        try:
+            typ, data = m.authenticate("PLAIN", lambda _: payload)
+        except imaplib.IMAP4.error as e:
+            self.close()
+            raise ImapError(f"node {endpoint} refused the master login for {node_login} "
+                            f"({config.master_style} style): {_text(e)}") from None
+        if typ != "OK":
+            self.close()
+            raise ImapError(f"node {endpoint} refused the master login for {node_login}: "
+                            f"{_text(data)}")
+        self.delimiter = None
+        self.personal_prefix = ""
+        self.other_prefixes: list[str] = []
+        self._namespaces()
+        try:
+            typ, caps = m.capability()
+            words = b" ".join(c for c in caps if isinstance(c, bytes)).upper().split()
+        except imaplib.IMAP4.error:
+            words = []
+        # RFC 3502: many messages in one APPEND, saved in one transaction
+        # (Dovecot then syncs once per batch, not once per message).
+        self.multiappend = b"MULTIAPPEND" in words
+
+    def close(self) -> None:
+        try:
+            self.m.logout()
+        except Exception:  # noqa: BLE001 - best effort
+            try:
+                self.m.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _check(self, what: str, typ, data):
+        if typ != "OK":
+            raise ImapError(f"node {self.endpoint}: {what}: {typ} {_text(data)}")
+        return data
+
+    def call(self, what: str, fn, *args):
+        try:
+            typ, data = fn(*args)
+        except (imaplib.IMAP4.error, OSError) as e:
+            raise ImapError(f"node {self.endpoint}: {what}: {_text(e)}") from None
+        return self._check(what, typ, data)
+
+    def _namespaces(self) -> None:
+        try:
+            typ, data = self.m.namespace()
+        except imaplib.IMAP4.error:
+            return
+        if typ != "OK" or not data:
+            return
+        parsed = imap_parse(imap_responses(data)[0])
+        groups = parsed[:3] if len(parsed) >= 3 else []
+        for index, group in enumerate(groups):
+            if not isinstance(group, list):
+                continue
+            for ns in group:
+                if isinstance(ns, list) and ns and isinstance(ns[0], bytes):
+                    prefix = ns[0].decode("utf-8", "replace")
+                    if index == 0:
+                        self.personal_prefix = prefix
+                        if len(ns) > 1 and isinstance(ns[1], bytes):
+                            self.delimiter = ns[1].decode()
+                    elif prefix:
+                        self.other_prefixes.append(prefix)
+
+    def _listing(self, command: str) -> list[tuple[str, str | None, list[str]]]:
+        fn = self.m.list if command == "LIST" else self.m.lsub
+        data = self.call(command, fn, '""', '"*"')
+        out = []
+        for resp in imap_responses(data):
+            parsed = imap_parse(resp)
+            if len(parsed) < 3:
+                continue
+            flags = [f.decode("utf-8", "replace") for f in parsed[0]] \
+                if isinstance(parsed[0], list) else []
+            delim = parsed[1].decode() if isinstance(parsed[1], bytes) else None
+            name = parsed[2].decode("utf-8", "replace") if isinstance(parsed[2], bytes) else ""
+            if self.delimiter is None and delim:
+                self.delimiter = delim
+            if any(name.startswith(p) for p in self.other_prefixes):
+                continue
+            out.append((name, delim, flags))
+        return out
+
+    def folders(self) -> list[tuple[str, list[str]]]:
+        return [(name, flags) for name, _, flags in self._listing("LIST")]
+
+    def subscriptions(self) -> list[str]:
+        return [name for name, _, _ in self._listing("LSUB")]
+
+    def examine(self, name: str) -> int:
+        data = self.call(f"EXAMINE {name}", self.m.select, imap_quote(name), True)
+        try:
+            return int(data[0])
+        except (TypeError, ValueError, IndexError):
+            return 0
+
+    def messages(self, name: str, exists: int) -> list[Msg]:
+        """Every message of the EXAMINEd folder NAME, in UID order."""
+        if exists == 0:
+            return []
+        data = self.call(f"FETCH in {name}", self.m.uid, "FETCH", "1:*",
+                         "(UID RFC822.SIZE FLAGS INTERNALDATE "
+                         "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        out = {}
+        for resp in imap_responses(data):
+            items = _fetch_items(resp)
+            if "UID" not in items or "RFC822.SIZE" not in items:
+                continue
+            header = next((v for k, v in items.items() if k.startswith("BODY[HEADER")), None)
+            flags = sorted(f.decode("utf-8", "replace") for f in items.get("FLAGS") or []
+                           if f.lower() != b"\\recent")
+            date = items.get("INTERNALDATE")
+            out[int(items["UID"])] = Msg(int(items["UID"]), int(items["RFC822.SIZE"]),
+                                         message_id_of(header), flags,
+                                         date.decode() if isinstance(date, bytes) else None)
+        return [out[u] for u in sorted(out)]
+
+    def bodies(self, name: str, uids: list[int]) -> dict[int, bytes]:
+        data = self.call(f"FETCH bodies in {name}", self.m.uid, "FETCH", uid_set(uids),
+                         "(UID BODY.PEEK[])")
+        out = {}
+        for resp in imap_responses(data):
+            items = _fetch_items(resp)
+            if "UID" in items and isinstance(items.get("BODY[]"), bytes):
+                out[int(items["UID"])] = items["BODY[]"]
+        missing = set(uids) - set(out)
+        if missing:
+            raise ImapError(f"node {self.endpoint}: {name}: no body for UIDs "
+                            f"{uid_set(sorted(missing))} (expunged meanwhile?)")
+        return out
+
+    @staticmethod
+    def _append_args(msg: Msg) -> list[str]:
+        args = []
+        if msg.flags:
+            args.append("(" + " ".join(msg.flags) + ")")
+        if msg.date:
+            args.append('"' + msg.date + '"')
+        return args
+
+    def append(self, name: str, items: list[tuple[Msg, bytes]], delay: float = 0.0) -> None:
+        """APPEND every (message, body) of ITEMS to folder NAME, each body
+        exactly as fetched (imaplib.append would rewrite bare CRs and LFs),
+        with its flags and INTERNALDATE. With MULTIAPPEND, one command and
+        one transaction for all of them: all are saved, or none."""
+        if not items:
+            return
+        if not self.multiappend or len(items) == 1:
+            for msg, body in items:
+                self.m.literal = body
+                self.call(f"APPEND to {name}", self.m._simple_command, "APPEND",
+                          imap_quote(name), *self._append_args(msg))
+                if delay:
+                    time.sleep(delay)
+            return
+        feeder = _MultiAppend(items, self._append_args, delay)
+        # imaplib calls a bound method given as the literal once per
+        # continuation request and sends what it returns, then CRLF.
+        self.m.literal = feeder.next_literal
+        self.call(f"APPEND (MULTIAPPEND of {len(items)}) to {name}", self.m._simple_command,
+                  "APPEND", imap_quote(name), *self._append_args(items[0][0]),
+                  "{%d}" % len(items[0][1]))
+
+    def create(self, name: str) -> None:
+        self.call(f"CREATE {name}", self.m.create, imap_quote(name))
+
+    def subscribe(self, name: str) -> None:
+        self.call(f"SUBSCRIBE {name}", self.m.subscribe, imap_quote(name))
+
+
+class _MultiAppend:
+    """The literals of one MULTIAPPEND: each continuation gets a message
+    followed by the next message's flags, date and literal size."""
+
+    def __init__(self, items, args_of, delay: float):
+        self.items = items
+        self.args_of = args_of
+        self.delay = delay
+        self.k = 0
+
+    def next_literal(self, _continuation) -> bytes:
+        if self.delay and self.k:
+            time.sleep(self.delay)
+        msg, body = self.items[self.k]
+        self.k += 1
+        if self.k >= len(self.items):
+            return body
+        nxt_msg, nxt_body = self.items[self.k]
+        head = " ".join(self.args_of(nxt_msg) + ["{%d}" % len(nxt_body)])
+        return body + b" " + head.encode("ascii")
+
+
+def _fetch_items(resp: list) -> dict:
+    parsed = imap_parse(resp)
+    items = {}
+    lst = next((p for p in parsed if isinstance(p, list)), None)
+    if lst is None:
+        return items
+    for k in range(0, len(lst) - 1, 2):
+        key = lst[k]
+        if isinstance(key, bytes):
+            items[key.decode("utf-8", "replace").upper()] = lst[k + 1]
+    return items
+
+
+def _text(value) -> str:
+    if isinstance(value, BaseException):
+        value = value.args[0] if value.args else str(value)
+    if isinstance(value, list):
+        value = b" ".join(v if isinstance(v, bytes) else str(v).encode() for v in value
+                          if v is not None)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return clean(value)[:300]
+
+
+# ---------------------------------------------------------------- the copy
+
+def map_name(name: str, src_delim: str | None, dst_delim: str | None) -> str:
+    if not src_delim or not dst_delim or src_delim == dst_delim:
+        return name
+    parts = name.split(src_delim)
+    if any(dst_delim in p for p in parts):
+        raise StepFailed(f"folder {name!r} cannot be named on the destination (its name holds "
+                         f"the destination's hierarchy separator {dst_delim!r})")
+    return dst_delim.join(parts)
+
+
+def selectable(flags: list[str]) -> bool:
+    lowered = {f.lower() for f in flags}
+    return not lowered & {"\\noselect", "\\nonexistent"}
+
+
+def fill_hashes(imap: Imap, folder: str, msgs: list[Msg]) -> None:
+    """SHA-256 of the body for messages without a Message-ID."""
+    todo = [m for m in msgs if m.msgid is None and m.sha is None]
+    for i in range(0, len(todo), 50):
+        chunk = todo[i:i + 50]
+        bodies = imap.bodies(folder, [m.uid for m in chunk])
+        for m in chunk:
+            m.sha = hashlib.sha256(bodies[m.uid]).hexdigest()
+
+
+def fingerprint(msgs: list[Msg]) -> collections.Counter:
+    return collections.Counter((m.key, m.flag_text, internaldate_epoch(m.date or "") or 0)
+                               for m in msgs)
+
+
+# ---------------------------------------------------------------- the journal
+
+class Journal:
+    def __init__(self, directory: str, user: str):
+        self.directory = directory
+        safe = urllib.parse.quote(user, safe="@.-_+")
+        self.path = os.path.join(directory, safe + ".json")
+        self.lock_path = os.path.join(directory, safe + ".lock")
+        self.data: dict | None = None
+        self._lock_fd = None
+
+    def open(self) -> None:
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create the journal folder {self.directory}: "
+                             f"{e.strerror or e}") from None
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StepFailed(f"another move of this user is running (it holds "
+                                 f"{self.lock_path})") from None
+            raise
+        self._lock_fd = fd
+        self.data = self.load()
+
+    def load(self) -> dict | None:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"the journal {self.path} cannot be read ({e}); move it away to "
+                             f"start over") from None
+
+    def save(self) -> None:
+        self.data["updated"] = now_iso()
+        write_atomic(self.path, (json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
+                     .encode("utf-8"))
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+# ---------------------------------------------------------------- the move
+
+class Mover:
+    def __init__(self, config: Config, out=sys.stdout, err=sys.stderr):
+        self.config = config
+        self.out = out
+        self.err = err
+        self.journal: Journal | None = None
+        self.user = None
+        self._last_progress_save = 0.0
+        self._t0: dict[str, float] = {}
+
+    # -- output
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    # -- instances
+
+    def ask_all(self, method: str, path: str, body=None) -> dict[str, tuple[int, dict]]:
+        """The same request to every instance, in parallel. Raises
+        Unreachable naming every instance that could not be reached."""
+        instances = self.config.instances
+        results, problems = {}, []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(instances))) as pool:
+            futures = {pool.submit(i.request, method, path, body): i for i in instances}
+            for future in concurrent.futures.as_completed(futures):
+                inst = futures[future]
+                try:
+                    results[inst.name] = future.result()
+                except Unreachable as e:
+                    problems.append(str(e))
+        if problems:
+            raise Unreachable("; ".join(sorted(problems)))
+        return {i.name: results[i.name] for i in instances}
+
+    def ask_first(self, method: str, path: str) -> tuple[int, dict]:
+        problems = []
+        for inst in self.config.instances:
+            try:
+                return inst.request(method, path)
+            except Unreachable as e:
+                problems.append(str(e))
+        raise Unreachable("no instance answers: " + "; ".join(problems))
+
+    def invalidate_everywhere(self) -> str:
+        replies = self.ask_all("POST", "/v1/cache/invalidate", {"user": self.user})
+        bad = [f"{name}: HTTP {status} {body.get('error', '')}"
+               for name, (status, body) in replies.items() if status not in (200, 409)]
+        if bad:
+            raise StepFailed("cache invalidation refused: " + "; ".join(bad))
+        cached = sum(1 for status, _ in replies.values() if status == 200)
+        return (f"cache entry dropped on {plural(cached, 'instance')}" if cached
+                else "no instance caches the directory")
+
+    def reload_everywhere(self) -> dict[str, int]:
+        replies = self.ask_all("POST", "/v1/reload")
+        bad = [f"{name}: {body.get('error', f'HTTP {status}')}"
+               for name, (status, body) in replies.items() if status != 200]
+        if bad:
+            raise StepFailed("reload refused (the old map stays): " + "; ".join(bad))
+        return {name: body.get("config_generation") for name, (_, body) in replies.items()}
+
+    def user_everywhere(self) -> dict[str, dict]:
+        replies = self.ask_all("GET", "/v1/users/" + urllib.parse.quote(self.user, safe=""))
+        return {name: (body if status == 200 else {"error": body.get("error", f"HTTP {status}"),
+                                                   "status": status})
+                for name, (status, body) in replies.items()}
+
+    def confirm(self, island: str, state: str) -> str:
+        """Wait until every instance answers ISLAND/STATE for the user,
+        dropping cached entries again meanwhile (a lookup that was under
+        way during the change may have cached the old answer)."""
+        deadline = time.monotonic() + self.config.confirm_timeout
+        while True:
+            answers = self.user_everywhere()
+            wrong = {name: a for name, a in answers.items()
+                     if a.get("island") != island or a.get("state") != state}
+            if not wrong:
+                return f"every instance answers island {island}, state {state}"
+            if time.monotonic() >= deadline:
+                detail = "; ".join(
+                    f"{name}: " + (f"island {a.get('island')}, state {a.get('state')}"
+                                   if "error" not in a else f"{a['error']}")
+                    for name, a in wrong.items())
+                raise StepFailed(f"instances do not answer island {island}, state {state} "
+                                 f"after {show_seconds(self.config.confirm_timeout)}: {detail}")
+            time.sleep(0.2)
+            self.invalidate_everywhere()
+
+    # -- nodes
+
+    def candidates(self, island: str) -> list[Endpoint]:
+        """The island's nodes that are up, holder / active first."""
+        _, islands = self.ask_first("GET", "/v1/islands")
+        _, nodes = self.ask_first("GET", "/v1/nodes")
+        info = next((i for i in islands.get("islands", []) if i.get("name") == island), None)
+        if info is None:
+            raise UsageError(f"island {island!r} is not in the instances' config (islands: "
+                             f"{', '.join(i.get('name', '?') for i in islands.get('islands', []))})")
+        holder = info.get("holder")
+        order = []
+        for n in nodes.get("nodes", []):
+            if n.get("island") != island or n.get("state") == "down":
+                continue
+            rank = (0 if n.get("name") == holder or n.get("role") == "active" else 1,
+                    1 if n.get("draining") else 0,
+                    0 if n.get("state") == "up" else 1)
+            order.append((rank, n["name"]))
+        order.sort()
+        names = [name for _, name in order]
+        endpoints = [self.config.nodes[n] for n in names if n in self.config.nodes]
+        if not endpoints:
+            missing = [n for n in names if n not in self.config.nodes]
+            if missing:
+                raise UsageError(f"no IMAP address for {', '.join(missing)} in move.nodes")
+            raise StepFailed(f"island {island} has no node up")
+        return endpoints
+
+    def connect(self, island: str, node_login: str) -> Imap:
+        problems = []
+        for endpoint in self.candidates(island):
+            try:
+                return Imap(endpoint, self.config, node_login)
+            except ImapError as e:
+                problems.append(str(e))
+        raise StepFailed(f"no node of island {island} could be used: " + "; ".join(problems))
+
+    # -- journal helpers
+
+    def step_start(self, name: str) -> dict:
+        steps = self.journal.data["steps"]
+        step = steps.setdefault(name, {"status": "pending"})
+        step["status"] = "running"
+        step["started"] = now_iso()
+        step["attempts"] = step.get("attempts", 0) + 1
+        step.pop("error", None)
+        step.pop("ended", None)
+        self._t0[name] = time.monotonic()
+        self.journal.data["current_step"] = name
+        self.journal.save()
+        return step
+
+    def step_end(self, name: str, detail: str, extra: dict | None = None) -> None:
+        step = self.journal.data["steps"][name]
+        step["status"] = "done"
+        step["ended"] = now_iso()
+        step["seconds"] = round(time.monotonic() - self._t0.pop(name), 3)
+        step["detail"] = detail
+        if extra:
+            step.update(extra)
+        self.journal.save()
+        n = STEP_NUMBER[name]
+        self.say(f"[{n}/6] {name}: {detail} ({show_seconds(step['seconds'])})")
+
+    def step_fail(self, name: str, error: str) -> None:
+        step = self.journal.data["steps"].get(name, {})
+        step["status"] = "failed"
+        step["ended"] = now_iso()
+        if name in self._t0:
+            step["seconds"] = round(time.monotonic() - self._t0.pop(name), 3)
+        step["error"] = error
+        self.journal.save()
+
+    # -- entry points
+
+    def lookup(self, raw_user: str) -> dict:
+        status, body = self.ask_first("GET", "/v1/users/" + urllib.parse.quote(raw_user, safe=""))
+        if status == 404:
+            raise StepFailed(f"the directory does not know {clean(raw_user)}")
+        if status != 200:
+            raise StepFailed(f"cannot look {clean(raw_user)} up: "
+                             f"{body.get('error', f'HTTP {status}')}")
+        return body
+
+    def status(self, raw_user: str) -> int:
+        try:
+            user = self.lookup(raw_user)["user"]
+        except MoveError:
+            user = raw_user
+        journal = Journal(self.config.journal_dir, user)
+        data = journal.load()
+        if data is None:
+            self.say(f"no move of {clean(user)} is journaled in {self.config.journal_dir}")
+            return EXIT_OK
+        self.say(f"move of {clean(user)}: {data.get('from')} -> {data.get('to')}, "
+                 f"{data.get('status')} (journal {journal.path})")
+        for name in STEPS:
+            step = data["steps"].get(name)
+            if not step:
+                continue
+            self.say(f"  {STEP_NUMBER[name]} {name:<9} {step.get('status'):<8} "
+                     f"{show_seconds(step['seconds']) if 'seconds' in step else '':>7}  "
+                     f"{step.get('error') or step.get('detail') or ''}")
+        return EXIT_OK
+
+    def move(self, raw_user: str, to: str | None, resume: bool, abort: bool, force: bool) -> int:
+        entry = self.lookup(raw_user)
+        self.user = entry["user"]
+        self.journal = Journal(self.config.journal_dir, self.user)
+        self.journal.open()
+        try:
+            return self._move(entry, to, resume, abort, force)
+        finally:
+            self.journal.close()
+
+    def _move(self, entry: dict, to, resume: bool, abort: bool, force: bool) -> int:
+        data = self.journal.data
+        user = self.user
+        if data is not None and data.get("status") in ("running", "rolling-back"):
+            if to is not None and to != data["to"]:
+                raise UsageError(f"a move of {user} to island {data['to']} is unfinished "
+                                 f"(journal {self.journal.path}): resume it with --resume, or "
+                                 f"--abort it first")
+            if abort:
+                return self.abort()
+            if data["status"] == "rolling-back":
+                self.say(f"finishing the rollback of the move of {user} "
+                         f"(journal {self.journal.path})")
+                return self.rollback(data.get("rollback_reason", "an earlier run"))
+            first = next(s for s in STEPS if data["steps"].get(s, {}).get("status") != "done")
+            self.say(f"resuming the move of {user} from island {data['from']} to {data['to']} at "
+                     f"step {first} (journal {self.journal.path})")
+            data["runs"] = data.get("runs", 1) + 1
+            data["pid"] = os.getpid()
+            return self.run_steps(first)
+        if abort:
+            raise UsageError(f"no unfinished move of {user} to abort"
+                             + (f" (the last one is {data['status']})" if data else ""))
+        if data is not None and data.get("status") == "done" and (to is None or to == data["to"]):
+            if entry.get("island") == data["to"] and entry.get("state") == "active":
+                self.say(f"{user} was moved to island {data['to']} already (finished "
+                         f"{data.get('finished', '?')}): nothing to do")
+                return EXIT_OK
+        if resume:
+            if data is None:
+                raise UsageError(f"no move of {user} to resume (no journal in "
+                                 f"{self.config.journal_dir})")
+            raise UsageError(f"the last move of {user} is {data.get('status')}, not unfinished: "
+                             f"start a new one with --to ISLAND")
+        if to is None:
+            raise UsageError("say where to: --to ISLAND")
+        if entry.get("island") == to and entry.get("state") == "active":
+            self.say(f"{user} is on island {to} already: nothing to do")
+            return EXIT_OK
+        history = []
+        if data is not None:
+            history = data.pop("history", [])
+            history.append({k: data.get(k) for k in ("from", "to", "status", "created",
+                                                     "finished", "error")})
+        self.journal.data = {
+            "version": 1, "user": user, "from": entry.get("island"), "to": to,
+            "node_login": entry.get("node_login") or user,
+            "directory": self.config.directory.kind, "status": "running",
+            "created": now_iso(), "pid": os.getpid(), "runs": 1, "force": force,
+            "steps": {}, "copy": {"messages": 0, "bytes": 0, "folders": {}},
+            "history": history,
+        }
+        self.say(f"moving {user} from island {entry.get('island')} to {to} "
+                 f"({self.config.directory.describe()}, "
+                 f"{plural(len(self.config.instances), 'instance')})")
+        return self.run_steps("preflight")
+
+    def run_steps(self, first: str) -> int:
+        data = self.journal.data
+        for name in STEPS[STEP_NUMBER[first]:]:
+            step = self.step_start(name)
+            try:
+                getattr(self, "step_" + name)(step)
+            except VerifyFailed as e:
+                self.step_fail(name, str(e))
+                data["verify_report"] = e.report
+                self.say(f"[{STEP_NUMBER[name]}/6] {name}: FAILED: {e}")
+                return self.rollback(str(e))
+            except MoveError as e:
+                self.step_fail(name, str(e))
+                if name == "preflight":
+                    data["status"] = "refused"
+                    data["error"] = str(e)
+                    self.journal.save()
+                    print(f"isthmus-move: preflight failed, nothing was changed: {e}",
+                          file=self.err, flush=True)
+                    return e.code
+                print(f"isthmus-move: step {name} failed: {e}\n"
+                      f"isthmus-move: {self.user} stays in state moving on island {data['from']}; "
+                      f"fix the cause and run again with --resume (or --abort to put the user "
+                      f"back on island {data['from']}); journal {self.journal.path}",
+                      file=self.err, flush=True)
+                return e.code
+            except (KeyboardInterrupt, SystemExit):
+                self.step_fail(name, "interrupted")
+                raise
+            except Exception as e:  # noqa: BLE001 - journaled, then reported
+                self.step_fail(name, f"{type(e).__name__}: {e}")
+                print(f"isthmus-move: step {name} failed unexpectedly: {type(e).__name__}: {e}; "
+                      f"journal {self.journal.path}", file=self.err, flush=True)
+                return EXIT_STEP
+        return EXIT_OK
+
+    # -- the steps
+
+    def step_preflight(self, step: dict) -> None:
+        data = self.journal.data
+        user, source, dest = self.user, data["from"], data["to"]
+        self.invalidate_everywhere()
+        answers = self.user_everywhere()
+        for name, a in answers.items():
+            if "error" in a:
+                raise StepFailed(f"instance {name} cannot look {user} up: {a['error']}")
+            if a.get("island") != source:
+                raise StepFailed(f"the instances disagree on {user}'s island: {name} says "
+                                 f"{a.get('island')}, another {source}")
+        state = next(iter(answers.values())).get("state")
+        if state == "disabled":
+            raise StepFailed(f"{user} is disabled: a disabled account is not moved (the move "
+                             f"would end with it active)")
+        if state == "moving" and not data.get("force"):
+            raise StepFailed(f"{user} is in state moving already, but no unfinished move is "
+                             f"journaled here: another move (by hand, or from another journal "
+                             f"folder) may be running. If not, run again with --force")
+        if source == dest:
+            raise StepFailed(f"{user} is on island {dest} already")
+        src_nodes = self.candidates(source)
+        dst_nodes = self.candidates(dest)
+        directory = self.config.directory.preflight(user)
+        src = self.connect(source, data["node_login"])
+        try:
+            dst = self.connect(dest, data["node_login"])
+        except BaseException:
+            src.close()
+            raise
+        try:
+            counts = 0
+            for name, flags in dst.folders():
+                if selectable(flags):
+                    counts += dst.examine(name)
+            total = 0
+            for name, flags in src.folders():
+                if selectable(flags):
+                    total += src.examine(name)
+        finally:
+            src.close()
+            dst.close()
+        earlier = any(h.get("to") == dest for h in data.get("history", []))
+        if counts and not earlier and not data.get("force"):
+            raise StepFailed(f"the destination mailbox of {user} on island {dest} holds "
+                             f"{plural(counts, 'message')} already (a leftover of an earlier "
+                             f"move?): remove them, or run again with --force to merge (the "
+                             f"verification will then fail on messages not on the source)")
+        step["source_nodes"] = [e.name for e in src_nodes]
+        step["destination_nodes"] = [e.name for e in dst_nodes]
+        self.step_end("preflight",
+                      f"{user} is {state} on island {source}; source {src_nodes[0]}, destination "
+                      f"{dst_nodes[0]}; {plural(total, 'message')} to move; destination holds "
+                      f"{plural(counts, 'message')}; {directory}",
+                      {"source_messages": total, "destination_messages": counts})
+
+    def step_moving(self, step: dict) -> None:
+        data = self.journal.data
+        directory = self.config.directory
+        what = directory.set_state(self.user, "moving", data["from"], data)
+        self.journal.save()
+        after = directory.after_change(self)
+        confirmed = self.confirm(data["from"], "moving")
+        self.step_end("moving", f"{what}; {after}; {confirmed}")
+
+    def step_kick(self, step: dict) -> None:
+        deadline = time.monotonic() + self.config.kick_timeout
+        kicked = 0
+        last_kick = 0.0
+        path = "/v1/sessions?" + urllib.parse.urlencode({"user": self.user},
+                                                        quote_via=urllib.parse.quote)
+        while True:
+            if time.monotonic() - last_kick >= 2.0:
+                replies = self.ask_all("POST", "/v1/kick", {"user": self.user})
+                for name, (status, body) in replies.items():
+                    if status != 200:
+                        raise StepFailed(f"instance {name} refused the kick: "
+                                         f"{body.get('error', f'HTTP {status}')}")
+                    kicked += int(body.get("kicked", 0))
+                last_kick = time.monotonic()
+            left = {}
+            for name, (status, body) in self.ask_all("GET", path).items():
+                if status != 200:
+                    raise StepFailed(f"instance {name} cannot list sessions: "
+                                     f"{body.get('error', f'HTTP {status}')}")
+                sessions = [s for s in body.get("sessions", []) if s.get("protocol") != "lmtp"]
+                if sessions:
+                    left[name] = len(sessions)
+            if not left:
+                break
+            if time.monotonic() >= deadline:
+                raise StepFailed(f"sessions of {self.user} still open after "
+                                 f"{show_seconds(self.config.kick_timeout)}: "
+                                 + ", ".join(f"{n} on {name}" for name, n in left.items()))
+            time.sleep(0.2)
+        if self.config.settle:
+            # Deliveries whose RCPT was accepted before the state changed end now.
+            time.sleep(self.config.settle)
+        self.step_end("kick", f"{plural(kicked, 'session')} closed; none left on any instance"
+                      f" (then {show_seconds(self.config.settle)} for deliveries under way)",
+                      {"kicked": kicked})
+
+    def step_copy(self, step: dict) -> None:
+        data = self.journal.data
+        if self.config.copier:
+            return self.copy_with_command(step)
+        src = self.connect(data["from"], data["node_login"])
+        try:
+            dst = self.connect(data["to"], data["node_login"])
+        except BaseException:
+            src.close()
+            raise
+        t0 = time.monotonic()
+        totals = {"messages": 0, "bytes": 0, "already": 0, "folders": 0, "created": 0,
+                  "subscribed": 0}
+        try:
+            # Passes until one finds nothing to copy: a delivery that was under
+            # way when the state changed is caught by the next pass. Anything
+            # later still fails the verification (it stays on the source).
+            for n in range(1, self.config.copy_passes + 1):
+                copied_before = totals["messages"]
+                self.copy_pass(src, dst, totals, n)
+                totals["passes"] = n
+                if totals["messages"] == copied_before:
+                    break
+        finally:
+            src.close()
+            dst.close()
+        seconds = time.monotonic() - t0
+        rate = totals["bytes"] / seconds / 1e6 if seconds > 0 else 0.0
+        step["throughput_mb_s"] = round(rate, 2)
+        self.step_end("copy",
+                      f"{plural(totals['folders'], 'folder')}, {plural(totals['messages'], 'message')}"
+                      f" ({show_bytes(totals['bytes'])}) copied at {rate:.1f} MB/s, "
+                      f"{totals['already']} already on the destination; "
+                      f"{totals['created']} folders created, {totals['subscribed']} subscriptions "
+                      f"added", {"copied": totals})
+
+    def copy_pass(self, src: Imap, dst: Imap, totals: dict, pass_no: int) -> None:
+        data = self.journal.data
+        progress = data["copy"]
+        delay = float(os.environ.get(ENV_COPY_DELAY, "0") or 0)
+        src_folders = src.folders()
+        dst_names = {name for name, _ in dst.folders()}
+        sd, dd_ = src.delimiter, dst.delimiter
+        folders = [(name, flags) for name, flags in src_folders if selectable(flags)]
+        totals["folders"] = len(folders)
+        for name, _ in folders:
+            target = map_name(name, sd, dd_)
+            if target not in dst_names and target.upper() != "INBOX":
+                dst.create(target)
+                dst_names.add(target)
+                totals["created"] += 1
+        dst_subs = set(dst.subscriptions())
+        for name in src.subscriptions():
+            target = map_name(name, sd, dd_)
+            if target not in dst_subs:
+                dst.subscribe(target)
+                totals["subscribed"] += 1
+        for name, _ in folders:
+            target = map_name(name, sd, dd_)
+            src_msgs = src.messages(name, src.examine(name))
+            dst_msgs = dst.messages(target, dst.examine(target))
+            fill_hashes(src, name, src_msgs)
+            fill_hashes(dst, target, dst_msgs)
+            need = collections.Counter(m.key for m in src_msgs)
+            need.subtract(collections.Counter(m.key for m in dst_msgs))
+            todo = []
+            for m in src_msgs:
+                if need[m.key] > 0:
+                    todo.append(m)
+                    need[m.key] -= 1
+            if pass_no == 1:
+                totals["already"] += len(src_msgs) - len(todo)
+            folder_progress = progress["folders"].setdefault(name, {"copied": 0, "bytes": 0})
+            folder_progress["source"] = len(src_msgs)
+            i = 0
+            while i < len(todo):
+                batch, size = [], 0
+                while i < len(todo) and (not batch or (
+                        size + todo[i].size <= self.config.batch_bytes
+                        and len(batch) < self.config.batch_messages)):
+                    batch.append(todo[i])
+                    size += todo[i].size
+                    i += 1
+                bodies = src.bodies(name, [m.uid for m in batch])
+                dst.append(target, [(m, bodies[m.uid]) for m in batch], delay)
+                got = sum(len(bodies[m.uid]) for m in batch)
+                totals["messages"] += len(batch)
+                totals["bytes"] += got
+                progress["messages"] += len(batch)
+                progress["bytes"] += got
+                folder_progress["copied"] += len(batch)
+                folder_progress["bytes"] += got
+                self.save_progress(name)
+            self.save_progress(name, force=True)
+
+    def save_progress(self, folder: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_progress_save >= 0.5:
+            self.journal.data["copy"]["folder"] = folder
+            self.journal.save()
+            self._last_progress_save = now
+
+    def copy_with_command(self, step: dict) -> None:
+        data = self.journal.data
+        src = self.candidates(data["from"])[0]
+        dst = self.candidates(data["to"])[0]
+        values = {"user": self.user, "node_login": data["node_login"],
+                  "from_island": data["from"], "to_island": data["to"],
+                  "from_node": src.name, "to_node": dst.name,
+                  "from_host": src.host, "to_host": dst.host,
+                  "from_port": str(src.port), "to_port": str(dst.port),
+                  "from_address": f"{src.host}:{src.port}", "to_address": f"{dst.host}:{dst.port}"}
+        argv = [PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), a)
+                for a in self.config.copier]
+        env = dict(os.environ, ISTHMUS_MOVE_USER=self.user, USER=self.user,
+                   **{k.upper(): v for k, v in values.items() if k != "user"})
+        self.say(f"      copier: {' '.join(argv)}")
+        try:
+            r = subprocess.run(argv, env=env, timeout=self.config.copier_timeout,
+                               stdout=self.err, stderr=self.err)
+        except FileNotFoundError:
+            raise StepFailed(f"the copier {argv[0]} does not exist") from None
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"the copier did not finish within "
+                             f"{show_seconds(self.config.copier_timeout)}") from None
+        if r.returncode != 0:
+            raise StepFailed(f"the copier exited with status {r.returncode}")
+        self.step_end("copy", f"the copier {os.path.basename(argv[0])} finished "
+                      f"({src.name} -> {dst.name})", {"copier": argv})
+
+    def step_verify(self, step: dict) -> None:
+        pause = os.environ.get(ENV_PAUSE_BEFORE_VERIFY)
+        if pause:
+            with open(pause + ".waiting", "w") as f:
+                f.write(str(os.getpid()))
+            deadline = time.monotonic() + 120
+            while not os.path.exists(pause) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        data = self.journal.data
+        src = self.connect(data["from"], data["node_login"])
+        try:
+            dst = self.connect(data["to"], data["node_login"])
+        except BaseException:
+            src.close()
+            raise
+        problems, report = [], {"folders": {}}
+        messages = size = 0
+        try:
+            sd, dd_ = src.delimiter, dst.delimiter
+            dst_folders = {name for name, flags in dst.folders() if selectable(flags)}
+            for name, flags in src.folders():
+                if not selectable(flags):
+                    continue
+                target = map_name(name, sd, dd_)
+                if target not in dst_folders:
+                    problems.append(f"folder {name}: missing on the destination")
+                    report["folders"][name] = {"missing_folder": True}
+                    continue
+                a = src.messages(name, src.examine(name))
+                b = dst.messages(target, dst.examine(target))
+                fill_hashes(src, name, a)
+                fill_hashes(dst, target, b)
+                fa, fb = fingerprint(a), fingerprint(b)
+                missing = fa - fb
+                extra = fb - fa
+                report["folders"][name] = {"source": len(a), "destination": len(b),
+                                           "missing": sum(missing.values()),
+                                           "extra": sum(extra.values())}
+                messages += len(a)
+                size += sum(m.size for m in a)
+                if missing or extra:
+                    example = next(iter(missing or extra))
+                    problems.append(
+                        f"folder {name}: {len(a)} on the source, {len(b)} on the destination, "
+                        f"{sum(missing.values())} missing or different there, "
+                        f"{sum(extra.values())} extra (e.g. size+id {example[0]!r}, flags "
+                        f"{example[1]!r})")
+            missing_subs = ({map_name(n, sd, dd_) for n in src.subscriptions()}
+                            - set(dst.subscriptions()))
+            if missing_subs:
+                problems.append(f"subscriptions missing on the destination: "
+                                f"{', '.join(sorted(missing_subs))}")
+        finally:
+            src.close()
+            dst.close()
+        if problems:
+            raise VerifyFailed("verification failed: " + "; ".join(problems), report)
+        self.step_end("verify", f"{plural(len(report['folders']), 'folder')}, "
+                      f"{plural(messages, 'message')} ({show_bytes(size)}) the same on both "
+                      f"islands, subscriptions included",
+                      {"messages": messages, "bytes": size, "folders": len(report["folders"])})
+
+    def step_switch(self, step: dict) -> None:
+        data = self.journal.data
+        directory = self.config.directory
+        what = directory.switch(self.user, data["to"], data)
+        self.journal.save()
+        after = directory.after_change(self)
+        confirmed = self.confirm(data["to"], "active")
+        self.step_end("switch", f"{what}; {after}; {confirmed}")
+
+    def step_report(self, step: dict) -> None:
+        data = self.journal.data
+        steps = data["steps"]
+        copied = steps.get("copy", {}).get("copied", {})
+        data["status"] = "done"
+        data["finished"] = now_iso()
+        data.pop("current_step", None)
+        self.step_end("report", f"{self.user} is on island {data['to']}")
+        self.say("")
+        self.say(f"moved {self.user} from island {data['from']} to {data['to']}")
+        total = 0.0
+        for name in STEPS:
+            s = steps.get(name, {})
+            seconds = s.get("seconds", 0) or 0
+            total += seconds
+            self.say(f"  {STEP_NUMBER[name]} {name:<9} {show_seconds(seconds):>8}"
+                     + (f"  ({s.get('attempts')} runs)" if s.get("attempts", 1) > 1 else ""))
+        self.say(f"    total     {show_seconds(total):>8}")
+        verify = steps.get("verify", {})
+        self.say(f"  folders {verify.get('folders', '?')}, messages {verify.get('messages', '?')} "
+                 f"({show_bytes(verify.get('bytes', 0))}); copied by the last run: "
+                 f"{copied.get('messages', 0)} messages, {show_bytes(copied.get('bytes', 0))}"
+                 f" at {steps.get('copy', {}).get('throughput_mb_s', 0)} MB/s")
+        self.say(f"  the mailbox on island {data['from']} is left in place (delete it once you "
+                 f"are satisfied)")
+
+    # -- going back
+
+    def rollback(self, reason: str) -> int:
+        data = self.journal.data
+        data["status"] = "rolling-back"
+        data["rollback_reason"] = reason
+        self.journal.save()
+        directory = self.config.directory
+        try:
+            what = directory.set_state(self.user, "active", data["from"], data)
+            self.journal.save()
+            after = directory.after_change(self)
+            confirmed = self.confirm(data["from"], "active")
+        except MoveError as e:
+            print(f"isthmus-move: {reason}\nisthmus-move: the rollback failed too: {e}\n"
+                  f"isthmus-move: {self.user} is still in state moving; run again with --resume "
+                  f"to finish the rollback; journal {self.journal.path}", file=self.err, flush=True)
+            return e.code if isinstance(e, Unreachable) else EXIT_STEP
+        data["status"] = "failed"
+        data["error"] = reason
+        data["finished"] = now_iso()
+        self.journal.save()
+        self.say(f"rolled back: {what}; {after}; {confirmed}")
+        print(f"isthmus-move: {reason}\nisthmus-move: nothing was switched: {self.user} is active "
+              f"on island {data['from']} again; the partial copy on island {data['to']} is left "
+              f"there; journal {self.journal.path}", file=self.err, flush=True)
+        return EXIT_VERIFY
+
+    def abort(self) -> int:
+        data = self.journal.data
+        if data["steps"].get("switch", {}).get("status") in ("done", "running"):
+            raise StepFailed(f"the move of {self.user} has reached the switch: it cannot be "
+                             f"aborted; finish it with --resume (and move the user back with "
+                             f"--to {data['from']} if need be)")
+        directory = self.config.directory
+        what = directory.set_state(self.user, "active", data["from"], data)
+        self.journal.save()
+        after = directory.after_change(self)
+        confirmed = self.confirm(data["from"], "active")
+        data["status"] = "aborted"
+        data["finished"] = now_iso()
+        self.journal.save()
+        self.say(f"aborted the move of {self.user}: {what}; {after}; {confirmed}")
+        return EXIT_OK
+
+
+# ---------------------------------------------------------------- command line
+
+EPILOG = """\
+exit codes:
+  0  done, or nothing to do (already moved)
+  1  usage or config error
+  2  an instance could not be reached (nothing more was done; --resume later)
+  3  a step failed: the journal says which; --resume continues, --abort goes back
+  7  verification failed: the user is active on the source island again
+
+config: the isthmusctl config file with a "move" section (docs/move.md).
+
+examples:
+  isthmusctl move alice@example.org --to b
+  isthmusctl move alice@example.org --resume     # after a failure or Ctrl-C
+  isthmusctl move alice@example.org --abort      # back to active on the source
+  isthmusctl move-status alice@example.org"""
+
+
+def build_parser(prog: str = "isthmus_move.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Move a user's mailbox to another island, journaled and resumable.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE",
+                   help=f"the config file (default $ISTHMUSCTL_CONFIG, else {DEFAULT_CONFIG})")
+    p.add_argument("--version", action="version", version=f"isthmus_move {VERSION}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    m = sub.add_parser("move", help="move USER to --to ISLAND (or --resume, --abort)",
+                       description="Move USER to ISLAND: state moving, kick, copy, verify, "
+                                   "switch. Run it again (or with --resume) after a failure to "
+                                   "continue where it stopped.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("user", metavar="USER")
+    m.add_argument("--to", metavar="ISLAND", help="the destination island")
+    m.add_argument("--resume", action="store_true", help="continue the unfinished move")
+    m.add_argument("--abort", action="store_true",
+                   help="give up an unfinished move before its switch: the user is set active "
+                        "on the source island again")
+    m.add_argument("--force", action="store_true",
+                   help="start even if the user is in state moving already or the "
+                        "destination mailbox is not empty")
+    m.add_argument("--config", metavar="FILE", dest="sub_config", help=argparse.SUPPRESS)
+    s = sub.add_parser("status", aliases=["move-status"], prog=f"{prog} move-status",
+                       help="show the journal of USER's move")
+    s.add_argument("user", metavar="USER")
+    s.add_argument("--config", metavar="FILE", dest="sub_config", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "isthmus_move.py") -> int:
+    parser = build_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_OK if e.code in (0, None) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    path = (getattr(args, "sub_config", None) or args.config
+            or os.environ.get("ISTHMUSCTL_CONFIG") or DEFAULT_CONFIG)
+    try:
+        config = Config(path)
+        mover = Mover(config)
+        if args.command in ("status", "move-status"):
+            return mover.status(args.user)
+        if args.resume and args.abort:
+            raise UsageError("--resume and --abort exclude each other")
+        return mover.move(args.user, args.to, args.resume, args.abort, args.force)
+    except MoveError as e:
+        print(f"isthmus-move: {e}", file=sys.stderr, flush=True)
+        return e.code
+    except KeyboardInterrupt:
+        print("isthmus-move: interrupted; run again with --resume to continue", file=sys.stderr)
+        return EXIT_STEP
+
+
+if __name__ == "__main__":
+    sys.exit(main())
