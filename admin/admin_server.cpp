@@ -36,14 +36,18 @@ namespace {
 
 constexpr std::size_t kMaxBody = 64 * 1024;
 constexpr auto kReadTimeout = std::chrono::seconds(30);   // a request, from its first byte
-constexpr auto kActionWait = std::chrono::seconds(10);    // promote, reload
+constexpr auto kHeaderTimeout = std::chrono::seconds(10);  // a request's header
+constexpr auto kActionWait = std::chrono::seconds(10);    // promote
+constexpr int kMaxConnections = 32;                       // open at once; more are closed
 
 Response reply(const Request& request, http::status status, const json& body) {
   Response response{status, request.version()};
   response.set(http::field::content_type, "application/json");
   response.set(http::field::cache_control, "no-store");
   response.keep_alive(request.keep_alive());
-  response.body() = body.dump(2) + "\n";
+  // Names from the network may hold any bytes: invalid UTF-8 is replaced,
+  // never a reason to fail the answer.
+  response.body() = body.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
   response.prepare_payload();
   return response;
 }
@@ -170,19 +174,46 @@ struct AdminServer::Impl {
   std::thread thread;
   const Clock::time_point started = Clock::now();
   bool stopped = false;
+  // Admin thread only:
+  int connections = 0;
+  std::list<std::function<void()>> closers;  // one per open connection
+  Clock::time_point last_refusal_logged{};
+  Clock::time_point last_limit_logged{};
+  std::future<void> finished;  // ready when the admin thread's loop has returned
 
   // --- serving
 
   template <typename Stream>
   asio::awaitable<void> serve(Stream stream, bool needs_token, std::string peer) {
+    // stop() closes it (admin thread); unlisted when the connection ends.
+    auto closer = closers.insert(closers.end(), [&stream] {
+      beast::error_code ignored;
+      beast::get_lowest_layer(stream).socket().close(ignored);
+    });
+    struct Unlist {
+      std::list<std::function<void()>>& list;
+      std::list<std::function<void()>>::iterator it;
+      ~Unlist() { list.erase(it); }
+    } unlist{closers, closer};
     beast::flat_buffer buffer;
     for (;;) {
       http::request_parser<http::string_body> parser;
       parser.body_limit(kMaxBody);
       parser.header_limit(16 * 1024);
-      stream.expires_after(kReadTimeout);
-      auto [ec, n] = co_await http::async_read(stream, buffer, parser, use_tuple);
+      // The header first, within a short time: the token is checked before
+      // a body is read, so a client without one costs little.
+      stream.expires_after(kHeaderTimeout);
+      auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, use_tuple);
       (void)n;
+      bool unauthorized = false;
+      if (!ec && needs_token && !authorized(parser.get())) {
+        unauthorized = true;
+      } else if (!ec) {
+        stream.expires_after(kReadTimeout);
+        auto [body_ec, body_n] = co_await http::async_read(stream, buffer, parser, use_tuple);
+        (void)body_n;
+        ec = body_ec;
+      }
       if (ec) {
         if (ec != http::error::end_of_stream && ec != asio::error::eof &&
             ec != beast::error::timeout && ec != asio::error::operation_aborted) {
@@ -196,11 +227,16 @@ struct AdminServer::Impl {
         }
         break;
       }
-      Request request = parser.release();
+      Request request = unauthorized ? Request(parser.get().base()) : parser.release();
       Response response;
-      if (needs_token && !authorized(request)) {
-        spdlog::warn("admin: {}: {} {}: missing or wrong bearer token", peer,
-                     std::string(request.method_string()), sanitize(request.target(), 200));
+      if (unauthorized) {
+        // Said once per second at most: a scan must not flood the log.
+        if (Clock::now() - last_refusal_logged > std::chrono::seconds(1)) {
+          last_refusal_logged = Clock::now();
+          spdlog::warn("admin: {}: {} {}: missing or wrong bearer token", peer,
+                       std::string(request.method_string()), sanitize(request.target(), 200));
+        }
+        request.keep_alive(false);
         response = error(request, http::status::unauthorized, "a bearer token is required");
         response.set(http::field::www_authenticate, "Bearer");
       } else {
@@ -215,7 +251,8 @@ struct AdminServer::Impl {
     stream.socket().shutdown(asio::socket_base::shutdown_both, ignored);
   }
 
-  bool authorized(const Request& request) const {
+  template <typename Message>
+  bool authorized(const Message& request) const {
     auto header = request[http::field::authorization];
     constexpr std::string_view kBearer = "Bearer ";
     if (header.size() <= kBearer.size() || !header.starts_with(kBearer)) return false;
@@ -467,8 +504,20 @@ struct AdminServer::Impl {
         continue;
       }
       std::string peer = format_peer(socket);
+      if (connections >= kMaxConnections) {
+        if (Clock::now() - last_limit_logged > std::chrono::seconds(1)) {
+          last_limit_logged = Clock::now();
+          spdlog::warn("admin: {}: {} connections open already; closing this one", peer,
+                       connections);
+        }
+        boost::system::error_code ignored;
+        socket.close(ignored);
+        continue;
+      }
+      ++connections;
       Stream stream(std::move(socket));
-      auto done = [peer](std::exception_ptr e) {
+      auto done = [this, peer](std::exception_ptr e) {
+        --connections;
         if (!e) return;
         try {
           std::rethrow_exception(e);
@@ -502,14 +551,23 @@ AdminServer::AdminServer(AdminContext context, const config::Admin& settings)
     if (::lstat(path.c_str(), &st) == 0) {
       if (!S_ISSOCK(st.st_mode))
         throw std::runtime_error(fmt::format("admin socket {}: exists and is not a socket", path));
-      ::unlink(path.c_str());  // a previous run's
+      // A previous run's, unless something still answers on it.
+      asio::local::stream_protocol::socket probe(io);
+      boost::system::error_code probe_ec;
+      probe.connect(asio::local::stream_protocol::endpoint(path), probe_ec);
+      if (!probe_ec)
+        throw std::runtime_error(fmt::format(
+            "admin socket {}: another process is serving it (another instance?)", path));
+      ::unlink(path.c_str());
     }
     try {
       impl_->unix_acceptor.emplace(io);
       asio::local::stream_protocol::endpoint endpoint(path);
       impl_->unix_acceptor->open(endpoint.protocol());
+      // Created 0660 (not the umask's mode, not even for an instant).
+      const mode_t old_mask = ::umask(0117);
       impl_->unix_acceptor->bind(endpoint);
-      ::chmod(path.c_str(), 0660);
+      ::umask(old_mask);
       impl_->unix_acceptor->listen();
     } catch (const boost::system::system_error& e) {
       throw std::runtime_error(fmt::format("admin socket {}: {}", path, e.code().message()));
@@ -544,16 +602,19 @@ AdminServer::AdminServer(AdminContext context, const config::Admin& settings)
     spdlog::info("admin API on {} (bearer token required)",
                  format_endpoint(impl_->tcp_acceptor->local_endpoint()));
   }
-  impl_->thread = std::thread([impl = impl_.get()] {
+  auto finished = std::make_shared<std::promise<void>>();
+  impl_->finished = finished->get_future();
+  impl_->thread = std::thread([impl = impl_.get(), finished] {
     pthread_setname_np(pthread_self(), "isthmus-admin");
     for (;;) {
       try {
         impl->io.run();
-        return;
+        break;
       } catch (const std::exception& e) {
         spdlog::error("admin: unexpected error: {}", e.what());
       }
     }
+    finished->set_value();
   });
 }
 
@@ -562,8 +623,22 @@ AdminServer::~AdminServer() { stop(); }
 void AdminServer::stop() {
   if (impl_->stopped) return;
   impl_->stopped = true;
-  impl_->io.stop();
-  if (impl_->thread.joinable()) impl_->thread.join();
+  // Close the listeners and connections and let the loop run dry, so a
+  // directory lookup still on its way back finds its io_context alive;
+  // bounded: after 10 s the loop is stopped anyway.
+  asio::post(impl_->io, [impl = impl_.get()] {
+    boost::system::error_code ignored;
+    if (impl->unix_acceptor) impl->unix_acceptor->close(ignored);
+    if (impl->tcp_acceptor) impl->tcp_acceptor->close(ignored);
+    for (auto& close : impl->closers) close();
+  });
+  if (impl_->thread.joinable()) {
+    if (impl_->finished.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      spdlog::warn("admin: requests still running after 10s at shutdown; stopping them");
+      impl_->io.stop();
+    }
+    impl_->thread.join();
+  }
   if (impl_->unix_acceptor) {
     boost::system::error_code ignored;
     impl_->unix_acceptor->close(ignored);

@@ -226,12 +226,25 @@ class Lifecycle {
   // From another thread (the admin API): the reload runs on the main
   // thread, like SIGHUP's, and this waits for it.
   std::string reload_from_elsewhere(std::uint64_t& generation) {
-    auto promise = std::make_shared<std::promise<std::string>>();
+    // Nothing of the caller's is captured: it may stop waiting first.
+    using Outcome = std::pair<std::string, std::uint64_t>;
+    auto promise = std::make_shared<std::promise<Outcome>>();
     auto answer = promise->get_future();
-    asio::post(io_, [this, promise, &generation] { promise->set_value(reload(&generation)); });
+    if (stopping_.load()) return "the instance is stopping";
+    asio::post(io_, [this, promise] {
+      if (stopping_.load()) {
+        promise->set_value({"the instance is stopping", 0});
+        return;
+      }
+      std::uint64_t next = 0;
+      std::string problems = reload(&next);
+      promise->set_value({std::move(problems), next});
+    });
     if (answer.wait_for(std::chrono::seconds(30)) != std::future_status::ready)
       return "the reload did not finish within 30s (the instance may be stopping)";
-    return answer.get();
+    auto [problems, next] = answer.get();
+    generation = next;
+    return problems;
   }
 
  private:
@@ -280,7 +293,7 @@ class Lifecycle {
   std::filesystem::path config_file_;
   asio::signal_set signals_;
   asio::steady_timer timer_;
-  bool stopping_ = false;
+  std::atomic<bool> stopping_{false};  // read by the admin thread
   bool forced_ = false;
   Clock::time_point grace_ends_;
 };
@@ -331,6 +344,14 @@ int run(const std::filesystem::path& config_file) {
       return 1;
     }
   }
+  // The health thread calls into `server`: stopped before `server` goes,
+  // however run() is left.
+  struct StopHealth {
+    std::shared_ptr<backends::HealthChecker> health;
+    ~StopHealth() {
+      if (health) health->stop();
+    }
+  } stop_health{holder.current()->health};
   if (auto health = holder.current()->health) {
     backends::RoleEvents events;
     events.close_sessions = [&server, &holder](const std::string& node, const std::string& why) {

@@ -96,6 +96,7 @@ class SqlRoleStore final : public RoleStore {
         }
       };
       asio::co_spawn(context_.executor, poll_loop(alive), done);
+      asio::co_spawn(context_.executor, heartbeat_loop(alive), done);
     }
     poke();
   }
@@ -170,6 +171,21 @@ class SqlRoleStore final : public RoleStore {
     }
   }
 
+  // The heartbeat on its own timer: a slow poll (views, roles, votes) must
+  // not make this instance look dead to the others' majority count.
+  asio::awaitable<void> heartbeat_loop(std::shared_ptr<bool> alive) {
+    asio::steady_timer timer(context_.executor);
+    while (*alive) {
+      std::vector<std::string> me{context_.instance};
+      auto beat = co_await client_.execute(std::string(kHeartbeat), std::move(me),
+                                           query_deadline());
+      if (!*alive) break;
+      if (beat.status != sql::QueryStatus::ok) store_failed(beat, "writing the heartbeat");
+      timer.expires_after(context_.settings.poll_interval);
+      co_await timer.async_wait(use_tuple);
+    }
+  }
+
   asio::awaitable<void> poll_once(std::shared_ptr<bool> alive) {
     auto topology = topology_;
     std::vector<const Island*> islands;
@@ -177,15 +193,8 @@ class SqlRoleStore final : public RoleStore {
       if (island.role) islands.push_back(&island);
     if (islands.empty()) co_return;
 
-    // (Parameters in named vectors: GCC 12 miscompiles braced lists inside
-    // a co_await expression.)
-    std::vector<std::string> me{context_.instance};
-    auto beat = co_await client_.execute(std::string(kHeartbeat), std::move(me), query_deadline());
-    if (!*alive) co_return;
-    if (beat.status != sql::QueryStatus::ok) {
-      store_failed(beat, "writing the heartbeat");
-      co_return;
-    }
+    // (Parameters go in named vectors: GCC 12 miscompiles braced lists
+    // inside a co_await expression.)
     const bool viewed = co_await write_views(islands, alive);
     if (!viewed) co_return;
     const bool followed = co_await read_roles(*topology, islands, alive);
@@ -269,11 +278,16 @@ class SqlRoleStore final : public RoleStore {
         store_failed(seed, "adding the role row of island " + island->name);
         co_return false;
       }
-      if (seed.affected_rows == 1)
+      if (seed.affected_rows == 1) {
         spdlog::info("role store: island {}: no role row yet; {} holds the role (epoch 1, from "
                      "the config)",
                      island->name, holder->node);
-      poked_ = true;  // read it back at once
+        poked_ = true;  // read it back at once
+      } else if (warned_unknown_.insert("seed/" + island->name).second) {
+        spdlog::error("role store: island {}: its row exists but was not read back under this "
+                      "exact name (different case or too long?); following nothing for it",
+                      island->name);
+      }
     }
     co_return true;
   }
@@ -337,6 +351,13 @@ class SqlRoleStore final : public RoleStore {
                    island.name, holder.epoch);
       poke();
       co_return fmt::format("the role of island {} moved meanwhile; try again", island.name);
+    }
+    if (island.role->current()->epoch > holder.epoch + 1) {
+      // The store moved on meanwhile (followed already): ours is superseded.
+      spdlog::info("role: island {}: epoch {} was superseded before it was published; "
+                   "following the role store",
+                   island.name, holder.epoch + 1);
+      co_return "";
     }
     publisher_.publish(island, {next, holder.epoch + 1}, why, true);
     co_return "";

@@ -266,6 +266,22 @@ boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtim
   const auto protocol = request.protocol;
   LoginOutcome outcome =
       co_await log_in_through_island_unmeasured(runtime, std::move(request), node_login, deadline);
+  // An active-passive island whose role moved while this login was on its
+  // way: the old holder's sessions are being closed; do not add one.
+  if (outcome.failure == Failure::none) {
+    const auto* island = runtime.topology->island(outcome.island);
+    if (island && island->role) {
+      auto holder = island->role->current();
+      if (holder->node != outcome.node) {
+        outcome.failure = Failure::node_unavailable;
+        outcome.detail = fmt::format("island {}'s active role moved to {} during the login",
+                                     outcome.island, holder->node);
+        if (outcome.node_connection) outcome.node_connection->close();
+        outcome.node_connection.reset();
+        outcome.lease.release();
+      }
+    }
+  }
   if (runtime.metrics) runtime.metrics->login(protocol, outcome.failure, Clock::now() - started);
   co_return outcome;
 }

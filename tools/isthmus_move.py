@@ -22,16 +22,19 @@ A move is a journaled sequence of steps (docs/move.md):
 
 The journal (one JSON file per user in move.journal_dir) is rewritten atomically
 after every step; a second run (or --resume) continues with the first step that
-did not finish. Every step can be run again safely: the copy skips what is on the
-destination already.
+did not finish (a resumed run first sets the state to "moving" again and kicks
+the user's sessions). Every step can be run again safely: the copy skips a source
+message when the destination folder holds as many messages of the same key
+(size + Message-ID, or size + body SHA-256) as it has already been matched for.
 
 Python 3.11 standard library only, plus the ``mariadb`` client for an SQL
 directory and ``ldapsearch``/``ldapmodify`` for an LDAP one. Also a module:
 ``main(argv) -> int`` is what ``isthmusctl move`` calls.
 
 Exit codes: 0 done (or nothing to do), 1 usage or config, 2 an instance could
-not be reached, 3 a step failed (the journal says which; resume with --resume),
-7 verification failed (the user is active on the source island again).
+not be reached, 3 a step failed (the journal says which; resume with --resume;
+--abort only before the switch has started), 7 verification failed (the user
+is active on the source island again).
 """
 
 from __future__ import annotations
@@ -464,8 +467,9 @@ class Config:
             raise UsageError(f"{where}: copier must be a list of strings (a command and its "
                              f"arguments)")
         self.copier = copier
-        self.copier_timeout = (parse_duration(move["copier_timeout"], f"{where}: copier_timeout")
-                               if "copier_timeout" in move else None)
+        # A hung copier must not keep the user locked out for ever.
+        self.copier_timeout = parse_duration(move.get("copier_timeout", "6h"),
+                                             f"{where}: copier_timeout")
 
         directory = move.get("directory")
         if directory is None:
@@ -853,6 +857,15 @@ class Lit(bytes):
 
 
 _LITERAL_MARK = re.compile(rb"\{(\d+)\+?\}\s*$")
+_SECTION_ATOMS = {b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"}
+_DATE = re.compile(r" ?[0-9]{1,2}-[A-Za-z]{3}-[0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}\Z")
+
+
+def valid_flag(flag: str) -> bool:
+    """An RFC 3501 flag: atom or "\\" atom; ATOM-CHAR is a 7-bit printable
+    character other than ( ) { % * " \\ ] and space."""
+    body = flag[1:] if flag.startswith("\\") else flag
+    return bool(body) and all(0x21 <= ord(c) <= 0x7E and c not in '(){%*"\\]' for c in body)
 
 
 def imap_responses(data) -> list[list]:
@@ -911,12 +924,17 @@ def imap_parse(parts: list) -> list:
                 stack[-1].append(bytes(buf))
                 i = j + 1
             else:
+                # "[" opens a section only right after BODY, BODY.PEEK or
+                # BINARY[.PEEK|.SIZE] (BODY[HEADER.FIELDS (MESSAGE-ID)]):
+                # elsewhere (a keyword such as foo[bar) it is an atom char.
                 j, depth = i, 0
                 while j < n:
                     ch = text[j]
-                    if ch == 0x5B:
+                    if depth == 0 and ch == 0x5B and text[i:j].upper() in _SECTION_ATOMS:
+                        depth = 1
+                    elif depth > 0 and ch == 0x5B:
                         depth += 1
-                    elif ch == 0x5D:
+                    elif depth > 0 and ch == 0x5D:
                         depth -= 1
                     elif depth <= 0 and ch in b" ()":
                         break
@@ -931,6 +949,13 @@ def imap_parse(parts: list) -> list:
 
 
 def imap_quote(name: str) -> str:
+    """NAME as an IMAP quoted string. A name holding CR, LF or NUL cannot be
+    quoted (and is refused, naming it, rather than sent as a broken or
+    injected command)."""
+    if any(c in name for c in "\r\n\0"):
+        raise ImapError(f"folder {name!r} holds a CR, LF or NUL character: it cannot be "
+                        f"named in an IMAP command safely; rename it on the source and "
+                        f"run again")
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -997,6 +1022,18 @@ class Imap:
 
     def __init__(self, endpoint: Endpoint, config: Config, node_login: str):
         self.endpoint = endpoint
+        self.m = None
+        try:
+            self._open(endpoint, config, node_login)
+        except ImapError:
+            self.close()
+            raise
+        except (OSError, UnicodeError, imaplib.IMAP4.error, ssl.SSLError) as e:
+            # socket.timeout is an OSError: a hung node is tried like a down one.
+            self.close()
+            raise ImapError(f"node {endpoint}: {type(e).__name__}: {_text(e)}") from None
+
+    def _open(self, endpoint: Endpoint, config: Config, node_login: str) -> None:
         try:
             if endpoint.tls == "implicit":
                 m = imaplib.IMAP4_SSL(endpoint.host, endpoint.port,
@@ -1004,10 +1041,11 @@ class Imap:
                                       timeout=config.imap_timeout)
             else:
                 m = imaplib.IMAP4(endpoint.host, endpoint.port, timeout=config.imap_timeout)
+                self.m = m
                 if endpoint.tls == "starttls":
                     m.starttls(endpoint.ssl_context())
-        except (OSError, imaplib.IMAP4.error) as e:
-            raise ImapError(f"cannot connect to node {endpoint}: {e}") from None
+        except (OSError, UnicodeError, imaplib.IMAP4.error) as e:
+            raise ImapError(f"cannot connect to node {endpoint}: {_text(e)}") from None
         self.m = m
         if config.master_style == "dovecot":
             payload = (b"\0" + (node_login + config.separator + config.master_user).encode()
@@ -1018,11 +1056,9 @@ class Imap:
         try:
             typ, data = m.authenticate("PLAIN", lambda _: payload)
         except imaplib.IMAP4.error as e:
-            self.close()
             raise ImapError(f"node {endpoint} refused the master login for {node_login} "
                             f"({config.master_style} style): {_text(e)}") from None
         if typ != "OK":
-            self.close()
             raise ImapError(f"node {endpoint} refused the master login for {node_login}: "
                             f"{_text(data)}")
         self.delimiter = None
@@ -1031,14 +1067,17 @@ class Imap:
         self._namespaces()
         try:
             typ, caps = m.capability()
-            words = b" ".join(c for c in caps if isinstance(c, bytes)).upper().split()
-        except imaplib.IMAP4.error:
-            words = []
+        except imaplib.IMAP4.error as e:
+            raise ImapError(f"node {endpoint}: CAPABILITY: {_text(e)}") from None
+        words = b" ".join(c for c in caps or [] if isinstance(c, bytes)).upper().split() \
+            if typ == "OK" else []
         # RFC 3502: many messages in one APPEND, saved in one transaction
         # (Dovecot then syncs once per batch, not once per message).
         self.multiappend = b"MULTIAPPEND" in words
 
     def close(self) -> None:
+        if self.m is None:
+            return
         try:
             self.m.logout()
         except Exception:  # noqa: BLE001 - best effort
@@ -1055,18 +1094,23 @@ class Imap:
     def call(self, what: str, fn, *args):
         try:
             typ, data = fn(*args)
-        except (imaplib.IMAP4.error, OSError) as e:
+        except (imaplib.IMAP4.error, OSError, UnicodeError) as e:
             raise ImapError(f"node {self.endpoint}: {what}: {_text(e)}") from None
         return self._check(what, typ, data)
 
     def _namespaces(self) -> None:
+        # Without the namespaces, other users' and shared folders would be
+        # taken for the user's own: no guessing, the node is not used.
         try:
             typ, data = self.m.namespace()
-        except imaplib.IMAP4.error:
-            return
-        if typ != "OK" or not data:
-            return
+        except imaplib.IMAP4.error as e:
+            raise ImapError(f"node {self.endpoint}: NAMESPACE failed: {_text(e)}") from None
+        if typ != "OK" or not data or data[0] is None:
+            raise ImapError(f"node {self.endpoint}: NAMESPACE failed: {typ} {_text(data)}")
         parsed = imap_parse(imap_responses(data)[0])
+        if len(parsed) < 3:
+            raise ImapError(f"node {self.endpoint}: NAMESPACE answer not understood: "
+                            f"{_text(data)}")
         groups = parsed[:3] if len(parsed) >= 3 else []
         for index, group in enumerate(groups):
             if not isinstance(group, list):
@@ -1109,9 +1153,10 @@ class Imap:
     def examine(self, name: str) -> int:
         data = self.call(f"EXAMINE {name}", self.m.select, imap_quote(name), True)
         try:
-            return int(data[0])
+            return int(data[-1])
         except (TypeError, ValueError, IndexError):
-            return 0
+            raise ImapError(f"node {self.endpoint}: EXAMINE {name}: no readable message count "
+                            f"(EXISTS) in the answer: {_text(data)}") from None
 
     def messages(self, name: str, exists: int) -> list[Msg]:
         """Every message of the EXAMINEd folder NAME, in UID order."""
@@ -1123,15 +1168,26 @@ class Imap:
         out = {}
         for resp in imap_responses(data):
             items = _fetch_items(resp)
-            if "UID" not in items or "RFC822.SIZE" not in items:
-                continue
+            try:
+                uid, size = int(items["UID"]), int(items["RFC822.SIZE"])
+            except (KeyError, TypeError, ValueError):
+                raise ImapError(f"node {self.endpoint}: FETCH in {name}: a response without a "
+                                f"readable UID and RFC822.SIZE: {_text(resp)}") from None
             header = next((v for k, v in items.items() if k.startswith("BODY[HEADER")), None)
             flags = sorted(f.decode("utf-8", "replace") for f in items.get("FLAGS") or []
                            if f.lower() != b"\\recent")
             date = items.get("INTERNALDATE")
-            out[int(items["UID"])] = Msg(int(items["UID"]), int(items["RFC822.SIZE"]),
-                                         message_id_of(header), flags,
-                                         date.decode() if isinstance(date, bytes) else None)
+            out[uid] = Msg(uid, size, message_id_of(header), flags,
+                           date.decode("latin-1") if isinstance(date, bytes) else None)
+        # The folder's count now (an EXISTS during the FETCH updates it).
+        counts = (self.m.untagged_responses.get("EXISTS") or [None])
+        try:
+            exists = int(counts[-1])
+        except (TypeError, ValueError):
+            pass
+        if len(out) != exists:
+            raise ImapError(f"node {self.endpoint}: FETCH in {name}: {len(out)} messages read, "
+                            f"but the folder holds {exists} (EXISTS): the listing is incomplete")
         return [out[u] for u in sorted(out)]
 
     def bodies(self, name: str, uids: list[int]) -> dict[int, bytes]:
@@ -1150,10 +1206,20 @@ class Imap:
 
     @staticmethod
     def _append_args(msg: Msg) -> list[str]:
+        """The flags and date of MSG for APPEND, checked: they come from the
+        network and go into a command line."""
+        bad = [f for f in msg.flags if not valid_flag(f)]
+        if bad:
+            raise ImapError(f"message UID {msg.uid} has flags that are not valid IMAP flags "
+                            f"({', '.join(repr(f) for f in bad)}): it cannot be copied with "
+                            f"them; remove them on the source and run again")
         args = []
         if msg.flags:
             args.append("(" + " ".join(msg.flags) + ")")
         if msg.date:
+            if not _DATE.match(msg.date):
+                raise ImapError(f"message UID {msg.uid} has an INTERNALDATE that is not "
+                                f"understood: {msg.date!r}")
             args.append('"' + msg.date + '"')
         return args
 
@@ -1250,11 +1316,20 @@ def selectable(flags: list[str]) -> bool:
     return not lowered & {"\\noselect", "\\nonexistent"}
 
 
-def fill_hashes(imap: Imap, folder: str, msgs: list[Msg]) -> None:
-    """SHA-256 of the body for messages without a Message-ID."""
+def fill_hashes(imap: Imap, folder: str, msgs: list[Msg],
+                batch_bytes: int = 16 * 1024 * 1024, batch_messages: int = 50) -> None:
+    """SHA-256 of the body for messages without a Message-ID, fetched in
+    batches of at most BATCH_BYTES (by RFC822.SIZE; one bigger message goes
+    alone) and BATCH_MESSAGES."""
     todo = [m for m in msgs if m.msgid is None and m.sha is None]
-    for i in range(0, len(todo), 50):
-        chunk = todo[i:i + 50]
+    i = 0
+    while i < len(todo):
+        chunk, size = [], 0
+        while i < len(todo) and (not chunk or (size + todo[i].size <= batch_bytes
+                                               and len(chunk) < batch_messages)):
+            chunk.append(todo[i])
+            size += todo[i].size
+            i += 1
         bodies = imap.bodies(folder, [m.uid for m in chunk])
         for m in chunk:
             m.sha = hashlib.sha256(bodies[m.uid]).hexdigest()
@@ -1524,11 +1599,23 @@ class Mover:
     def _move(self, entry: dict, to, resume: bool, abort: bool, force: bool) -> int:
         data = self.journal.data
         user = self.user
-        if data is not None and data.get("status") in ("running", "rolling-back"):
+        if data is not None and data.get("status") in ("running", "rolling-back", "aborting"):
             if to is not None and to != data["to"]:
                 raise UsageError(f"a move of {user} to island {data['to']} is unfinished "
-                                 f"(journal {self.journal.path}): resume it with --resume, or "
-                                 f"--abort it first")
+                                 f"(journal {self.journal.path}): "
+                                 + ("finish its abort with --abort first"
+                                    if data["status"] == "aborting" else
+                                    "resume it with --resume" + (", or --abort it first"
+                                                                 if self.abortable() else "")))
+            if data["status"] == "aborting":
+                if resume:
+                    raise UsageError(f"the move of {user} is being aborted (an earlier --abort "
+                                     f"did not finish): it cannot be resumed; finish the abort "
+                                     f"with --abort, then start a new move with --to "
+                                     f"{data['to']} (journal {self.journal.path})")
+                self.say(f"finishing the abort of the move of {user} "
+                         f"(journal {self.journal.path})")
+                return self.abort()
             if abort:
                 return self.abort()
             if data["status"] == "rolling-back":
@@ -1540,7 +1627,11 @@ class Mover:
                      f"step {first} (journal {self.journal.path})")
             data["runs"] = data.get("runs", 1) + 1
             data["pid"] = os.getpid()
-            return self.run_steps(first)
+            # The user may have been set active meanwhile (by hand, or by a
+            # stale cache): the state is "moving" again, confirmed, and the
+            # sessions kicked before copying, verifying or switching.
+            reassert = first in ("copy", "verify", "switch")
+            return self.run_steps(first, reassert=reassert)
         if abort:
             raise UsageError(f"no unfinished move of {user} to abort"
                              + (f" (the last one is {data['status']})" if data else ""))
@@ -1578,41 +1669,84 @@ class Mover:
                  f"{plural(len(self.config.instances), 'instance')})")
         return self.run_steps("preflight")
 
-    def run_steps(self, first: str) -> int:
+    def run_steps(self, first: str, reassert: bool = False) -> int:
         data = self.journal.data
         for name in STEPS[STEP_NUMBER[first]:]:
-            step = self.step_start(name)
             try:
+                if reassert:
+                    # Before step_start: a failure here has not started the
+                    # step (a switch not started can still be aborted).
+                    reassert = False
+                    self.reassert_moving()
+                step = self.step_start(name)
                 getattr(self, "step_" + name)(step)
             except VerifyFailed as e:
                 self.step_fail(name, str(e))
                 data["verify_report"] = e.report
                 self.say(f"[{STEP_NUMBER[name]}/6] {name}: FAILED: {e}")
                 return self.rollback(str(e))
-            except MoveError as e:
-                self.step_fail(name, str(e))
-                if name == "preflight":
-                    data["status"] = "refused"
-                    data["error"] = str(e)
-                    self.journal.save()
-                    print(f"isthmus-move: preflight failed, nothing was changed: {e}",
-                          file=self.err, flush=True)
-                    return e.code
-                print(f"isthmus-move: step {name} failed: {e}\n"
-                      f"isthmus-move: {self.user} stays in state moving on island {data['from']}; "
-                      f"fix the cause and run again with --resume (or --abort to put the user "
-                      f"back on island {data['from']}); journal {self.journal.path}",
-                      file=self.err, flush=True)
-                return e.code
-            except (KeyboardInterrupt, SystemExit):
-                self.step_fail(name, "interrupted")
-                raise
-            except Exception as e:  # noqa: BLE001 - journaled, then reported
-                self.step_fail(name, f"{type(e).__name__}: {e}")
-                print(f"isthmus-move: step {name} failed unexpectedly: {type(e).__name__}: {e}; "
-                      f"journal {self.journal.path}", file=self.err, flush=True)
-                return EXIT_STEP
+            except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - journaled, reported
+                if isinstance(e, KeyboardInterrupt):
+                    error, code = "interrupted", EXIT_STEP
+                elif isinstance(e, MoveError):
+                    error, code = str(e), e.code
+                else:
+                    error, code = f"unexpected {type(e).__name__}: {e}", EXIT_STEP
+                self.fail_run(name, error)
+                return code
         return EXIT_OK
+
+    def abortable(self) -> bool:
+        """Whether --abort may put the user back: only before the switch has
+        started (a switch attempt may have routed the user to the
+        destination already; aborting then would strand mail there)."""
+        return "switch" not in self.journal.data["steps"]
+
+    def fail_run(self, name: str, error: str) -> None:
+        """Journal step NAME failed with ERROR and tell the operator where the
+        user is and what to run: the one message for every failure."""
+        data = self.journal.data
+        try:
+            self.step_fail(name, error)
+        except Exception as e:  # noqa: BLE001 - the message matters more
+            error += f" (and the journal could not be written: {e})"
+        if name == "preflight":
+            try:
+                data["status"] = "refused"
+                data["error"] = error
+                self.journal.save()
+            except Exception:  # noqa: BLE001
+                pass
+            print(f"isthmus-move: preflight failed, nothing was changed: {error}",
+                  file=self.err, flush=True)
+            return
+        user, source, dest = self.user, data["from"], data["to"]
+        if not self.abortable():
+            where = (f"the directory may already route {user} to island {dest}: run "
+                     f"--resume to finish (it cannot be aborted any more)")
+        elif name == "moving":
+            where = (f"{user} may be in state moving on island {source} (logins refused, mail "
+                     f"queued): fix the cause and run again with --resume, or --abort to put "
+                     f"the user back (active on island {source})")
+        else:
+            where = (f"{user} stays in state moving on island {source} (logins refused, mail "
+                     f"queued): fix the cause and run again with --resume, or --abort to put "
+                     f"the user back (active on island {source})")
+        print(f"isthmus-move: step {name} failed: {error}\n"
+              f"isthmus-move: {where}; journal {self.journal.path}", file=self.err, flush=True)
+
+    def reassert_moving(self) -> None:
+        """On a resumed run: state moving on the source confirmed by every
+        instance, and the user's sessions kicked, again."""
+        data = self.journal.data
+        directory = self.config.directory
+        what = directory.set_state(self.user, "moving", data["from"], data)
+        self.journal.save()
+        directory.after_change(self)
+        self.confirm(data["from"], "moving")
+        kicked = self.kick_sessions()
+        self.say(f"      resumed: {what}; {plural(kicked, 'session')} closed; none left on any "
+                 f"instance")
 
     # -- the steps
 
@@ -1682,6 +1816,16 @@ class Mover:
         self.step_end("moving", f"{what}; {after}; {confirmed}")
 
     def step_kick(self, step: dict) -> None:
+        kicked = self.kick_sessions()
+        if self.config.settle:
+            # Deliveries whose RCPT was accepted before the state changed end now.
+            time.sleep(self.config.settle)
+        self.step_end("kick", f"{plural(kicked, 'session')} closed; none left on any instance"
+                      f" (then {show_seconds(self.config.settle)} for deliveries under way)",
+                      {"kicked": kicked})
+
+    def kick_sessions(self) -> int:
+        """Kick the user's sessions on every instance until none is left."""
         deadline = time.monotonic() + self.config.kick_timeout
         kicked = 0
         last_kick = 0.0
@@ -1711,12 +1855,7 @@ class Mover:
                                  f"{show_seconds(self.config.kick_timeout)}: "
                                  + ", ".join(f"{n} on {name}" for name, n in left.items()))
             time.sleep(0.2)
-        if self.config.settle:
-            # Deliveries whose RCPT was accepted before the state changed end now.
-            time.sleep(self.config.settle)
-        self.step_end("kick", f"{plural(kicked, 'session')} closed; none left on any instance"
-                      f" (then {show_seconds(self.config.settle)} for deliveries under way)",
-                      {"kicked": kicked})
+        return kicked
 
     def step_copy(self, step: dict) -> None:
         data = self.journal.data
@@ -1779,8 +1918,8 @@ class Mover:
             target = map_name(name, sd, dd_)
             src_msgs = src.messages(name, src.examine(name))
             dst_msgs = dst.messages(target, dst.examine(target))
-            fill_hashes(src, name, src_msgs)
-            fill_hashes(dst, target, dst_msgs)
+            fill_hashes(src, name, src_msgs, self.config.batch_bytes)
+            fill_hashes(dst, target, dst_msgs, self.config.batch_bytes)
             need = collections.Counter(m.key for m in src_msgs)
             need.subtract(collections.Counter(m.key for m in dst_msgs))
             todo = []
@@ -1878,8 +2017,8 @@ class Mover:
                     continue
                 a = src.messages(name, src.examine(name))
                 b = dst.messages(target, dst.examine(target))
-                fill_hashes(src, name, a)
-                fill_hashes(dst, target, b)
+                fill_hashes(src, name, a, self.config.batch_bytes)
+                fill_hashes(dst, target, b, self.config.batch_bytes)
                 fa, fb = fingerprint(a), fingerprint(b)
                 missing = fa - fb
                 extra = fb - fa
@@ -1949,19 +2088,24 @@ class Mover:
 
     def rollback(self, reason: str) -> int:
         data = self.journal.data
-        data["status"] = "rolling-back"
-        data["rollback_reason"] = reason
-        self.journal.save()
-        directory = self.config.directory
         try:
+            data["status"] = "rolling-back"
+            data["rollback_reason"] = reason
+            self.journal.save()
+            directory = self.config.directory
             what = directory.set_state(self.user, "active", data["from"], data)
             self.journal.save()
             after = directory.after_change(self)
             confirmed = self.confirm(data["from"], "active")
-        except MoveError as e:
-            print(f"isthmus-move: {reason}\nisthmus-move: the rollback failed too: {e}\n"
-                  f"isthmus-move: {self.user} is still in state moving; run again with --resume "
-                  f"to finish the rollback; journal {self.journal.path}", file=self.err, flush=True)
+        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - reported, resumable
+            problem = str(e) if isinstance(e, MoveError) else (
+                "interrupted" if isinstance(e, KeyboardInterrupt)
+                else f"unexpected {type(e).__name__}: {e}")
+            print(f"isthmus-move: {reason}\nisthmus-move: the rollback failed too: {problem}\n"
+                  f"isthmus-move: {self.user} may still be in state moving on island "
+                  f"{data['from']} (logins refused, mail queued); run again with --resume (or "
+                  f"--abort) to finish the rollback; journal {self.journal.path}",
+                  file=self.err, flush=True)
             return e.code if isinstance(e, Unreachable) else EXIT_STEP
         data["status"] = "failed"
         data["error"] = reason
@@ -1975,15 +2119,34 @@ class Mover:
 
     def abort(self) -> int:
         data = self.journal.data
-        if data["steps"].get("switch", {}).get("status") in ("done", "running"):
-            raise StepFailed(f"the move of {self.user} has reached the switch: it cannot be "
-                             f"aborted; finish it with --resume (and move the user back with "
-                             f"--to {data['from']} if need be)")
-        directory = self.config.directory
-        what = directory.set_state(self.user, "active", data["from"], data)
-        self.journal.save()
-        after = directory.after_change(self)
-        confirmed = self.confirm(data["from"], "active")
+        if not self.abortable():
+            switch = data["steps"]["switch"]
+            raise StepFailed(f"the switch of the move of {self.user} has started (status "
+                             f"{switch.get('status')}, {plural(switch.get('attempts', 1), 'attempt')})"
+                             f": the directory may already route {self.user} to island "
+                             f"{data['to']}, so the move cannot be aborted; run --resume to "
+                             f"finish it (then move the user back with --to {data['from']} if "
+                             f"need be)")
+        try:
+            # Journaled first: a failed abort is finished by the next run,
+            # never taken for a move to resume.
+            data["status"] = "aborting"
+            data.pop("current_step", None)
+            self.journal.save()
+            directory = self.config.directory
+            what = directory.set_state(self.user, "active", data["from"], data)
+            self.journal.save()
+            after = directory.after_change(self)
+            confirmed = self.confirm(data["from"], "active")
+        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - reported, re-runnable
+            problem = str(e) if isinstance(e, MoveError) else (
+                "interrupted" if isinstance(e, KeyboardInterrupt)
+                else f"unexpected {type(e).__name__}: {e}")
+            print(f"isthmus-move: the abort of the move of {self.user} failed: {problem}\n"
+                  f"isthmus-move: {self.user} may still be in state moving on island "
+                  f"{data['from']} (logins refused, mail queued); run --abort again to finish "
+                  f"the abort; journal {self.journal.path}", file=self.err, flush=True)
+            return e.code if isinstance(e, MoveError) else EXIT_STEP
         data["status"] = "aborted"
         data["finished"] = now_iso()
         self.journal.save()
@@ -1997,8 +2160,11 @@ EPILOG = """\
 exit codes:
   0  done, or nothing to do (already moved)
   1  usage or config error
-  2  an instance could not be reached (nothing more was done; --resume later)
-  3  a step failed: the journal says which; --resume continues, --abort goes back
+  2  an instance could not be reached (nothing more was done; run the same
+     command again, or --resume, once it is back)
+  3  a step failed (or the run was interrupted): the message says where the user
+     is and what to run: --resume continues; --abort goes back, but only before
+     the switch has started; a failed preflight changed nothing
   7  verification failed: the user is active on the source island again
 
 config: the isthmusctl config file with a "move" section (docs/move.md).
@@ -2007,6 +2173,7 @@ examples:
   isthmusctl move alice@example.org --to b
   isthmusctl move alice@example.org --resume     # after a failure or Ctrl-C
   isthmusctl move alice@example.org --abort      # back to active on the source
+                                                 # (only before the switch started)
   isthmusctl move-status alice@example.org"""
 
 
@@ -2028,7 +2195,7 @@ def build_parser(prog: str = "isthmus_move.py") -> argparse.ArgumentParser:
     m.add_argument("--to", metavar="ISLAND", help="the destination island")
     m.add_argument("--resume", action="store_true", help="continue the unfinished move")
     m.add_argument("--abort", action="store_true",
-                   help="give up an unfinished move before its switch: the user is set active "
+                   help="give up an unfinished move before its switch has started: the user is set active "
                         "on the source island again")
     m.add_argument("--force", action="store_true",
                    help="start even if the user is in state moving already or the "
@@ -2064,7 +2231,12 @@ def main(argv: list[str] | None = None, prog: str = "isthmus_move.py") -> int:
         print(f"isthmus-move: {e}", file=sys.stderr, flush=True)
         return e.code
     except KeyboardInterrupt:
-        print("isthmus-move: interrupted; run again with --resume to continue", file=sys.stderr)
+        print(f"isthmus-move: interrupted; `{prog} move-status USER` shows where the move "
+              f"stands", file=sys.stderr, flush=True)
+        return EXIT_STEP
+    except Exception as e:  # noqa: BLE001 - a message, not a traceback
+        print(f"isthmus-move: unexpected {type(e).__name__}: {e}; `{prog} move-status USER` "
+              f"shows where the move stands", file=sys.stderr, flush=True)
         return EXIT_STEP
 
 

@@ -1,3 +1,4 @@
+-- Names compare byte for byte (utf8mb4_bin), as Isthmus compares them.
 -- The shared role store of Isthmus instances (config "roles": {"store": "sql"}).
 -- docs/health.md explains how the rows are used. MySQL 5.7+/MariaDB 10.3+
 -- (InnoDB; NDB works too: ENGINE=NDBCLUSTER).
@@ -14,8 +15,8 @@
 --   UPDATE isthmus_roles SET node = 'a-right', epoch = epoch + 1,
 --          changed_by = 'dba', changed_at = NOW(6) WHERE island = 'a';
 CREATE TABLE IF NOT EXISTS isthmus_roles (
-  island     VARCHAR(128) NOT NULL PRIMARY KEY,
-  node       VARCHAR(128) NOT NULL,
+  island     VARCHAR(128) COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+  node       VARCHAR(128) COLLATE utf8mb4_bin NOT NULL,
   epoch      BIGINT UNSIGNED NOT NULL,
   changed_by VARCHAR(128) NOT NULL,    -- the instance (config "instance") or operator
   changed_at DATETIME(6) NOT NULL
@@ -24,15 +25,15 @@ CREATE TABLE IF NOT EXISTS isthmus_roles (
 -- One row per instance, its heartbeat written every poll_interval. An
 -- instance whose heartbeat is older than instance_timeout is not counted.
 CREATE TABLE IF NOT EXISTS isthmus_instances (
-  instance     VARCHAR(128) NOT NULL PRIMARY KEY,
+  instance     VARCHAR(128) COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
   heartbeat_at DATETIME(6) NOT NULL
 ) DEFAULT CHARSET = utf8mb4;
 
 -- What each instance's health checks say about each node of an
 -- active-passive island.
 CREATE TABLE IF NOT EXISTS isthmus_node_views (
-  instance VARCHAR(128) NOT NULL,
-  node     VARCHAR(128) NOT NULL,
+  instance VARCHAR(128) COLLATE utf8mb4_bin NOT NULL,
+  node     VARCHAR(128) COLLATE utf8mb4_bin NOT NULL,
   down     TINYINT(1) NOT NULL,
   seen_at  DATETIME(6) NOT NULL,
   PRIMARY KEY (instance, node),

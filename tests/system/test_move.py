@@ -696,5 +696,101 @@ class Move(unittest.TestCase):
               f"queued for that long", flush=True)
 
 
+class _FakeImaplib:
+    """Just enough of imaplib.IMAP4 for Imap.examine and Imap.messages."""
+
+    def __init__(self, exists, fetch):
+        self.exists, self.fetch = exists, fetch
+        self.untagged_responses = {}
+
+    def select(self, name, readonly):
+        self.untagged_responses = {"EXISTS": [self.exists]}
+        return "OK", [self.exists]
+
+    def uid(self, command, *args):
+        return "OK", self.fetch
+
+
+def _fake_imap(exists, fetch):
+    imap = mv.Imap.__new__(mv.Imap)
+    imap.endpoint = "fake:143"
+    imap.m = _FakeImaplib(exists, fetch)
+    return imap
+
+
+class Parsing(unittest.TestCase):
+    """The IMAP parsing and quoting, without servers."""
+
+    LINE = (b'1 (UID 5 FLAGS (foo[bar \\Seen) RFC822.SIZE 100 INTERNALDATE '
+            b'" 1-Jan-2020 10:00:00 +0000" BODY[HEADER.FIELDS (MESSAGE-ID)] {21}',
+            b"Message-ID: <a@b>\r\n\r\n")
+
+    def test_keyword_with_a_bracket(self):
+        items = mv._fetch_items(mv.imap_responses([self.LINE, b")"])[0])
+        self.assertEqual(items["FLAGS"], [b"foo[bar", b"\\Seen"])
+        self.assertEqual(items["RFC822.SIZE"], b"100")
+        self.assertEqual(items["UID"], b"5")
+        self.assertIn("BODY[HEADER.FIELDS (MESSAGE-ID)]", items)
+        msgs = _fake_imap(b"1", [self.LINE, b")"]).messages("INBOX", 1)
+        self.assertEqual([(m.uid, m.size, m.msgid) for m in msgs], [(5, 100, "<a@b>")])
+
+    def test_missing_size_or_count_mismatch_is_an_error(self):
+        no_size = [b'2 (UID 7 FLAGS (\\Seen) INTERNALDATE " 1-Jan-2020 10:00:00 +0000")']
+        with self.assertRaisesRegex(mv.ImapError, "RFC822.SIZE"):
+            _fake_imap(b"2", [self.LINE, b")"] + no_size).messages("INBOX", 2)
+        with self.assertRaisesRegex(mv.ImapError, "1 messages read, but the folder holds 2"):
+            imap = _fake_imap(b"2", [self.LINE, b")"])
+            imap.messages("INBOX", imap.examine("INBOX"))
+        with self.assertRaisesRegex(mv.ImapError, "EXISTS"):
+            _fake_imap(None, []).examine("INBOX")
+
+    def test_quoting_refuses_cr_lf_nul(self):
+        self.assertEqual(mv.imap_quote('a "b" \\c'), '"a \\"b\\" \\\\c"')
+        for bad in ("x\r\nA1 DELETE INBOX", "x\ny", "x\0y"):
+            with self.assertRaisesRegex(mv.ImapError, "CR, LF or NUL"):
+                mv.imap_quote(bad)
+        msg = mv.Msg(3, 10, None, ["\\Seen", "ok$kw", "bad)\r\n"], None)
+        with self.assertRaisesRegex(mv.ImapError, "not valid IMAP flags"):
+            mv.Imap._append_args(msg)
+
+
+class AbortRules(unittest.TestCase):
+    """--abort and --resume against the journal, without servers."""
+
+    def mover(self, status: str, steps: dict):
+        import io
+        import shutil
+        import tempfile
+        tmp = tempfile.mkdtemp(prefix="move-journal-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        m = mv.Mover.__new__(mv.Mover)
+        m.config, m.out, m.err = None, io.StringIO(), io.StringIO()
+        m.user, m._t0, m._last_progress_save = "u@example.org", {}, 0.0
+        m.journal = mv.Journal(tmp, m.user)
+        m.journal.data = {"user": m.user, "from": "a", "to": "b", "status": status,
+                          "steps": steps, "copy": {"messages": 0, "bytes": 0, "folders": {}}}
+        return m
+
+    def test_no_abort_once_the_switch_started(self):
+        m = self.mover("running", {"verify": {"status": "done"},
+                                   "switch": {"status": "failed", "attempts": 1}})
+        with self.assertRaisesRegex(mv.StepFailed, "may already route u@example.org to "
+                                                   "island b.*--resume"):
+            m.abort()
+        m.fail_run("switch", "boom")
+        self.assertIn("the directory may already route u@example.org to island b: run "
+                      "--resume to finish", m.err.getvalue())
+        self.assertNotIn("--abort to", m.err.getvalue())
+        m = self.mover("running", {"copy": {"status": "running", "attempts": 1}})
+        m.fail_run("copy", "boom")
+        self.assertIn("stays in state moving on island a", m.err.getvalue())
+        self.assertIn("--abort", m.err.getvalue())
+
+    def test_an_unfinished_abort_is_not_resumed(self):
+        m = self.mover("aborting", {"copy": {"status": "failed", "attempts": 1}})
+        with self.assertRaisesRegex(mv.UsageError, "being aborted.*--abort"):
+            m._move({"island": "a", "state": "moving"}, None, True, False, False)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
