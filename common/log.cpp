@@ -1,6 +1,9 @@
 #include "common/log.hpp"
 
 #include <fmt/format.h>
+#include <mutex>
+#include <vector>
+
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
@@ -38,6 +41,16 @@ void setup_logging(const LogSettings& settings) {
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %^%l%$ %v");
   logger->set_level(settings.level);
   logger->flush_on(spdlog::level::trace);
+  // spdlog::info() and friends use the default logger through a raw
+  // pointer: a thread logging while it is replaced (a directory's or the
+  // health checker's thread, started before the config's log settings are
+  // applied) would use a destroyed logger. Replaced loggers are therefore
+  // kept for the life of the process (a handful at most: one per start or
+  // --check-config, never per reload).
+  static std::mutex mutex;
+  static std::vector<std::shared_ptr<spdlog::logger>> retired;
+  std::lock_guard lock(mutex);
+  if (auto old = spdlog::default_logger()) retired.push_back(std::move(old));
   spdlog::set_default_logger(std::move(logger));
 }
 
