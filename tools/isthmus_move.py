@@ -80,6 +80,27 @@ ENV_COPY_DELAY = "ISTHMUS_MOVE_TEST_COPY_DELAY"            # seconds slept after
 ENV_PAUSE_BEFORE_VERIFY = "ISTHMUS_MOVE_TEST_PAUSE_BEFORE_VERIFY"  # a path: wait for it
 
 
+
+def run_with_secret_file(argv_for, secret: str, suffix: str, stdin: str | None,
+                         timeout: float, what: str,
+                         env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a directory's command-line client with SECRET in a private temp
+    file (never on the command line: other users see argv); ARGV_FOR(path)
+    gives the command. The file is removed whatever happens. A client that
+    does not finish within TIMEOUT is a StepFailed naming WHAT."""
+    fd, path = tempfile.mkstemp(prefix="isthmus-move-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secret)
+        argv = argv_for(path)
+        try:
+            return subprocess.run(argv, input=stdin.encode("utf-8") if stdin else None,
+                                  capture_output=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"{what}: no answer within {show_seconds(timeout)}") from None
+    finally:
+        os.unlink(path)
+
 class MoveError(Exception):
     code = EXIT_STEP
 
@@ -583,24 +604,15 @@ class SqlDirectory:
             lines += [f"host={opt(self.host)}", f"port={self.port}", "protocol=TCP"]
         if self.tls:
             lines.append("ssl")
-        fd, defaults = tempfile.mkstemp(prefix="isthmus-move-", suffix=".cnf")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-            argv = [self.client, f"--defaults-file={defaults}", "--batch", "--skip-column-names",
+        def argv(defaults: str) -> list[str]:
+            return [self.client, f"--defaults-file={defaults}", "--batch", "--skip-column-names",
                     "--default-character-set=utf8mb4",
                     f"--connect-timeout={max(1, int(self.timeout))}", self.database]
-            script = ("SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, "
-                      "'NO_BACKSLASH_ESCAPES', '');\n"
-                      + "".join(s.rstrip().rstrip(";") + ";\n" for s in statements))
-            try:
-                r = subprocess.run(argv, input=script.encode("utf-8"), capture_output=True,
-                                   timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                raise StepFailed(f"the SQL directory did not answer within "
-                                 f"{show_seconds(self.timeout)}") from None
-        finally:
-            os.unlink(defaults)
+        script = ("SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, "
+                  "'NO_BACKSLASH_ESCAPES', '');\n"
+                  + "".join(s.rstrip().rstrip(";") + ";\n" for s in statements))
+        r = run_with_secret_file(argv, "\n".join(lines) + "\n", ".cnf", script, self.timeout,
+                                 "the SQL directory")
         if r.returncode != 0:
             raise StepFailed(f"the SQL directory refused: "
                              f"{r.stderr.decode('utf-8', 'replace').strip() or r.returncode}")
@@ -787,24 +799,16 @@ class LdapDirectory:
         return "".join(f"\\{ord(ch):02x}" if ch in "*()\\\x00" else ch for ch in value)
 
     def _run(self, tool: str, args: list[str], stdin: str | None = None) -> str:
-        fd, pw = tempfile.mkstemp(prefix="isthmus-move-", suffix=".pw")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.password)  # -y takes the whole file: no newline
-            env = dict(os.environ)
-            if self.ca:
-                env["LDAPTLS_CACERT"] = self.ca
-            argv = [tool, "-x", "-H", self.uri, "-D", self.bind_dn, "-y", pw,
-                    "-o", f"nettimeout={max(1, int(self.timeout))}"]
-            if self.starttls:
-                argv.append("-ZZ")
-            try:
-                r = subprocess.run(argv + args, input=stdin.encode() if stdin else None,
-                                   capture_output=True, timeout=self.timeout, env=env)
-            except subprocess.TimeoutExpired:
-                raise StepFailed(f"{tool}: no answer within {show_seconds(self.timeout)}") from None
-        finally:
-            os.unlink(pw)
+        env = dict(os.environ)
+        if self.ca:
+            env["LDAPTLS_CACERT"] = self.ca
+        def argv(password_file: str) -> list[str]:
+            return ([tool, "-x", "-H", self.uri, "-D", self.bind_dn, "-y", password_file,
+                     "-o", f"nettimeout={max(1, int(self.timeout))}"]
+                    + (["-ZZ"] if self.starttls else []) + args)
+        # -y takes the whole file as the password: no newline.
+        r = run_with_secret_file(argv, self.password, ".pw", stdin, self.timeout, tool,
+                                 env=env)
         if r.returncode != 0:
             raise StepFailed(f"{tool} failed ({r.returncode}): "
                              f"{r.stderr.decode('utf-8', 'replace').strip()}")

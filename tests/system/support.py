@@ -47,6 +47,36 @@ def plain(user: str, password: str, authzid: str = "") -> str:
     return base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
 
 
+def start_lab_and_mariadb(lab, add_cleanup, used: set | None = None):
+    """Start LAB's Dovecot nodes and a MariaDB (on a free port, in
+    LAB.root/mariadb) at the same time; returns the MariaDB, whose stop is
+    registered with ADD_CLEANUP (unittest's addModuleCleanup,
+    addClassCleanup or addCleanup). USED: ports to keep clear of; the
+    MariaDB's port is added to it."""
+    from lab.mariadb import MariaDB
+    used = used if used is not None else set()
+    used |= {p for node in lab.nodes.values() for p in node.ports.values()}
+    used |= set(lab.isthmus_ports.values())
+    db = MariaDB(os.path.join(lab.root, "mariadb"), procs.free_port(exclude=used))
+    used.add(db.port)
+    add_cleanup(db.stop)
+    failed = []
+
+    def start_db():
+        try:
+            db.start()
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            failed.append(e)
+
+    t = threading.Thread(target=start_db)
+    t.start()
+    lab.start()
+    t.join()
+    if failed:
+        raise failed[0]
+    return db
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,15 +10,13 @@ import imaplib
 import os
 import poplib
 import re
-import threading
 import time
 import unittest
 
-from support import Lab, PASSWORD, binary, procs
+from support import Lab, PASSWORD, binary, procs, start_lab_and_mariadb
 
 from lab import directory_data as dd  # noqa: E402
 from lab.dovecot import MASTER_PASSWORD, MASTER_USER  # noqa: E402
-from lab.mariadb import MariaDB  # noqa: E402
 from lab.slapd import Slapd  # noqa: E402
 
 LAB = DB = SLAPD = None
@@ -35,23 +33,8 @@ def setUpModule():
     unittest.addModuleCleanup(LAB.close)
     for node in LAB.nodes.values():
         node.users.update(EXTRA_NODE_USERS)
-    used = {p for node in LAB.nodes.values() for p in node.ports.values()}
-    DB = MariaDB(os.path.join(LAB.root, "mariadb"), procs.free_port(exclude=used))
-    unittest.addModuleCleanup(DB.stop)
-    failed = []
-
-    def start_db():
-        try:
-            DB.start()
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            failed.append(e)
-
-    t = threading.Thread(target=start_db)
-    t.start()
-    LAB.start()
-    t.join()
-    if failed:
-        raise failed[0]
+    # The Dovecot nodes and MariaDB start at the same time.
+    DB = start_lab_and_mariadb(LAB, unittest.addModuleCleanup)
     SLAPD = Slapd(os.path.join(LAB.root, "slapd"), procs.free_port())
     SLAPD.start()
     unittest.addModuleCleanup(SLAPD.stop)

@@ -16,16 +16,14 @@ import os
 import poplib
 import re
 import smtplib
-import threading
 import time
 import unittest
 import uuid
 
-from support import Lab, PASSWORD, binary, make_message, procs, wait_for
+from support import Lab, PASSWORD, binary, make_message, procs, wait_for, start_lab_and_mariadb
 
 from lab import directory_data as dd  # noqa: E402 (support puts tests/ on sys.path)
 from lab.dovecot import user_maildir  # noqa: E402
-from lab.mariadb import MariaDB  # noqa: E402
 
 LAB = None
 DB = None
@@ -48,25 +46,8 @@ def setUpModule():
         # non-ASCII user must reach its mailbox (RFC 6531 local parts).
         node.config_text = (lambda text=node.config_text:
                             text() + "\n# any octet in a user name\nauth_username_chars =\n")
-    used = {p for node in LAB.nodes.values() for p in node.ports.values()}
-    used |= set(LAB.isthmus_ports.values())
-    DB = MariaDB(os.path.join(LAB.root, "mariadb"), procs.free_port(exclude=used))
-    unittest.addModuleCleanup(DB.stop)
     # The Dovecot nodes and MariaDB start at the same time.
-    failed = []
-
-    def start_db():
-        try:
-            DB.start()
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            failed.append(e)
-
-    t = threading.Thread(target=start_db)
-    t.start()
-    LAB.start()
-    t.join()
-    if failed:
-        raise failed[0]
+    DB = start_lab_and_mariadb(LAB, unittest.addModuleCleanup)
     SHARED = start_isthmus()
 
 

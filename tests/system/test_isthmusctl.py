@@ -9,9 +9,8 @@ import re
 import subprocess
 import unittest
 
-from support import Lab, PASSWORD, binary, procs, wait_for
+from support import Lab, PASSWORD, binary, procs, start_lab_and_mariadb, wait_for
 
-from lab.mariadb import MariaDB  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ISTHMUSCTL = os.path.join(HERE, "..", "..", "tools", "isthmusctl")
@@ -26,13 +25,8 @@ class Isthmusctl(unittest.TestCase):
     def setUpClass(cls):
         cls.lab = lab = Lab()
         cls.addClassCleanup(lab.close)
-        used = {p for node in lab.nodes.values() for p in node.ports.values()}
-        used |= set(lab.isthmus_ports.values())
-        cls.db = MariaDB(os.path.join(lab.root, "mariadb"), procs.free_port(exclude=used))
-        used.add(cls.db.port)
-        cls.addClassCleanup(cls.db.stop)
-        lab.start()
-        cls.db.start()
+        used = set()
+        cls.db = start_lab_and_mariadb(lab, cls.addClassCleanup, used)
         cls.db.install_role_store()
         token_file = os.path.join(lab.root, "admin.token")
         with open(token_file, "w") as f:

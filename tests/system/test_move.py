@@ -35,12 +35,11 @@ import unittest
 import urllib.parse
 import uuid
 
-from support import Lab, PASSWORD, binary, procs, wait_for
+from support import Lab, PASSWORD, binary, procs, wait_for, start_lab_and_mariadb
 
 from lab import directory_data as dd  # noqa: E402 (support puts tests/ on sys.path)
 from lab.dovecot import (MASTER_PASSWORD, MASTER_SEPARATOR, MASTER_USER,  # noqa: E402
                          put_message)
-from lab.mariadb import MariaDB  # noqa: E402
 from lab.postfix import Postfix  # noqa: E402
 from lab.slapd import Slapd  # noqa: E402
 
@@ -76,24 +75,8 @@ def setUpModule():
         # non-ASCII user must reach its mailbox (as in test_directory_sql.py).
         node.config_text = (lambda text=node.config_text:
                             text() + "\n# any octet in a user name\nauth_username_chars =\n")
-    used = {p for node in LAB.nodes.values() for p in node.ports.values()}
-    used |= set(LAB.isthmus_ports.values())
-    DB = MariaDB(os.path.join(LAB.root, "mariadb"), procs.free_port(exclude=used))
-    unittest.addModuleCleanup(DB.stop)
-    failed = []
-
-    def start_db():
-        try:
-            DB.start()
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            failed.append(e)
-
-    t = threading.Thread(target=start_db)
-    t.start()
-    LAB.start()
-    t.join()
-    if failed:
-        raise failed[0]
+    # The Dovecot nodes and MariaDB start at the same time.
+    DB = start_lab_and_mariadb(LAB, unittest.addModuleCleanup)
 
     SOCKET = os.path.join(LAB.root, "admin.sock")
     IX = LAB.start_isthmus(

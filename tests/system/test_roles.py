@@ -18,10 +18,9 @@ import stat
 import time
 import unittest
 
-from support import Lab, PASSWORD, binary, procs, wait_for
+from support import Lab, PASSWORD, binary, procs, start_lab_and_mariadb, wait_for
 
 from lab.gate import Gate  # noqa: E402
-from lab.mariadb import MariaDB  # noqa: E402
 
 USER = "alice@example.org"  # island a
 HEALTH = {"active": True, "interval": "500ms", "down_interval": "300ms", "timeout": "300ms",
@@ -38,14 +37,8 @@ class RoleStore(unittest.TestCase):
     def setUp(self):
         self.lab = Lab()
         self.addCleanup(self.lab.close)
-        used = {p for node in self.lab.nodes.values() for p in node.ports.values()}
-        used |= set(self.lab.isthmus_ports.values())
-        self.db = MariaDB(os.path.join(self.lab.root, "mariadb"), procs.free_port(exclude=used))
-        used.add(self.db.port)
-        self.used = used
-        self.addCleanup(self.db.stop)
-        self.lab.start()
-        self.db.start()
+        self.used = set()
+        self.db = start_lab_and_mariadb(self.lab, self.addCleanup, self.used)
         self.db.install_role_store()
         self.hook_log = os.path.join(self.lab.root, "hook.log")
         self.hook = os.path.join(self.lab.root, "hook.sh")
