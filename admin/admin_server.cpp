@@ -313,7 +313,8 @@ struct AdminServer::Impl {
       proxy::SessionFilter filter{text("user"), text("node"), text("island")};
       if (filter.user.empty() && filter.node.empty() && filter.island.empty())
         co_return error(request, http::status::bad_request,
-                        "say whose sessions: {\"user\": ...}, {\"node\": ...} or {\"island\": ...}");
+                        "say whose sessions: {\"user\": ...}, {\"node\": ...} or "
+                        "{\"island\": ...}");
       if (!filter.user.empty()) {
         if (auto normal = director::normalise_login(filter.user, runtime->config->login_names))
           filter.user = *normal;
@@ -362,8 +363,9 @@ struct AdminServer::Impl {
         auto normal = director::normalise_login(user, runtime->config->login_names);
         cache->invalidate(normal ? *normal : user);
       }
-      log_action(peer, request, user.empty() ? "the whole cache emptied"
-                                             : "cached entry of " + sanitize(user, 100) + " dropped");
+      log_action(peer, request,
+                 user.empty() ? "the whole cache emptied"
+                              : "cached entry of " + sanitize(user, 100) + " dropped");
       co_return reply(request, http::status::ok, json{{"invalidated", true}});
     }
     co_return error(request, http::status::not_found,
@@ -473,8 +475,9 @@ struct AdminServer::Impl {
     if (answer.wait_for(kActionWait) != std::future_status::ready)
       return error(request, http::status::gateway_timeout, "the role store did not answer in time");
     std::string problem = answer.get();
-    log_action(peer, request, problem.empty() ? fmt::format("{} holds island {}'s role", node, island)
-                                              : "refused: " + problem);
+    log_action(peer, request,
+               problem.empty() ? fmt::format("{} holds island {}'s role", node, island)
+                               : "refused: " + problem);
     if (!problem.empty()) {
       auto status = problem.starts_with("no island") || problem.find("is not a node") !=
                                                             std::string::npos

@@ -6,22 +6,14 @@
 
 namespace isthmus::admin {
 
-namespace {
-
-void family(std::string& out, std::string_view name, std::string_view type,
-            std::string_view help) {
-  out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
-}
-
-}  // namespace
-
 std::string render_metrics(const proxy::Runtime& runtime, std::string_view version) {
   std::string out;
   using proxy::prometheus_escape;
-  family(out, "isthmus_build_info", "gauge", "The running version (always 1).");
+  proxy::write_family_header(out, "isthmus_build_info", "gauge", "The running version (always 1).");
   out += fmt::format("isthmus_build_info{{version=\"{}\",instance=\"{}\"}} 1\n",
                      prometheus_escape(version), prometheus_escape(runtime.config->instance));
-  family(out, "isthmus_config_generation", "gauge", "1 for the first config, +1 per reload.");
+  proxy::write_family_header(out, "isthmus_config_generation", "gauge",
+                             "1 for the first config, +1 per reload.");
   out += fmt::format("isthmus_config_generation {}\n", runtime.generation);
   if (runtime.metrics) runtime.metrics->render(out);
 
@@ -34,20 +26,22 @@ std::string render_metrics(const proxy::Runtime& runtime, std::string_view versi
                            sample.second(island, *node));
   };
   using Sample = std::function<long(const backends::Island&, const backends::Node&)>;
-  family(out, "isthmus_node_sessions", "gauge", "Sessions on each node now (IMAP, POP3).");
+  proxy::write_family_header(out, "isthmus_node_sessions", "gauge",
+                             "Sessions on each node now (IMAP, POP3).");
   each_node(std::pair<std::string, Sample>{
       "isthmus_node_sessions",
       [](const backends::Island&, const backends::Node& n) { return long{n.state->sessions()}; }});
-  family(out, "isthmus_node_up", "gauge",
+  proxy::write_family_header(out, "isthmus_node_up", "gauge",
          "1 unless the health checks marked the node down (0).");
   each_node(std::pair<std::string, Sample>{
       "isthmus_node_up",
       [](const backends::Island&, const backends::Node& n) { return n.state->down() ? 0L : 1L; }});
-  family(out, "isthmus_node_draining", "gauge", "1 while the node is drained (config or API).");
+  proxy::write_family_header(out, "isthmus_node_draining", "gauge",
+                             "1 while the node is drained (config or API).");
   each_node(std::pair<std::string, Sample>{
       "isthmus_node_draining",
       [](const backends::Island&, const backends::Node& n) { return n.draining() ? 1L : 0L; }});
-  family(out, "isthmus_node_active_role", "gauge",
+  proxy::write_family_header(out, "isthmus_node_active_role", "gauge",
          "Active-passive islands: 1 for the node holding the active role, else 0.");
   for (const auto& island : islands) {
     if (!island.role) continue;
@@ -57,7 +51,7 @@ std::string render_metrics(const proxy::Runtime& runtime, std::string_view versi
                          prometheus_escape(island.name), prometheus_escape(node->name),
                          holder->node == node->name ? 1 : 0);
   }
-  family(out, "isthmus_island_role_epoch", "gauge",
+  proxy::write_family_header(out, "isthmus_island_role_epoch", "gauge",
          "Active-passive islands: the epoch of the active role (+1 per move).");
   for (const auto& island : islands)
     if (island.role)
@@ -66,7 +60,7 @@ std::string render_metrics(const proxy::Runtime& runtime, std::string_view versi
 
   if (auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(runtime.directory)) {
     auto stats = cache->stats();
-    family(out, "isthmus_directory_cache_lookups_total", "counter",
+    proxy::write_family_header(out, "isthmus_directory_cache_lookups_total", "counter",
            "Directory lookups by how the cache answered: hit (memory), miss (asked the "
            "directory), coalesced (waited for the same user's lookup), stale (expired entry "
            "served because the directory failed), failed (directory failed, nothing to serve).");
@@ -75,10 +69,11 @@ std::string render_metrics(const proxy::Runtime& runtime, std::string_view versi
           {"stale", stats.stale}, {"failed", stats.failures}})
       out += fmt::format("isthmus_directory_cache_lookups_total{{result=\"{}\"}} {}\n", result,
                          value);
-    family(out, "isthmus_directory_cache_evictions_total", "counter",
+    proxy::write_family_header(out, "isthmus_directory_cache_evictions_total", "counter",
            "Entries dropped to stay within max_entries.");
     out += fmt::format("isthmus_directory_cache_evictions_total {}\n", stats.evictions);
-    family(out, "isthmus_directory_cache_entries", "gauge", "Users in the cache now.");
+    proxy::write_family_header(out, "isthmus_directory_cache_entries", "gauge",
+                               "Users in the cache now.");
     out += fmt::format("isthmus_directory_cache_entries {}\n", stats.entries);
   }
   return out;

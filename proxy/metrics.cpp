@@ -11,12 +11,12 @@ constexpr std::array<config::Protocol, kProtocols> kAll{
 constexpr std::array<std::string_view, kLmtpResults> kLmtpNames{"delivered", "temporary",
                                                                 "permanent"};
 
-void family(std::string& out, std::string_view name, std::string_view type,
-            std::string_view help) {
+}  // namespace
+
+void write_family_header(std::string& out, std::string_view name, std::string_view type,
+                         std::string_view help) {
   out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
 }
-
-}  // namespace
 
 std::string prometheus_escape(std::string_view value) {
   std::string out;
@@ -38,21 +38,24 @@ void Metrics::login(config::Protocol protocol, Failure result, Clock::duration t
   while (bucket < kLoginBuckets.size() && seconds > kLoginBuckets[bucket]) ++bucket;
   login_buckets_[p][bucket].fetch_add(1, std::memory_order_relaxed);
   login_micros_[p].fetch_add(
-      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(took).count()),
+      static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::microseconds>(took).count()),
       std::memory_order_relaxed);
 }
 
 void Metrics::render(std::string& out) const {
   auto get = [](const auto& counter) { return counter.load(std::memory_order_relaxed); };
-  family(out, "isthmus_sessions_active", "gauge", "Client sessions open now, by protocol.");
+  write_family_header(out, "isthmus_sessions_active", "gauge",
+                      "Client sessions open now, by protocol.");
   for (auto p : kAll)
     out += fmt::format("isthmus_sessions_active{{protocol=\"{}\"}} {}\n", config::name_of(p),
                        get(protocol_slot(sessions_active_, p)));
-  family(out, "isthmus_sessions_total", "counter", "Client sessions accepted, by protocol.");
+  write_family_header(out, "isthmus_sessions_total", "counter",
+                      "Client sessions accepted, by protocol.");
   for (auto p : kAll)
     out += fmt::format("isthmus_sessions_total{{protocol=\"{}\"}} {}\n", config::name_of(p),
                        get(protocol_slot(sessions_total_, p)));
-  family(out, "isthmus_relayed_bytes_total", "counter",
+  write_family_header(out, "isthmus_relayed_bytes_total", "counter",
          "Bytes of ended sessions, from and to clients, by protocol.");
   for (auto p : kAll) {
     out += fmt::format("isthmus_relayed_bytes_total{{protocol=\"{}\",direction=\"in\"}} {}\n",
@@ -60,7 +63,7 @@ void Metrics::render(std::string& out) const {
     out += fmt::format("isthmus_relayed_bytes_total{{protocol=\"{}\",direction=\"out\"}} {}\n",
                        config::name_of(p), get(protocol_slot(bytes_out_, p)));
   }
-  family(out, "isthmus_logins_total", "counter",
+  write_family_header(out, "isthmus_logins_total", "counter",
          "IMAP and POP3 logins by result (ok, or the failure's name).");
   for (auto p : {config::Protocol::imap, config::Protocol::pop3}) {
     for (std::size_t f = 0; f < kFailures; ++f) {
@@ -73,7 +76,7 @@ void Metrics::render(std::string& out) const {
                          n);
     }
   }
-  family(out, "isthmus_login_duration_seconds", "histogram",
+  write_family_header(out, "isthmus_login_duration_seconds", "histogram",
          "From the login command to the answer, by protocol.");
   for (auto p : {config::Protocol::imap, config::Protocol::pop3}) {
     const auto i = static_cast<std::size_t>(p);
@@ -91,12 +94,12 @@ void Metrics::render(std::string& out) const {
     out += fmt::format("isthmus_login_duration_seconds_count{{protocol=\"{}\"}} {}\n",
                        config::name_of(p), cumulative);
   }
-  family(out, "isthmus_lmtp_recipients_total", "counter",
+  write_family_header(out, "isthmus_lmtp_recipients_total", "counter",
          "LMTP recipients by final answer: delivered (2xx), temporary (4xx), permanent (5xx).");
   for (std::size_t r = 0; r < kLmtpResults; ++r)
     out += fmt::format("isthmus_lmtp_recipients_total{{result=\"{}\"}} {}\n", kLmtpNames[r],
                        get(lmtp_recipients_[r]));
-  family(out, "isthmus_lmtp_messages_total", "counter",
+  write_family_header(out, "isthmus_lmtp_messages_total", "counter",
          "LMTP messages (DATA) by outcome: delivered to every accepted recipient, or not.");
   for (std::size_t r = 0; r < kLmtpResults; ++r)
     out += fmt::format("isthmus_lmtp_messages_total{{result=\"{}\"}} {}\n", kLmtpNames[r],

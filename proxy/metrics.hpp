@@ -44,8 +44,10 @@ class Metrics {
     protocol_slot(bytes_out_, protocol).fetch_add(bytes_out, std::memory_order_relaxed);
   }
   void login(config::Protocol protocol, Failure result, Clock::duration took);
-  void lmtp_recipient(LmtpResult result) {
-    lmtp_recipients_[static_cast<std::size_t>(result)].fetch_add(1, std::memory_order_relaxed);
+  void lmtp_recipients(LmtpResult result, std::uint64_t count) {
+    if (count == 0) return;
+    lmtp_recipients_[static_cast<std::size_t>(result)].fetch_add(count,
+                                                                 std::memory_order_relaxed);
   }
   void lmtp_message(LmtpResult result) {
     lmtp_messages_[static_cast<std::size_t>(result)].fetch_add(1, std::memory_order_relaxed);
@@ -69,7 +71,10 @@ class Metrics {
   std::array<Counter, kLmtpResults> lmtp_messages_{};
 };
 
-// Text helpers for the exposition format.
+// Text helpers for the exposition format (admin/metrics_text.cpp uses them too).
 std::string prometheus_escape(std::string_view label_value);
+// "# HELP name help" and "# TYPE name type", once per family.
+void write_family_header(std::string& out, std::string_view name, std::string_view type,
+                         std::string_view help);
 
 }  // namespace isthmus::proxy

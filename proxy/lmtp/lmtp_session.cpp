@@ -434,9 +434,9 @@ asio::awaitable<bool> LmtpSession::handle_data() {
   }
   replies.resize(replies.size() - 2);
   if (auto& metrics = runtime_->metrics) {
-    for (std::size_t i = 0; i < delivered; ++i) metrics->lmtp_recipient(LmtpResult::delivered);
-    for (std::size_t i = 0; i < deferred; ++i) metrics->lmtp_recipient(LmtpResult::temporary);
-    for (std::size_t i = 0; i < rejected; ++i) metrics->lmtp_recipient(LmtpResult::permanent);
+    metrics->lmtp_recipients(LmtpResult::delivered, delivered);
+    metrics->lmtp_recipients(LmtpResult::temporary, deferred);
+    metrics->lmtp_recipients(LmtpResult::permanent, rejected);
     metrics->lmtp_message(deferred > 0    ? LmtpResult::temporary
                           : rejected > 0 ? LmtpResult::permanent
                                          : LmtpResult::delivered);
