@@ -1,12 +1,15 @@
 # How every Isthmus target is made: one static library per top-level folder,
 # the same warnings, sanitizers and precompiled headers for all of them.
 
-# ccache, when present. PCH needs the sloppiness settings to get cache hits.
+# ccache, when present. PCH needs the sloppiness settings to get cache hits;
+# base_dir and nohashdir let two checkouts of the tree (git worktrees, a
+# package build) share cache entries.
 find_program(ISTHMUS_CCACHE ccache)
 if(ISTHMUS_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
   set(CMAKE_CXX_COMPILER_LAUNCHER
       ${CMAKE_COMMAND} -E env
       "CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime"
+      "CCACHE_BASEDIR=${PROJECT_SOURCE_DIR}" CCACHE_NOHASHDIR=1
       ${ISTHMUS_CCACHE})
 endif()
 

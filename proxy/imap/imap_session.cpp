@@ -2,6 +2,7 @@
 
 #include "backends/imap_node_login.hpp"
 #include "common/log.hpp"
+#include "common/sasl.hpp"
 #include "common/strings.hpp"
 
 #include <fmt/format.h>
@@ -220,18 +221,11 @@ asio::awaitable<ImapSession::Next> ImapSession::handle_authenticate(Command& com
   if (!decoded) {
     co_return co_await answer(tag + " BAD Invalid base64 data.\r\n");
   }
-  // authzid NUL authcid NUL passwd
-  auto first = decoded->find('\0');
-  auto second = first == std::string::npos ? first : decoded->find('\0', first + 1);
-  if (second == std::string::npos || decoded->find('\0', second + 1) != std::string::npos) {
-    OPENSSL_cleanse(decoded->data(), decoded->size());
-    co_return co_await answer(tag + " BAD Invalid SASL PLAIN message.\r\n");
-  }
-  std::string authzid = decoded->substr(0, first);
-  std::string authcid = decoded->substr(first + 1, second - first - 1);
-  std::string password = decoded->substr(second + 1);
+  auto plain = parse_sasl_plain(*decoded);
   OPENSSL_cleanse(decoded->data(), decoded->size());
-  co_return co_await log_in(tag, std::move(authcid), std::move(authzid), std::move(password));
+  if (!plain) co_return co_await answer(tag + " BAD Invalid SASL PLAIN message.\r\n");
+  co_return co_await log_in(tag, std::move(plain->authcid), std::move(plain->authzid),
+                            std::move(plain->password));
 }
 
 asio::awaitable<ImapSession::Next> ImapSession::handle_id(Command& command) {
