@@ -93,8 +93,10 @@ std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path&
   runtime->topology =
       backends::Topology::build(*config, previous ? previous->topology.get() : nullptr);
   runtime->directory = make_directory(*config, previous, connect);
-  runtime->auth_guard =
-      previous ? previous->auth_guard : std::make_shared<director::AuthGuard>();
+  // Its tables are sized once (auth.throttle_entries): a reload keeps them.
+  runtime->auth_guard = previous ? previous->auth_guard
+                                 : std::make_shared<director::AuthGuard>(
+                                       config->auth.throttle_entries);
   runtime->metrics = previous ? previous->metrics : std::make_shared<proxy::Metrics>();
   // One checker (and role store) for the life of the process; --check-config
   // checks nothing.

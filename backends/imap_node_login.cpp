@@ -18,6 +18,11 @@ namespace {
 
 // Lines from a node may be long (capability lists, referrals) but not endless.
 constexpr std::size_t kMaxNodeLine = 64 * 1024;
+// The longest AUTHENTICATE line with an initial response (RFC 4959) sent to
+// a node; longer responses go after the "+" continuation, which servers
+// accept up to larger sizes than a command line (Dovecot: 4 KiB lines
+// before login, 8 KiB SASL responses).
+constexpr std::size_t kMaxSaslIrLine = 1024;
 
 Failure failure_of(ReadStatus status) {
   switch (status) {
@@ -203,6 +208,7 @@ class ImapNodeLogin {
 
   boost::asio::awaitable<bool> send_credentials() {
     login_tag_ = next_tag();
+    result_.client_data_sent = true;
     const bool plain = has_capability(caps_, "AUTH=PLAIN");
     if (plain) {
       // RFC 4616: [authzid] NUL authcid NUL passwd.
@@ -214,7 +220,8 @@ class ImapNodeLogin {
       std::string encoded = encode_base64(message);
       OPENSSL_cleanse(message.data(), message.size());
       bool sent;
-      if (has_capability(caps_, "SASL-IR")) {  // RFC 4959
+      const std::size_t ir_line = login_tag_.size() + 21 + encoded.size() + 2;
+      if (has_capability(caps_, "SASL-IR") && ir_line <= kMaxSaslIrLine) {  // RFC 4959
         std::string line = login_tag_ + " AUTHENTICATE PLAIN " + encoded + "\r\n";
         sent = co_await send(line, "sending credentials");
         OPENSSL_cleanse(line.data(), line.size());

@@ -55,6 +55,10 @@ struct NodeLoginResult {
   std::string capabilities;  // IMAP: the node's post-login capability list
   std::string pending;       // bytes the node sent after its login answer, for the client
   std::string code;          // POP3: the node's response code on refusal (e.g. "IN-USE")
+  // Bytes the client chose (its login name, its password) went to the node
+  // before this result: from then on a failure may be the client's doing,
+  // and never counts against the node's health (proxy/login_proxy.cpp).
+  bool client_data_sent = false;
 };
 
 }  // namespace isthmus::backends

@@ -2,6 +2,7 @@
 
 #include "common/line_reader.hpp"
 #include "common/log.hpp"
+#include "common/sasl.hpp"
 #include "common/strings.hpp"
 
 #include <fmt/format.h>
@@ -11,6 +12,10 @@ namespace isthmus::backends {
 namespace {
 
 constexpr std::size_t kMaxNodeLine = 64 * 1024;
+// RFC 2449 section 4: a command line is at most 255 octets with its CRLF;
+// RFC 5034 section 4: an initial response that would make AUTH longer
+// goes after the server's "+" continuation instead.
+constexpr std::size_t kMaxCommandLine = 255;
 
 bool is_ok(std::string_view line) { return line.substr(0, 3) == "+OK"; }
 bool is_err(std::string_view line) { return line.substr(0, 4) == "-ERR"; }
@@ -93,6 +98,12 @@ class Pop3NodeLogin {
       fail(Failure::node_tls, "TLS handshake with the node failed: " + ec.message());
       co_return false;
     }
+    // RFC 2595 section 4: what the node said before TLS is forgotten (a
+    // man-in-the-middle could have added XCLIENT to the greeting); CAPA is
+    // asked again under TLS.
+    xclient_ = false;
+    sasl_plain_ = false;
+    stls_ = false;
     co_return true;
   }
 
@@ -128,17 +139,39 @@ class Pop3NodeLogin {
 
   boost::asio::awaitable<bool> authenticate() {
     const auto& c = params_.credentials;
-    std::string message = c.authzid;
-    message += '\0';
-    message += c.user;
-    message += '\0';
-    message += c.password;
-    std::string command = "AUTH PLAIN " + encode_base64(message) + "\r\n";
+    std::string message = sasl_plain_message(c.authzid, c.user, c.password);
+    std::string encoded = encode_base64(message);
     OPENSSL_cleanse(message.data(), message.size());
-    bool sent = co_await send(command, "sending credentials");
-    OPENSSL_cleanse(command.data(), command.size());
+    result_.client_data_sent = true;
+    bool sent = false;
+    if (11 + encoded.size() + 2 <= kMaxCommandLine) {
+      std::string command = "AUTH PLAIN " + encoded + "\r\n";
+      sent = co_await send(command, "sending credentials");
+      OPENSSL_cleanse(command.data(), command.size());
+    } else {
+      sent = co_await send("AUTH PLAIN\r\n", "starting AUTH");
+      if (sent) sent = co_await await_continuation();
+      if (sent) {
+        std::string response = encoded + "\r\n";
+        sent = co_await send(response, "sending credentials");
+        OPENSSL_cleanse(response.data(), response.size());
+      }
+    }
+    OPENSSL_cleanse(encoded.data(), encoded.size());
     if (!sent) co_return false;
     co_return co_await await_login_answer();
+  }
+
+  // "+" (with or without text) after AUTH PLAIN; -ERR ends the login.
+  boost::asio::awaitable<bool> await_continuation() {
+    auto answer = co_await line("waiting for the AUTH continuation");
+    if (!answer) co_return false;
+    if (answer->size() >= 1 && (*answer)[0] == '+' &&
+        (answer->size() == 1 || (*answer)[1] == ' '))
+      co_return true;
+    if (is_err(*answer)) fail(classify_pop3_refusal(*answer), "AUTH refused: " + sanitize(*answer));
+    else fail(Failure::node_protocol, "unexpected answer to AUTH: " + sanitize(*answer, 60));
+    co_return false;
   }
 
   // USER/PASS put the credentials on command lines, the only way POP3 has
@@ -156,6 +189,7 @@ class Pop3NodeLogin {
       fail(Failure::auth_failed, "credentials with CR, LF or NUL cannot go in USER/PASS");
       co_return false;
     }
+    result_.client_data_sent = true;
     bool sent = co_await send("USER " + c.user + "\r\n", "sending the user name");
     if (!sent) co_return false;
     auto answer = co_await line("waiting for the USER answer");

@@ -9,7 +9,7 @@ using L = spdlog::level::level_enum;
 using A = ClientAnswer;
 
 // Order follows the enum; checked by the static_assert below and a unit test.
-constexpr std::array<FailurePolicy, 24> kPolicies{{
+constexpr std::array<FailurePolicy, 27> kPolicies{{
     {"none", "ok", false, false, A::none, L::info},
     {"client_closed", "the client closed the connection", false, false, A::none, L::info},
     {"client_timeout", "the client was idle too long", false, false, A::none, L::info},
@@ -18,6 +18,10 @@ constexpr std::array<FailurePolicy, 24> kPolicies{{
     {"client_limit", "the client sent too many commands before logging in", false, false, A::none,
      L::info},
     {"bad_login_name", "the login name is not acceptable", false, false, A::auth_failed, L::info},
+    {"bad_credentials", "the credentials are not acceptable (refused before any node saw them)",
+     false, false, A::auth_failed, L::info},
+    {"throttled", "too many failed logins from this address or for this name; not checked",
+     false, false, A::temporary, L::info},
     {"unknown_user", "no island for this user", false, false, A::auth_failed, L::info},
     {"account_disabled", "the account is disabled", false, false, A::auth_failed, L::info},
     {"account_moving", "the account is being moved to another island", false, false,
@@ -40,6 +44,9 @@ constexpr std::array<FailurePolicy, 24> kPolicies{{
     {"login_delay", "the node says the user logs in too often", false, false, A::login_delay,
      L::info},
     {"auth_failed", "authentication failed", false, false, A::auth_failed, L::info},
+    // Not the node's fault: it had bytes the client chose (docs/health.md).
+    {"login_dropped", "the node gave up on the login after it received the client's credentials",
+     false, false, A::temporary, L::info},
     {"proxy_loop", "the login passed through too many proxies (a routing loop?)", false, false,
      A::temporary, L::err},
     {"plaintext_refused", "a password before TLS on a connection that requires TLS", false,

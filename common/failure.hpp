@@ -20,6 +20,8 @@ enum class Failure : std::uint8_t {
   client_limit,      // too many commands before login
   // Lookup and routing.
   bad_login_name,    // empty, too long, or with control characters
+  bad_credentials,   // a password no server takes (too long; NUL, CR or LF), refused first
+  throttled,         // too many failed logins from the address or for the name: not checked
   unknown_user,      // no island for the user and no default
   account_disabled,  // the directory says the account is disabled
   account_moving,    // the account is being moved between islands
@@ -36,6 +38,7 @@ enum class Failure : std::uint8_t {
   mailbox_in_use,    // the node says the mailbox is locked by another session
   login_delay,       // the node says the user logs in too often (POP3 LOGIN-DELAY)
   auth_failed,       // the credentials were refused
+  login_dropped,     // the node failed the login after it had the client's credentials
   proxy_loop,        // the login has passed through too many proxies
   plaintext_refused, // a password before TLS where that is not allowed
   // Isthmus itself.

@@ -31,11 +31,56 @@ asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> Transport::w
   return until(deadline, write);
 }
 
+namespace {
+
+// Where a server-side SSL object keeps the protocol its listener speaks.
+int alpn_index() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+int select_alpn(SSL* ssl, const unsigned char** out, unsigned char* out_length,
+                const unsigned char* in, unsigned int in_length, void*) {
+  const auto* want = static_cast<const char*>(SSL_get_ex_data(ssl, alpn_index()));
+  if (want == nullptr) return SSL_TLSEXT_ERR_NOACK;  // no expectation: ALPN ignored
+  std::string_view chosen;
+  if (!alpn_select(std::string_view(reinterpret_cast<const char*>(in), in_length), want, chosen))
+    return SSL_TLSEXT_ERR_ALERT_FATAL;  // OpenSSL sends no_application_protocol
+  *out = reinterpret_cast<const unsigned char*>(chosen.data());
+  *out_length = static_cast<unsigned char>(chosen.size());
+  return SSL_TLSEXT_ERR_OK;
+}
+
+}  // namespace
+
+bool alpn_select(std::string_view offered, std::string_view want, std::string_view& chosen) {
+  bool found = false;
+  std::size_t i = 0;
+  while (i < offered.size()) {
+    const std::size_t length = static_cast<unsigned char>(offered[i]);
+    if (length == 0 || i + 1 + length > offered.size()) return false;  // malformed
+    const auto name = offered.substr(i + 1, length);
+    if (!found && name == want) {
+      chosen = name;
+      found = true;
+    }
+    i += 1 + length;
+  }
+  return found;
+}
+
+void install_alpn_check(asio::ssl::context& context) {
+  SSL_CTX_set_alpn_select_cb(context.native_handle(), select_alpn, nullptr);
+}
+
 asio::awaitable<boost::system::error_code> Transport::start_tls_as_server(
-    asio::ssl::context& context, Deadline deadline, std::string_view already_read) {
+    asio::ssl::context& context, Deadline deadline, std::string_view already_read,
+    const char* alpn) {
   tls_ = std::make_unique<TlsStream>(std::move(socket_), context);
   // Nothing of the handshake's buffers is kept while the session is idle.
   SSL_set_mode(tls_->native_handle(), SSL_MODE_RELEASE_BUFFERS);
+  // A string literal that outlives the handshake (alpn_protocol()).
+  SSL_set_ex_data(tls_->native_handle(), alpn_index(), const_cast<char*>(alpn));
   auto handshake = [tls = tls_.get(), already_read](auto token) {
     return tls->async_handshake(asio::ssl::stream_base::server,
                                 asio::buffer(already_read.data(), already_read.size()), token);

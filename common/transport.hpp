@@ -40,8 +40,11 @@ class Transport {
   // TLS as the server (implicit TLS listener, or after STARTTLS/STLS).
   // `already_read` holds bytes of the client's handshake read before (past
   // a PROXY header in the same segment); they are fed to the handshake.
+  // `alpn`: the listener's protocol ("imap", "pop3"); a client that offers
+  // ALPN without it fails the handshake (see install_alpn_check).
   boost::asio::awaitable<boost::system::error_code> start_tls_as_server(
-      boost::asio::ssl::context& context, Deadline deadline, std::string_view already_read = {});
+      boost::asio::ssl::context& context, Deadline deadline, std::string_view already_read = {},
+      const char* alpn = nullptr);
 
   // TLS as the client, to a node. With `verify`, the node's certificate
   // must chain to the context's CAs and name `server_name` (a host name or
@@ -61,6 +64,17 @@ class Transport {
   boost::asio::ip::tcp::socket socket_;  // moved into tls_ when TLS starts
   std::unique_ptr<TlsStream> tls_;
 };
+
+// Cross-protocol attacks (ALPACA): a server context so checked answers a
+// ClientHello whose ALPN list lacks the listener's protocol (passed to
+// start_tls_as_server) with the fatal alert no_application_protocol (RFC
+// 7301 section 3.2); a client that offers no ALPN is served as before.
+void install_alpn_check(boost::asio::ssl::context& context);
+
+// The protocol's ALPN list a ClientHello offered would be answered with:
+// true and `chosen` set when `offered` (RFC 7301 wire format) holds `want`;
+// false when it does not, or is malformed. Pure; exposed for tests.
+bool alpn_select(std::string_view offered, std::string_view want, std::string_view& chosen);
 
 // "1.2.3.4:5678" / "[::1]:5678"; "?" when the socket has no peer.
 std::string peer_of(const boost::asio::ip::tcp::socket& socket);

@@ -118,6 +118,10 @@ struct LdapDirectory {
   std::string island_attribute = "mailIsland";
   std::string state_attribute = "mailAccountState";       // absent on an entry: active
   std::string node_login_attribute = "mailNodeLogin";     // absent on an entry: the login name
+  // The attribute the filter matches the login name against: its value is
+  // the directory's spelling of the name (see UserEntry::login). Empty:
+  // the normalised name as the client gave it.
+  std::string login_attribute = "uid";
   std::string password_attribute;  // optional: a crypt(3) hash for authentication "directory"
   unsigned pool = 4;                                       // connections
   Duration timeout = std::chrono::seconds(3);              // one lookup, all retries
@@ -182,15 +186,26 @@ struct Auth {
   // A verdict for (user, password) is remembered this long: a spray of the
   // same guesses costs the directory one check each.
   Duration outcome_cache_ttl = std::chrono::seconds(30);
-  // Each failed login from an address doubles its delay (from
-  // timeouts.auth_failure_delay) up to this; ten quiet minutes reset it.
+  // The login throttle (director/auth_guard.hpp, docs/tls-and-trust.md):
+  // each failure from an address (and against a login name) doubles the
+  // wait before that address's (name's) next check, from
+  // timeouts.auth_failure_delay up to max_failure_delay; a failure's weight
+  // halves every failure_half_life.
   Duration max_failure_delay = std::chrono::seconds(15);
+  Duration failure_half_life = std::chrono::minutes(5);
+  // A check that would wait longer is refused at once (a temporary failure).
+  Duration max_throttle_wait = std::chrono::seconds(30);
+  // Credentials that logged in (and the address they logged in from) are
+  // not throttled for this long; 0: never exempt.
+  Duration known_good_ttl = std::chrono::hours(24 * 7);
+  unsigned ipv6_prefix = 64;             // IPv6 clients are counted per /64
+  std::size_t throttle_entries = 65536;  // slots per throttle table (fixed at start)
 };
 
 struct LoginNames {
-  bool lowercase = true;
+  bool lowercase = true;       // ASCII letters only; other characters are left as they are
   std::string default_domain;  // added to names without '@'; empty: none
-  std::size_t max_length = 256;
+  std::size_t max_length = 256;  // bytes of UTF-8, after normalisation
 };
 
 struct Timeouts {
@@ -209,6 +224,16 @@ struct Limits {
   std::size_t max_line = 8192;       // one command line, literals excluded
   std::size_t max_literal = 8192;    // one literal before login
   std::size_t max_preauth_commands = 30;
+  // A password longer than this (bytes) is refused before any directory or
+  // node sees it: no server takes one of several KiB.
+  std::size_t max_password = 1024;
+  // Connections not yet logged in, per client address (its PROXY header's
+  // or ID's address where believed; IPv6 per auth.ipv6_prefix). 0: no cap.
+  std::size_t max_preauth_per_address = 20;
+  // Client connections in all (IMAP, POP3, LMTP); at the limit, the oldest
+  // connection not yet logged in is closed to admit a new one. 0: from the
+  // descriptor limit (RLIMIT_NOFILE), two per connection and a reserve.
+  std::size_t max_connections = 0;
   std::uint64_t max_message_size = 50ULL << 20;  // LMTP SIZE
   std::size_t max_recipients = 1000;             // LMTP recipients per transaction
 };

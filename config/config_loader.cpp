@@ -355,6 +355,7 @@ void read_ldap_directory(Object& l, LdapDirectory& ldap, const std::filesystem::
     a.read_string("island", ldap.island_attribute);
     a.read_string("state", ldap.state_attribute);
     a.read_string("node_login", ldap.node_login_attribute);
+    a.read_string("login", ldap.login_attribute);
     a.read_string("password", ldap.password_attribute);
     if (ldap.island_attribute.empty())
       problems.add(a.pointer_of("island"), "must name the attribute holding the island");
@@ -498,6 +499,13 @@ void read_auth(Object& a, Auth& auth, const std::filesystem::path& base) {
     problems.add(a.pointer_of("master_separator"), "must not be empty");
   a.read_duration("outcome_cache_ttl", auth.outcome_cache_ttl);
   a.read_duration("max_failure_delay", auth.max_failure_delay);
+  a.read_duration("failure_half_life", auth.failure_half_life);
+  a.read_duration("max_throttle_wait", auth.max_throttle_wait);
+  a.read_duration("known_good_ttl", auth.known_good_ttl);
+  a.read_uint("ipv6_prefix", auth.ipv6_prefix, 32, 128);
+  a.read_uint("throttle_entries", auth.throttle_entries, 64, 16U << 20);
+  if (auth.failure_half_life < std::chrono::seconds(1))
+    problems.add(a.pointer_of("failure_half_life"), "must be at least 1s");
 }
 
 void read_log(Object& o, LogSettings& log) {
@@ -769,6 +777,9 @@ Config parse_config(std::string_view text, const std::string& source,
       l.read_uint("max_line", config.limits.max_line, 1024, 1 << 20);
       l.read_uint("max_literal", config.limits.max_literal, 256, 1 << 20);
       l.read_uint("max_preauth_commands", config.limits.max_preauth_commands, 1, 10000);
+      l.read_uint("max_password", config.limits.max_password, 16, 8192);
+      l.read_uint("max_preauth_per_address", config.limits.max_preauth_per_address, 0, 1000000);
+      l.read_uint("max_connections", config.limits.max_connections, 0, 10000000);
       l.read_uint("max_message_size", config.limits.max_message_size, 1024, 4ULL << 30);
       l.read_uint("max_recipients", config.limits.max_recipients, 1, 100000);
     }

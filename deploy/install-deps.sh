@@ -8,7 +8,7 @@ build_packages=(
   build-essential cmake ninja-build ccache pkg-config
   libboost1.81-dev libssl-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libcli11-dev doctest-dev
-  libldap-dev libmariadb-dev libcrypt-dev
+  libldap-dev libmariadb-dev libcrypt-dev libicu-dev
 )
 test_packages=(
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd

@@ -30,7 +30,11 @@ std::optional<AccountState> account_state_from(std::string_view text);
 struct UserEntry {
   std::string island;
   AccountState state = AccountState::active;
-  std::string node_login;     // the login name on the node; empty: the normalised name
+  std::string node_login;     // the login name on the node; empty: `login`
+  // The directory's own spelling of the name it matched (a directory may
+  // fold case or normalise differently from Isthmus); empty: the
+  // normalised name. The node is told this name, never the client's bytes.
+  std::string login;
   std::string dn;             // LDAP: the user's entry, for directory authentication
   std::string password_hash;  // SQL: crypt(3) hash, for directory authentication
 };

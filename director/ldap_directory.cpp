@@ -38,10 +38,27 @@ std::string without_crypt_prefix(const std::string& stored) {
   return stored;
 }
 
+// Which of an entry's login values the directory matched: the one equal to
+// the login name byte for byte; else the only value; else the one equal
+// but for ASCII case; else none (ambiguous).
+std::optional<std::string> choose_login(const std::vector<std::string> &values,
+                                        std::string_view user) {
+  for (const auto &value : values)
+    if (value == user) return value;
+  if (values.size() == 1) return values.front();
+  std::optional<std::string> folded;
+  for (const auto &value : values) {
+    if (!iequals(value, user)) continue;
+    if (folded) return std::nullopt;
+    folded = value;
+  }
+  return folded;
+}
+
 } // namespace
 
 LookupResult interpret_ldap_search(const config::LdapDirectory &settings,
-                                   const ldap::SearchResult &result) {
+                                   const ldap::SearchResult &result, std::string_view user) {
   if (!result.ok)
     return unavailable_result("ldap: " + result.error);
   const auto &entries = result.entries;
@@ -60,10 +77,12 @@ LookupResult interpret_ldap_search(const config::LdapDirectory &settings,
   const ldap::Entry &entry = entries.front();
   const std::string dn = sanitize(entry.dn, 200);
 
+  // A user entry without an island is a broken entry, not a missing user:
+  // bouncing mail for it would lose mail (a temporary failure instead).
   const auto *island = entry.values(settings.island_attribute);
   if (!island || island->empty() || island->front().empty())
-    return not_found_result(fmt::format("ldap: entry {} has no {} value", dn,
-                                        settings.island_attribute));
+    return unavailable_result(fmt::format("ldap: directory data error: entry {} has no {} value",
+                                          dn, settings.island_attribute));
   if (island->size() > 1)
     return unavailable_result(fmt::format("ldap: entry {} has {} {} values", dn,
                                           island->size(),
@@ -99,6 +118,18 @@ LookupResult interpret_ldap_search(const config::LdapDirectory &settings,
     if (node_login && !node_login->empty())
       found.entry.node_login = node_login->front();
   }
+  if (!settings.login_attribute.empty()) {
+    const auto *logins = entry.values(settings.login_attribute);
+    if (logins && !logins->empty()) {
+      auto chosen = choose_login(*logins, user);
+      if (!chosen)
+        return unavailable_result(fmt::format(
+            "ldap: directory data error: entry {} has {} {} values and none is the login "
+            "name {}",
+            dn, logins->size(), settings.login_attribute, sanitize(user, 100)));
+      found.entry.login = *chosen;
+    }
+  }
   if (!settings.password_attribute.empty()) {
     const auto *password = entry.values(settings.password_attribute);
     if (password && !password->empty())
@@ -132,7 +163,8 @@ class LdapDirectory final : public LoopDirectory {
         filter_(parse_template(settings.filter)),
         scope_(ldap::scope_from(settings.scope).value_or(ldap::Scope::sub)) {
     for (const std::string* name : {&settings.island_attribute, &settings.state_attribute,
-                                    &settings.node_login_attribute, &settings.password_attribute}) {
+                                    &settings.node_login_attribute, &settings.password_attribute,
+                                    &settings.login_attribute}) {
       if (!name->empty()) attributes_.push_back(*name);
     }
     try {
@@ -177,7 +209,7 @@ class LdapDirectory final : public LoopDirectory {
     request.attributes = attributes_;
     const Deadline deadline = Deadline::after(settings_.timeout);
     ldap::SearchResult result = co_await client_->search(std::move(request), deadline);
-    co_return interpret_ldap_search(settings_, result);
+    co_return interpret_ldap_search(settings_, result, user);
   }
 
  private:

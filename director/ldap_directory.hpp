@@ -9,9 +9,10 @@
 //
 //   exactly one entry with one island value   found
 //   no entry                                  not_found
-//   one entry without an island value         not_found (detail says so)
+//   one entry without an island value         unavailable: a broken entry (mail waits)
 //   more than one entry                       unavailable: never route on an ambiguous answer
 //   a state value Isthmus does not know       unavailable: never a guess
+//   several login values, none the name       unavailable: which one did it match?
 //   any server failure or timeout             unavailable (the cache may serve a stale entry)
 //
 // Directory authentication binds as the entry's DN (ldap/client.hpp).
@@ -35,9 +36,9 @@ std::shared_ptr<Directory> make_ldap_directory(const config::LdapDirectory& sett
 // RFC 4515-escaped values. Pure; exposed for tests.
 std::string render_ldap_filter(const std::vector<TemplatePiece>& pieces, const LoginParts& parts);
 
-// What a search's answer means for a lookup (the table above). Pure;
-// exposed for tests.
+// What a search for `user` (the normalised login name) found means for a
+// lookup (the table above). Pure; exposed for tests.
 LookupResult interpret_ldap_search(const config::LdapDirectory& settings,
-                                   const ldap::SearchResult& result);
+                                   const ldap::SearchResult& result, std::string_view user);
 
 }  // namespace isthmus::director

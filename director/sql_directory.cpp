@@ -119,9 +119,12 @@ LookupResult lookup_result_from_rows(const sql::QueryResult& result) {
   };
 
   const auto& island = column(kIsland);
+  // A row without an island is a broken row, not a missing user: bouncing
+  // mail for it would lose mail (a temporary failure instead).
   if (!island || island->empty()) {
-    return not_found_result(
-        fmt::format("the row on {} has {} island", result.server, island ? "an empty" : "a NULL"));
+    return unavailable_result(fmt::format("sql directory: directory data error: the row on {} "
+                                          "has {} island",
+                                          result.server, island ? "an empty" : "a NULL"));
   }
   LookupResult found;
   found.status = LookupStatus::found;

@@ -2,6 +2,7 @@
 
 #include "common/log.hpp"
 #include "common/net.hpp"
+#include "config/duration.hpp"
 #include "director/login_name.hpp"
 #include "director/router.hpp"
 
@@ -77,18 +78,17 @@ void report_node_failure(const Runtime& runtime, const backends::Node& node, Fai
     runtime.health->report_failure(node.name, fmt::format("a session: {}", policy.description));
 }
 
-static boost::asio::awaitable<LoginOutcome> log_in_through_island_unmeasured(const Runtime& runtime,
-                                                           LoginRequest request,
-                                                           const NodeLoginFn& node_login,
-                                                           Deadline deadline) {
+// After the checks that need no directory and no node (credentials,
+// name, throttle): the lookup, the password check in directory mode, and
+// the island's nodes in the router's order. `user` is the normalised name.
+static boost::asio::awaitable<LoginOutcome> log_in_to_island(const Runtime& runtime,
+                                                             LoginRequest request,
+                                                             const std::string& normalised_user,
+                                                             const NodeLoginFn& node_login,
+                                                             Deadline deadline) {
   LoginOutcome outcome;
   const auto& config = *runtime.config;
-  auto user = director::normalise_login(request.login_name, config.login_names);
-  if (!user) {
-    outcome.failure = Failure::bad_login_name;
-    outcome.detail = "login name not acceptable";
-    co_return outcome;
-  }
+  const std::optional<std::string> user = normalised_user;
   outcome.user = *user;
 
   // The mailbox owner decides the island: the authorization identity when
@@ -121,7 +121,16 @@ static boost::asio::awaitable<LoginOutcome> log_in_through_island_unmeasured(con
       outcome.detail = sanitize(found.detail);
       co_return outcome;
   }
-  outcome.island = found.entry.island;
+  // The island value came from the directory: only a configured name is
+  // ever used (or logged unescaped).
+  const backends::Island* island = runtime.topology->island(found.entry.island);
+  if (!island) {
+    outcome.failure = Failure::unknown_island;
+    outcome.detail = fmt::format("directory data error: island \"{}\" is not configured",
+                                 sanitize(found.entry.island, 100));
+    co_return outcome;
+  }
+  outcome.island = island->name;
   if (found.entry.state == director::AccountState::disabled) {
     outcome.failure = Failure::account_disabled;
     outcome.detail = "the directory says the account is disabled";
@@ -130,12 +139,6 @@ static boost::asio::awaitable<LoginOutcome> log_in_through_island_unmeasured(con
   if (found.entry.state == director::AccountState::moving) {
     outcome.failure = Failure::account_moving;
     outcome.detail = "the account is being moved; try again when the move is done";
-    co_return outcome;
-  }
-  const backends::Island* island = runtime.topology->island(found.entry.island);
-  if (!island) {
-    outcome.failure = Failure::unknown_island;
-    outcome.detail = fmt::format("island \"{}\" is not configured", sanitize(found.entry.island));
     co_return outcome;
   }
 
@@ -149,10 +152,19 @@ static boost::asio::awaitable<LoginOutcome> log_in_through_island_unmeasured(con
   }
 
   backends::Credentials credentials;
-  // The node may know the user by another name (the directory says which).
-  const std::string node_user = found.entry.node_login.empty() ? *user : found.entry.node_login;
-  credentials.user = node_user;
-  credentials.authzid = authzid;
+  // The node is told the name the directory matched (its own spelling, or
+  // the node login it gives), never the client's bytes: a directory that
+  // folds case or normalises differently must not route one user while
+  // the node logs in another.
+  const std::string& node_user = !found.entry.node_login.empty() ? found.entry.node_login
+                                 : !found.entry.login.empty()    ? found.entry.login
+                                                                 : owner;
+  if (authzid.empty()) {
+    credentials.user = node_user;
+  } else {
+    credentials.user = *user;  // who logs in (an admin acting for the owner)
+    credentials.authzid = node_user;
+  }
   credentials.password = std::move(request.password);
   if (config.auth.mode == config::AuthMode::directory) {
     // Isthmus checks the password; the node is told who logs in.
@@ -227,6 +239,14 @@ static boost::asio::awaitable<LoginOutcome> log_in_through_island_unmeasured(con
         result = co_await node_login(connection, params);
       }
     }
+    // A node that failed after it had bytes the client chose (a name, a
+    // password) may have failed because of them: that is this login's
+    // failure, never the node's (no health report, no next node).
+    if (result.client_data_sent && policy_of(result.failure).node_suspect) {
+      result.detail = fmt::format("{} ({} after the client's credentials were sent)", result.detail,
+                                  name_of(result.failure));
+      result.failure = Failure::login_dropped;
+    }
     if (result.failure == Failure::none) {
       node->state->report_success();
       outcome.failure = Failure::none;
@@ -258,14 +278,82 @@ static boost::asio::awaitable<LoginOutcome> log_in_through_island_unmeasured(con
   co_return outcome;
 }
 
+namespace {
+
+// Credentials no server takes are refused before any directory or node
+// sees them (a node that drops such a login must not be blamed for it).
+std::optional<std::string> credentials_problem(const LoginRequest& request,
+                                               const config::Config& config) {
+  const auto& password = request.password;
+  if (password.size() > config.limits.max_password)
+    return fmt::format("a password of {} bytes (limits.max_password is {})", password.size(),
+                       config.limits.max_password);
+  if (password.find_first_of(std::string_view("\0\r\n", 3)) != std::string::npos)
+    return "a password with NUL, CR or LF";
+  return std::nullopt;
+}
+
+// Failures that count against the address and the name in the throttle:
+// whatever the client is told "authentication failed" for, and logins a
+// node dropped after it had the client's credentials.
+bool counts_as_failed_login(Failure failure) {
+  return policy_of(failure).answer == ClientAnswer::auth_failed ||
+         failure == Failure::login_dropped;
+}
+
+}  // namespace
+
 boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtime,
                                                            LoginRequest request,
                                                            const NodeLoginFn& node_login,
                                                            Deadline deadline) {
   const auto started = Clock::now();
   const auto protocol = request.protocol;
-  LoginOutcome outcome =
-      co_await log_in_through_island_unmeasured(runtime, std::move(request), node_login, deadline);
+  const auto& config = *runtime.config;
+  auto& guard = *runtime.auth_guard;
+  const auto throttle = director::ThrottleSettings::from(config);
+  const std::string address = director::AuthGuard::address_key(
+      unmapped(request.client_remote.address()), throttle.ipv6_prefix);
+
+  LoginOutcome outcome;
+  auto user = director::normalise_login(request.login_name, config.login_names);
+  // The throttle's name for this attempt: the normalised name, or the raw
+  // one (bounded) when it is not acceptable.
+  const std::string throttle_user =
+      user ? *user : request.login_name.substr(0, config.login_names.max_length);
+  const auto keys = guard.keys(address, throttle_user, request.password);
+  if (auto problem = credentials_problem(request, config)) {
+    outcome.failure = Failure::bad_credentials;
+    outcome.user = user.value_or("");
+    outcome.detail = std::move(*problem);
+  } else if (!user) {
+    outcome.failure = Failure::bad_login_name;
+    outcome.detail = "login name not acceptable";
+  } else {
+    // The throttle: this address's and this name's failures decide when
+    // the check may start; nothing is asked of a directory or a node before.
+    const auto admission = guard.admit(keys, Clock::now(), throttle);
+    if (admission.refused) {
+      outcome.failure = Failure::throttled;
+      outcome.user = *user;
+      outcome.detail = fmt::format("the wait for a check would exceed auth.max_throttle_wait ({})",
+                                   config::format_duration(std::chrono::duration_cast<std::chrono::milliseconds>(throttle.max_wait)));
+    } else {
+      const auto waited = admission.start - Clock::now();
+      if (waited > Clock::duration::zero()) {
+        spdlog::info("session={} login user={} client={}: throttled, checking in {}ms ({})",
+                     request.session_id, sanitize(*user, 100), request.client,
+                     std::chrono::duration_cast<std::chrono::milliseconds>(waited).count(),
+                     admission.user_wait > admission.address_wait
+                         ? "failed logins for this name"
+                         : "failed logins from this address");
+        co_await sleep_until(Deadline::at(admission.start));
+        deadline = Deadline::at(deadline.when() + waited);  // the login's own budget is whole
+      }
+      outcome = co_await log_in_to_island(runtime, std::move(request), *user, node_login,
+                                          deadline);
+    }
+  }
   // An active-passive island whose role moved while this login was on its
   // way: the old holder's sessions are being closed; do not add one.
   if (outcome.failure == Failure::none) {
@@ -282,6 +370,8 @@ boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtim
       }
     }
   }
+  if (outcome.failure == Failure::none) guard.succeeded(keys, Clock::now(), throttle);
+  else if (counts_as_failed_login(outcome.failure)) guard.failed(keys, Clock::now(), throttle);
   if (runtime.metrics) runtime.metrics->login(protocol, outcome.failure, Clock::now() - started);
   co_return outcome;
 }

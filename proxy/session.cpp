@@ -10,6 +10,35 @@
 
 namespace isthmus::proxy {
 
+namespace {
+
+// ALPN protocol IDs (IANA registry, RFC 7301) of the listeners that speak TLS.
+const char* alpn_protocol(config::Protocol protocol) {
+  switch (protocol) {
+    case config::Protocol::imap: return "imap";
+    case config::Protocol::pop3: return "pop3";
+    case config::Protocol::lmtp: return nullptr;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+bool is_http_request_line(std::string_view line) {
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  // METHOD SP request-target SP HTTP/d.d (RFC 9112 section 3); methods
+  // are upper-case tokens.
+  const auto first = line.find(' ');
+  if (first == std::string_view::npos || first < 3 || first > 10) return false;
+  for (char c : line.substr(0, first))
+    if (c < 'A' || c > 'Z') return false;
+  const auto last = line.rfind(' ');
+  if (last == first) return false;
+  const auto version = line.substr(last + 1);
+  return version.size() == 8 && version.substr(0, 5) == "HTTP/" && version[5] >= '0' &&
+         version[5] <= '9' && version[6] == '.' && version[7] >= '0' && version[7] <= '9';
+}
+
 void log_session_end(const SessionRecord& r) {
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - r.started);
   spdlog::info("session={} proto={} end client={} user={} island={} node={} tls={} in={} out={} "
@@ -82,7 +111,8 @@ boost::asio::awaitable<bool> Session::begin() {
     }
   }
   if (listener_->tls == config::TlsMode::implicit) {
-    auto ec = co_await client_.start_tls_as_server(*runtime_->server_tls, preauth_deadline_, in_);
+    auto ec = co_await client_.start_tls_as_server(*runtime_->server_tls, preauth_deadline_, in_,
+                                                   alpn_protocol(record_.protocol));
     in_.clear();
     if (ec) {
       spdlog::info("session={} client={}: TLS handshake failed: {}", record_.id, record_.client,
@@ -108,6 +138,19 @@ bool Session::untrusted_proxy_header() {
   return true;
 }
 
+bool Session::http_request_line() {
+  if (first_line_checked_ || in_.empty()) return false;
+  const auto lf = in_.find('\n');
+  if (lf == std::string::npos) return false;  // decided when the line is complete
+  first_line_checked_ = true;
+  if (!is_http_request_line(std::string_view(in_).substr(0, lf))) return false;
+  spdlog::warn("session={} client={}: the first line is an HTTP request (a browser led to a mail "
+               "port: cross-protocol attack?); closing without an answer",
+               record_.id, record_.client);
+  set_ended("HTTP request on a mail port");
+  return true;
+}
+
 boost::asio::awaitable<bool> Session::start_tls() {
   if (!in_.empty()) {
     spdlog::info("session={} client={}: discarded {} bytes sent after the TLS command before the "
@@ -115,7 +158,8 @@ boost::asio::awaitable<bool> Session::start_tls() {
                  record_.id, record_.client, in_.size());
     std::string().swap(in_);
   }
-  auto ec = co_await client_.start_tls_as_server(*runtime_->server_tls, preauth_deadline_);
+  auto ec = co_await client_.start_tls_as_server(*runtime_->server_tls, preauth_deadline_, {},
+                                                 alpn_protocol(record_.protocol));
   if (ec) {
     spdlog::info("session={} client={}: TLS handshake failed: {}", record_.id, record_.client,
                  ec == boost::asio::error::timed_out ? "timed out" : ec.message());
@@ -123,6 +167,7 @@ boost::asio::awaitable<bool> Session::start_tls() {
     co_return false;
   }
   record_.tls = client_.tls_description();
+  first_line_checked_ = false;  // a new stream: its first line is checked again
   co_return true;
 }
 

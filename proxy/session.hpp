@@ -48,6 +48,9 @@ struct SessionRecord {
 
 void log_session_end(const SessionRecord& record);
 
+// "GET / HTTP/1.1" and the like: an HTTP request line (its CR optional).
+bool is_http_request_line(std::string_view line);
+
 // Who is on the other end, as far as Isthmus can tell.
 struct ClientInfo {
   boost::asio::ip::tcp::endpoint remote;  // the client (the PROXY header's source)
@@ -88,6 +91,12 @@ class Session {
   // are one. Call before parsing the first command.
   bool untrusted_proxy_header();
 
+  // Cross-protocol attacks (ALPACA): true (and logged) when the first line
+  // of the stream (again after TLS starts) is an HTTP request, which is
+  // then closed at once without an answer that could echo it. Call before
+  // parsing each command.
+  bool http_request_line();
+
   // STARTTLS/STLS after the protocol said OK: anything the client sent
   // after the command in the same packet is discarded, never executed
   // after the handshake (the CVE-2011-0411 class of injection).
@@ -97,13 +106,12 @@ class Session {
   bool plaintext_auth_allowed() const {
     return client_.is_tls() || listener_->allow_plaintext_auth || client_info_.trusted;
   }
-  // How long after the command a failed login's answer goes out: the
-  // configured delay, doubled per recent failure from the client's address.
+  // How long after the command a failed login's answer goes out: always
+  // the same, so the answer's timing does not tell a wrong password from an
+  // unknown name. (Repeated failures are slowed before the check, by the
+  // throttle in director/auth_guard.hpp, not here.)
   Clock::duration auth_failure_delay() const {
-    const auto& config = *runtime_->config;
-    return runtime_->auth_guard->failed_login(client_info_.remote.address().to_string(),
-                                              config.timeouts.auth_failure_delay,
-                                              config.auth.max_failure_delay, Clock::now());
+    return runtime_->config->timeouts.auth_failure_delay;
   }
   bool tls_available() const {
     return listener_->tls == config::TlsMode::starttls && !client_.is_tls() && runtime_->server_tls;
@@ -139,6 +147,7 @@ class Session {
   Phase phase_ = Phase::preauth;
   StopKind stop_ = StopKind::none;
   bool proxy_checked_ = false;
+  bool first_line_checked_ = false;
   std::list<Session*>::iterator registry_position_;
 };
 

@@ -1,5 +1,7 @@
 #include "proxy/tls_contexts.hpp"
 
+#include "common/transport.hpp"
+
 #include <fmt/format.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -49,6 +51,7 @@ std::shared_ptr<ssl::context> make_server_tls(const config::ServerTls& tls,
   if (SSL_CTX_check_private_key(context->native_handle()) != 1)
     throw config::ConfigError(fmt::format("{}: /tls/key: {} does not match the certificate {}",
                                           source, tls.key.string(), tls.certificate.string()));
+  install_alpn_check(*context);
   return context;
 }
 

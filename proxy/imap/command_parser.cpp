@@ -24,7 +24,8 @@ bool is_atom_char(unsigned char c) {
   }
 }
 bool is_astring_char(unsigned char c) { return is_atom_char(c) || c == ']'; }
-bool is_tag_char(unsigned char c) { return is_astring_char(c) && c != '+'; }
+// Tags are ASCII (RFC 3501: tag is made of CHARs) and short enough to echo.
+bool is_tag_char(unsigned char c) { return c < 0x80 && is_astring_char(c) && c != '+'; }
 
 // Why a scan stopped.
 enum class Scan : std::uint8_t { ok, incomplete, bad, too_large_sync, too_large_nonsync };
@@ -145,7 +146,16 @@ Scan scan_command(Cursor& c, const ParseLimits& limits, std::size_t acknowledged
     if (s == Scan::bad) c.message = "Invalid tag";
     return s;
   }
-  if (c.peek() != ' ') return c.bad("Missing command");
+  // A tag that is malformed (a byte no tag may hold follows it) or too
+  // long is never echoed: the answer goes out untagged ("* BAD").
+  if (command.tag.size() > kMaxTag) {
+    command.tag.clear();
+    return c.bad("Tag too long");
+  }
+  if (c.peek() != ' ') {
+    if (c.peek() != '\r' && c.peek() != '\n') command.tag.clear();
+    return c.bad(command.tag.empty() ? "Invalid tag" : "Missing command");
+  }
   ++c.pos;
   ++c.text_bytes;
   s = scan_atom(c, is_atom_char, command.name);

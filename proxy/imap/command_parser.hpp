@@ -28,6 +28,9 @@ struct Command {
   std::vector<Token> args;
 };
 
+// The longest tag Isthmus echoes; a longer one is answered "* BAD".
+inline constexpr std::size_t kMaxTag = 64;
+
 struct ParseLimits {
   std::size_t max_line = 8192;     // one command without its literal data
   std::size_t max_literal = 8192;  // one literal; a command's literals together: 4x this

@@ -80,7 +80,7 @@ asio::awaitable<ImapSession::Next> ImapSession::serve_preauth() {
   for (;;) {
     if (stop_requested() != StopKind::none)
       co_return co_await bye("Server shutting down.", "shutdown before login");
-    if (untrusted_proxy_header()) co_return Next::end;
+    if (untrusted_proxy_header() || http_request_line()) co_return Next::end;
     ParseResult parsed = parser_.parse(in_);
     switch (parsed.event) {
       case ParseEvent::need_more: {

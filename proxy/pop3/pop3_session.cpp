@@ -60,7 +60,7 @@ asio::awaitable<Pop3Session::Next> Pop3Session::serve_preauth() {
     if (stop_requested() != StopKind::none)
       co_return co_await goodbye("-ERR [SYS/TEMP] Server shutting down.\r\n",
                                  "shutdown before login");
-    if (untrusted_proxy_header()) co_return Next::end;
+    if (untrusted_proxy_header() || http_request_line()) co_return Next::end;
     Pop3Line line = take_line(in_, config_.limits.max_line);
     if (line.status == Pop3Line::Status::too_long)
       co_return co_await goodbye("-ERR Line too long.\r\n", "client protocol error: Line too long");

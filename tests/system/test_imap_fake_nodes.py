@@ -59,8 +59,8 @@ class FakeNodes(unittest.TestCase):
         self.assertEqual(sum(n.connections for n in nodes), 1)
 
     def test_dead_or_broken_nodes_are_skipped(self):
-        for broken in ("banner_hangs", "bye_greeting", "garbage_greeting", "closes_after_login",
-                       "says_unavailable", "refuses_plaintext"):
+        for broken in ("banner_hangs", "bye_greeting", "garbage_greeting", "says_unavailable",
+                       "refuses_plaintext"):
             with self.subTest(broken=broken):
                 port, (bad, good) = self.island(broken, "dovecot_like")
                 # Whichever node the router picks first, the login works.
@@ -70,10 +70,25 @@ class FakeNodes(unittest.TestCase):
                 self.assertRegex(self.ix.log_text(), rf"node=n0-{broken}: .*trying the next node")
 
     def test_only_broken_nodes_give_a_temporary_failure(self):
-        port, nodes = self.island("bye_greeting", "closes_after_login")
+        port, nodes = self.island("bye_greeting", "garbage_greeting")
         self.assertEqual(self.login(port), TEMPFAIL)
         self.assertEqual(sorted(n.connections for n in nodes), [1, 1])
         self.assertIn("no node left to try", self.ix.log_text())
+
+    def test_a_node_that_drops_a_login_after_the_credentials_fails_that_login_only(self):
+        # What the client sent may be why the node gave up (Dovecot drops
+        # an oversized AUTHENTICATE): that login gets a temporary failure,
+        # the other node is not tried with the same bytes, and the node is
+        # not reported (it stays a candidate: no "suspect" ordering).
+        port, (bad, good) = self.island("closes_after_login", "dovecot_like")
+        answers = [self.login(port) for _ in range(4)]
+        self.assertTrue(all(a == TEMPFAIL or a.startswith(b"a OK ") for a in answers), answers)
+        self.assertEqual(answers.count(TEMPFAIL), bad.connections, answers)
+        self.assertGreaterEqual(bad.connections, 2, "a dropping node must not become suspect")
+        log = self.ix.log_text()
+        self.assertIn("the node gave up on the login after it received the client's credentials",
+                      log)
+        self.assertNotRegex(log, r"node=n0-closes_after_login: .*trying the next node")
 
     def test_bytes_the_node_sends_after_its_ok_reach_the_client_in_order(self):
         port, _ = self.island("sends_extra_after_ok")

@@ -673,13 +673,15 @@ class Pop3FakeNodes(unittest.TestCase):
                 self.assertEqual(node.received,
                                  [b"CAPA\r\nUSER user@example.org\r\nPASS we ird\r\nNOOP\r\n"])
 
-    def test_a_password_with_a_line_break_never_reaches_a_node_without_sasl(self):
+    def test_a_password_with_a_line_break_never_reaches_a_node(self):
+        # No server takes a password with CR or LF (over USER/PASS it would
+        # inject a command): refused before any node is contacted.
         port, (node,) = self.island("no_sasl")
         c = self.raw(port)
         injection = plain("user@example.org", "good\r\nDELE 1")
         self.assertEqual(c.command("AUTH PLAIN " + injection), AUTHFAIL)
-        self.assertEqual(node.received, [b"CAPA\r\n"])
-        self.assertIn("credentials with CR, LF or NUL cannot go in USER/PASS", self.ix.log_text())
+        self.assertEqual(node.connections, 0)
+        self.assertIn("a password with NUL, CR or LF", self.ix.log_text())
         self.assertEqual(c.log_in("user", "good"), b"+OK Logged in.")
 
     def test_a_refused_xclient_is_not_fatal(self):
@@ -727,8 +729,7 @@ class Pop3FakeNodes(unittest.TestCase):
         self.assertEqual(sum(n.connections for n in nodes), 1)
 
     def test_dead_or_broken_nodes_are_skipped(self):
-        for broken in ("banner_hangs", "err_greeting", "garbage_greeting", "closes_after_login",
-                       "says_sys_temp"):
+        for broken in ("banner_hangs", "err_greeting", "garbage_greeting", "says_sys_temp"):
             with self.subTest(broken=broken):
                 port, (bad, good) = self.island(broken, "dovecot_like",
                                                 timeouts={"connect": "300ms"})
@@ -739,10 +740,18 @@ class Pop3FakeNodes(unittest.TestCase):
                 self.assertRegex(self.ix.log_text(), rf"node=n0-{broken}: .*trying the next node")
 
     def test_only_broken_nodes_give_a_temporary_failure(self):
-        port, nodes = self.island("err_greeting", "closes_after_login")
+        port, nodes = self.island("err_greeting", "garbage_greeting")
         self.assertEqual(self.login(port), TEMPFAIL)
         self.assertEqual(sorted(n.connections for n in nodes), [1, 1])
         self.assertIn("no node left to try", self.ix.log_text())
+
+    def test_a_node_that_drops_a_login_after_the_credentials_fails_that_login_only(self):
+        port, (bad, good) = self.island("closes_after_login", "dovecot_like")
+        answers = [self.login(port) for _ in range(4)]
+        self.assertLessEqual(set(answers), {TEMPFAIL, b"+OK Logged in."}, answers)
+        self.assertEqual(answers.count(TEMPFAIL), bad.connections, answers)
+        self.assertGreaterEqual(bad.connections, 2, "a dropping node must not become suspect")
+        self.assertNotRegex(self.ix.log_text(), r"node=n0-closes_after_login: .*trying the next")
 
     def test_pipelined_commands_reach_the_node_in_order_after_login(self):
         port, (node,) = self.island("dovecot_like")

@@ -265,19 +265,119 @@ TEST_CASE("auth guard: verdicts remembered per (user, stored hash, password) for
   CHECK_FALSE(guard.remembered("alice", "$6$h1", "x", now));  // failures are not verdicts
 }
 
-TEST_CASE("auth guard: the failure delay doubles per address, capped, reset after quiet") {
-  director::AuthGuard guard;
-  auto now = Clock::now();
-  auto base = std::chrono::seconds(1);
-  auto max = std::chrono::seconds(5);
-  CHECK(guard.failed_login("192.0.2.1", base, max, now) == std::chrono::seconds(1));
-  CHECK(guard.failed_login("192.0.2.1", base, max, now) == std::chrono::seconds(2));
-  CHECK(guard.failed_login("192.0.2.1", base, max, now) == std::chrono::seconds(4));
-  CHECK(guard.failed_login("192.0.2.1", base, max, now) == std::chrono::seconds(5));
-  CHECK(guard.failed_login("192.0.2.1", base, max, now) == std::chrono::seconds(5));
-  CHECK(guard.failed_login("192.0.2.2", base, max, now) == std::chrono::seconds(1));
-  auto later = now + director::AuthGuard::kQuietReset + std::chrono::seconds(1);
-  CHECK(guard.failed_login("192.0.2.1", base, max, later) == std::chrono::seconds(1));
-  CHECK(guard.failed_login("192.0.2.3", std::chrono::seconds(0), max, now) ==
-        std::chrono::seconds(0));
+namespace {
+director::ThrottleSettings throttle_settings() {
+  director::ThrottleSettings s;
+  s.base = std::chrono::seconds(1);
+  s.max_delay = std::chrono::seconds(8);
+  s.half_life = std::chrono::minutes(5);
+  s.max_wait = std::chrono::seconds(20);
+  s.known_good_ttl = std::chrono::hours(1);
+  return s;
+}
+}  // namespace
+
+TEST_CASE("auth throttle: a failure delays the address's next check; parallel checks queue") {
+  director::AuthGuard guard(1024);
+  const auto s = throttle_settings();
+  const auto now = Clock::now();
+  auto keys = guard.keys("192.0.2.1", "alice@example.org", "guess");
+  // Nothing known: at once.
+  CHECK(guard.admit(keys, now, s).start == now);
+  guard.failed(keys, now, s);
+  // One failure: the next check waits `base` from the failure.
+  auto a = guard.admit(keys, now, s);
+  CHECK_FALSE(a.refused);
+  CHECK(a.start == now + std::chrono::seconds(1));
+  CHECK(a.address_wait == std::chrono::seconds(1));
+  // Three failures (penalty 4 s): parallel checks start 4 s apart, and the
+  // one that would wait past max_wait (20 s) is refused at once.
+  guard.failed(keys, now, s);
+  guard.failed(keys, now, s);
+  auto other = guard.keys("192.0.2.1", "bob@example.org", "guess");  // same address, other name
+  std::vector<Clock::time_point> starts;
+  int refused = 0;
+  for (int i = 0; i < 8; ++i) {
+    auto admission = guard.admit(other, now, s);
+    if (admission.refused) ++refused;
+    else starts.push_back(admission.start);
+  }
+  REQUIRE(starts.size() >= 2);
+  for (std::size_t i = 1; i < starts.size(); ++i)
+    CHECK(starts[i] - starts[i - 1] == std::chrono::seconds(4));
+  CHECK(starts.back() - now <= s.max_wait);
+  CHECK(refused == 8 - static_cast<int>(starts.size()));
+  CHECK(refused > 0);
+  CHECK(guard.stats().refused == static_cast<std::uint64_t>(refused));
+  // Another address is not slowed by this one's failures.
+  CHECK(guard.admit(guard.keys("192.0.2.2", "carol@example.org", "x"), now, s).start == now);
+  // Failures weigh less with time: ten half-lives later, no penalty.
+  CHECK(guard.admit(keys, now + std::chrono::minutes(60), s).start == now + std::chrono::minutes(60));
+}
+
+TEST_CASE("auth throttle: spraying one name from many addresses slows that name only") {
+  director::AuthGuard guard(1024);
+  const auto s = throttle_settings();
+  const auto now = Clock::now();
+  for (int i = 0; i < 4; ++i)
+    guard.failed(guard.keys("198.51.100." + std::to_string(i), "victim@example.org", "x"), now, s);
+  // A fifth address, the same name: the user lane makes it wait (4 failures: 8 s).
+  auto fresh = guard.admit(guard.keys("198.51.100.99", "victim@example.org", "y"), now, s);
+  CHECK(fresh.user_wait == std::chrono::seconds(8));
+  CHECK(fresh.address_wait == Clock::duration::zero());
+  // Someone else's name from that address: not delayed.
+  CHECK(guard.admit(guard.keys("198.51.100.99", "other@example.org", "y"), now, s).start == now);
+}
+
+TEST_CASE("auth throttle: known-good credentials and familiar addresses are not held back") {
+  director::AuthGuard guard(1024);
+  const auto s = throttle_settings();
+  const auto now = Clock::now();
+  // The user logged in from home yesterday...
+  auto home = guard.keys("203.0.113.7", "alice@example.org", "right");
+  guard.succeeded(home, now, s);
+  // ...then a guesser behind the same NAT fails many times, and someone
+  // sprays her name from elsewhere.
+  for (int i = 0; i < 6; ++i) {
+    guard.failed(guard.keys("203.0.113.7", "bob@example.org", "x"), now, s);
+    guard.failed(guard.keys("192.0.2.50", "alice@example.org", "x"), now, s);
+  }
+  // Her own credentials, from home: at once (known good).
+  auto again = guard.admit(home, now, s);
+  CHECK(again.known_good);
+  CHECK(again.start == now);
+  // A new password from a familiar address: the user lane is skipped, the
+  // address lane (the guesser's failures there) still applies.
+  auto changed = guard.admit(guard.keys("203.0.113.7", "alice@example.org", "new"), now, s);
+  CHECK(changed.familiar);
+  CHECK(changed.user_wait == Clock::duration::zero());
+  CHECK(changed.address_wait > Clock::duration::zero());
+  // Known-good expires.
+  CHECK_FALSE(guard.admit(home, now + std::chrono::hours(2), s).known_good);
+}
+
+TEST_CASE("auth throttle: tables are fixed; a flood of fresh keys does not evict a penalty") {
+  director::AuthGuard guard(64);  // 16 sets of 4
+  const auto s = throttle_settings();
+  const auto now = Clock::now();
+  auto guesser = guard.keys("192.0.2.66", "x@example.org", "x");
+  for (int i = 0; i < 10; ++i) guard.failed(guesser, now, s);
+  for (int i = 0; i < 5000; ++i)
+    guard.failed(guard.keys("10.0." + std::to_string(i / 250) + "." + std::to_string(i % 250),
+                            "u" + std::to_string(i), "x"),
+                 now, s);
+  CHECK(guard.stats().address_entries <= 64);
+  CHECK(guard.stats().user_entries <= 64);
+  CHECK(guard.admit(guesser, now, s).address_wait == s.max_delay);
+}
+
+TEST_CASE("auth throttle: IPv6 clients are counted per /64, mapped IPv4 as IPv4") {
+  using director::AuthGuard;
+  namespace ip = boost::asio::ip;
+  CHECK(AuthGuard::address_key(ip::make_address("2001:db8:1:2:aaaa::1"), 64) ==
+        AuthGuard::address_key(ip::make_address("2001:db8:1:2:bbbb::9"), 64));
+  CHECK(AuthGuard::address_key(ip::make_address("2001:db8:1:2::1"), 64) !=
+        AuthGuard::address_key(ip::make_address("2001:db8:1:3::1"), 64));
+  CHECK(AuthGuard::address_key(ip::make_address("::ffff:192.0.2.1"), 64) == "192.0.2.1");
+  CHECK(AuthGuard::address_key(ip::make_address("192.0.2.1"), 64) == "192.0.2.1");
 }

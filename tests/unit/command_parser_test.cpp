@@ -279,3 +279,25 @@ TEST_CASE("random input never crashes and always makes progress or waits") {
     }
   }
 }
+
+TEST_CASE("malformed and over-long tags are never echoed: the answer is untagged") {
+  // A tag of 65 bytes: "* BAD", not the tag.
+  auto fed = feed_bytewise(std::string(65, 'a') + " NOOP\r\n");
+  REQUIRE(fed.bad_tags.size() == 1);
+  CHECK(fed.bad_tags[0] == "*");
+  // 64 bytes is still a tag.
+  fed = feed_bytewise(std::string(64, 'a') + " NOOP\r\n");
+  REQUIRE(fed.commands.size() == 1);
+  CHECK(fed.commands[0].tag == std::string(64, 'a'));
+  // Bytes no tag may hold: non-ASCII, '+', '{' after tag characters.
+  for (std::string line : {"ab\xc3\xa9 NOOP\r\n", "a+b NOOP\r\n", "a{b NOOP\r\n",
+                           "a\"b NOOP\r\n"}) {
+    fed = feed_bytewise(line);
+    REQUIRE(fed.bad_tags.size() == 1);
+    CHECK(fed.bad_tags[0] == "*");
+  }
+  // A well-formed tag with a broken rest is still answered under its tag.
+  fed = feed_bytewise("t1 LOGIN (\r\n");
+  REQUIRE(fed.bad_tags.size() == 1);
+  CHECK(fed.bad_tags[0] == "t1");
+}

@@ -79,6 +79,18 @@ TEST_CASE("every failure has a policy with a distinct name") {
   CHECK(policy_of(Failure::directory_down).answer == ClientAnswer::temporary);
   CHECK(policy_of(Failure::no_node).answer == ClientAnswer::temporary);
   CHECK(policy_of(Failure::unknown_user).answer == ClientAnswer::auth_failed);
+  // The table's rows follow the enum (a row out of place would give one
+  // failure another's policy).
+  CHECK(name_of(Failure::bad_credentials) == "bad_credentials");
+  CHECK(name_of(Failure::throttled) == "throttled");
+  CHECK(name_of(Failure::login_dropped) == "login_dropped");
+  CHECK(name_of(Failure::shutdown) == "shutdown");
+  // Whatever a client sends can fail its own login, never a node's health.
+  for (auto f : {Failure::bad_credentials, Failure::throttled, Failure::login_dropped,
+                 Failure::bad_login_name, Failure::auth_failed}) {
+    CHECK_FALSE(policy_of(f).node_suspect);
+    CHECK_FALSE(policy_of(f).try_next_node);
+  }
 }
 
 TEST_CASE("session ids are short and distinct") {

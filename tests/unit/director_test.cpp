@@ -44,8 +44,28 @@ TEST_CASE("login names: lower-cased, default domain added, bad names refused") {
   config::LoginNames keep_case = r;
   keep_case.lowercase = false;
   CHECK(director::normalise_login("Alice", keep_case) == "Alice@example.org");
-  // Non-ASCII is kept as it is (and routed as it is).
+  // Non-ASCII is kept as it is (and routed as it is); only ASCII is folded.
   CHECK(director::normalise_login("J\xc3\xb6rg", r) == "j\xc3\xb6rg@example.org");
+  CHECK(director::normalise_login("\xc3\x96", r) == "\xc3\x96@example.org");  // Ö stays
+}
+
+TEST_CASE("login names: one normalisation: UTF-8, NFC, one '@', no controls") {
+  auto r = rules();
+  // NFC: o + U+0308 COMBINING DIAERESIS is the same name as U+00F6.
+  CHECK(director::normalise_login("jo\xcc\x88rg", r) == "j\xc3\xb6rg@example.org");
+  // Not UTF-8: a lone continuation byte, an overlong '/', a surrogate, a
+  // truncated sequence, Latin-1.
+  for (const char* bad : {"a\x80" "b", "a\xc0\xaf" "b", "a\xed\xa0\x80" "b", "a\xe2\x82", "J\xf6" "rg"})
+    CHECK_FALSE(director::normalise_login(bad, r));
+  // C1 controls (U+0085 NEXT LINE) are controls.
+  CHECK_FALSE(director::normalise_login("a\xc2\x85" "b", r));
+  // More than one '@' is refused (like an unknown user), whatever the
+  // directory would make of it.
+  CHECK_FALSE(director::normalise_login("a@b@example.org", r));
+  CHECK_FALSE(director::normalise_login("alice@", r));
+  CHECK(director::valid_utf8("plain ascii"));
+  CHECK(director::valid_utf8("\xf0\x9f\x93\xab"));       // U+1F4EB
+  CHECK_FALSE(director::valid_utf8("\xf4\x90\x80\x80"));  // past U+10FFFF
 }
 
 TEST_CASE("static directory: exact users, domains, default") {

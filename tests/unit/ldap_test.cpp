@@ -156,7 +156,7 @@ TEST_CASE("ldap search answer: one entry is found, with state, node login and {C
                                 {{"mailisland", {"a"}},
                                  {"mailAccountState", {"Moving"}},
                                  {"mailNodeLogin", {"ivan.legacy@example.org"}},
-                                 {"userPassword", {"{crypt}$6$salt$hash"}}})}));
+                                 {"userPassword", {"{crypt}$6$salt$hash"}}})}), "user@example.org");
   REQUIRE(result.status == LookupStatus::found);
   CHECK(result.entry.island == "a");
   CHECK(result.entry.state == director::AccountState::moving);
@@ -166,51 +166,81 @@ TEST_CASE("ldap search answer: one entry is found, with state, node login and {C
 
   // No state attribute: active. No node login: empty (the login name is used).
   result = director::interpret_ldap_search(
-      settings, answered({entry("uid=bob,dc=example,dc=org", {{"mailIsland", {"b"}}})}));
+      settings, answered({entry("uid=bob,dc=example,dc=org", {{"mailIsland", {"b"}}})}), "user@example.org");
   REQUIRE(result.status == LookupStatus::found);
   CHECK(result.entry.state == director::AccountState::active);
   CHECK(result.entry.node_login.empty());
   CHECK(result.entry.password_hash.empty());
 }
 
-TEST_CASE("ldap search answer: no entry, or an entry without an island, is not found") {
+TEST_CASE("ldap search answer: no entry is not found; an entry without an island is broken") {
   config::LdapDirectory settings;
-  auto result = director::interpret_ldap_search(settings, answered({}));
+  auto result = director::interpret_ldap_search(settings, answered({}), "user@example.org");
   CHECK(result.status == LookupStatus::not_found);
   result = director::interpret_ldap_search(
       settings,
-      answered({entry("uid=x,dc=example,dc=org", {{"mailAccountState", {"active"}}})}));
-  CHECK(result.status == LookupStatus::not_found);
+      answered({entry("uid=x,dc=example,dc=org", {{"mailAccountState", {"active"}}})}), "user@example.org");
+  // Mail for it must wait, not bounce (a temporary failure everywhere).
+  CHECK(result.status == LookupStatus::unavailable);
+  CHECK(result.detail.find("directory data error") != std::string::npos);
   CHECK(result.detail.find("has no mailIsland value") != std::string::npos);
+}
+
+TEST_CASE("ldap search answer: the node is told the directory's spelling of the name") {
+  config::LdapDirectory settings;
+  auto one = [&](std::vector<std::string> uids, std::string_view user) {
+    return director::interpret_ldap_search(
+        settings,
+        answered({entry("cn=x,dc=example,dc=org", {{"mailIsland", {"a"}}, {"uid", uids}})}),
+        user);
+  };
+  // caseIgnoreMatch matched "alİce" (U+0130) to alice's entry: the node
+  // must log in alice, whom the routing chose, not a look-alike.
+  auto result = one({"alice@example.org"}, "al\xc4\xb0" "ce@example.org");
+  REQUIRE(result.status == LookupStatus::found);
+  CHECK(result.entry.login == "alice@example.org");
+  // Several values: the exact one, else the one equal but for ASCII case.
+  result = one({"alias@example.org", "alice@example.org"}, "alice@example.org");
+  CHECK(result.entry.login == "alice@example.org");
+  result = one({"alias@example.org", "Alice@Example.org"}, "alice@example.org");
+  CHECK(result.entry.login == "Alice@Example.org");
+  // Several values and none is the name: ambiguous, a directory data error.
+  result = one({"x@example.org", "y@example.org"}, "alice@example.org");
+  CHECK(result.status == LookupStatus::unavailable);
+  // No login attribute on the entry: the normalised name is used.
+  result = director::interpret_ldap_search(
+      settings, answered({entry("cn=x,dc=example,dc=org", {{"mailIsland", {"a"}}})}),
+      "alice@example.org");
+  CHECK(result.entry.login.empty());
 }
 
 TEST_CASE("ldap search answer: ambiguity, unknown states and failures are unavailable") {
   config::LdapDirectory settings;
   auto result = director::interpret_ldap_search(
       settings, answered({entry("uid=a,dc=example,dc=org", {{"mailIsland", {"a"}}}),
-                          entry("uid=b,dc=example,dc=org", {{"mailIsland", {"b"}}})}));
+                          entry("uid=b,dc=example,dc=org", {{"mailIsland", {"b"}}})}), "user@example.org");
   CHECK(result.status == LookupStatus::unavailable);
   CHECK(result.detail.find("filter matched 2 entries") != std::string::npos);
 
   auto over = answered({entry("uid=a,dc=example,dc=org", {{"mailIsland", {"a"}}})});
   over.size_limit_exceeded = true;
-  result = director::interpret_ldap_search(settings, over);
+  result = director::interpret_ldap_search(settings, over, "user@example.org");
   CHECK(result.status == LookupStatus::unavailable);
   CHECK(result.detail.find("filter matched more than 1 entries") != std::string::npos);
 
   result = director::interpret_ldap_search(
       settings, answered({entry("uid=a,dc=example,dc=org",
-                                {{"mailIsland", {"a"}}, {"mailAccountState", {"frozen"}}})}));
+                                {{"mailIsland", {"a"}}, {"mailAccountState", {"frozen"}}})}), "user@example.org");
   CHECK(result.status == LookupStatus::unavailable);
   CHECK(result.detail.find("unknown mailAccountState value \"frozen\"") != std::string::npos);
 
   result = director::interpret_ldap_search(
-      settings, answered({entry("uid=a,dc=example,dc=org", {{"mailIsland", {"a", "b"}}})}));
+      settings, answered({entry("uid=a,dc=example,dc=org", {{"mailIsland", {"a", "b"}}})}), "user@example.org");
   CHECK(result.status == LookupStatus::unavailable);
 
   ldap::SearchResult failed;
   failed.error = "ldap://127.0.0.1:1/: connect: Connection refused";
-  result = director::interpret_ldap_search(settings, failed);
+  result = director::interpret_ldap_search(settings, failed, "user@example.org");
   CHECK(result.status == LookupStatus::unavailable);
   CHECK(result.detail.find("Connection refused") != std::string::npos);
 }

@@ -1,4 +1,6 @@
 #include "common/net.hpp"
+#include "common/transport.hpp"
+#include "proxy/session.hpp"
 
 #include <doctest/doctest.h>
 
@@ -39,4 +41,42 @@ TEST_CASE("CIDR blocks: parse and contain") {
   }
   CHECK(any_contains({*v4, *v6}, ip::make_address("2001:db8::5")));
   CHECK_FALSE(any_contains({}, ip::make_address("10.0.0.1")));
+}
+
+TEST_CASE("ALPN: the listener's protocol must be offered, or nothing at all") {
+  using isthmus::alpn_select;
+  auto wire = [](std::initializer_list<std::string_view> names) {
+    std::string out;
+    for (auto n : names) {
+      out += static_cast<char>(n.size());
+      out += n;
+    }
+    return out;
+  };
+  std::string_view chosen;
+  CHECK(alpn_select(wire({"imap"}), "imap", chosen));
+  CHECK(chosen == "imap");
+  CHECK(alpn_select(wire({"http/1.1", "imap"}), "imap", chosen));
+  CHECK(chosen == "imap");
+  // ALPACA: a browser offers http/1.1 (and h2) only.
+  CHECK_FALSE(alpn_select(wire({"http/1.1"}), "imap", chosen));
+  CHECK_FALSE(alpn_select(wire({"h2", "http/1.1"}), "pop3", chosen));
+  CHECK_FALSE(alpn_select(wire({"imap"}), "pop3", chosen));
+  // Malformed lists: a zero length, a length past the end.
+  CHECK_FALSE(alpn_select(std::string("\0imap", 5), "imap", chosen));
+  CHECK_FALSE(alpn_select(std::string("\x09imap", 5), "imap", chosen));
+}
+
+TEST_CASE("HTTP request lines are recognised on a mail port (ALPACA)") {
+  using isthmus::proxy::is_http_request_line;
+  CHECK(is_http_request_line("GET / HTTP/1.1\r"));
+  CHECK(is_http_request_line("POST /x?y=1 HTTP/1.0"));
+  CHECK(is_http_request_line("PRI * HTTP/2.0\r"));
+  CHECK(is_http_request_line("OPTIONS * HTTP/1.1"));
+  // IMAP and POP3 lines are not.
+  CHECK_FALSE(is_http_request_line("a1 LOGIN alice secret\r"));
+  CHECK_FALSE(is_http_request_line("GET BAD"));
+  CHECK_FALSE(is_http_request_line("USER alice"));
+  CHECK_FALSE(is_http_request_line("get / http/1.1"));
+  CHECK_FALSE(is_http_request_line("GET / HTTP/x.y"));
 }

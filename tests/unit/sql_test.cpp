@@ -174,11 +174,13 @@ TEST_CASE("SQL rows: no row, empty island, several rows, odd shapes, failures") 
   auto r = director::lookup_result_from_rows(rows_of(4, {}));
   CHECK(r.status == LookupStatus::not_found);
 
+  // A row without an island is broken data: mail waits (temporary), never bounces.
   r = director::lookup_result_from_rows(rows_of(4, {{"", "active", std::nullopt, std::nullopt}}));
-  CHECK(r.status == LookupStatus::not_found);
+  CHECK(r.status == LookupStatus::unavailable);
+  CHECK(r.detail.find("directory data error") != std::string::npos);
   CHECK(r.detail.find("empty island") != std::string::npos);
   r = director::lookup_result_from_rows(rows_of(2, {{std::nullopt, "active"}}));
-  CHECK(r.status == LookupStatus::not_found);
+  CHECK(r.status == LookupStatus::unavailable);
 
   // Never route on an ambiguous answer.
   auto two = rows_of(2, {{"a", "active"}, {"b", "active"}});
