@@ -58,6 +58,37 @@ std::string render_metrics(const proxy::Runtime& runtime, std::string_view versi
       out += fmt::format("isthmus_island_role_epoch{{island=\"{}\"}} {}\n",
                          prometheus_escape(island.name), island.role->current()->epoch);
 
+  if (runtime.auth_guard) {
+    const auto t = runtime.auth_guard->stats();
+    proxy::write_family_header(out, "isthmus_auth_throttle_delayed_total", "counter",
+           "Login checks held back by the throttle, by lane: address (failures from the "
+           "client's address) or user (failures against the login name from any address).");
+    out += fmt::format("isthmus_auth_throttle_delayed_total{{lane=\"address\"}} {}\n",
+                       t.delayed_address);
+    out += fmt::format("isthmus_auth_throttle_delayed_total{{lane=\"user\"}} {}\n",
+                       t.delayed_user);
+    proxy::write_family_header(out, "isthmus_auth_throttle_refused_total", "counter",
+           "Logins refused at once because their check would wait longer than "
+           "auth.max_throttle_wait.");
+    out += fmt::format("isthmus_auth_throttle_refused_total {}\n", t.refused);
+    proxy::write_family_header(out, "isthmus_auth_throttle_exempt_total", "counter",
+           "Logins with credentials that logged in before (auth.known_good_ttl): never held back.");
+    out += fmt::format("isthmus_auth_throttle_exempt_total {}\n", t.exempt);
+    proxy::write_family_header(out, "isthmus_auth_throttle_failures_total", "counter",
+           "Failed logins counted by the throttle.");
+    out += fmt::format("isthmus_auth_throttle_failures_total {}\n", t.failures);
+    proxy::write_family_header(out, "isthmus_auth_throttle_wait_seconds_total", "counter",
+           "Time login checks were held back, in all.");
+    out += fmt::format("isthmus_auth_throttle_wait_seconds_total {:.6f}\n",
+                       static_cast<double>(t.wait_micros) / 1e6);
+    proxy::write_family_header(out, "isthmus_auth_throttle_entries", "gauge",
+           "Throttle table slots in use, by table (each holds auth.throttle_entries).");
+    for (auto [table, value] : {std::pair{"address", t.address_entries},
+                                {"user", t.user_entries},
+                                {"known_good", t.known_good_entries}})
+      out += fmt::format("isthmus_auth_throttle_entries{{table=\"{}\"}} {}\n", table, value);
+  }
+
   if (auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(runtime.directory)) {
     auto stats = cache->stats();
     proxy::write_family_header(out, "isthmus_directory_cache_lookups_total", "counter",

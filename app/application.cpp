@@ -98,6 +98,8 @@ std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path&
                                  : std::make_shared<director::AuthGuard>(
                                        config->auth.throttle_entries);
   runtime->metrics = previous ? previous->metrics : std::make_shared<proxy::Metrics>();
+  runtime->prelogin =
+      previous ? previous->prelogin : std::make_shared<proxy::PreloginLimiter>();
   // One checker (and role store) for the life of the process; --check-config
   // checks nothing.
   if (previous) runtime->health = previous->health;

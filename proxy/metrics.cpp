@@ -63,6 +63,16 @@ void Metrics::render(std::string& out) const {
     out += fmt::format("isthmus_relayed_bytes_total{{protocol=\"{}\",direction=\"out\"}} {}\n",
                        config::name_of(p), get(protocol_slot(bytes_out_, p)));
   }
+  write_family_header(out, "isthmus_connections_limited_total", "counter",
+         "Client connections closed by a limit: per_address (the address held "
+         "limits.max_preauth_per_address not-yet-logged-in connections), evicted (the oldest "
+         "connection not yet logged in, closed to admit a new one at the connection limit), "
+         "at_limit (a new connection closed: at the limit with nothing to evict).");
+  for (auto [reason, index] : {std::pair{"per_address", ConnectionLimit::per_address},
+                               {"evicted", ConnectionLimit::evicted},
+                               {"at_limit", ConnectionLimit::at_limit}})
+    out += fmt::format("isthmus_connections_limited_total{{reason=\"{}\"}} {}\n", reason,
+                       get(limited_[static_cast<std::size_t>(index)]));
   write_family_header(out, "isthmus_logins_total", "counter",
          "IMAP and POP3 logins by result (ok, or the failure's name).");
   for (auto p : {config::Protocol::imap, config::Protocol::pop3}) {

@@ -27,6 +27,14 @@ constexpr std::array<double, 11> kLoginBuckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.
 enum class LmtpResult : std::uint8_t { delivered, temporary, permanent };
 constexpr std::size_t kLmtpResults = 3;
 
+// Connections closed by a limit (docs/tls-and-trust.md).
+enum class ConnectionLimit : std::uint8_t {
+  per_address,  // the address held limits.max_preauth_per_address already
+  evicted,      // an old pre-login connection closed to admit a new one
+  at_limit,     // a new connection closed: at the limit, nothing to evict
+};
+constexpr std::size_t kConnectionLimits = 3;
+
 template <typename Array>
 auto& protocol_slot(Array& array, config::Protocol protocol) {
   return array[static_cast<std::size_t>(protocol)];
@@ -49,6 +57,9 @@ class Metrics {
     lmtp_recipients_[static_cast<std::size_t>(result)].fetch_add(count,
                                                                  std::memory_order_relaxed);
   }
+  void connection_limited(ConnectionLimit reason) {
+    limited_[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
+  }
   void lmtp_message(LmtpResult result) {
     lmtp_messages_[static_cast<std::size_t>(result)].fetch_add(1, std::memory_order_relaxed);
   }
@@ -69,6 +80,7 @@ class Metrics {
   std::array<Counter, kProtocols> login_micros_{};  // sum, in microseconds
   std::array<Counter, kLmtpResults> lmtp_recipients_{};
   std::array<Counter, kLmtpResults> lmtp_messages_{};
+  std::array<Counter, kConnectionLimits> limited_{};
 };
 
 // Text helpers for the exposition format (admin/metrics_text.cpp uses them too).

@@ -52,6 +52,7 @@ class Relay {
     std::uint64_t bytes;
     std::vector<char> unwritten;  // only while the receiver is slow (or is TLS)
     std::vector<char> tls_in;     // read buffer, only when `from` is TLS
+    bool closed = false;          // `from` sent its FIN (passed on to `to`)
   };
 
   void wait_readable(Direction& d) {
@@ -73,7 +74,7 @@ class Relay {
       boost::system::error_code ec;
       std::size_t n = d.from.socket().read_some(asio::buffer(scratch, kScratchSize), ec);
       if (ec == asio::error::would_block || ec == asio::error::try_again) break;
-      if (ec == asio::error::eof) return finish(fmt::format("{} closed", peer(d, true)));
+      if (ec == asio::error::eof) return half_close(d);
       if (ec) return finish(lost(d, true));
       if (!deliver(d, scratch, n)) return;  // waiting for a write: read nothing more
       if (n < kScratchSize) break;
@@ -91,7 +92,7 @@ class Relay {
           --outstanding_;
           if (finishing_) return settle();
           if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated)
-            return finish(fmt::format("{} closed", peer(d, true)));
+            return half_close(d);
           if (ec) return finish(ec == asio::error::operation_aborted ? "stopped" : lost(d, true));
           if (deliver(d, d.tls_in.data(), n)) read_tls(d);
         });
@@ -145,6 +146,23 @@ class Relay {
     });
   }
 
+  // A FIN from one side is passed on as a FIN (RFC 9293 section 3.6: a
+  // half-closed connection may still carry data the other way): the other
+  // side's write half is shut and the other direction keeps flowing until
+  // it closes too, or the idle deadline ends it. `printf 'a LOGIN ...\r\n
+  // b FETCH ...\r\n' | nc` gets its answers. Towards a TLS peer the FIN
+  // goes without a close_notify alert (the TLS stream is read at the same
+  // time, and OpenSSL's shutdown would wait for the peer's alert).
+  void half_close(Direction& d) {
+    d.closed = true;
+    if (first_closed_.empty()) first_closed_ = fmt::format("{} closed", peer(d, true));
+    Direction& other = &d == &up_ ? down_ : up_;
+    if (other.closed) return finish(fmt::format("{} closed", peer(d, true)));
+    boost::system::error_code ignored;
+    d.to.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    last_activity_ = Clock::now();
+  }
+
   static const char* peer(const Direction& d, bool reader) {
     return d.from_client == reader ? "client" : "node";
   }
@@ -154,6 +172,13 @@ class Relay {
 
   void finish(std::string why) {
     finishing_ = true;
+    // Who closed first is what the session-end line says; what ended a
+    // half-closed session otherwise (a lost connection, the idle deadline)
+    // is added.
+    if (!first_closed_.empty() && !why.ends_with(" closed"))
+      why = fmt::format("{} first; then {}", first_closed_, why);
+    else if (!first_closed_.empty())
+      why = first_closed_;
     session_->set_ended(std::move(why));
     session_->client().cancel();
     session_->node().cancel();
@@ -178,6 +203,7 @@ class Relay {
   Clock::time_point last_activity_;
   int outstanding_ = 0;
   bool finishing_ = false;
+  std::string first_closed_;  // "client closed" / "node closed" at the first FIN
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "config/config.hpp"
 #include "director/auth_guard.hpp"
 #include "director/directory.hpp"
+#include "proxy/connection_limits.hpp"
 #include "proxy/metrics.hpp"
 
 #include <boost/asio/ssl/context.hpp>
@@ -23,6 +24,7 @@ struct Runtime {
   std::shared_ptr<director::Directory> directory;
   std::shared_ptr<director::AuthGuard> auth_guard;  // kept across reloads
   std::shared_ptr<Metrics> metrics;                 // kept across reloads; may be null
+  std::shared_ptr<PreloginLimiter> prelogin;        // kept across reloads; may be null
   // Active checks and passive reports (kept across reloads; null for
   // --check-config). Sessions report node failures to it.
   std::shared_ptr<backends::HealthChecker> health;

@@ -26,6 +26,7 @@ namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
 struct Server::Worker {
+  explicit Worker(std::atomic<std::size_t>& total) : sessions(&total) {}
   asio::io_context io{1};
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
   SessionRegistry sessions;
@@ -54,24 +55,82 @@ void log_escaped(std::exception_ptr e) {
   }
 }
 
-// Accept errors such as EMFILE must not spin: back off and try again.
+// Closes the worker's oldest connection that has not logged in, to make
+// room for a new one; false if it has none (logged-in sessions are never
+// closed for this).
+bool evict_oldest_not_logged_in(SessionRegistry& sessions, const Runtime& runtime,
+                                std::string_view why) {
+  Session* oldest = sessions.oldest_not_logged_in();
+  if (!oldest) return false;
+  oldest->request_stop(StopKind::kick, why);
+  if (runtime.metrics) runtime.metrics->connection_limited(ConnectionLimit::evicted);
+  return true;
+}
+
+// At most one line a second about refused connections, with a count of
+// the ones not logged (a flood must not become a flood of log lines).
+void log_refused(const std::string& what) {
+  static std::atomic<Clock::rep> last{0};
+  static std::atomic<std::uint64_t> quiet{0};
+  const auto now = Clock::now().time_since_epoch().count();
+  auto seen = last.load(std::memory_order_relaxed);
+  if (now - seen < std::chrono::duration_cast<Clock::duration>(std::chrono::seconds(1)).count() ||
+      !last.compare_exchange_strong(seen, now, std::memory_order_relaxed)) {
+    quiet.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  const auto suppressed = quiet.exchange(0, std::memory_order_relaxed);
+  spdlog::warn("{}{}", what,
+               suppressed ? fmt::format(" ({} more such since the last line)", suppressed) : "");
+}
+
+// Accept errors must not spin: at the descriptor limit (EMFILE, ENFILE)
+// the oldest connection not logged in is closed to make room; otherwise,
+// and when there is none, back off and try again.
 asio::awaitable<void> accept_loop(tcp::acceptor& acceptor,
                                   std::shared_ptr<const config::Listener> listener,
-                                  RuntimeHolder& runtime, SessionRegistry& sessions) {
+                                  RuntimeHolder& runtime, SessionRegistry& sessions,
+                                  const std::atomic<std::size_t>& total) {
   asio::steady_timer backoff(acceptor.get_executor());
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
-      spdlog::warn("accept on {}: {}; pausing 100ms", format_endpoint(acceptor.local_endpoint()),
-                   ec.message());
+      const bool out_of_descriptors =
+          ec == asio::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system;
+      if (out_of_descriptors &&
+          evict_oldest_not_logged_in(sessions, *runtime.current(),
+                                     "evicted: out of file descriptors, the oldest connection "
+                                     "not logged in makes room")) {
+        log_refused(fmt::format("accept on {}: {}; closed the oldest connection not logged in",
+                                format_endpoint(acceptor.local_endpoint()), ec.message()));
+        continue;
+      }
+      log_refused(fmt::format("accept on {}: {}; pausing 100ms",
+                              format_endpoint(acceptor.local_endpoint()), ec.message()));
       backoff.expires_after(std::chrono::milliseconds(100));
       co_await backoff.async_wait(use_tuple);
       continue;
     }
+    auto snapshot = runtime.current();
+    // The connection limit: the oldest connection not logged in makes room
+    // for the new one; with none to close, the new one is closed.
+    const std::size_t limit = connection_limit(snapshot->config->limits.max_connections);
+    if (total.load(std::memory_order_relaxed) >= limit &&
+        !evict_oldest_not_logged_in(sessions, *snapshot,
+                                    fmt::format("evicted: {} connections (limits.max_connections); "
+                                                "the oldest not logged in makes room",
+                                                limit))) {
+      if (snapshot->metrics) snapshot->metrics->connection_limited(ConnectionLimit::at_limit);
+      log_refused(fmt::format("{} connections (limits.max_connections) and none that is not "
+                              "logged in to close: refused a connection from {}",
+                              limit, peer_of(socket)));
+      boost::system::error_code ignored;
+      socket.close(ignored);
+      continue;
+    }
     boost::system::error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
-    auto snapshot = runtime.current();
     auto executor = acceptor.get_executor();
     switch (listener->protocol) {
       case config::Protocol::imap:
@@ -142,7 +201,7 @@ std::unique_ptr<tcp::acceptor> open_acceptor(asio::io_context& io, const tcp::en
 
 Server::Server(RuntimeHolder& runtime, unsigned workers) : runtime_(runtime) {
   if (workers == 0) workers = std::max(1U, std::thread::hardware_concurrency());
-  for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<Worker>());
+  for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<Worker>(connections_));
 }
 
 Server::~Server() {
@@ -166,7 +225,7 @@ void Server::start() {
       endpoint = worker->acceptors.back()->local_endpoint();
       asio::co_spawn(worker->io,
                      accept_loop(*worker->acceptors.back(), listener, runtime_,
-                                 worker->sessions),
+                                 worker->sessions, connections_),
                      asio::detached);
     }
     bound_.emplace_back(listener->name, endpoint);

@@ -79,6 +79,7 @@ class Server {
  private:
   struct Worker;
   RuntimeHolder& runtime_;
+  std::atomic<std::size_t> connections_{0};  // client sessions on every worker
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::pair<std::string, boost::asio::ip::tcp::endpoint>> bound_;
 };

@@ -3,6 +3,7 @@
 #include "common/log.hpp"
 #include "common/net.hpp"
 #include "common/session_id.hpp"
+#include "director/auth_guard.hpp"
 #include "proxy/proxy_protocol.hpp"
 #include "proxy/session_registry.hpp"
 
@@ -135,6 +136,24 @@ bool Session::untrusted_proxy_header() {
                "source; closing",
                record_.id, record_.client);
   set_ended("PROXY header from an untrusted source");
+  return true;
+}
+
+bool Session::take_prelogin_slot(bool forwarded) {
+  const auto& config = *runtime_->config;
+  if (!runtime_->prelogin || record_.protocol == config::Protocol::lmtp) return true;
+  prelogin_slot_.release();
+  if (client_info_.trusted && !forwarded) return true;
+  const auto key = director::AuthGuard::address_key(unmapped(client_info_.remote.address()),
+                                                    config.auth.ipv6_prefix);
+  if (!runtime_->prelogin->acquire(key, config.limits.max_preauth_per_address)) {
+    if (runtime_->metrics) runtime_->metrics->connection_limited(ConnectionLimit::per_address);
+    set_ended(fmt::format("refused: {} connections not logged in from {} already "
+                          "(limits.max_preauth_per_address)",
+                          config.limits.max_preauth_per_address, key));
+    return false;
+  }
+  prelogin_slot_ = PreloginSlot(runtime_->prelogin, key);
   return true;
 }
 

@@ -12,6 +12,7 @@
 #include "common/deadline.hpp"
 #include "common/transport.hpp"
 #include "config/config.hpp"
+#include "proxy/connection_limits.hpp"
 #include "proxy/runtime.hpp"
 
 #include <list>
@@ -79,6 +80,7 @@ class Session {
   // From the registry, on the session's worker thread. `why` (kick) ends up
   // in the session-end line.
   void request_stop(StopKind kind, std::string_view why = {});
+  StopKind stop_requested() const { return stop_; }
 
  protected:
   // Before the protocol greets: the PROXY protocol header where the
@@ -129,8 +131,18 @@ class Session {
   boost::asio::awaitable<bool> hand_over(std::string& to_client, std::string& to_node,
                                          Deadline deadline);
 
-  StopKind stop_requested() const { return stop_; }
-  void set_phase(Phase phase) { phase_ = phase; }
+  // Takes this client's pre-login slot (limits.max_preauth_per_address):
+  // false (logged, counted) when its address holds its share already; the
+  // protocol then says so and ends. Connections from trusted networks take
+  // none until they name the client behind them (IMAP ID from a trusted
+  // proxy: call again after adopting it). A logged-in session gives its
+  // slot back.
+  bool take_prelogin_slot(bool forwarded = false);
+
+  void set_phase(Phase phase) {
+    phase_ = phase;
+    if (phase == Phase::relay) prelogin_slot_.release();
+  }
 
   SessionRegistry& registry_;
   Transport client_;
@@ -142,6 +154,7 @@ class Session {
   SessionRecord record_;
   std::string in_;  // client bytes not yet parsed
   Deadline preauth_deadline_;
+  PreloginSlot prelogin_slot_;
 
  private:
   Phase phase_ = Phase::preauth;

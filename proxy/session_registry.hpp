@@ -11,13 +11,28 @@ namespace isthmus::proxy {
 
 class SessionRegistry {
  public:
+  // `total`, if set, counts the sessions of every worker together (the
+  // connection limit, proxy/server.cpp).
+  explicit SessionRegistry(std::atomic<std::size_t>* total = nullptr) : total_(total) {}
+
   std::list<Session*>::iterator add(Session* session) {
     live_.fetch_add(1, std::memory_order_relaxed);
+    if (total_) total_->fetch_add(1, std::memory_order_relaxed);
     return sessions_.insert(sessions_.end(), session);
   }
   void remove(std::list<Session*>::iterator position) {
     sessions_.erase(position);
     live_.fetch_sub(1, std::memory_order_relaxed);
+    if (total_) total_->fetch_sub(1, std::memory_order_relaxed);
+  }
+  // The oldest IMAP/POP3 session not yet logged in and not already asked
+  // to stop (sessions are kept in the order they started), or null.
+  Session* oldest_not_logged_in() const {
+    for (Session* session : sessions_)
+      if (session->phase() != Phase::relay && session->record().protocol != config::Protocol::lmtp &&
+          session->stop_requested() == StopKind::none)
+        return session;
+    return nullptr;
   }
   // Asks every session to stop; `kind` says how hard.
   void stop_all(StopKind kind) {
@@ -34,6 +49,7 @@ class SessionRegistry {
  private:
   std::list<Session*> sessions_;
   std::atomic<std::size_t> live_{0};
+  std::atomic<std::size_t>* total_ = nullptr;
 };
 
 }  // namespace isthmus::proxy

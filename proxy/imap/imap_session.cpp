@@ -67,6 +67,11 @@ std::string ImapSession::capabilities() const {
 asio::awaitable<bool> ImapSession::run() {
   bool ready = co_await begin();
   if (!ready) co_return false;
+  if (!take_prelogin_slot()) {
+    co_await send("* BYE Too many connections from your address; try again later.\r\n",
+                  Deadline::after(std::chrono::seconds(5)));
+    co_return false;
+  }
   bool greeted =
       co_await reply(fmt::format("* OK [CAPABILITY {}] Isthmus ready.\r\n", capabilities()));
   if (!greeted) co_return false;
@@ -234,7 +239,14 @@ asio::awaitable<ImapSession::Next> ImapSession::handle_id(Command& command) {
   }
   // What a client says about itself is logged, never believed, unless it is
   // a trusted proxy (e.g. another Isthmus) speaking for the client behind it.
-  if (client_info_.trusted) adopt_forwarded_identity(command.args);
+  if (client_info_.trusted) {
+    const auto before = client_info_.remote.address();
+    adopt_forwarded_identity(command.args);
+    // Counted from now on by the client it speaks for.
+    if (client_info_.remote.address() != before && !take_prelogin_slot(/*forwarded=*/true))
+      co_return co_await bye("Too many connections from your address; try again later.",
+                             record_.ended);
+  }
   if (spdlog::should_log(spdlog::level::debug)) {
     std::string fields;
     for (std::size_t i = 1; i + 2 < command.args.size(); i += 2)

@@ -193,7 +193,7 @@ asio::awaitable<bool> LmtpSession::handle_rcpt(const std::string& argument) {
   set_phase(Phase::preauth);
   if (found.status == director::LookupStatus::not_found) {
     spdlog::info("session={} lmtp rcpt={} unknown: {}", record_.id, sanitize(*user, 100),
-                 found.detail);
+                 sanitize(found.detail));
     co_return co_await reply("550 5.1.1 " + shown + " User unknown");
   }
   if (found.status == director::LookupStatus::unavailable) {
@@ -219,7 +219,10 @@ asio::awaitable<bool> LmtpSession::handle_rcpt(const std::string& argument) {
     co_return co_await reply("451 4.3.0 " + shown + " Routing problem, try again later");
   }
   set_phase(Phase::login);
-  const std::string node_user = found.entry.node_login.empty() ? *user : found.entry.node_login;
+  // The node is told the directory's spelling of the name (as for logins).
+  const std::string& node_user = !found.entry.node_login.empty() ? found.entry.node_login
+                                 : !found.entry.login.empty()    ? found.entry.login
+                                                                 : *user;
   IslandTxn* txn = co_await island_txn(found.entry.island);
   std::optional<SmtpReply> answer;
   if (txn) answer = co_await rcpt_on_node(*txn, node_user);

@@ -47,6 +47,11 @@ std::string Pop3Session::capabilities() const {
 asio::awaitable<bool> Pop3Session::run() {
   bool ready = co_await begin();
   if (!ready) co_return false;
+  if (!take_prelogin_slot()) {
+    co_await send("-ERR [SYS/TEMP] Too many connections from your address; try again later.\r\n",
+                  Deadline::after(std::chrono::seconds(5)));
+    co_return false;
+  }
   bool greeted = co_await reply("+OK Isthmus ready.\r\n");
   if (!greeted) co_return false;
   Next next = co_await serve_preauth();

@@ -233,6 +233,49 @@ class Routing(unittest.TestCase):
             self.assertRegex(line, r"b-(left|right): login refused")
 
 
+class Names(unittest.TestCase):
+    """One login normalisation; the node is told the name the directory
+    matched; values from the directory are escaped in every log field."""
+
+    def node_logins_since(self, marks: dict) -> list[dict]:
+        out = []
+        for name, node in LAB.nodes.items():
+            out += node.logins()[marks[name]:]
+        return out
+
+    def test_a_name_slapd_folds_logs_in_the_user_it_matched(self):
+        # slapd's caseIgnoreMatch folds U+0130 (I with a dot) and fullwidth
+        # letters to alice's uid: routed to alice's island, so the node must
+        # be told alice, never the look-alike the client typed.
+        for typed in ("al\u0130ce@example.org", "\uff41\uff4c\uff49\uff43\uff45@example.org"):
+            with self.subTest(typed=typed):
+                marks = {name: len(node.logins()) for name, node in LAB.nodes.items()}
+                m = imap_login(IX, typed)
+                self.assertEqual(inbox_subjects(m), ["Subject: home of alice@example.org is a"])
+                m.logout()
+                users = {e.get("user") for e in self.node_logins_since(marks) if e["ok"]}
+                self.assertEqual(users, {"alice@example.org"})
+
+    def test_names_with_two_at_signs_are_refused_like_unknown_users(self):
+        mark = len(SLAPD.log_text())
+        self.assertIn(AUTHFAILED, imap_refusal(IX, "alice@example.org@example.org"))
+        self.assertNotIn("alice@example.org@example.org", SLAPD.log_text()[mark:])
+
+    def test_an_island_value_with_a_line_break_is_escaped_and_temporary(self):
+        carol = dd.BY_LOGIN["carol@example.org"]
+        SLAPD.modify(carol.dn, "mailIsland", "a\r\n2099-01-01 FORGED critical everything is fine")
+        self.addCleanup(SLAPD.modify, carol.dn, "mailIsland", carol.island)
+        time.sleep(1.2)  # the 1 s cache
+        mark = len(IX.log_text())
+        self.assertIn(UNAVAILABLE, imap_refusal(IX, "carol@example.org"))
+        code, _ = lmtp_rcpt(IX, "carol@example.org")
+        self.assertEqual(code, 451)
+        log = log_since(IX, mark)
+        self.assertIn('island "a\\x0d\\x0a2099-01-01 FORGED', log)
+        self.assertFalse([line for line in log.splitlines() if line.startswith("2099-01-01")],
+                         "a forged log line")
+
+
 class AccountStates(unittest.TestCase):
     def test_a_disabled_account_is_refused_like_a_wrong_password(self):
         self.assertIn(AUTHFAILED, imap_refusal(IX, "eve@example.org"))

@@ -271,6 +271,36 @@ class Routing(unittest.TestCase):
         self.assertEqual(DB.lookup("alice@example.org")[0], "a")
         self.assertEqual(DB.query("SELECT COUNT(*) FROM account")[0][0], str(len(dd.USERS)))
 
+    def test_a_folding_query_logs_in_the_user_it_matched(self):
+        # A query whose comparison folds (utf8mb4_general_ci, as many
+        # schemas have) matches alice's row for "al\u0130ce": the node must be
+        # told the row's spelling (the node-login column), not the client's.
+        ix = start_isthmus(query="SELECT a.island, a.state, a.password, "
+                                 "CONCAT(a.localpart, '@', d.name) FROM account a "
+                                 "JOIN domain d ON d.id = a.domain_id "
+                                 "WHERE a.localpart = %{localpart} COLLATE utf8mb4_general_ci "
+                                 "AND d.name = %{domain}")
+        try:
+            marks = {name: len(node.logins()) for name, node in LAB.nodes.items()}
+            self.assertEqual(imap_login(ix, "al\u0130ce@example.org")[0], "OK")
+            users = {e.get("user") for name, node in LAB.nodes.items()
+                     for e in node.logins()[marks[name]:] if e["ok"]}
+            self.assertEqual(users, {"alice@example.org"})
+        finally:
+            ix.stop()
+
+    def test_an_island_value_with_a_line_break_is_escaped_and_temporary(self):
+        DB.execute("UPDATE account SET island = 'a\\r\\n2099-01-01 FORGED critical' "
+                   "WHERE localpart = 'carol'")
+        self.addCleanup(DB.execute, "UPDATE account SET island = 'a' WHERE localpart = 'carol'")
+        time.sleep(1.2)  # the 1 s cache
+        mark = len(SHARED.log_text())
+        self.assertIn("[UNAVAILABLE]", imap_login(SHARED, "carol@example.org")[1])
+        self.assertEqual(lmtp_rcpt(SHARED, "carol@example.org")[0], 451)
+        log = SHARED.log_text()[mark:]
+        self.assertIn('island "a\\x0d\\x0a2099-01-01 FORGED critical"', log)
+        self.assertFalse([line for line in log.splitlines() if line.startswith("2099-01-01")])
+
     def test_invalid_utf8_is_just_an_unknown_name(self):
         m = imap(SHARED)
         try:
