@@ -347,11 +347,19 @@ boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtim
                      admission.user_wait > admission.address_wait
                          ? "failed logins for this name"
                          : "failed logins from this address");
-        co_await sleep_until(Deadline::at(admission.start));
+        bool waited_out = true;
+        if (request.pause) waited_out = co_await request.pause(admission.start);
+        else co_await sleep_until(Deadline::at(admission.start));
         deadline = Deadline::at(deadline.when() + waited);  // the login's own budget is whole
+        if (!waited_out) {
+          outcome.failure = Failure::shutdown;
+          outcome.user = *user;
+          outcome.detail = "the session was stopped while its check waited for the throttle";
+        }
       }
-      outcome = co_await log_in_to_island(runtime, std::move(request), *user, node_login,
-                                          deadline);
+      if (outcome.failure == Failure::none)
+        outcome = co_await log_in_to_island(runtime, std::move(request), *user, node_login,
+                                            deadline);
     }
   }
   // An active-passive island whose role moved while this login was on its

@@ -25,6 +25,10 @@ struct LoginRequest {
   boost::asio::ip::tcp::endpoint client_remote;  // the client, told to the node
   boost::asio::ip::tcp::endpoint client_local;   // what it connected to
   unsigned ttl = 0;  // hops this login may still take (0: the configured proxy_ttl)
+  // Waits until a moment, or until the session is asked to stop (then
+  // false): the throttle's wait goes through it, so a stopping instance
+  // is not held up by logins waiting their turn. Unset: a plain sleep.
+  std::function<boost::asio::awaitable<bool>(Clock::time_point)> pause;
 };
 
 struct LoginOutcome {

@@ -200,9 +200,19 @@ boost::asio::awaitable<boost::system::error_code> Session::read_more(Deadline de
   co_return ec;
 }
 
+boost::asio::awaitable<bool> Session::pause_until(Clock::time_point when) {
+  if (stop_ != StopKind::none) co_return false;
+  if (when <= Clock::now()) co_return true;
+  pause_ = std::make_unique<boost::asio::steady_timer>(client_.socket().get_executor(), when);
+  auto [ec] = co_await pause_->async_wait(use_tuple);
+  pause_.reset();
+  co_return !ec && stop_ == StopKind::none;
+}
+
 void Session::request_stop(StopKind kind, std::string_view why) {
   if (kind <= stop_) return;
   stop_ = kind;
+  if (pause_) pause_->cancel();
   if (kind == StopKind::kick || kind == StopKind::force) {
     set_ended(kind == StopKind::kick ? "closed: " + std::string(why) : "closed at shutdown");
     client_.close();

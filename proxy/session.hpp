@@ -15,7 +15,9 @@
 #include "proxy/connection_limits.hpp"
 #include "proxy/runtime.hpp"
 
+#include <functional>
 #include <list>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -119,6 +121,14 @@ class Session {
     return listener_->tls == config::TlsMode::starttls && !client_.is_tls() && runtime_->server_tls;
   }
 
+  // Waits until `when`, or until the session is asked to stop (any kind;
+  // then false). For waits that no socket would end: the throttle, the
+  // failure delay.
+  boost::asio::awaitable<bool> pause_until(Clock::time_point when);
+  std::function<boost::asio::awaitable<bool>(Clock::time_point)> pauser() {
+    return [this](Clock::time_point when) { return pause_until(when); };
+  }
+
   // Reads more client bytes into in_, bounded by `deadline`.
   boost::asio::awaitable<boost::system::error_code> read_more(Deadline deadline);
 
@@ -161,6 +171,7 @@ class Session {
   StopKind stop_ = StopKind::none;
   bool proxy_checked_ = false;
   bool first_line_checked_ = false;
+  std::unique_ptr<boost::asio::steady_timer> pause_;  // only while pausing
   std::list<Session*>::iterator registry_position_;
 };
 

@@ -299,6 +299,7 @@ asio::awaitable<ImapSession::Next> ImapSession::log_in(const std::string& tag, s
   request.password = std::move(password);
   request.client_remote = client_info_.remote;
   request.client_local = client_info_.local;
+  request.pause = pauser();
   request.ttl = ttl_;
   const Deadline deadline = Deadline::after(config_.timeouts.login);
   auto started = Clock::now();
@@ -336,8 +337,7 @@ asio::awaitable<ImapSession::Next> ImapSession::log_in(const std::string& tag, s
     // password was wrong (the node took its time) or the user unknown (no
     // node asked): no way to probe which names exist, as long as the delay
     // is longer than a node takes to refuse.
-    const auto delay = auth_failure_delay();
-    co_await sleep_until(Deadline::at(started + delay));
+    co_await pause_until(started + auth_failure_delay());
     text = tag + " NO [AUTHENTICATIONFAILED] Authentication failed.\r\n";
   } else if (policy.answer == ClientAnswer::in_use) {
     text = tag + " NO [INUSE] Mailbox is in use, please try again later.\r\n";

@@ -188,6 +188,7 @@ asio::awaitable<Pop3Session::Next> Pop3Session::log_in(std::string user, std::st
   request.password = std::move(password);
   request.client_remote = client_info_.remote;
   request.client_local = client_info_.local;
+  request.pause = pauser();
   const Deadline deadline = Deadline::after(config_.timeouts.login);
   auto started = Clock::now();
   LoginOutcome outcome = co_await log_in_through_island(*runtime_, std::move(request),
@@ -219,8 +220,7 @@ asio::awaitable<Pop3Session::Next> Pop3Session::log_in(std::string user, std::st
   if (policy.answer == ClientAnswer::auth_failed) {
     // The same answer, at the same time after the command, for a wrong
     // password and an unknown user (RFC 3206 [AUTH]).
-    const auto delay = auth_failure_delay();
-    co_await sleep_until(Deadline::at(started + delay));
+    co_await pause_until(started + auth_failure_delay());
     text = "-ERR [AUTH] Authentication failed.\r\n";
   } else if (policy.answer == ClientAnswer::in_use) {
     text = "-ERR [IN-USE] Mailbox is in use, please try again later.\r\n";

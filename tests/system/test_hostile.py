@@ -288,6 +288,29 @@ class Hostile(unittest.TestCase):
         self.assertGreater(metric(m, "isthmus_auth_throttle_delayed_total", lane="address"), 0)
         self.assertGreater(metric(m, "isthmus_auth_throttle_refused_total"), 0)
 
+    def test_logins_waiting_for_the_throttle_do_not_hold_up_a_stop(self):
+        ix = self.start(timeouts={"auth_failure_delay": "1s", "shutdown_grace": "2s"},
+                        auth={"max_failure_delay": "8s", "max_throttle_wait": "30s"})
+        for i in range(4):  # penalty now 8 s
+            with RawImap(ix.port("imap")) as c:
+                c.greeting()
+                c.command("a", f"LOGIN {CAROL} wrong-{i}")
+        waiting = []
+        for i in range(3):
+            c = RawImap(ix.port("imap"), timeout=30)
+            self.addCleanup(c.close)
+            c.greeting()
+            c.send(f"w LOGIN {CAROL} again-{i}\r\n")
+            waiting.append(c)
+        wait_for(lambda: ix.log_text().count("throttled, checking in") >= 6,
+                 what="the logins to wait for the throttle")
+        t0 = time.monotonic()
+        self.assertEqual(ix.stop(), 0)
+        took = time.monotonic() - t0
+        self.assertLess(took, 2.0, "a stop waited for the throttle")
+        for c in waiting:
+            self.assertIn(b"w NO [UNAVAILABLE]", c.read_until_closed(5))
+
     def test_a_spray_of_one_name_from_many_addresses_slows_that_name_only(self):
         ix = self.start(timeouts={"auth_failure_delay": "300ms"},
                         auth={"max_failure_delay": "2s", "max_throttle_wait": "10s"})

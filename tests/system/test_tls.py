@@ -83,6 +83,43 @@ class Tls(unittest.TestCase):
                                  and e["tls"] != "-"], what="TLS session ends")
         self.assertTrue(all(e["tls"].startswith("TLSv1.") for e in ends))
 
+    def test_alpn_must_name_the_listeners_protocol(self):
+        # ALPACA (cross-protocol attacks): a browser offers http/1.1 (and
+        # h2) only; such a handshake fails with no_application_protocol
+        # (RFC 7301), on implicit TLS and after STARTTLS alike. A client
+        # that offers the protocol, or no ALPN at all, is served.
+        ix = self.start()
+
+        def handshake(port: int, alpn, starttls: bool = False):
+            ctx = ssl.create_default_context(cafile=self.lab.ca_path)
+            if alpn is not None:
+                ctx.set_alpn_protocols(alpn)
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            try:
+                if starttls:
+                    raw.recv(4096)
+                    raw.sendall(b"s STARTTLS\r\n")
+                    raw.recv(4096)
+                tls = ctx.wrap_socket(raw, server_hostname="isthmus.lab.test")
+                chosen = tls.selected_alpn_protocol()
+                tls.close()
+                return chosen
+            finally:
+                raw.close()
+
+        for starttls, port in ((False, self.ports["imaps"]), (True, self.ports["imap"])):
+            with self.subTest(starttls=starttls):
+                self.assertEqual(handshake(port, ["imap"], starttls), "imap")
+                self.assertEqual(handshake(port, ["http/1.1", "imap"], starttls), "imap")
+                self.assertIsNone(handshake(port, None, starttls))
+                for foreign in (["http/1.1"], ["h2", "http/1.1"], ["pop3"]):
+                    with self.assertRaisesRegex(ssl.SSLError, "no application protocol"):
+                        handshake(port, foreign, starttls)
+        self.assertEqual(handshake(self.ports["pop3s"], ["pop3"]), "pop3")
+        with self.assertRaisesRegex(ssl.SSLError, "no application protocol"):
+            handshake(self.ports["pop3s"], ["imap"])
+        self.assertIn("TLS handshake failed", ix.log_text())
+
     def test_starttls_and_stls(self):
         self.start()
         m = imaplib.IMAP4("127.0.0.1", self.ports["imap"], timeout=10)
