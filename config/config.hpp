@@ -210,6 +210,7 @@ struct LoginNames {
 
 struct Timeouts {
   Duration preauth = std::chrono::seconds(60);   // connect to logged in, whole
+  Duration proxy_header = std::chrono::seconds(3);  // a PROXY protocol header, from connect
   Duration login = std::chrono::seconds(30);     // one login attempt, all nodes tried
   Duration connect = std::chrono::seconds(5);    // one TCP connect to a node
   Duration idle = std::chrono::minutes(30);      // relayed session with no traffic

@@ -739,6 +739,7 @@ Config parse_config(std::string_view text, const std::string& source,
       Object t(*timeouts, "/timeouts", problems);
       auto& to = config.timeouts;
       t.read_duration("preauth", to.preauth);
+      t.read_duration("proxy_header", to.proxy_header);
       t.read_duration("login", to.login);
       t.read_duration("connect", to.connect);
       t.read_duration("idle", to.idle);
@@ -748,6 +749,7 @@ Config parse_config(std::string_view text, const std::string& source,
       t.read_duration("lmtp_command", to.lmtp_command);
       t.read_duration("lmtp_data", to.lmtp_data);
       for (auto [key, value] : {std::pair{"preauth", to.preauth}, {"login", to.login},
+                                {"proxy_header", to.proxy_header},
                                 {"connect", to.connect}, {"idle", to.idle},
                                 {"lmtp_idle", to.lmtp_idle}, {"lmtp_command", to.lmtp_command},
                                 {"lmtp_data", to.lmtp_data}}) {

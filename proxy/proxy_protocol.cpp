@@ -1,5 +1,7 @@
 #include "proxy/proxy_protocol.hpp"
 
+#include "common/log.hpp"
+
 #include <array>
 #include <charconv>
 #include <cstring>
@@ -69,6 +71,78 @@ ProxyParse parse_v1(std::string_view bytes) {
 }
 
 std::uint16_t be16(const unsigned char* p) { return static_cast<std::uint16_t>(p[0] << 8 | p[1]); }
+std::uint32_t be32(const unsigned char* p) {
+  return static_cast<std::uint32_t>(p[0]) << 24 | static_cast<std::uint32_t>(p[1]) << 16 |
+         static_cast<std::uint32_t>(p[2]) << 8 | p[3];
+}
+
+// TLV types (section 2.2.7) and the SSL TLV's sub-types (section 2.2.5).
+constexpr unsigned char kTlvAlpn = 0x01;
+constexpr unsigned char kTlvAuthority = 0x02;
+constexpr unsigned char kTlvCrc32c = 0x03;
+constexpr unsigned char kTlvUniqueId = 0x05;
+constexpr unsigned char kTlvSsl = 0x20;
+constexpr unsigned char kSubSslVersion = 0x21;
+constexpr unsigned char kSubSslCn = 0x22;
+constexpr unsigned char kSubSslCipher = 0x23;
+constexpr unsigned char kClientSsl = 0x01;
+
+// Walks a run of TLVs; `each(type, value)` returns an error or "". The
+// lengths must add up to the run exactly.
+template <typename Each>
+std::string walk_tlvs(std::string_view run, Each each) {
+  std::size_t i = 0;
+  while (i < run.size()) {
+    if (run.size() - i < 3) return "stray bytes after the last TLV";
+    auto* t = reinterpret_cast<const unsigned char*>(run.data() + i);
+    const std::size_t length = be16(t + 1);
+    if (run.size() - i - 3 < length) return "a TLV longer than the header";
+    if (auto error = each(t[0], run.substr(i + 3, length)); !error.empty()) return error;
+    i += 3 + length;
+  }
+  return "";
+}
+
+// The TLVs after the address block: what they say goes into `header`.
+std::string parse_tlvs(std::string_view whole, std::size_t tlv_start, ProxyHeader& header) {
+  return walk_tlvs(whole.substr(tlv_start), [&](unsigned char type, std::string_view value) {
+    switch (type) {
+      case kTlvAlpn:
+        header.alpn = value;
+        return std::string();
+      case kTlvAuthority:
+        header.authority = value;
+        return std::string();
+      case kTlvCrc32c: {
+        if (value.size() != 4) return std::string("a CRC32C TLV that is not 4 bytes");
+        // The checksum covers the whole header with its own field zeroed.
+        std::string copy(whole);
+        const std::size_t at = static_cast<std::size_t>(value.data() - whole.data());
+        std::memset(copy.data() + at, 0, 4);
+        if (crc32c(copy) != be32(reinterpret_cast<const unsigned char*>(value.data())))
+          return std::string("the CRC32C TLV does not match the header");
+        header.crc_checked = true;
+        return std::string();
+      }
+      case kTlvUniqueId:
+        if (value.size() > 128) return std::string("a UNIQUE_ID TLV over 128 bytes");
+        return std::string();
+      case kTlvSsl: {
+        if (value.size() < 5) return std::string("a short SSL TLV");
+        auto* v = reinterpret_cast<const unsigned char*>(value.data());
+        header.ssl = (v[0] & kClientSsl) != 0;
+        return walk_tlvs(value.substr(5), [&](unsigned char sub, std::string_view text) {
+          if (sub == kSubSslVersion) header.ssl_version = text;
+          else if (sub == kSubSslCipher) header.ssl_cipher = text;
+          else if (sub == kSubSslCn) header.ssl_cn = text;
+          return std::string();
+        });
+      }
+      default:  // NOOP, NETNS, custom and unknown types: skipped (section 2.2.7)
+        return std::string();
+    }
+  });
+}
 
 ProxyParse parse_v2(std::string_view bytes) {
   if (bytes.size() < 16) return {};
@@ -86,32 +160,39 @@ ProxyParse parse_v2(std::string_view bytes) {
   p.status = Status::ok;
   if (command == 0) return p;  // LOCAL: the balancer's own connection (health check)
   const unsigned char* a = b + 16;
+  std::size_t block = 0;  // the address block's length
   switch (family) {
     case 0x11: {  // TCP over IPv4
-      if (length < 12) return invalid("v2 header: short IPv4 address block");
+      block = 12;
+      if (length < block) return invalid("v2 header: short IPv4 address block");
       ip::address_v4::bytes_type src, dst;
       std::memcpy(src.data(), a, 4);
       std::memcpy(dst.data(), a + 4, 4);
       p.header.source = {ip::address_v4(src), be16(a + 8)};
       p.header.destination = {ip::address_v4(dst), be16(a + 10)};
       p.header.has_addresses = true;
-      return p;
+      break;
     }
     case 0x21: {  // TCP over IPv6
-      if (length < 36) return invalid("v2 header: short IPv6 address block");
+      block = 36;
+      if (length < block) return invalid("v2 header: short IPv6 address block");
       ip::address_v6::bytes_type src, dst;
       std::memcpy(src.data(), a, 16);
       std::memcpy(dst.data(), a + 16, 16);
       p.header.source = {ip::address_v6(src), be16(a + 32)};
       p.header.destination = {ip::address_v6(dst), be16(a + 34)};
       p.header.has_addresses = true;
-      return p;
+      break;
     }
     case 0x00:  // UNSPEC with PROXY: addresses unknown, keep the connection's
-      return p;
+      break;
     default:
       return invalid("v2 header: only TCP over IPv4 or IPv6 is supported");
   }
+  if (auto error = parse_tlvs(bytes.substr(0, 16 + length), 16 + block, p.header);
+      !error.empty())
+    return invalid("v2 header: " + error);
+  return p;
 }
 
 }  // namespace
@@ -127,6 +208,38 @@ bool prefix_of_signature(std::string_view bytes) {
 }
 
 }  // namespace
+
+std::uint32_t crc32c(std::string_view bytes) {
+  static const auto table = [] {
+    std::array<std::uint32_t, 256> t{};
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78U : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  std::uint32_t crc = 0xFFFFFFFFU;
+  for (char ch : bytes) crc = table[(crc ^ static_cast<unsigned char>(ch)) & 0xFF] ^ (crc >> 8);
+  return crc ^ 0xFFFFFFFFU;
+}
+
+std::string ProxyHeader::describe() const {
+  std::string out;
+  auto add = [&out](std::string_view key, const std::string& value) {
+    if (value.empty()) return;
+    if (!out.empty()) out += ' ';
+    out += key;
+    out += '=';
+    out += sanitize(value, 100);
+  };
+  add("alpn", alpn);
+  add("authority", authority);
+  if (ssl) add("ssl", ssl_version.empty() ? std::string("yes") : ssl_version);
+  add("cipher", ssl_cipher);
+  add("cn", ssl_cn);
+  return out;
+}
 
 bool begins_with_proxy_signature(std::string_view bytes) {
   return (bytes.size() >= kV1Prefix.size() && bytes.substr(0, kV1Prefix.size()) == kV1Prefix) ||

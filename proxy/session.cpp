@@ -43,11 +43,12 @@ bool is_http_request_line(std::string_view line) {
 void log_session_end(const SessionRecord& r) {
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - r.started);
   spdlog::info("session={} proto={} end client={} user={} island={} node={} tls={} in={} out={} "
-               "duration={}.{:03}s ended=\"{}\"",
+               "duration={}.{:03}s ended=\"{}\"{}",
                r.id, config::name_of(r.protocol), r.client,
                r.user.empty() ? "-" : sanitize(r.user, 100), r.island.empty() ? "-" : r.island,
                r.node.empty() ? "-" : r.node, r.tls.empty() ? "-" : r.tls, r.bytes_in,
-               r.bytes_out, ms.count() / 1000, ms.count() % 1000, r.ended);
+               r.bytes_out, ms.count() / 1000, ms.count() % 1000, r.ended,
+               r.via.empty() ? "" : fmt::format(" via=\"{}\"", r.via));
 }
 
 Session::Session(SessionRegistry& registry, boost::asio::ip::tcp::socket client,
@@ -83,10 +84,14 @@ boost::asio::awaitable<bool> Session::begin() {
   const auto peer = client_info_.remote.address();
   if (!listener_->proxy_protocol.empty() && any_contains(listener_->proxy_protocol, peer)) {
     proxy_checked_ = true;
-    // A balancer we trust: its header must come first, complete and valid.
+    // A balancer we trust: its header must come first, complete and valid,
+    // within timeouts.proxy_header (a balancer sends it at once).
+    const Deadline header_deadline =
+        preauth_deadline_.within(runtime_->config->timeouts.proxy_header);
     for (;;) {
       ProxyParse parsed = parse_proxy_header(in_);
       if (parsed.status == ProxyParse::Status::ok) {
+        record_.via = parsed.header.describe();
         if (parsed.header.has_addresses) {
           client_info_.remote = parsed.header.source;
           client_info_.local = parsed.header.destination;
@@ -103,7 +108,7 @@ boost::asio::awaitable<bool> Session::begin() {
         set_ended("bad PROXY protocol header");
         co_return false;
       }
-      auto ec = co_await read_more(preauth_deadline_);
+      auto ec = co_await read_more(header_deadline);
       if (ec) {
         set_ended(ec == boost::asio::error::timed_out ? "no PROXY protocol header in time"
                                                       : "client closed before login");

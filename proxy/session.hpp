@@ -43,6 +43,7 @@ struct SessionRecord {
   std::string island;
   std::string node;
   std::string tls;              // "-" or "TLSv1.3" for the client side
+  std::string via;              // what a load balancer's PROXY v2 TLVs said (escaped), or 
   std::uint64_t bytes_in = 0;   // received from the client
   std::uint64_t bytes_out = 0;  // sent to the client
   Clock::time_point started = Clock::now();

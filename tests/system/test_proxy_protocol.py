@@ -35,10 +35,29 @@ def read_line(s: socket.socket) -> bytes:
     return data
 
 
-def v2_header(src: str, sport: int, dst: str, dport: int) -> bytes:
-    body = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
+def v2_header(src: str, sport: int, dst: str, dport: int, tlvs: bytes = b"") -> bytes:
+    body = (socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport) +
+            tlvs)
     return (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) +
             body)
+
+
+def tlv(kind: int, value: bytes) -> bytes:
+    return bytes([kind]) + struct.pack("!H", len(value)) + value
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+def with_crc(header: bytes) -> bytes:
+    """HEADER, whose last TLV is a zeroed CRC32C, with the checksum filled in."""
+    return header[:-4] + struct.pack("!I", crc32c(header))
 
 
 class ProxyProtocol(unittest.TestCase):
@@ -156,6 +175,56 @@ class ProxyProtocol(unittest.TestCase):
             read_line(s)
             self.assertTrue(read_line(s).startswith(b"a OK"))
         self.assertEqual(self.last_login(ix, "alice@example.org")["rip"], "192.0.2.45")
+
+    def test_v2_tlvs_are_validated_and_kept_with_the_session(self):
+        ix = self.start(listeners=self.listeners(["127.0.0.1"]), trusted_networks=["192.0.2.0/24"])
+        ssl_tlv = tlv(0x20, b"\x01\x00\x00\x00\x00" + tlv(0x21, b"TLSv1.3") +
+                      tlv(0x23, b"TLS_AES_128_GCM_SHA256"))
+        good = with_crc(v2_header("192.0.2.60", 40060, "127.0.0.1", 143,
+                                  tlv(0x01, b"imap") + tlv(0x02, b"mail.example.org") + ssl_tlv +
+                                  tlv(0x03, b"\0\0\0\0")))
+        with socket.create_connection(("127.0.0.1", ix.port("imap")), timeout=10) as s:
+            s.sendall(good + b"a LOGIN alice@example.org demo\r\n")
+            read_line(s)
+            self.assertTrue(read_line(s).startswith(b"a OK"))
+            s.sendall(b"b LOGOUT\r\n")
+        wait_for(lambda: any(e.get("via") == "alpn=imap authority=mail.example.org ssl=TLSv1.3 "
+                                             "cipher=TLS_AES_128_GCM_SHA256"
+                             for e in session_end_lines(ix.log_text())),
+                 what="the session end line with the balancer's TLVs")
+        bad_headers = {
+            "stray bytes after the last TLV": v2_header("192.0.2.61", 1, "127.0.0.1", 2,
+                                                        tlv(0x01, b"imap") + b"\x00\x01"),
+            "a TLV longer than the header": v2_header("192.0.2.61", 1, "127.0.0.1", 2,
+                                                      b"\x02\x00\x40abc"),
+            "the CRC32C TLV does not match the header": v2_header(
+                "192.0.2.61", 1, "127.0.0.1", 2, tlv(0x03, b"\x12\x34\x56\x78")),
+            "a short SSL TLV": v2_header("192.0.2.61", 1, "127.0.0.1", 2, tlv(0x20, b"\x01")),
+        }
+        for why, header in bad_headers.items():
+            with self.subTest(why=why):
+                with socket.create_connection(("127.0.0.1", ix.port("imap")), timeout=10) as s:
+                    s.sendall(header + b"a LOGIN alice@example.org demo\r\n")
+                    self.assertEqual(s.recv(4096), b"")  # closed, no greeting
+                self.assertIn(f"v2 header: {why}; closing", ix.log_text())
+        # A corrupted bit anywhere under a good CRC is caught.
+        flipped = bytearray(good)
+        flipped[18] ^= 0x01  # the source address
+        with socket.create_connection(("127.0.0.1", ix.port("imap")), timeout=10) as s:
+            s.sendall(bytes(flipped))
+            self.assertEqual(s.recv(4096), b"")
+
+    def test_the_proxy_header_has_a_short_deadline_of_its_own(self):
+        ix = self.start(listeners=self.listeners(["127.0.0.1"]), timeouts={"proxy_header": "1s"})
+        with socket.create_connection(("127.0.0.1", ix.port("imap")), timeout=10) as s:
+            t0 = time.monotonic()
+            s.sendall(b"PROXY TCP4 192.0.2.1 ")  # and nothing more
+            self.assertEqual(s.recv(4096), b"")
+            took = time.monotonic() - t0
+        self.assertGreaterEqual(took, 0.9)
+        self.assertLess(took, 5.0)  # not the 60 s pre-auth deadline
+        wait_for(lambda: 'ended="no PROXY protocol header in time"' in ix.log_text(),
+                 what="the session end line")
 
     def test_a_trusted_source_without_a_header_is_closed(self):
         ix = self.start(listeners=self.listeners(["127.0.0.1"]))

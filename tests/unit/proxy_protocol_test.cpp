@@ -113,3 +113,65 @@ TEST_CASE("what begins with a PROXY signature") {
   CHECK_FALSE(begins_with_proxy_signature("a LOGIN"));
   CHECK_FALSE(begins_with_proxy_signature("\x16\x03\x01"));
 }
+
+namespace {
+std::string tlv(unsigned char type, std::string_view value) {
+  std::string t;
+  t += static_cast<char>(type);
+  t += static_cast<char>(value.size() >> 8);
+  t += static_cast<char>(value.size() & 0xff);
+  t += value;
+  return t;
+}
+std::string addresses4() { return std::string("\x0a\x01\x02\x03\xc0\x00\x02\x01\x15\xb3\x00\x8f", 12); }
+}  // namespace
+
+TEST_CASE("PROXY v2 TLVs: parsed, kept, and their lengths must add up exactly") {
+  std::string ssl_value = std::string("\x01\x00\x00\x00\x00", 5) + tlv(0x21, "TLSv1.3") +
+                          tlv(0x23, "TLS_AES_256_GCM_SHA384") + tlv(0x22, "alice");
+  auto p = parse_proxy_header(v2(0x21, 0x11, addresses4() + tlv(0x01, "imap") +
+                                                 tlv(0x02, "mail.example.org") +
+                                                 tlv(0x20, ssl_value) + tlv(0x04, "pad")));
+  REQUIRE(p.status == Status::ok);
+  CHECK(p.header.alpn == "imap");
+  CHECK(p.header.authority == "mail.example.org");
+  CHECK(p.header.ssl);
+  CHECK(p.header.ssl_version == "TLSv1.3");
+  CHECK(p.header.ssl_cipher == "TLS_AES_256_GCM_SHA384");
+  CHECK(p.header.ssl_cn == "alice");
+  CHECK(p.header.describe() ==
+        "alpn=imap authority=mail.example.org ssl=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384 cn=alice");
+  // Stray bytes after the last TLV (fewer than a TLV header), a TLV longer
+  // than what is left, an SSL TLV whose sub-TLVs do not add up.
+  CHECK(parse_proxy_header(v2(0x21, 0x11, addresses4() + tlv(0x01, "imap") + "xy")).status ==
+        Status::invalid);
+  CHECK(parse_proxy_header(v2(0x21, 0x11, addresses4() + std::string("\x01\x00\x09imap", 7)))
+            .status == Status::invalid);
+  CHECK(parse_proxy_header(v2(0x21, 0x11,
+                              addresses4() + tlv(0x20, std::string("\x01\x00\x00\x00\x00", 5) +
+                                                           std::string("\x21\x00\x09v", 4))))
+            .status == Status::invalid);
+  // Escaped for the log.
+  auto odd = parse_proxy_header(v2(0x21, 0x11, addresses4() + tlv(0x02, "a\r\nb")));
+  REQUIRE(odd.status == Status::ok);
+  CHECK(odd.header.describe() == "authority=a\\x0d\\x0ab");
+}
+
+TEST_CASE("PROXY v2 CRC32C: verified over the whole header") {
+  CHECK(crc32c("123456789") == 0xE3069283U);  // the standard check value
+  std::string body = addresses4() + tlv(0x01, "imap") + tlv(0x03, std::string(4, '\0'));
+  std::string header = v2(0x21, 0x11, body);
+  const auto crc = crc32c(header);  // computed with the field zeroed, as the spec says
+  std::string good = header;
+  for (int i = 0; i < 4; ++i)
+    good[good.size() - 4 + static_cast<std::size_t>(i)] =
+        static_cast<char>((crc >> (24 - 8 * i)) & 0xff);
+  auto p = parse_proxy_header(good);
+  REQUIRE(p.status == Status::ok);
+  CHECK(p.header.crc_checked);
+  std::string bad = good;
+  bad[20] ^= 1;  // the source port changed in transit
+  CHECK(parse_proxy_header(bad).status == Status::invalid);
+  CHECK(parse_proxy_header(v2(0x21, 0x11, addresses4() + tlv(0x03, "abc"))).status ==
+        Status::invalid);
+}
