@@ -220,7 +220,7 @@ struct HealthChecker::Impl {
       if (tls_ec == asio::error::timed_out)
         co_return fmt::format("no TLS handshake within {}",
                               config::format_duration(settings.timeout));
-      if (tls_ec) co_return "TLS handshake: " + tls_ec.message();
+      if (tls_ec) co_return "TLS handshake: " + connection.tls_failure_reason(tls_ec);
     }
     LineReader reader(kMaxGreetingLine);
     for (int lines = 0;; ++lines) {

@@ -54,8 +54,13 @@ Failure classify_refusal(const ImapReply& reply) {
   if (code == "UNAVAILABLE" || code == "SERVERBUG" || code == "LIMIT" || code == "OVERQUOTA" ||
       code == "CONTACTADMIN")
     return Failure::node_unavailable;
+  // RFC 2221: the user is on another server. Isthmus does not forward
+  // referrals (and does not offer LOGIN-REFERRALS): a temporary failure,
+  // logged with the URL, never "wrong password".
+  if (code == "REFERRAL") return Failure::node_referral;
+  if (code == "AUTHORIZATIONFAILED") return Failure::authorization_failed;
   if (reply.status == ImapReply::Status::bad) return Failure::node_protocol;
-  return Failure::auth_failed;  // AUTHENTICATIONFAILED, AUTHORIZATIONFAILED, EXPIRED or none
+  return Failure::auth_failed;  // AUTHENTICATIONFAILED, EXPIRED or none
 }
 
 class ImapNodeLogin {
@@ -67,7 +72,9 @@ class ImapNodeLogin {
   boost::asio::awaitable<NodeLoginResult> run() {
     bool ok = co_await read_greeting();
     if (ok && caps_.empty()) ok = co_await ask_capabilities();
+    if (ok) ok = speaks_imap();
     if (ok && params_.tls.mode == config::TlsMode::starttls) ok = co_await start_tls();
+    if (ok) ok = speaks_imap();
     if (ok && has_capability(caps_, "LOGINDISABLED")) {
       // Credentials never leave in plaintext, whatever the config says.
       fail(Failure::node_tls, "node refuses plaintext login (LOGINDISABLED) without TLS");
@@ -90,6 +97,15 @@ class ImapNodeLogin {
     result_.detail = std::move(detail);
   }
 
+  // RFC 3501 section 7.2.1 / RFC 9051: a server lists IMAP4rev1 or
+  // IMAP4rev2. A node that does not is not an IMAP server (a port mix-up,
+  // an HTTP proxy): a node failure, the next node is tried.
+  bool speaks_imap() {
+    if (has_capability(caps_, "IMAP4rev1") || has_capability(caps_, "IMAP4rev2")) return true;
+    fail(Failure::node_protocol, "the node's capabilities name neither IMAP4rev1 nor IMAP4rev2");
+    return false;
+  }
+
   boost::asio::awaitable<std::optional<ImapReply>> next_reply(const char* while_doing) {
     const Deadline deadline = greeted_ ? deadline_ : greeting_deadline_;
     auto read = co_await reader_.read_line(node_, deadline);
@@ -100,7 +116,21 @@ class ImapNodeLogin {
     co_return parse_imap_reply(read.line);
   }
 
-  boost::asio::awaitable<bool> send(std::string_view text, const char* while_doing) {
+  // `client_bytes`: the text carries bytes the client chose (its name or
+  // password); from then on a failure is the login's own, not the node's.
+  boost::asio::awaitable<bool> send(std::string_view text, const char* while_doing,
+                                    bool client_bytes = false) {
+    // A node speaks only when spoken to: bytes that arrived before this
+    // command are an answer to something not yet sent (a forged STARTTLS
+    // or login answer, RFC 3501 section 2.2.2) or garbage. Either way the
+    // node is not believed.
+    if (!reader_.buffer().empty()) {
+      fail(Failure::node_protocol,
+           fmt::format("the node sent {} bytes nobody asked for before {} (\"{}\")",
+                       reader_.buffer().size(), while_doing, sanitize(reader_.buffer(), 40)));
+      co_return false;
+    }
+    if (client_bytes) result_.client_data_sent = true;
     if (!queued_.empty()) {
       queued_ += text;
       text = queued_;
@@ -186,11 +216,18 @@ class ImapNodeLogin {
       fail(Failure::node_tls, "node refused STARTTLS: " + sanitize(reply->text));
       co_return false;
     }
-    reader_.take_buffered();  // never trust bytes that came before the handshake
+    // Nothing may follow the OK before the handshake: such bytes were
+    // injected (CVE-2011-0411 the other way round).
+    if (!reader_.buffer().empty()) {
+      fail(Failure::node_tls, fmt::format("{} bytes after the STARTTLS answer, before TLS",
+                                          reader_.buffer().size()));
+      co_return false;
+    }
     auto ec = co_await node_.start_tls_as_client(*params_.tls.context, params_.tls.name,
                                                  params_.tls.verify, deadline_);
     if (ec) {
-      fail(Failure::node_tls, "TLS handshake with the node failed: " + ec.message());
+      fail(Failure::node_tls,
+           "TLS handshake with the node failed: " + node_.tls_failure_reason(ec));
       co_return false;
     }
     caps_.clear();
@@ -208,7 +245,6 @@ class ImapNodeLogin {
 
   boost::asio::awaitable<bool> send_credentials() {
     login_tag_ = next_tag();
-    result_.client_data_sent = true;
     const bool plain = has_capability(caps_, "AUTH=PLAIN");
     if (plain) {
       // RFC 4616: [authzid] NUL authcid NUL passwd.
@@ -223,12 +259,12 @@ class ImapNodeLogin {
       const std::size_t ir_line = login_tag_.size() + 21 + encoded.size() + 2;
       if (has_capability(caps_, "SASL-IR") && ir_line <= kMaxSaslIrLine) {  // RFC 4959
         std::string line = login_tag_ + " AUTHENTICATE PLAIN " + encoded + "\r\n";
-        sent = co_await send(line, "sending credentials");
+        sent = co_await send(line, "sending credentials", true);
         OPENSSL_cleanse(line.data(), line.size());
       } else {
         sent = co_await send(login_tag_ + " AUTHENTICATE PLAIN\r\n", "starting AUTHENTICATE");
         if (sent) sent = co_await await_continuation();
-        if (sent) sent = co_await send(encoded + "\r\n", "sending credentials");
+        if (sent) sent = co_await send(encoded + "\r\n", "sending credentials", true);
       }
       OPENSSL_cleanse(encoded.data(), encoded.size());
       co_return sent;
@@ -248,7 +284,7 @@ class ImapNodeLogin {
     if (non_sync_ok(user.size()) && non_sync_ok(pass.size())) {
       std::string line = fmt::format("{} LOGIN {{{}+}}\r\n{} {{{}+}}\r\n{}\r\n", login_tag_,
                                      user.size(), user, pass.size(), pass);
-      bool sent = co_await send(line, "sending credentials");
+      bool sent = co_await send(line, "sending credentials", true);
       OPENSSL_cleanse(line.data(), line.size());
       co_return sent;
     }
@@ -256,11 +292,11 @@ class ImapNodeLogin {
                               "starting LOGIN");
     if (sent) sent = co_await await_continuation();
     if (sent) sent = co_await send(fmt::format("{} {{{}}}\r\n", user, pass.size()),
-                                   "sending the user name");
+                                   "sending the user name", true);
     if (sent) sent = co_await await_continuation();
     if (!sent) co_return false;
     std::string line = pass + "\r\n";
-    sent = co_await send(line, "sending the password");
+    sent = co_await send(line, "sending the password", true);
     OPENSSL_cleanse(line.data(), line.size());
     co_return sent;
   }

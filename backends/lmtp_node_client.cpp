@@ -125,7 +125,7 @@ boost::asio::awaitable<NodeStep> LmtpNodeClient::open(const std::string& lhlo_na
                                                       Deadline::after(command_timeout));
     if (ec) {
       step.failure = Failure::node_tls;
-      step.detail = "TLS handshake with the node failed: " + ec.message();
+      step.detail = "TLS handshake with the node failed: " + transport_.tls_failure_reason(ec);
       co_return step;
     }
     step = co_await lhlo(lhlo_name, command_timeout);

@@ -57,7 +57,18 @@ class Pop3NodeLogin {
     co_return std::nullopt;
   }
 
-  boost::asio::awaitable<bool> send(std::string_view text, const char* while_doing) {
+  // `client_bytes`: the text carries bytes the client chose (its name or
+  // password); from then on a failure is the login's own, not the node's.
+  boost::asio::awaitable<bool> send(std::string_view text, const char* while_doing,
+                                    bool client_bytes = false) {
+    // A node speaks only when spoken to (see imap_node_login.cpp).
+    if (!reader_.buffer().empty()) {
+      fail(Failure::node_protocol,
+           fmt::format("the node sent {} bytes nobody asked for before {} (\"{}\")",
+                       reader_.buffer().size(), while_doing, sanitize(reader_.buffer(), 40)));
+      co_return false;
+    }
+    if (client_bytes) result_.client_data_sent = true;
     auto [ec, n] = co_await node_.write_all(boost::asio::buffer(text), params_.deadline);
     if (ec) {
       fail(ec == boost::asio::error::timed_out ? Failure::node_timeout : Failure::node_closed,
@@ -91,11 +102,16 @@ class Pop3NodeLogin {
       fail(Failure::node_tls, "node refused STLS: " + sanitize(*answer));
       co_return false;
     }
-    reader_.take_buffered();
+    if (!reader_.buffer().empty()) {
+      fail(Failure::node_tls, fmt::format("{} bytes after the STLS answer, before TLS",
+                                          reader_.buffer().size()));
+      co_return false;
+    }
     auto ec = co_await node_.start_tls_as_client(*params_.tls.context, params_.tls.name,
                                                  params_.tls.verify, params_.deadline);
     if (ec) {
-      fail(Failure::node_tls, "TLS handshake with the node failed: " + ec.message());
+      fail(Failure::node_tls,
+           "TLS handshake with the node failed: " + node_.tls_failure_reason(ec));
       co_return false;
     }
     // RFC 2595 section 4: what the node said before TLS is forgotten (a
@@ -142,18 +158,17 @@ class Pop3NodeLogin {
     std::string message = sasl_plain_message(c.authzid, c.user, c.password);
     std::string encoded = encode_base64(message);
     OPENSSL_cleanse(message.data(), message.size());
-    result_.client_data_sent = true;
     bool sent = false;
     if (11 + encoded.size() + 2 <= kMaxCommandLine) {
       std::string command = "AUTH PLAIN " + encoded + "\r\n";
-      sent = co_await send(command, "sending credentials");
+      sent = co_await send(command, "sending credentials", true);
       OPENSSL_cleanse(command.data(), command.size());
     } else {
       sent = co_await send("AUTH PLAIN\r\n", "starting AUTH");
       if (sent) sent = co_await await_continuation();
       if (sent) {
         std::string response = encoded + "\r\n";
-        sent = co_await send(response, "sending credentials");
+        sent = co_await send(response, "sending credentials", true);
         OPENSSL_cleanse(response.data(), response.size());
       }
     }
@@ -189,8 +204,7 @@ class Pop3NodeLogin {
       fail(Failure::auth_failed, "credentials with CR, LF or NUL cannot go in USER/PASS");
       co_return false;
     }
-    result_.client_data_sent = true;
-    bool sent = co_await send("USER " + c.user + "\r\n", "sending the user name");
+    bool sent = co_await send("USER " + c.user + "\r\n", "sending the user name", true);
     if (!sent) co_return false;
     auto answer = co_await line("waiting for the USER answer");
     if (!answer) co_return false;
@@ -199,7 +213,7 @@ class Pop3NodeLogin {
       co_return false;
     }
     std::string command = "PASS " + c.password + "\r\n";
-    sent = co_await send(command, "sending the password");
+    sent = co_await send(command, "sending the password", true);
     OPENSSL_cleanse(command.data(), command.size());
     if (!sent) co_return false;
     co_return co_await await_login_answer();

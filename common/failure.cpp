@@ -9,7 +9,7 @@ using L = spdlog::level::level_enum;
 using A = ClientAnswer;
 
 // Order follows the enum; checked by the static_assert below and a unit test.
-constexpr std::array<FailurePolicy, 27> kPolicies{{
+constexpr std::array<FailurePolicy, 29> kPolicies{{
     {"none", "ok", false, false, A::none, L::info},
     {"client_closed", "the client closed the connection", false, false, A::none, L::info},
     {"client_timeout", "the client was idle too long", false, false, A::none, L::info},
@@ -44,6 +44,10 @@ constexpr std::array<FailurePolicy, 27> kPolicies{{
     {"login_delay", "the node says the user logs in too often", false, false, A::login_delay,
      L::info},
     {"auth_failed", "authentication failed", false, false, A::auth_failed, L::info},
+    {"authorization_failed", "the node refuses this login for this mailbox (authorization)",
+     false, false, A::authz_failed, L::info},
+    {"node_referral", "the node refers the login to another server (not forwarded)", false,
+     false, A::temporary, L::warn},
     // Not the node's fault: it had bytes the client chose (docs/health.md).
     {"login_dropped", "the node gave up on the login after it received the client's credentials",
      false, false, A::temporary, L::info},

@@ -38,6 +38,8 @@ enum class Failure : std::uint8_t {
   mailbox_in_use,    // the node says the mailbox is locked by another session
   login_delay,       // the node says the user logs in too often (POP3 LOGIN-DELAY)
   auth_failed,       // the credentials were refused
+  authorization_failed,  // the credentials are right, but not for this mailbox (RFC 5530)
+  node_referral,     // the node refers the login elsewhere (RFC 2221): not forwarded
   login_dropped,     // the node failed the login after it had the client's credentials
   proxy_loop,        // the login has passed through too many proxies
   plaintext_refused, // a password before TLS where that is not allowed
@@ -49,6 +51,7 @@ enum class Failure : std::uint8_t {
 enum class ClientAnswer : std::uint8_t {
   none,         // nothing (the client is gone, or the session just ends)
   auth_failed,  // as for a wrong password: IMAP NO [AUTHENTICATIONFAILED]
+  authz_failed, // IMAP NO [AUTHORIZATIONFAILED] (POP3: as auth_failed)
   temporary,    // try again later: IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]
   in_use,       // the mailbox is locked: IMAP NO [INUSE], POP3 -ERR [IN-USE]
   login_delay,  // too soon since the last login: POP3 -ERR [LOGIN-DELAY]

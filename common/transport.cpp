@@ -100,8 +100,12 @@ asio::awaitable<boost::system::error_code> Transport::start_tls_as_client(
     SSL_ctrl(tls_->native_handle(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
              const_cast<char*>(server_name.c_str()));
   if (verify) {
+    // OpenSSL's own name check (RFC 6125), so a failure says which check
+    // failed (X509_V_ERR_HOSTNAME_MISMATCH, ..._IP_ADDRESS_MISMATCH).
     tls_->set_verify_mode(asio::ssl::verify_peer);
-    tls_->set_verify_callback(asio::ssl::host_name_verification(server_name));
+    X509_VERIFY_PARAM* param = SSL_get0_param(tls_->native_handle());
+    if (!ip_ec) X509_VERIFY_PARAM_set1_ip_asc(param, server_name.c_str());
+    else SSL_set1_host(tls_->native_handle(), server_name.c_str());
   } else {
     tls_->set_verify_mode(asio::ssl::verify_none);
   }
@@ -110,6 +114,16 @@ asio::awaitable<boost::system::error_code> Transport::start_tls_as_client(
   };
   auto [ec] = co_await until(deadline, handshake);
   co_return ec;
+}
+
+std::string Transport::tls_failure_reason(const boost::system::error_code& ec) const {
+  if (ec == asio::error::timed_out) return "no answer in time";
+  if (tls_) {
+    const long result = SSL_get_verify_result(const_cast<TlsStream&>(*tls_).native_handle());
+    if (result != X509_V_OK)
+      return fmt::format("certificate verify failed: {}", X509_verify_cert_error_string(result));
+  }
+  return ec.message();
 }
 
 std::string Transport::tls_description() const {

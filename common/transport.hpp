@@ -53,6 +53,11 @@ class Transport {
       boost::asio::ssl::context& context, const std::string& server_name, bool verify,
       Deadline deadline);
 
+  // Why a TLS handshake as the client failed, naming the certificate check
+  // that failed ("certificate verify failed: certificate has expired",
+  // "... Hostname mismatch", "... unable to get local issuer certificate").
+  std::string tls_failure_reason(const boost::system::error_code& ec) const;
+
   // The negotiated protocol and cipher, for log lines ("TLSv1.3/TLS_AES_...").
   std::string tls_description() const;
 

@@ -214,6 +214,7 @@ struct Timeouts {
   Duration login = std::chrono::seconds(30);     // one login attempt, all nodes tried
   Duration connect = std::chrono::seconds(5);    // one TCP connect to a node
   Duration idle = std::chrono::minutes(30);      // relayed session with no traffic
+  Duration half_closed = std::chrono::seconds(60);  // after one side's FIN, the other's silence
   Duration shutdown_grace = std::chrono::seconds(30);
   Duration auth_failure_delay = std::chrono::seconds(2);
   Duration lmtp_idle = std::chrono::minutes(5);      // MTA: waiting for its next command

@@ -743,6 +743,7 @@ Config parse_config(std::string_view text, const std::string& source,
       t.read_duration("login", to.login);
       t.read_duration("connect", to.connect);
       t.read_duration("idle", to.idle);
+      t.read_duration("half_closed", to.half_closed);
       t.read_duration("shutdown_grace", to.shutdown_grace);
       t.read_duration("auth_failure_delay", to.auth_failure_delay);
       t.read_duration("lmtp_idle", to.lmtp_idle);
@@ -750,6 +751,7 @@ Config parse_config(std::string_view text, const std::string& source,
       t.read_duration("lmtp_data", to.lmtp_data);
       for (auto [key, value] : {std::pair{"preauth", to.preauth}, {"login", to.login},
                                 {"proxy_header", to.proxy_header},
+                                {"half_closed", to.half_closed},
                                 {"connect", to.connect}, {"idle", to.idle},
                                 {"lmtp_idle", to.lmtp_idle}, {"lmtp_command", to.lmtp_command},
                                 {"lmtp_data", to.lmtp_data}}) {

@@ -231,7 +231,8 @@ static boost::asio::awaitable<LoginOutcome> log_in_to_island(const Runtime& runt
         if (tls_ec) {
           result.failure = tls_ec == boost::asio::error::timed_out ? Failure::node_timeout
                                                                    : Failure::node_tls;
-          result.detail = "TLS handshake with the node failed: " + tls_ec.message();
+          result.detail =
+              "TLS handshake with the node failed: " + connection.tls_failure_reason(tls_ec);
         }
       }
       if (result.failure == Failure::none) {
@@ -297,7 +298,8 @@ std::optional<std::string> credentials_problem(const LoginRequest& request,
 // whatever the client is told "authentication failed" for, and logins a
 // node dropped after it had the client's credentials.
 bool counts_as_failed_login(Failure failure) {
-  return policy_of(failure).answer == ClientAnswer::auth_failed ||
+  const auto answer = policy_of(failure).answer;
+  return answer == ClientAnswer::auth_failed || answer == ClientAnswer::authz_failed ||
          failure == Failure::login_dropped;
 }
 

@@ -140,8 +140,11 @@ class Relay {
     timer_.async_wait([this](const boost::system::error_code& ec) {
       --outstanding_;
       if (finishing_) return settle();
+      // Cancelled while not finishing: the deadline changed (a half-close); wait anew.
+      if (ec == asio::error::operation_aborted) return arm_timer();
       if (ec) return finish("stopped");
-      if (Clock::now() >= last_activity_ + idle_timeout_) return finish("idle timeout");
+      if (Clock::now() >= last_activity_ + idle_timeout_)
+        return finish(first_closed_.empty() ? "idle timeout" : "half-closed timeout");
       arm_timer();
     });
   }
@@ -161,6 +164,13 @@ class Relay {
     boost::system::error_code ignored;
     d.to.socket().shutdown(tcp::socket::shutdown_send, ignored);
     last_activity_ = Clock::now();
+    // What is left waits at most timeouts.half_closed for traffic (a
+    // client that never closes after the node's BYE must not hold its
+    // descriptors for the whole idle timeout; haproxy's client-fin).
+    if (session_->half_closed_timeout() < idle_timeout_) {
+      idle_timeout_ = session_->half_closed_timeout();
+      timer_.cancel();  // re-armed with the shorter deadline
+    }
   }
 
   static const char* peer(const Direction& d, bool reader) {

@@ -76,6 +76,7 @@ class Session {
   Transport& client() { return client_; }
   Transport& node() { return *node_; }
   Clock::duration idle_timeout() const { return runtime_->config->timeouts.idle; }
+  Clock::duration half_closed_timeout() const { return runtime_->config->timeouts.half_closed; }
   void set_ended(std::string how) {
     if (record_.ended.empty()) record_.ended = std::move(how);
   }

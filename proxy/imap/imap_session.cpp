@@ -57,7 +57,8 @@ ImapSession::ImapSession(SessionRegistry& registry, asio::ip::tcp::socket client
       parser_(ParseLimits{config_.limits.max_line, config_.limits.max_literal}) {}
 
 std::string ImapSession::capabilities() const {
-  std::string caps = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID LITERAL+";
+  // No LOGIN-REFERRALS: a node's referral is not forwarded (RFC 2221).
+  std::string caps = "IMAP4rev1 SASL-IR ID LITERAL+";
   if (tls_available()) caps += " STARTTLS";
   // RFC 3501 section 6.2.3: LOGINDISABLED when LOGIN would be refused.
   caps += plaintext_auth_allowed() ? " AUTH=PLAIN" : " LOGINDISABLED";
@@ -339,6 +340,9 @@ asio::awaitable<ImapSession::Next> ImapSession::log_in(const std::string& tag, s
     // is longer than a node takes to refuse.
     co_await pause_until(started + auth_failure_delay());
     text = tag + " NO [AUTHENTICATIONFAILED] Authentication failed.\r\n";
+  } else if (policy.answer == ClientAnswer::authz_failed) {
+    co_await pause_until(started + auth_failure_delay());
+    text = tag + " NO [AUTHORIZATIONFAILED] Authorization failed.\r\n";
   } else if (policy.answer == ClientAnswer::in_use) {
     text = tag + " NO [INUSE] Mailbox is in use, please try again later.\r\n";
   } else {

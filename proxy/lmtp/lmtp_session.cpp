@@ -290,7 +290,8 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
                                                               Deadline::after(config_.timeouts.connect));
         if (tls_ec) {
           step.failure = Failure::node_tls;
-          step.detail = "TLS handshake with the node failed: " + tls_ec.message();
+          step.detail =
+              "TLS handshake with the node failed: " + connection.tls_failure_reason(tls_ec);
         }
       }
       if (step.failure == Failure::none) {

@@ -217,7 +217,7 @@ asio::awaitable<Pop3Session::Next> Pop3Session::log_in(std::string user, std::st
               policy.description, outcome.detail);
   set_phase(Phase::preauth);
   std::string text;
-  if (policy.answer == ClientAnswer::auth_failed) {
+  if (policy.answer == ClientAnswer::auth_failed || policy.answer == ClientAnswer::authz_failed) {
     // The same answer, at the same time after the command, for a wrong
     // password and an unknown user (RFC 3206 [AUTH]).
     co_await pause_until(started + auth_failure_delay());

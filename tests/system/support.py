@@ -192,6 +192,10 @@ class FakeImapNode:
       says_unavailable    refuses with NO [UNAVAILABLE]
       sends_extra_after_ok  sends an untagged EXISTS right after its OK
       refuses_plaintext   advertises LOGINDISABLED
+      not_imap            greets without IMAP4rev1/IMAP4rev2 in its capabilities
+      answers_before_asked  sends a login answer with its greeting, unasked
+      refers              refuses with NO [REFERRAL ...]
+      not_authorized      refuses with NO [AUTHORIZATIONFAILED]
     After a login, any command TAG X gets "TAG OK fake X done".
     `received` keeps every byte each connection sent, for assertions.
     """
@@ -265,6 +269,13 @@ class FakeImapNode:
             return
         if b == "plain_old":
             sock.sendall(b"* OK fake ready\r\n")
+        elif b == "not_imap":
+            sock.sendall(b"* OK [CAPABILITY POP3ISH SASL-IR AUTH=PLAIN] not an IMAP server\r\n")
+        elif b == "answers_before_asked":
+            # The answer to a login nobody sent yet (tag X2: Isthmus' ID and
+            # login tags are X1, X2).
+            sock.sendall(b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN ID] fake ready\r\n"
+                         b"X2 OK [CAPABILITY IMAP4rev1 FORGED] Logged in\r\n")
         elif b == "refuses_plaintext":
             sock.sendall(b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] fake ready\r\n")
         else:
@@ -328,6 +339,12 @@ class FakeImapNode:
                 continue
             if b == "says_unavailable":
                 sock.sendall(tag + b" NO [UNAVAILABLE] maintenance on this node\r\n")
+                continue
+            if b == "refers":
+                sock.sendall(tag + b" NO [REFERRAL imap://user@other.example/] try there\r\n")
+                continue
+            if b == "not_authorized":
+                sock.sendall(tag + b" NO [AUTHORIZATIONFAILED] not for this mailbox\r\n")
                 continue
             if password not in (b"good", b"we ird"):
                 sock.sendall(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
@@ -444,6 +461,7 @@ class FakePop3Node:
                           details (a POP3 session elsewhere holds the lock)
       says_err_with_detail  refuses with -ERR [AUTH] and internal details
       says_sys_temp       refuses with -ERR [SYS/TEMP] (maintenance)
+      answers_before_asked  sends "+OK Logged in." with its greeting, unasked
     After a login, any command X gets "+OK fake X done" (QUIT also closes).
     `received` keeps every byte each connection sent, for assertions.
     """
@@ -509,6 +527,8 @@ class FakePop3Node:
         offers_xclient = b in ("dovecot_like", "xclient_refused", "in_use",
                                "says_err_with_detail", "says_sys_temp", "closes_after_login")
         sock.sendall(b"+OK [XCLIENT] fake ready.\r\n" if offers_xclient else b"+OK fake ready.\r\n")
+        if b == "answers_before_asked":
+            sock.sendall(b"+OK Logged in.\r\n")  # the answer to a login not sent yet
 
         logged_in = False
         user = None

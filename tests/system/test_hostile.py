@@ -476,6 +476,17 @@ class Hostile(unittest.TestCase):
         wait_for(lambda: len(re.findall(r'ended="client closed', ix.log_text())) >= 2,
                  what="session ends saying the client closed first")
 
+    def test_a_client_that_never_closes_after_the_node_did_is_let_go(self):
+        ix = self.start(timeouts={"half_closed": "1s"})
+        c = RawImap(ix.port("imap"), timeout=15)
+        self.addCleanup(c.close)
+        c.greeting()
+        c.command("a", f"LOGIN {ALICE} {PASSWORD}")
+        c.command("z", "LOGOUT")  # Dovecot closes; the client keeps its socket open
+        self.assertTrue(c.is_closed(5), "the node's FIN was not passed on")
+        wait_for(lambda: 'ended="node closed first; then half-closed timeout"' in ix.log_text(),
+                 timeout=5, what="the session to end 1 s after the node's FIN")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -60,7 +60,7 @@ class FakeNodes(unittest.TestCase):
 
     def test_dead_or_broken_nodes_are_skipped(self):
         for broken in ("banner_hangs", "bye_greeting", "garbage_greeting", "says_unavailable",
-                       "refuses_plaintext"):
+                       "refuses_plaintext", "not_imap", "answers_before_asked"):
             with self.subTest(broken=broken):
                 port, (bad, good) = self.island(broken, "dovecot_like")
                 # Whichever node the router picks first, the login works.
@@ -68,6 +68,22 @@ class FakeNodes(unittest.TestCase):
                     self.assertTrue(self.login(port).startswith(b"a OK "))
                 self.assertGreaterEqual(bad.connections, 1)
                 self.assertRegex(self.ix.log_text(), rf"node=n0-{broken}: .*trying the next node")
+
+    def test_a_node_that_answers_before_it_is_asked_is_not_believed(self):
+        port, (node,) = self.island("answers_before_asked")
+        self.assertEqual(self.login(port), TEMPFAIL)
+        # Not a byte of the credentials went to it.
+        self.assertNotIn(b"AUTHENTICATE", node.received[0])
+        self.assertIn("bytes nobody asked for", self.ix.log_text())
+
+    def test_a_referral_is_a_temporary_failure_and_authorization_keeps_its_code(self):
+        port, _ = self.island("refers")
+        self.assertEqual(self.login(port), TEMPFAIL)
+        self.assertIn("REFERRAL imap://user@other.example/", self.ix.log_text())
+        port, _ = self.island("not_authorized")
+        self.assertEqual(self.login(port), b"a NO [AUTHORIZATIONFAILED] Authorization failed.")
+        with RawImap(port) as c:  # LOGIN-REFERRALS is not offered: referrals are not forwarded
+            self.assertNotIn(b"LOGIN-REFERRALS", c.greeting())
 
     def test_only_broken_nodes_give_a_temporary_failure(self):
         port, nodes = self.island("bye_greeting", "garbage_greeting")

@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import unittest
 
 from support import Lab, PASSWORD, RawImap, binary, procs, session_end_lines, wait_for
@@ -283,7 +284,9 @@ class Tls(unittest.TestCase):
             self.assertEqual(c.command("a", "LOGIN alice@example.org demo")[-1],
                              b"a NO [UNAVAILABLE] Service temporarily unavailable, please try "
                              b"again later.")
-        self.assertIn("TLS handshake with the node failed", ix.log_text())
+        # The log names the check that failed, not only "verify failed".
+        self.assertIn("TLS handshake with the node failed: certificate verify failed: hostname "
+                      "mismatch", ix.log_text())
         ix.stop()
         # A CA the nodes' certificates do not chain to.
         stranger = make_ca(tempfile.mkdtemp(prefix="isthmus-test-"), "Stranger CA")
@@ -292,7 +295,42 @@ class Tls(unittest.TestCase):
             c.greeting()
             self.assertTrue(c.command("a", "LOGIN bob@example.org demo")[-1].startswith(
                 b"a NO [UNAVAILABLE]"))
-        self.assertIn("TLS handshake with the node failed", ix.log_text())
+        self.assertIn("TLS handshake with the node failed: certificate verify failed: unable to "
+                      "get local issuer certificate", ix.log_text())
+        ix.stop()
+        # An expired certificate (a scripted implicit-TLS node presents it).
+        expired = self.lab.ca.issue("expired-node", dns=["expired.lab.test"], ips=["127.0.0.1"],
+                                    expired=True)
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(expired.cert_path, expired.key_path)
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+
+        def serve():
+            for _ in range(4):
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                try:
+                    with server_ctx.wrap_socket(conn, server_side=True) as t:
+                        t.sendall(b"* OK [CAPABILITY IMAP4rev1] expired\r\n")
+                except (OSError, ssl.SSLError):
+                    pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        islands = [dict(i, nodes=[dict(i["nodes"][0], host="127.0.0.1", tls="implicit",
+                                       tls_name="expired.lab.test",
+                                       ports={"imap": listener.getsockname()[1],
+                                              "pop3": listener.getsockname()[1]})])
+                   if i["name"] == "a" else i for i in self.islands]
+        ix = self.start(islands=islands)
+        with RawImap(self.ports["imap"]) as c:
+            c.greeting()
+            self.assertTrue(c.command("a", "LOGIN alice@example.org demo")[-1].startswith(
+                b"a NO [UNAVAILABLE]"))
+        self.assertIn("TLS handshake with the node failed: certificate verify failed: "
+                      "certificate has expired", ix.log_text())
 
     def test_credentials_never_go_in_clear_to_a_node_that_requires_tls(self):
         lab = Lab(require_tls=("a-left", "a-right"), tls=True)
