@@ -18,6 +18,13 @@ void RolePublisher::publish(const Island& island, const IslandRole::Holder& next
   if (!island.role) return;
   auto old = island.role->current();
   if (old->node == next.node && old->epoch == next.epoch) return;
+  // The last line of the fence: whatever a store says, an epoch never goes
+  // back (the stores refuse and log such rows before they get here).
+  if (next.epoch <= old->epoch) {
+    spdlog::error("role: island {}: refusing epoch {} ({}) after epoch {} ({})", island.name,
+                  next.epoch, next.node, old->epoch, old->node);
+    return;
+  }
   island.role->set(next);
   if (old->node == next.node) {
     spdlog::info("role: island {}: {} keeps the active role, epoch {} ({})", island.name,

@@ -8,8 +8,9 @@
 // Every poll_interval (and at once when a node's health changes here) an
 // instance: writes its heartbeat and its view of every node of its
 // active-passive islands; reads the role rows and follows them; and, for an
-// island whose holder it sees down, counts the live instances (heartbeat
-// within instance_timeout) and those whose fresh view has the holder down.
+// island whose holder it sees down, counts the instances the store knows
+// (a heartbeat within instance_expiry) and those alive now (a heartbeat
+// within instance_timeout) whose fresh view has the holder down.
 // Only with a strict majority does it try to move the role, by
 // compare-and-set: UPDATE ... SET epoch = epoch + 1 WHERE island = ? AND
 // epoch = ? -- of the instances trying at once one wins, the others follow
@@ -54,11 +55,17 @@ std::uint64_t to_epoch(const sql::Value& value) {
 constexpr std::string_view kHeartbeat =
     "INSERT INTO isthmus_instances (instance, heartbeat_at) VALUES (?, NOW(6)) "
     "ON DUPLICATE KEY UPDATE heartbeat_at = NOW(6)";
+// A missing row is seeded with the epoch this instance knows (never 1 after
+// a move: an operator who deleted the row must not send every instance back
+// to epoch 1, which they would all refuse).
 constexpr std::string_view kSeedRole =
     "INSERT IGNORE INTO isthmus_roles (island, node, epoch, changed_by, changed_at) "
-    "VALUES (?, ?, 1, ?, NOW(6))";
+    "VALUES (?, ?, ?, ?, NOW(6))";
 constexpr std::string_view kReadRoles =
     "SELECT island, node, epoch, changed_by FROM isthmus_roles";
+// The electorate is every instance the store knows (a heartbeat within
+// roles.instance_expiry), not only those heard from lately: after an
+// outage of the store, the first instance back must not be "1 of 1".
 constexpr std::string_view kCountVotes =
     "SELECT (SELECT COUNT(*) FROM isthmus_instances "
     "        WHERE heartbeat_at >= NOW(6) - INTERVAL ? MICROSECOND), "
@@ -254,6 +261,18 @@ class SqlRoleStore final : public RoleStore {
       const std::uint64_t epoch = to_epoch(row[2]);
       auto holder = island->role->current();
       if (*row[1] == holder->node && epoch == holder->epoch) continue;
+      // Epochs are fencing tokens: never back to an epoch this instance has
+      // seen superseded (a stale replica, a restored backup, a hand edit
+      // that forgot the epoch). The higher one stays; an error says so.
+      if (epoch <= holder->epoch) {
+        if (warned_unknown_.insert(fmt::format("stale/{}/{}/{}", *row[0], *row[1], epoch)).second)
+          spdlog::error("role store: island {}: the store says {} holds the role at epoch {}, "
+                        "but this instance has seen epoch {} ({}); keeping epoch {} (an epoch "
+                        "never goes back: to move a role by hand, raise it)",
+                        island->name, sanitize(*row[1], 100), epoch, holder->epoch, holder->node,
+                        holder->epoch);
+        continue;
+      }
       if (!island->node(*row[1])) {
         if (warned_unknown_.insert(fmt::format("{}/{}/{}", *row[0], *row[1], epoch)).second)
           spdlog::error("role store: island {}: the store says {} holds the role (epoch {}), "
@@ -270,7 +289,8 @@ class SqlRoleStore final : public RoleStore {
     for (const Island* island : islands) {
       if (seen.count(island->name)) continue;
       auto holder = island->role->current();
-      std::vector<std::string> row{island->name, holder->node, context_.instance};
+      std::vector<std::string> row{island->name, holder->node, std::to_string(holder->epoch),
+                                   context_.instance};
       auto seed = co_await client_.execute(std::string(kSeedRole), std::move(row),
                                            query_deadline());
       if (!*alive) co_return false;
@@ -279,9 +299,9 @@ class SqlRoleStore final : public RoleStore {
         co_return false;
       }
       if (seed.affected_rows == 1) {
-        spdlog::info("role store: island {}: no role row yet; {} holds the role (epoch 1, from "
-                     "the config)",
-                     island->name, holder->node);
+        spdlog::info("role store: island {}: no role row yet; {} holds the role (epoch {}, "
+                     "as this instance knows it)",
+                     island->name, holder->node, holder->epoch);
         poked_ = true;  // read it back at once
       } else if (warned_unknown_.insert("seed/" + island->name).second) {
         spdlog::error("role store: island {}: its row exists but was not read back under this "
@@ -296,7 +316,8 @@ class SqlRoleStore final : public RoleStore {
   asio::awaitable<void> consider_move(const Island& island, IslandRole::Holder holder,
                                       std::shared_ptr<bool> alive) {
     const auto window = microseconds(context_.settings.instance_timeout);
-    std::vector<std::string> params{window, holder.node, window, window};
+    const auto known = microseconds(context_.settings.instance_expiry);
+    std::vector<std::string> params{known, holder.node, window, window};
     auto votes = co_await client_.query(std::string(kCountVotes), std::move(params),
                                         query_deadline());
     if (!*alive) co_return;
@@ -311,21 +332,21 @@ class SqlRoleStore final : public RoleStore {
     if (said_.size() > 1000) said_.clear();
     if (down * 2 <= live) {
       if (said_.insert(key).second)
-        spdlog::warn("role: island {}: {} looks down from here, but only {} of {} live instances "
-                     "see it down; the role stays until a majority does",
+        spdlog::warn("role: island {}: {} looks down from here, but only {} of the {} instances "
+                     "the store knows see it down now; the role stays until a majority does",
                      island.name, holder.node, down, live);
       co_return;
     }
     if (!next) {
       if (said_.insert(key + "/none").second)
-        spdlog::error("role: island {}: {} of {} live instances see {} down, but no other node "
-                      "is up here: the role stays",
+        spdlog::error("role: island {}: {} of the {} instances the store knows see {} down, but "
+                      "no other node is up here: the role stays",
                       island.name, down, live, holder.node);
       co_return;
     }
     co_await move_role(island, holder, *next,
-                       fmt::format("{} of {} live instances see {} down; it will not move back "
-                                   "by itself (promote to move it)",
+                       fmt::format("{} of the {} instances the store knows see {} down; it will "
+                                   "not move back by itself (promote to move it)",
                                    down, live, holder.node),
                        alive);
   }

@@ -271,6 +271,9 @@ struct Roles {
   SqlConnection sql;                              // store "sql"
   Duration poll_interval = std::chrono::seconds(1);   // sql: heartbeat, views, follow the rows
   Duration instance_timeout = std::chrono::seconds(5);  // sql: a heartbeat older is a dead instance
+  // sql: an instance unheard of for this long is gone for good and no longer
+  // counts in the majority (until then, a dead instance is a vote against).
+  Duration instance_expiry = std::chrono::hours(24);
   // Run (no shell) when this instance moves a role: ISLAND, OLD_NODE,
   // NEW_NODE, EPOCH, INSTANCE in its environment. Empty: none.
   std::vector<std::string> hook;

@@ -426,6 +426,9 @@ void read_roles(Object& r, Roles& roles, const std::filesystem::path& base) {
     problems.add(r.pointer_of("poll_interval"), "must be at least 100ms");
   if (roles.instance_timeout < 2 * roles.poll_interval)
     problems.add(r.pointer_of("instance_timeout"), "must be at least twice poll_interval");
+  r.read_duration("instance_expiry", roles.instance_expiry);
+  if (roles.instance_expiry < roles.instance_timeout)
+    problems.add(r.pointer_of("instance_expiry"), "must be at least instance_timeout");
   read_string_list(r, "hook", roles.hook, false);
   if (!roles.hook.empty() && (roles.hook.front().empty() || roles.hook.front()[0] != '/'))
     problems.add(r.pointer_of("hook") + "/0", "must be an absolute path to the program to run");

@@ -248,7 +248,7 @@ asio::awaitable<LmtpSession::IslandTxn*> LmtpSession::island_txn(const std::stri
     bool opened = co_await open_txn(txn);
     co_return opened ? &txn : nullptr;
   }
-  txns_.push_back(IslandTxn{island, {}, {}, {}, {}, {}, false});
+  txns_.push_back(IslandTxn{island, {}, {}, {}, {}, {}, false, 0});
   IslandTxn& txn = txns_.back();
   bool opened = co_await open_txn(txn);
   co_return opened ? &txns_.back() : nullptr;
@@ -324,6 +324,10 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
     node->state->report_success();
     txn.client = std::move(client);
     txn.node = node->name;
+    if (island->role) {
+      auto holder = island->role->current();
+      txn.epoch = holder->node == node->name ? holder->epoch : 0;
+    }
     txn.lease = std::move(lease);
     record_.island = txn.island;
     record_.node = node->name;
@@ -513,10 +517,32 @@ asio::awaitable<void> LmtpSession::deliver() {
 // is replaced like a node lost between RCPTs: nothing can be delivered
 // twice. Once the message has started, there is no second try.
 asio::awaitable<backends::DataOutcome> LmtpSession::deliver_to(IslandTxn& txn) {
+  // Fencing (active-passive islands): a node that lost the role since the
+  // transaction opened gets no message, and its answers after the message
+  // are not believed: 451 for every recipient, the MTA retries and reaches
+  // the new holder. Never 250 from a fenced node.
+  auto fence = [this, &txn](backends::DataOutcome outcome, bool sent) {
+    const std::string why = fenced(txn);
+    if (why.empty()) return outcome;
+    spdlog::warn("session={} lmtp island={} node={}: fenced {} DATA: {}; {} recipients deferred{}",
+                 record_.id, txn.island, txn.node, sent ? "after" : "before", why,
+                 txn.recipients.size(),
+                 sent ? " (the old holder may have stored a copy: a retry can duplicate it)" : "");
+    backends::DataOutcome fenced_outcome;
+    fenced_outcome.message_started = sent;
+    for (std::size_t k = 0; k < txn.recipients.size(); ++k)
+      fenced_outcome.replies.push_back(make_reply(
+          451, "4.4.0",
+          "<" + sanitize(recipients_[txn.recipients[k]].address, 200) +
+              "> The mailbox node lost its island's active role, try again later"));
+    return fenced_outcome;
+  };
   for (;;) {
+    if (!fenced(txn).empty()) co_return fence({}, false);
     auto outcome = co_await txn.client->send_data(spool_, txn.recipients.size(),
                                                   config_.timeouts.lmtp_command,
                                                   config_.timeouts.lmtp_data);
+    if (outcome.message_started) outcome = fence(std::move(outcome), true);
     if (outcome.failure == Failure::none || outcome.message_started) co_return outcome;
     spdlog::warn("session={} lmtp island={} node={}: lost before the message ({}); moving to the "
                  "next node",
@@ -528,6 +554,16 @@ asio::awaitable<backends::DataOutcome> LmtpSession::deliver_to(IslandTxn& txn) {
     if (!reopened) co_return backends::DataOutcome{};  // open_txn gave every recipient a 451
     if (txn.recipients.empty()) co_return backends::DataOutcome{};
   }
+}
+
+std::string LmtpSession::fenced(const IslandTxn& txn) const {
+  const auto* island = runtime_->topology->island(txn.island);
+  if (!island || !island->role) return "";
+  auto holder = island->role->current();
+  if (holder->node == txn.node && holder->epoch == txn.epoch && txn.epoch != 0) return "";
+  return fmt::format("island {}'s active role is {} at epoch {}; this transaction opened on {} "
+                     "at epoch {}",
+                     txn.island, holder->node, holder->epoch, txn.node, txn.epoch);
 }
 
 void LmtpSession::reset_transaction() {

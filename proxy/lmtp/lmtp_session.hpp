@@ -44,6 +44,10 @@ class LmtpSession final : public Session {
     std::vector<std::size_t> recipients;  // accepted on the current node, in RCPT order
     std::vector<std::string> tried;       // nodes tried in this transaction
     bool failed = false;                  // no node left: later RCPTs get 451
+    // Active-passive islands: the role's epoch when the transaction opened
+    // on `node` (0: a balance island). A node that no longer holds the role
+    // under it is fenced: it delivers nothing more (docs/lmtp.md).
+    std::uint64_t epoch = 0;
   };
 
   boost::asio::awaitable<bool> serve();
@@ -60,6 +64,9 @@ class LmtpSession final : public Session {
   boost::asio::awaitable<void> deliver();
   boost::asio::awaitable<backends::DataOutcome> deliver_to(IslandTxn& txn);
   void reset_transaction();
+  // Why `txn`'s node may no longer deliver (it lost its island's role, or
+  // the epoch moved on since the transaction opened), or "" if it may.
+  std::string fenced(const IslandTxn& txn) const;
 
   // Reads one command line; nullopt if the session is over.
   boost::asio::awaitable<std::optional<std::string>> read_command();

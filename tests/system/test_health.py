@@ -13,6 +13,7 @@ import time
 import unittest
 
 from support import Lab, PASSWORD, binary, wait_for
+from lab.gate import Gate
 
 INTERVAL = 1.0       # s, between checks of a node that is up
 DOWN_INTERVAL = 0.5  # s, while down
@@ -240,6 +241,41 @@ class ActivePassive(unittest.TestCase):
         cls.lab = Lab()
         cls.addClassCleanup(cls.lab.close)
         cls.lab.start()
+
+    def test_sessions_on_a_node_marked_down_are_closed_spread_out(self):
+        # a-left behind a gate that takes no new connections (checks time
+        # out, the node goes down) while the relayed sessions through it
+        # stay open: Isthmus closes them, at random moments over
+        # roles.close_spread, not as one reconnect storm.
+        gate = Gate(0, self.lab.node("a-left").port("imap"))
+        self.addCleanup(gate.close)
+        islands = [dict(i, nodes=[dict(i["nodes"][0], ports={"imap": gate.port})])
+                   if i["name"] == "a" else i for i in self.lab.config["islands"]]
+        ix = self.lab.start_isthmus(binary(), timeouts={"connect": "1s"}, health=HEALTH,
+                                    islands=islands, roles={"close_spread": "2s"})
+        self.addCleanup(ix.stop)
+        sessions = [imaplib.IMAP4("127.0.0.1", ix.port("imap"), timeout=15)
+                    for _ in range(6)]
+        for m in sessions:
+            m.login(USER, PASSWORD)
+        gate.black_hole()
+        closed_at = {}
+
+        def all_closed():
+            for i, m in enumerate(sessions):
+                if i not in closed_at:
+                    try:
+                        m.noop()
+                    except (OSError, imaplib.IMAP4.abort, imaplib.IMAP4.error):
+                        closed_at[i] = time.monotonic()
+            return len(closed_at) == len(sessions)
+
+        wait_for(all_closed, timeout=20, interval=0.05, what="the sessions on a-left to close")
+        spread = max(closed_at.values()) - min(closed_at.values())
+        print(f"\nDOWN-NODE sessions closed over {spread:.2f}s", flush=True)
+        self.assertGreater(spread, 0.5, "the sessions were closed all at once")
+        self.assertEqual(ix.log_text().count('ended="closed: node a-left was marked down"'),
+                         len(sessions))
 
     def test_the_role_moves_once_on_failure_and_never_back_by_itself(self):
         config = self.lab.config

@@ -48,11 +48,12 @@ class RoleStore(unittest.TestCase):
 
     # -- helpers
 
-    def start_instances(self, count: int, gate_for: int = -1) -> tuple[list, Gate]:
+    def start_instances(self, count: int, gate_for: int = -1, *, lmtp: bool = False,
+                        **roles_overrides) -> tuple[list, Gate]:
         """COUNT instances sharing the store; instance GATE_FOR reaches a-left
         through a gate. Island a is active-passive (a-left holds the role);
-        its nodes are configured with IMAP only, so every check is one
-        connection."""
+        its nodes are configured with IMAP only (LMTP too with LMTP), so
+        every check is one connection."""
         gate = Gate(0, self.lab.node("a-left").ports["imap"])
         self.addCleanup(gate.close)
         instances = []
@@ -67,7 +68,10 @@ class RoleStore(unittest.TestCase):
                     port = node["ports"]["imap"]
                     if node["name"] == "a-left" and i == gate_for:
                         port = gate.port
-                    nodes.append(dict(node, ports={"imap": port}))
+                    ports = {"imap": port}
+                    if lmtp:
+                        ports["lmtp"] = node["ports"]["lmtp"]
+                    nodes.append(dict(node, ports=ports))
                 islands.append(dict(island, policy="active-passive", active="a-left",
                                     nodes=nodes))
             roles = {"store": "sql", "poll_interval": f"{int(POLL * 1000)}ms",
@@ -77,9 +81,13 @@ class RoleStore(unittest.TestCase):
                              "database": self.db.database, "user": self.db.user,
                              "password_file": self.db.password_path, "timeout": "1s",
                              "connect_timeout": "500ms", "max_backoff": "1s"}}
+            roles.update(roles_overrides)
             listeners = [{"name": "imap", "protocol": "imap", "address": "127.0.0.1",
                           "port": procs.free_port(exclude=self.used)}]
-            self.used.add(listeners[0]["port"])
+            if lmtp:
+                listeners.append({"name": "lmtp", "protocol": "lmtp", "address": "127.0.0.1",
+                                  "port": procs.free_port(exclude=self.used)})
+            self.used |= {l["port"] for l in listeners}
             ix = self.lab.start_isthmus(binary(), instance=f"i{i + 1}", islands=islands,
                                         roles=roles, health=HEALTH, listeners=listeners,
                                         timeouts={"connect": "1s"})
@@ -121,8 +129,9 @@ class RoleStore(unittest.TestCase):
         lonely = instances[-1]
         mark = len(lonely.log_text())
         gate.black_hole()
-        wait_for(lambda: re.search(r"a-left looks down from here, but only 1 of %d live "
-                                   r"instances see it down" % count, lonely.log_text()[mark:]),
+        wait_for(lambda: re.search(r"a-left looks down from here, but only 1 of the %d "
+                                   r"instances the store knows see it down" % count,
+                                   lonely.log_text()[mark:]),
                  timeout=15, what="the lonely instance to ask for a majority")
         time.sleep(5 * POLL)
         self.assertEqual(self.role_row()[:2], ("a-left", "1"))
@@ -212,6 +221,95 @@ class RoleStore(unittest.TestCase):
         for ix in instances:
             self.assertEqual(self.node_of_login(ix), "a-right")
         self.assertEqual(self.hook_lines(), [])  # nobody here moved it
+
+    def test_a_stale_row_never_sends_an_instance_back_to_an_old_epoch(self):
+        instances, _ = self.start_instances(2)
+        self.db.execute("UPDATE isthmus_roles SET node = 'a-right', epoch = 2, "
+                        "changed_by = 'dba', changed_at = NOW(6) WHERE island = 'a'")
+        for ix in instances:
+            wait_for(lambda ix=ix: "moves from a-left to a-right, epoch 2" in ix.log_text(),
+                     timeout=10, what="the instances to follow the store")
+        # A stale row (a restored backup, a lagging replica, a hand edit
+        # that forgot the epoch): epoch 1 again, and then a same-epoch edit.
+        for node, epoch in (("a-left", 1), ("a-left", 2)):
+            self.db.execute(f"UPDATE isthmus_roles SET node = '{node}', epoch = {epoch}, "
+                            "changed_by = 'backup' WHERE island = 'a'")
+            for ix in instances:
+                wait_for(lambda ix=ix: f"the store says a-left holds the role at epoch {epoch}, "
+                         "but this instance has seen epoch 2 (a-right); keeping epoch 2"
+                         in ix.log_text(), timeout=10, what="the stale row to be refused")
+                self.assertEqual(self.node_of_login(ix), "a-right")
+        for ix in instances:
+            self.assertEqual(ix.log_text().count("the active role moves"), 1)
+
+    def test_a_majority_of_the_instances_the_store_knows_not_of_those_heard_lately(self):
+        # Three instances register; two die (as after a store outage, their
+        # heartbeats go stale). The survivor sees a-left down: 1 of the 3 it
+        # knows is no majority, however long the others have been quiet --
+        # until they expire (roles.instance_expiry), when 1 of 1 is.
+        instances, _ = self.start_instances(3, instance_expiry="8s")
+        survivor = instances[0]
+        for ix in instances[1:]:
+            ix.kill()
+            ix.stop(check=False)  # killed on purpose: no crash to report
+        time.sleep(3.5)  # past instance_timeout: the dead are no longer "live"
+        mark = len(survivor.log_text())
+        self.lab.node("a-left").stop()
+        try:
+            wait_for(lambda: "a-left looks down from here, but only 1 of the 3 instances the "
+                     "store knows see it down now" in survivor.log_text()[mark:], timeout=10,
+                     what="the survivor to refuse to decide alone")
+            time.sleep(1.0)
+            self.assertEqual(self.role_row()[:2], ("a-left", "1"))
+            # The dead instances expire: now the survivor is the majority.
+            wait_for(lambda: self.role_row()[0] == "a-right", timeout=15,
+                     what="the role to move once the dead instances expired")
+            self.assertIn("1 of the 1 instances the store knows see a-left down",
+                          survivor.log_text()[mark:])
+        finally:
+            self.lab.node("a-left").start()
+
+    def test_lmtp_on_a_fenced_node_is_deferred_never_delivered(self):
+        import smtplib
+        instances, _ = self.start_instances(1, lmtp=True)
+        ix = instances[0]
+        token = f"fence-{time.monotonic_ns()}"
+        body = (f"From: s@example.net\r\nTo: {USER}\r\nMessage-ID: <{token}@lab>\r\n"
+                f"Subject: {token}\r\n\r\nfenced\r\n").encode()
+        s = smtplib.LMTP("127.0.0.1", ix.port("lmtp"), timeout=20)
+        s.ehlo("mta.example.net")
+        self.assertEqual(s.mail("s@example.net")[0], 250)
+        self.assertEqual(s.rcpt(USER)[0], 250)  # the transaction opens on a-left, epoch 1
+        # The role moves (an operator in the store) before DATA.
+        self.db.execute("UPDATE isthmus_roles SET node = 'a-right', epoch = epoch + 1, "
+                        "changed_by = 'dba', changed_at = NOW(6) WHERE island = 'a'")
+        wait_for(lambda: "moves from a-left to a-right, epoch 2" in ix.log_text(), timeout=10,
+                 what="the instance to follow the store")
+        code, text = s.docmd("DATA")
+        self.assertEqual(code, 354)
+        s.send(body + b".\r\n")
+        code, text = s.getreply()
+        self.assertEqual(code, 451, text)
+        self.assertIn(b"4.4.0", text)
+        s.quit()
+        self.assertIn("fenced before DATA", ix.log_text())
+        self.assertEqual(self.copies(token), 0)
+        # The MTA retries: it reaches the new holder, exactly one copy.
+        with smtplib.LMTP("127.0.0.1", ix.port("lmtp"), timeout=20) as s2:
+            s2.ehlo("mta.example.net")
+            self.assertEqual(s2.sendmail("s@example.net", [USER], body), {})
+        self.assertEqual(self.copies(token), 1)
+
+    def copies(self, token: str) -> int:
+        from lab.dovecot import user_maildir
+        found = 0
+        maildir = user_maildir(self.lab.store("a"), USER)
+        for sub in ("new", "cur"):
+            d = os.path.join(maildir, sub)
+            for name in os.listdir(d) if os.path.isdir(d) else ():
+                with open(os.path.join(d, name), "rb") as f:
+                    found += token.encode() in f.read()
+        return found
 
     def test_an_instance_that_cannot_reach_the_store_keeps_the_role_it_knew(self):
         instances, _ = self.start_instances(1)
