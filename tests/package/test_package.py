@@ -228,10 +228,26 @@ class Package(unittest.TestCase):
         r = sh(["isthmusctl", "metrics"])
         self.assertRegex(r.stdout, r'isthmus_logins_total\{protocol="imap",result="ok"\} 1\n')
         self.assertRegex(r.stdout, r'isthmus_logins_total\{protocol="pop3",result="ok"\} 1\n')
-        # systemctl reload runs ExecReload=: it must succeed and wait for the reload.
-        sh(shlex.split(unit["ExecReload"][0]))
+        # systemctl reload runs ExecReload= as the unit's user: it must succeed
+        # and wait for the reload.
+        sh(["setpriv", f"--reuid={unit['User'][0]}", f"--regid={unit['Group'][0]}",
+            "--init-groups"] + shlex.split(unit["ExecReload"][0]), env=env)
         self.assertEqual(notify.wait_for("RELOADING")["RELOADING"], "1")
         self.assertIn("generation 2 is live", notify.wait_for("READY").get("STATUS", ""))
+        # A broken config: `systemctl reload` fails and says why; the old
+        # config keeps serving.
+        config = pathlib.Path("/etc/isthmus/isthmus.json")
+        original = config.read_text()
+        config.write_text(original.replace('"islands"', '"islandz"', 1))
+        r = sh(["setpriv", f"--reuid={unit['User'][0]}", f"--regid={unit['Group'][0]}",
+                "--init-groups"] + shlex.split(unit["ExecReload"][0]), env=env, check=False)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn("islandz", r.stderr)
+        self.assertIn("reload failed", notify.wait_for("READY").get("STATUS", ""))
+        config.write_text(original)
+        imap = imaplib.IMAP4("127.0.0.1", 143, timeout=15)
+        imap.login("carol@example.org", PASSWORD)
+        imap.logout()
         daemon.terminate()
         notify.wait_for("STOPPING")
         self.assertEqual(daemon.wait(timeout=60), 0)
