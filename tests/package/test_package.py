@@ -159,6 +159,10 @@ class Package(unittest.TestCase):
             print(f"package: systemd-analyze security {os.path.basename(unit)}: "
                   f"{score.group(1) if score else r.stdout[-300:]}")
             self.assertEqual(r.returncode, 0, "exposure above 2.0:\n" + r.stdout)
+        # verify looked the Documentation= pages up with man, and man-db kept
+        # formatted copies in its cache: ours, not the package's.
+        for cached in pathlib.Path("/var/cache/man").glob("cat*/isthmus*"):
+            cached.unlink()
 
         # -- lab nodes where the installed config expects them
         for ports in DEMO_NODE_PORTS.values():
@@ -180,6 +184,7 @@ class Package(unittest.TestCase):
         self.assertEqual(unit["AmbientCapabilities"], ["CAP_NET_BIND_SERVICE"])
         cap = unit["AmbientCapabilities"][0].lower().removeprefix("cap_")
         notify = Notify(os.path.join(self.work, "notify"))
+        self.addCleanup(notify.sock.close)
         log_path = os.path.join(self.work, "isthmus.log")
         log = open(log_path, "w")
         self.addCleanup(log.close)
