@@ -63,8 +63,8 @@ def installed():
     return r.returncode == 0 and "installed" in r.stdout and "not-installed" not in r.stdout
 
 
-def unit_settings(path):
-    """KEY -> list of values of a unit file's [Service] section."""
+def unit_settings(path, instance=None):
+    """KEY -> list of values of a unit file's [Service] section (%i: INSTANCE)."""
     settings = {}
     section = None
     for line in pathlib.Path(path).read_text().splitlines():
@@ -73,6 +73,8 @@ def unit_settings(path):
             section = line
         elif section == "[Service]" and "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)
+            if instance is not None:
+                value = value.replace("%i", instance)
             settings.setdefault(key, []).append(value)
     return settings
 
@@ -119,6 +121,32 @@ class Package(unittest.TestCase):
         if installed():
             print("package: purging an isthmus package installed before this test")
             sh(APT + ["purge", "isthmus"])
+
+    def start_as_unit(self, unit, env, log_path):
+        """The unit's ExecStart= as systemd would run it: its User= and
+        Group=, its one ambient capability and nothing more, no new
+        privileges, its UMask=, in /."""
+        cap = unit["AmbientCapabilities"][0].lower().removeprefix("cap_")
+        argv = ["setpriv", f"--reuid={unit['User'][0]}", f"--regid={unit['Group'][0]}",
+                "--init-groups", f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
+                f"--bounding-set=-all,+{cap}", "--no-new-privs"] + shlex.split(unit["ExecStart"][0])
+        umask = int(unit["UMask"][0], 8)
+        log = open(log_path, "w")
+        self.addCleanup(log.close)
+        daemon = subprocess.Popen(argv, env=env, cwd="/", stdout=log, stderr=subprocess.STDOUT,
+                                  preexec_fn=lambda: os.umask(umask))
+
+        def stop_daemon():
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+        self.addCleanup(stop_daemon)
+        return daemon
+
+    def reload_as_unit(self, unit, env, check=True):
+        """The unit's ExecReload=, as its user."""
+        return sh(["setpriv", f"--reuid={unit['User'][0]}", f"--regid={unit['Group'][0]}",
+                   "--init-groups"] + shlex.split(unit["ExecReload"][0]), env=env, check=check)
 
     def test_install_run_purge(self):
         started = time.monotonic()
@@ -182,26 +210,12 @@ class Package(unittest.TestCase):
         unit = unit_settings(UNIT_DIR / "isthmus.service")
         self.assertEqual(unit["Type"], ["notify"])
         self.assertEqual(unit["AmbientCapabilities"], ["CAP_NET_BIND_SERVICE"])
-        cap = unit["AmbientCapabilities"][0].lower().removeprefix("cap_")
         notify = Notify(os.path.join(self.work, "notify"))
         self.addCleanup(notify.sock.close)
-        log_path = os.path.join(self.work, "isthmus.log")
-        log = open(log_path, "w")
-        self.addCleanup(log.close)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
                "NOTIFY_SOCKET": os.path.join(self.work, "notify")}
-        argv = ["setpriv", f"--reuid={unit['User'][0]}", f"--regid={unit['Group'][0]}",
-                "--init-groups", f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
-                f"--bounding-set=-all,+{cap}", "--no-new-privs"] + shlex.split(unit["ExecStart"][0])
-        umask = int(unit["UMask"][0], 8)
-        daemon = subprocess.Popen(argv, env=env, cwd="/", stdout=log, stderr=subprocess.STDOUT,
-                                  preexec_fn=lambda: os.umask(umask))
-
-        def stop_daemon():
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait()
-        self.addCleanup(stop_daemon)
+        log_path = os.path.join(self.work, "isthmus.log")
+        daemon = self.start_as_unit(unit, env, log_path)
         ready = notify.wait_for("READY")
         self.assertEqual(ready["MAINPID"], str(daemon.pid))
         status = pathlib.Path(f"/proc/{daemon.pid}/status").read_text()
@@ -235,8 +249,7 @@ class Package(unittest.TestCase):
         self.assertRegex(r.stdout, r'isthmus_logins_total\{protocol="pop3",result="ok"\} 1\n')
         # systemctl reload runs ExecReload= as the unit's user: it must succeed
         # and wait for the reload.
-        sh(["setpriv", f"--reuid={unit['User'][0]}", f"--regid={unit['Group'][0]}",
-            "--init-groups"] + shlex.split(unit["ExecReload"][0]), env=env)
+        self.reload_as_unit(unit, env)
         self.assertEqual(notify.wait_for("RELOADING")["RELOADING"], "1")
         self.assertIn("generation 2 is live", notify.wait_for("READY").get("STATUS", ""))
         # A broken config: `systemctl reload` fails and says why; the old
@@ -244,8 +257,7 @@ class Package(unittest.TestCase):
         config = pathlib.Path("/etc/isthmus/isthmus.json")
         original = config.read_text()
         config.write_text(original.replace('"islands"', '"islandz"', 1))
-        r = sh(["setpriv", f"--reuid={unit['User'][0]}", f"--regid={unit['Group'][0]}",
-                "--init-groups"] + shlex.split(unit["ExecReload"][0]), env=env, check=False)
+        r = self.reload_as_unit(unit, env, check=False)
         self.assertNotEqual(r.returncode, 0, r.stdout)
         self.assertIn("islandz", r.stderr)
         self.assertIn("reload failed", notify.wait_for("READY").get("STATUS", ""))
@@ -256,8 +268,31 @@ class Package(unittest.TestCase):
         daemon.terminate()
         notify.wait_for("STOPPING")
         self.assertEqual(daemon.wait(timeout=60), 0)
-        log.close()
         self.assertIn("ready", pathlib.Path(log_path).read_text())
+
+        # -- one instance of isthmus@.service: isthmus@ci runs /etc/isthmus/ci.json,
+        # whose admin socket is the one the template's ExecReload= uses.
+        template = unit_settings(UNIT_DIR / "isthmus@.service", instance="ci")
+        self.assertEqual(template["ExecStart"], ["/usr/sbin/isthmus --config /etc/isthmus/ci.json"])
+        instance_config = pathlib.Path("/etc/isthmus/ci.json")
+        self.addCleanup(lambda: instance_config.unlink(missing_ok=True))
+        instance_config.write_text(original.replace('"/run/isthmus/admin.sock"',
+                                                    '"/run/isthmus/ci/admin.sock"'))
+        runtime_dir = pathlib.Path("/run", template["RuntimeDirectory"][0])  # as systemd makes it
+        runtime_dir.mkdir(mode=0o750)
+        self.addCleanup(shutil.rmtree, runtime_dir, True)
+        os.chown(runtime_dir, user.pw_uid, user.pw_gid)
+        instance = self.start_as_unit(template, env, os.path.join(self.work, "isthmus-ci.log"))
+        notify.wait_for("READY")
+        imap = imaplib.IMAP4("127.0.0.1", 143, timeout=15)
+        imap.login("bob@example.org", PASSWORD)
+        imap.logout()
+        self.reload_as_unit(template, env)
+        notify.wait_for("READY")
+        instance.terminate()
+        self.assertEqual(instance.wait(timeout=60), 0)
+        instance_config.unlink()
+        shutil.rmtree(runtime_dir)
 
         # -- remove, then purge: nothing left but the system user
         sh(APT + ["remove", "isthmus"])
