@@ -209,7 +209,10 @@ class Lifecycle {
   // `generation`), else what is wrong with it (the old one stays).
   std::string reload(std::uint64_t* generation = nullptr) {
     auto current = holder_.current();
-    notify::reloading();
+    // Before READY=1 (still waiting for the directory), a reload must not
+    // make systemd think the service is ready.
+    bool announced = ready_.load();
+    if (announced) notify::reloading();
     try {
       auto next = build_runtime(config_file_, current.get());
       warn_about_restart_only_changes(*current->config, *next->config);
@@ -220,12 +223,13 @@ class Lifecycle {
       spdlog::info("reload: config generation {} from {} is live ({} islands)", next->generation,
                    config_file_.string(), next->config->islands.size());
       if (generation) *generation = next->generation;
-      notify::ready(fmt::format("config generation {} is live", next->generation));
+      if (announced) notify::ready(fmt::format("config generation {} is live", next->generation));
       return "";
     } catch (const std::exception& e) {
       spdlog::error("reload failed, keeping generation {}:\n{}", current->generation, e.what());
-      notify::ready(fmt::format("reload failed, generation {} still live: {}",
-                                current->generation, e.what()));
+      if (announced)
+        notify::ready(fmt::format("reload failed, generation {} still live: {}",
+                                  current->generation, e.what()));
       return e.what();
     }
   }
@@ -256,6 +260,11 @@ class Lifecycle {
   }
 
   bool stopping() const { return stopping_.load(); }
+  // READY=1 (once; later reloads send RELOADING=1 and READY=1 again).
+  void ready(const std::string& status) {
+    if (stopping_.load() || ready_.exchange(true)) return;
+    notify::ready(status);
+  }
 
  private:
   void shutdown(int signal) {
@@ -304,6 +313,7 @@ class Lifecycle {
   asio::signal_set signals_;
   asio::steady_timer timer_;
   std::atomic<bool> stopping_{false};  // read by the admin thread
+  std::atomic<bool> ready_{false};     // READY=1 sent
   bool forced_ = false;
   Clock::time_point grace_ends_;
 };
@@ -312,7 +322,7 @@ class Lifecycle {
 // reachable), then READY=1. STATUS= says what it waits for.
 asio::awaitable<void> wait_for_directory(std::shared_ptr<director::Directory> directory,
                                          std::string summary, std::string type,
-                                         const Lifecycle& lifecycle) {
+                                         Lifecycle& lifecycle) {
   asio::steady_timer timer(co_await asio::this_coro::executor);
   for (unsigned attempt = 1; !lifecycle.stopping(); ++attempt) {
     // A name no directory holds: "not found" proves it reachable.
@@ -320,7 +330,7 @@ asio::awaitable<void> wait_for_directory(std::shared_ptr<director::Directory> di
     if (lifecycle.stopping()) co_return;
     if (result.status != director::LookupStatus::unavailable) {
       spdlog::info("the {} directory answers: ready", type);
-      notify::ready(summary);
+      lifecycle.ready(summary);
       co_return;
     }
     if (attempt == 1 || attempt % 30 == 0)
@@ -337,10 +347,10 @@ asio::awaitable<void> wait_for_directory(std::shared_ptr<director::Directory> di
 // admin API too): at once with a static directory or one the config calls
 // optional, else when the LDAP/SQL directory has answered.
 void announce_ready(asio::io_context& io, const proxy::Runtime& runtime, std::string summary,
-                    const Lifecycle& lifecycle) {
+                    Lifecycle& lifecycle) {
   const auto& settings = runtime.config->directory;
   if (settings.type == "static" || settings.optional || !runtime.directory) {
-    notify::ready(summary);
+    lifecycle.ready(summary);
     return;
   }
   notify::status(fmt::format("waiting for the {} directory to answer", settings.type));

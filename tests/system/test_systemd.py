@@ -140,11 +140,14 @@ class SystemdNotify(unittest.TestCase):
         self.assertIsNotNone(first, self.log())
         self.assertNotIn("READY", first)
         self.assertIn("waiting for the sql directory", first.get("STATUS", ""))
+        # A reload meanwhile must not announce a readiness there is not.
+        proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             message = self.notify.next(timeout=max(0.1, deadline - time.monotonic()))
             if message:
                 self.assertNotIn("READY", message, self.log())
+                self.assertNotIn("RELOADING", message, self.log())
         self.assertTrue(self.connectable())
         db.start()
         while True:
