@@ -1,6 +1,7 @@
 #include "app/application.hpp"
 
 #include "admin/admin_server.hpp"
+#include "common/notify.hpp"
 #include "config/config_loader.hpp"
 #include "config/duration.hpp"
 #include "director/caching_directory.hpp"
@@ -10,9 +11,12 @@
 #include "proxy/server.hpp"
 #include "proxy/tls_contexts.hpp"
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
 #include <cerrno>
@@ -209,6 +213,10 @@ class Lifecycle {
   // `generation`), else what is wrong with it (the old one stays).
   std::string reload(std::uint64_t* generation = nullptr) {
     auto current = holder_.current();
+    // Before READY=1 (still waiting for the directory), a reload must not
+    // make systemd think the service is ready.
+    bool announced = ready_.load();
+    if (announced) notify::reloading();
     try {
       auto next = build_runtime(config_file_, current.get());
       warn_about_restart_only_changes(*current->config, *next->config);
@@ -219,9 +227,13 @@ class Lifecycle {
       spdlog::info("reload: config generation {} from {} is live ({} islands)", next->generation,
                    config_file_.string(), next->config->islands.size());
       if (generation) *generation = next->generation;
+      if (announced) notify::ready(fmt::format("config generation {} is live", next->generation));
       return "";
     } catch (const std::exception& e) {
       spdlog::error("reload failed, keeping generation {}:\n{}", current->generation, e.what());
+      if (announced)
+        notify::ready(fmt::format("reload failed, generation {} still live: {}",
+                                  current->generation, e.what()));
       return e.what();
     }
   }
@@ -251,8 +263,14 @@ class Lifecycle {
     return problems;
   }
 
- private:
+  bool stopping() const { return stopping_.load(); }
+  // READY=1 (once; later reloads send RELOADING=1 and READY=1 again).
+  void ready(const std::string& status) {
+    if (stopping_.load() || ready_.exchange(true)) return;
+    notify::ready(status);
+  }
 
+ private:
   void shutdown(int signal) {
     if (stopping_) {
       spdlog::warn("second stop signal: closing every session now");
@@ -260,6 +278,7 @@ class Lifecycle {
       return;
     }
     stopping_ = true;
+    notify::stopping(fmt::format("stopping; {} sessions open", server_.live_sessions()));
     signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
       if (!ec) shutdown(sig);
     });
@@ -298,9 +317,51 @@ class Lifecycle {
   asio::signal_set signals_;
   asio::steady_timer timer_;
   std::atomic<bool> stopping_{false};  // read by the admin thread
+  std::atomic<bool> ready_{false};     // READY=1 sent
   bool forced_ = false;
   Clock::time_point grace_ends_;
 };
+
+// Until a network directory answers one lookup (found or not: it is
+// reachable), then READY=1. STATUS= says what it waits for.
+asio::awaitable<void> wait_for_directory(std::shared_ptr<director::Directory> directory,
+                                         std::string summary, std::string type,
+                                         Lifecycle& lifecycle) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  for (unsigned attempt = 1; !lifecycle.stopping(); ++attempt) {
+    // A name no directory holds: "not found" proves it reachable.
+    auto result = co_await directory->lookup("isthmus-readiness-probe.invalid");
+    if (lifecycle.stopping()) co_return;
+    if (result.status != director::LookupStatus::unavailable) {
+      spdlog::info("the {} directory answers: ready", type);
+      lifecycle.ready(summary);
+      co_return;
+    }
+    if (attempt == 1 || attempt % 30 == 0)
+      spdlog::warn("not ready yet: the {} directory does not answer ({}); retrying every second "
+                   "(\"directory\": {{\"optional\": true}} would not wait)",
+                   type, result.detail);
+    notify::status(fmt::format("waiting for the {} directory to answer: {}", type, result.detail));
+    timer.expires_after(std::chrono::seconds(1));
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+}
+
+// READY=1 for systemd (Type=notify), once every listener is bound (and the
+// admin API too): at once with a static directory or one the config calls
+// optional, else when the LDAP/SQL directory has answered.
+void announce_ready(asio::io_context& io, const proxy::Runtime& runtime, std::string summary,
+                    Lifecycle& lifecycle) {
+  const auto& settings = runtime.config->directory;
+  if (settings.type == "static" || settings.optional || !runtime.directory) {
+    lifecycle.ready(summary);
+    return;
+  }
+  notify::status(fmt::format("waiting for the {} directory to answer", settings.type));
+  asio::co_spawn(io, wait_for_directory(runtime.directory, std::move(summary), settings.type,
+                                        lifecycle),
+                 asio::detached);
+}
 
 }  // namespace
 
@@ -368,6 +429,10 @@ int run(const std::filesystem::path& config_file) {
   }
   follow_health(*holder.current());
   log_drain_changes(nullptr, *holder.current()->topology);
+  announce_ready(io, *holder.current(),
+                 fmt::format("serving: instance {}, {} listeners, {} islands", config->instance,
+                             config->listeners.size(), config->islands.size()),
+                 lifecycle);
   io.run();
   if (admin_server) admin_server->stop();
   server.join();

@@ -1,5 +1,8 @@
 // isthmus: the director. A thin main: parse the command line, then hand over
 // to app::run (or just validate the config with --check-config).
+//
+// The --help text is also the OPTIONS section of isthmus(8)
+// (docs/man/isthmus.8.md); a test keeps the two the same.
 
 #include "app/application.hpp"
 #include "config/config.hpp"
@@ -12,15 +15,23 @@ int main(int argc, char** argv) {
   CLI::App cli{"Isthmus: an island-sharding IMAP/POP3/LMTP director"};
   std::string config_file;
   std::string check_file;
-  auto* run_opt = cli.add_option("-c,--config", config_file, "Run with this config file")
-                      ->check(CLI::ExistingFile);
-  auto* check_opt =
-      cli.add_option("--check-config", check_file, "Validate a config file (and its static "
-                                                   "directory), print what is wrong, and exit");
-  run_opt->excludes(check_opt);
-  cli.set_version_flag("--version", "isthmus 0.1.0");
+  cli.add_option("-c,--config", config_file,
+                 "Run with this config file (the package's is /etc/isthmus/isthmus.json)")
+      ->type_name("FILE")
+      ->check(CLI::Validator(CLI::ExistingFile).description(""));
+  cli.add_option("--check-config", check_file,
+                 "Validate a config file (and its static directory), print what is wrong, and exit")
+      ->type_name("FILE");
+  cli.set_version_flag("--version", "isthmus 0.1.0", "Print the version and exit");
+  cli.set_help_flag("-h,--help", "Print this help and exit");
+  cli.footer(
+      "Signals: SIGHUP reloads the config, SIGTERM and SIGINT stop gracefully.\n"
+      "Under systemd (Type=notify) it reports readiness and logs to the journal.\n"
+      "See isthmus(8) and isthmus.json(5).");
   try {
     cli.parse(argc, argv);
+    if (!config_file.empty() && !check_file.empty())
+      throw CLI::ExcludesError("--config", "--check-config");
   } catch (const CLI::ParseError& e) {
     return cli.exit(e) == 0 ? 0 : 2;  // --help and --version exit 0
   }

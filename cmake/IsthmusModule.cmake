@@ -26,6 +26,16 @@ target_compile_options(isthmus_build_flags INTERFACE
 if(ISTHMUS_WERROR)
   target_compile_options(isthmus_build_flags INTERFACE -Werror)
 endif()
+# Debian's hardening (dpkg-buildflags): every optimised build has it, so the
+# package is built with exactly the flags CI builds with (ccache hits) and
+# lintian finds nothing to complain about. Not with sanitizers (they
+# replace the checked functions) nor in Debug (FORTIFY needs -O).
+option(ISTHMUS_HARDENING "Stack protector, FORTIFY_SOURCE, full RELRO" ON)
+if(ISTHMUS_HARDENING AND NOT ISTHMUS_SANITIZE)
+  target_compile_options(isthmus_build_flags INTERFACE -fstack-protector-strong
+    $<$<NOT:$<CONFIG:Debug>>:-D_FORTIFY_SOURCE=2>)
+  target_link_options(isthmus_build_flags INTERFACE -Wl,-z,relro -Wl,-z,now)
+endif()
 if(ISTHMUS_CCACHE)
   target_compile_options(isthmus_build_flags INTERFACE -fpch-preprocess)
 endif()

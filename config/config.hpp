@@ -162,6 +162,9 @@ struct DirectoryConfig {
   LdapDirectory ldap;
   SqlDirectory sql;
   DirectoryCache cache;
+  // Readiness (systemd Type=notify) does not wait for an LDAP/SQL directory
+  // to answer once.
+  bool optional = false;
 };
 
 // Who decides whether a password is right.

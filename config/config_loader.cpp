@@ -447,6 +447,7 @@ void read_directory(Object& d, DirectoryConfig& directory, const std::filesystem
     return;
   }
   d.read_path("file", directory.file, base);
+  d.read_bool("optional", directory.optional);
   if (type == "static" && directory.file.empty())
     problems.add("/directory", "a static directory needs \"file\"");
   if (type != "static" && !directory.file.empty())

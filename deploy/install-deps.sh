@@ -10,6 +10,13 @@ build_packages=(
   libcli11-dev doctest-dev
   libldap-dev libmariadb-dev libcrypt-dev libicu-dev
 )
+# The Debian package (deploy/build-deb.sh) and its checks: debhelper and
+# lintian; systemd-analyze for the units; man for the man pages; promtool
+# (package prometheus: its server is not started, policy-rc.d below) for the
+# alert rules.
+package_packages=(
+  debhelper dpkg-dev lintian systemd man-db prometheus
+)
 test_packages=(
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
   python3 python3-prometheus-client curl openssl procps iproute2
@@ -19,7 +26,7 @@ test_packages=(
   mariadb-server mariadb-client
 )
 
-want=("${build_packages[@]}" "${test_packages[@]}")
+want=("${build_packages[@]}" "${test_packages[@]}" "${package_packages[@]}")
 missing=()
 for p in "${want[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

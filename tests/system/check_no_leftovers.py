@@ -4,7 +4,8 @@ leave no process behind — no Dovecot node, no isthmus, no fake node."""
 import os
 import sys
 
-MARKERS = ("isthmus-lab-", "isthmus-test-", "isthmus-check-", "/bin/isthmus --config")
+MARKERS = ("isthmus-lab-", "isthmus-test-", "isthmus-check-", "/bin/isthmus --config",
+           "/sbin/isthmus --config")
 
 
 def leftovers():
