@@ -133,6 +133,28 @@ void follow_health(const proxy::Runtime& runtime) {
   runtime.health->update(std::move(inputs));
 }
 
+// A user the directory moved to another island (seen by the cache on a
+// refresh) keeps no session on the old one: they are closed, so no client
+// goes on writing to a mailbox that now lives elsewhere.
+void follow_island_changes(const proxy::Runtime& runtime, proxy::Server& server) {
+  auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(runtime.directory);
+  if (!cache) return;
+  if (!runtime.config->directory.cache.close_on_island_change) {
+    cache->observe_island_changes(nullptr);
+    return;
+  }
+  cache->observe_island_changes([&server](const std::string& user, const std::string& from,
+                                          const std::string& to) {
+    proxy::SessionFilter filter;
+    filter.user = user;
+    filter.island = from;
+    // Not waited for: this runs on the directory's thread.
+    server.kick(filter, fmt::format("the directory moved the user from island {} to {}",
+                                    sanitize(from, 100), sanitize(to, 100)),
+                Clock::duration::zero());
+  });
+}
+
 // Drained nodes (config "drain"), said once when that changes.
 void log_drain_changes(const backends::Topology* old_topology,
                        const backends::Topology& new_topology) {
@@ -223,6 +245,7 @@ class Lifecycle {
       spdlog::set_level(next->config->log.level);
       holder_.publish(next);
       follow_health(*next);
+      follow_island_changes(*next, server_);
       log_drain_changes(current->topology.get(), *next->topology);
       spdlog::info("reload: config generation {} from {} is live ({} islands)", next->generation,
                    config_file_.string(), next->config->islands.size());
@@ -428,6 +451,7 @@ int run(const std::filesystem::path& config_file) {
     health->set_events(std::move(events));
   }
   follow_health(*holder.current());
+  follow_island_changes(*holder.current(), server);
   log_drain_changes(nullptr, *holder.current()->topology);
   announce_ready(io, *holder.current(),
                  fmt::format("serving: instance {}, {} listeners, {} islands", config->instance,

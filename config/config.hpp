@@ -93,6 +93,9 @@ struct DirectoryCache {
   // for at most this long past expiry (logged and counted each time).
   Duration stale_if_error = std::chrono::hours(1);
   std::size_t max_entries = 100000;  // least recently used entries go first
+  // A refresh that finds a user on another island closes the user's
+  // sessions on the old one (a change made outside `isthmusctl move`).
+  bool close_on_island_change = true;
   bool operator==(const DirectoryCache&) const = default;
 };
 

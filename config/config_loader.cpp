@@ -475,6 +475,7 @@ void read_directory(Object& d, DirectoryConfig& directory, const std::filesystem
     c.read_duration("negative_ttl", directory.cache.negative_ttl);
     c.read_duration("stale_if_error", directory.cache.stale_if_error);
     c.read_uint("max_entries", directory.cache.max_entries, 1, 100000000);
+    c.read_bool("close_on_island_change", directory.cache.close_on_island_change);
   }
 }
 

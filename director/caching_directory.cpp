@@ -71,6 +71,8 @@ struct CachingDirectory::State {
   // a short while instead of each login waiting for another timeout first.
   static constexpr auto kRetryInterval = std::chrono::seconds(2);
   std::atomic<Clock::rep> failing_until{0};
+  std::mutex observer_mutex;
+  IslandChangeObserver observer;
 
   bool directory_failing(Clock::time_point now) const {
     return now.time_since_epoch().count() < failing_until.load(std::memory_order_relaxed);
@@ -139,6 +141,7 @@ struct CachingDirectory::State {
     auto& shard = shard_for(user);
     std::vector<Waiter> waiters;
     LookupResult answer;
+    std::optional<std::pair<std::string, std::string>> moved;  // (from, to)
     {
       std::lock_guard lock(shard.mutex);
       auto it = shard.entries.find(user);
@@ -152,6 +155,10 @@ struct CachingDirectory::State {
       waiters = std::move(entry.waiters);
       entry.waiters.clear();
       if (result.status != LookupStatus::unavailable) {
+        if (entry.has_value && entry.result.status == LookupStatus::found &&
+            result.status == LookupStatus::found &&
+            entry.result.entry.island != result.entry.island)
+          moved.emplace(entry.result.entry.island, result.entry.island);
         entry.has_value = true;
         entry.expires = now + (result.status == LookupStatus::found ? settings.positive_ttl
                                                                     : settings.negative_ttl);
@@ -174,6 +181,18 @@ struct CachingDirectory::State {
       }
     }
     for (auto& waiter : waiters) deliver(std::move(waiter), answer);
+    if (moved) {
+      spdlog::warn("directory cache: {} moved from island {} to island {} in the {} directory "
+                   "(not by isthmusctl move)",
+                   sanitize(user, 100), sanitize(moved->first, 100), sanitize(moved->second, 100),
+                   inner->kind());
+      IslandChangeObserver notify;
+      {
+        std::lock_guard lock(observer_mutex);
+        notify = observer;
+      }
+      if (notify) notify(user, moved->first, moved->second);
+    }
   }
 };
 
@@ -262,6 +281,11 @@ asio::awaitable<LookupResult> CachingDirectory::lookup(std::string user) {
 asio::awaitable<PasswordCheck> CachingDirectory::check_password(const UserEntry& entry,
                                                                 std::string password) {
   co_return co_await state_->inner->check_password(entry, std::move(password));
+}
+
+void CachingDirectory::observe_island_changes(IslandChangeObserver observer) {
+  std::lock_guard lock(state_->observer_mutex);
+  state_->observer = std::move(observer);
 }
 
 void CachingDirectory::invalidate(std::string_view user) {

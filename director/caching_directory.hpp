@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 namespace isthmus::director {
@@ -44,6 +45,14 @@ class CachingDirectory final : public Directory,
 
   // Drops one user's entry (after an operator changed it in the directory).
   void invalidate(std::string_view user);
+
+  // Called (on the directory's thread; keep it short) when a refresh finds
+  // a cached user on another island than before: a change made outside
+  // `isthmusctl move`, whose sessions on the old island must not go on
+  // writing there (directory.cache.close_on_island_change).
+  using IslandChangeObserver =
+      std::function<void(const std::string& user, const std::string& from, const std::string& to)>;
+  void observe_island_changes(IslandChangeObserver observer);
   void clear();
   CacheStats stats() const;
   const config::DirectoryCache& settings() const;

@@ -6,6 +6,8 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -21,6 +23,7 @@
 
 #include <algorithm>
 #include <list>
+#include <map>
 #include <random>
 #include <stdexcept>
 
@@ -172,6 +175,31 @@ struct Pool {
   std::list<Waiter*> waiters;  // operations waiting for a free slot, first come first served
 };
 
+// A search sent on a shared connection, waiting for its complete result:
+// the connection's reader (Impl::pump) hands it over and wakes the timer.
+struct Pending {
+  Pending(const asio::any_io_executor& executor, Clock::time_point until)
+      : timer(executor, until) {}
+  asio::steady_timer timer;
+  MessagePtr message;
+  bool done = false;   // answered, or the connection failed (error set)
+  std::string error;
+};
+
+// A search connection, shared by pipelined searches (RFC 4511 4.1.1: the
+// message ID ties each result to its request; a client may have many
+// outstanding). Binds never share: they change the connection's identity.
+struct Shared {
+  std::unique_ptr<Connection> connection;
+  std::map<int, Pending*> pending;  // message id -> the search waiting for it
+  bool pumping = false;             // a reader is running
+  bool dead = false;                // discarded: no new searches, the reader stops
+  bool answered = false;            // it answered a search (a later failure may be staleness)
+};
+
+// Searches in flight on one connection at most; more wait for a slot.
+constexpr std::size_t kPipelineDepth = 32;
+
 // What one attempt on one connection came to.
 struct Attempt {
   enum class Kind : std::uint8_t {
@@ -295,7 +323,7 @@ struct Client::Impl {
         ++pool.open;
         lease.reused = false;
         std::string why;
-        lease.connection = co_await open(pool, deadline, why);
+        lease.connection = co_await open_connection(pool, deadline, why);
         if (!lease.connection) {
           --pool.open;
           wake_one(pool);
@@ -338,8 +366,8 @@ struct Client::Impl {
   }
 
   // A new connection to the first server that is not in backoff and works.
-  asio::awaitable<std::unique_ptr<Connection>> open(Pool& pool, Deadline deadline,
-                                                    std::string& why) {
+  asio::awaitable<std::unique_ptr<Connection>> open_connection(Pool& pool, Deadline deadline,
+                                                               std::string& why) {
     std::vector<std::string> problems;
     for (std::size_t index = 0; index < servers_.size(); ++index) {
       Server& server = servers_[index];
@@ -641,10 +669,123 @@ struct Client::Impl {
     return entry;
   }
 
-  asio::awaitable<Attempt> search_on(Connection& connection, const SearchRequest& request,
-                                     Deadline deadline, SearchResult& result) {
-    Attempt attempt;
-    LDAP* ld = connection.handle();
+  // -- searches, pipelined on shared connections ------------------------------
+
+  void wake_searcher() {
+    if (search_waiters_.empty()) return;
+    Waiter* waiter = search_waiters_.front();
+    search_waiters_.pop_front();
+    waiter->woken = true;
+    waiter->timer.cancel();
+  }
+
+  // Fails every search on `shared` with `why` and throws the connection
+  // away (it closes when the last search or its reader lets go).
+  void kill(Shared& shared, const std::string& why) {
+    if (shared.dead) return;
+    shared.dead = true;
+    for (auto& [id, pending] : shared.pending) {
+      pending->done = true;
+      pending->error = why;
+      pending->timer.cancel();
+    }
+    shared.pending.clear();
+    boost::system::error_code ignored;
+    shared.connection->descriptor().cancel(ignored);
+    std::erase_if(search_live_, [&shared](const auto& s) { return s.get() == &shared; });
+    if (!closed_) ++stats_.discarded;
+    wake_searcher();
+  }
+
+  // The connection's one reader: whatever results are complete go to their
+  // searches; then it waits for the socket, while any search is pending.
+  asio::awaitable<void> pump(std::shared_ptr<Shared> shared) {
+    unsigned buffered_rounds = 0;
+    LDAP* ld = shared->connection->handle();
+    while (!shared->dead && !shared->pending.empty()) {
+      for (;;) {
+        LDAPMessage* raw = nullptr;
+        timeval zero{0, 0};
+        const int rc = ldap_result(ld, LDAP_RES_ANY, LDAP_MSG_ALL, &zero, &raw);
+        if (rc > 0) {
+          MessagePtr message(raw);
+          auto it = shared->pending.find(ldap_msgid(raw));
+          if (it != shared->pending.end()) {  // else: an abandoned search's late answer
+            Pending* pending = it->second;
+            shared->pending.erase(it);
+            pending->message = std::move(message);
+            pending->done = true;
+            pending->timer.cancel();
+          }
+          continue;
+        }
+        if (raw) ldap_msgfree(raw);
+        if (rc < 0) kill(*shared, describe(ld, last_result_code(ld)));
+        break;
+      }
+      if (shared->dead || shared->pending.empty()) break;
+      if (shared->connection->data_buffered() && ++buffered_rounds < 1000) {
+        co_await asio::post(executor_, asio::use_awaitable);  // let others run, then read on
+        continue;
+      }
+      buffered_rounds = 0;
+      auto [ec] = co_await shared->connection->descriptor().async_wait(
+          asio::posix::descriptor_base::wait_read, use_tuple);
+      if (ec && !shared->dead) kill(*shared, "waiting for the server: " + ec.message());
+    }
+    shared->pumping = false;
+  }
+
+  // A connection with room for one more search: a new one while the pool
+  // has room and every open one is busy, else the least busy; nullptr (and
+  // `why`) if none could be had before the deadline.
+  asio::awaitable<std::shared_ptr<Shared>> pick(Deadline deadline, std::string& why) {
+    for (;;) {
+      // Fail back: an idle connection to a server further down the list goes
+      // after a while, so that traffic returns to the first server.
+      std::vector<std::shared_ptr<Shared>> old;
+      for (const auto& s : search_live_)
+        if (s->pending.empty() && s->connection->server() > 0 &&
+            Clock::now() - s->connection->opened() > kFailbackAfter)
+          old.push_back(s);
+      for (const auto& s : old) kill(*s, "fail back");
+      std::shared_ptr<Shared> best;
+      for (const auto& s : search_live_)
+        if (!s->dead && s->pending.size() < kPipelineDepth &&
+            (!best || s->pending.size() < best->pending.size()))
+          best = s;
+      const std::size_t open = search_live_.size() + search_opening_;
+      if ((!best || !best->pending.empty()) && open < search_pool_.size) {
+        ++search_opening_;
+        auto connection = co_await open_connection(search_pool_, deadline, why);
+        --search_opening_;
+        if (!connection) {
+          wake_searcher();
+          co_return best;  // maybe a busy one still serves
+        }
+        auto shared = std::make_shared<Shared>();
+        shared->connection = std::move(connection);
+        if (closed_) co_return nullptr;
+        search_live_.push_back(shared);
+        co_return shared;
+      }
+      if (best) co_return best;
+      Waiter waiter(executor_, deadline.when());
+      auto position = search_waiters_.insert(search_waiters_.end(), &waiter);
+      co_await waiter.timer.async_wait(use_tuple);
+      if (!waiter.woken) {
+        search_waiters_.erase(position);
+        why = fmt::format("all {} LDAP connections for searches stayed busy with {} searches "
+                          "each",
+                          search_pool_.size, kPipelineDepth);
+        co_return nullptr;
+      }
+    }
+  }
+
+  // The search request on `ld`; its message id, or false and `attempt` set.
+  static bool send_search(LDAP* ld, const SearchRequest& request, Deadline deadline, int& msgid,
+                          Attempt& attempt, SearchResult& result) {
     std::vector<char*> attributes;
     for (const auto& name : request.attributes) attributes.push_back(const_cast<char*>(name.c_str()));
     attributes.push_back(nullptr);
@@ -655,30 +796,30 @@ struct Client::Impl {
     const auto left = std::chrono::duration_cast<std::chrono::seconds>(deadline.remaining()) +
                       std::chrono::seconds(1);
     timeval limit{static_cast<time_t>(std::min<long long>(left.count(), 3600)), 0};
-    int msgid = 0;
     const int rc = ldap_search_ext(ld, request.base.c_str(), scope, request.filter.c_str(),
                                    attributes.data(), 0, nullptr, nullptr, &limit,
                                    request.size_limit, &msgid);
     if (rc == LDAP_FILTER_ERROR || rc == LDAP_PARAM_ERROR) {
       attempt.kind = Attempt::Kind::answered;  // our request is wrong, not the connection
       result.error = "search not sent: " + describe(ld, rc);
-      co_return attempt;
+      return false;
     }
     if (rc != LDAP_SUCCESS) {
+      attempt.kind = Attempt::Kind::broken;
       attempt.error = "search: " + describe(ld, rc);
-      co_return attempt;
+      return false;
     }
-    Reply reply = co_await await_result(connection, msgid, deadline);
-    if (!reply.message) {
-      attempt.kind = reply.timed_out ? Attempt::Kind::timed_out : Attempt::Kind::broken;
-      attempt.error = "search: " + reply.error;
-      co_return attempt;
-    }
+    return true;
+  }
+
+  // What a complete search result says.
+  static Attempt interpret_search(LDAP* ld, LDAPMessage* chain, SearchResult& result) {
+    Attempt attempt;
     std::vector<Entry> entries;
     int code = LDAP_OTHER;
     std::string server_text;
     bool finished = false;
-    for (LDAPMessage* message = ldap_first_message(ld, reply.message.get()); message;
+    for (LDAPMessage* message = ldap_first_message(ld, chain); message;
          message = ldap_next_message(ld, message)) {
       const int type = ldap_msgtype(message);
       if (type == LDAP_RES_SEARCH_ENTRY) {
@@ -697,14 +838,14 @@ struct Client::Impl {
     }
     if (!finished) {
       attempt.error = "search: no usable result message";
-      co_return attempt;
+      return attempt;
     }
     const std::string said = fmt::format("{} ({}){}{}", ldap_err2string(code), code,
                                          server_text.empty() ? "" : ": ", server_text);
     if (code == LDAP_BUSY || code == LDAP_UNAVAILABLE) {
       attempt.kind = Attempt::Kind::server_busy;
       attempt.error = "search: " + said;
-      co_return attempt;
+      return attempt;
     }
     attempt.kind = Attempt::Kind::answered;
     if (code == LDAP_SUCCESS || code == LDAP_SIZELIMIT_EXCEEDED) {
@@ -714,7 +855,7 @@ struct Client::Impl {
     } else {
       result.error = "search failed: " + said;  // e.g. no such base, insufficient access
     }
-    co_return attempt;
+    return attempt;
   }
 
   // -- the operations, retried ------------------------------------------------
@@ -730,28 +871,51 @@ struct Client::Impl {
     };
     const std::size_t attempts = search_pool_.size + servers_.size() + 1;
     for (std::size_t n = 0; n < attempts && !deadline.expired(); ++n) {
-      Lease lease(*this, search_pool_);
-      co_await acquire(lease, deadline);
-      if (!lease.connection) {
-        failures.push_back(lease.error);
+      std::string why;
+      std::shared_ptr<Shared> shared = co_await pick(deadline, why);
+      if (!shared) {
+        failures.push_back(why);
         result.error = summary();
         co_return result;
       }
-      const std::size_t server = lease.connection->server();
+      LDAP* ld = shared->connection->handle();
+      const std::size_t server = shared->connection->server();
       result.server = servers_[server].uri;
       ++stats_.searches;
-      Attempt attempt = co_await search_on(*lease.connection, request, deadline, result);
+      Attempt attempt;
+      int msgid = 0;
+      if (send_search(ld, request, deadline, msgid, attempt, result)) {
+        Pending pending(executor_, deadline.when());
+        shared->pending.emplace(msgid, &pending);
+        if (!shared->pumping) {
+          shared->pumping = true;
+          asio::co_spawn(executor_, pump(shared), asio::detached);
+        }
+        co_await pending.timer.async_wait(use_tuple);
+        shared->pending.erase(msgid);
+        wake_searcher();  // a slot is free
+        if (pending.message) {
+          attempt = interpret_search(ld, pending.message.get(), result);
+        } else if (!pending.done) {
+          ldap_abandon_ext(ld, msgid, nullptr, nullptr);
+          attempt.kind = Attempt::Kind::timed_out;
+          attempt.error = "search: no answer in time";
+        } else {
+          attempt.kind = Attempt::Kind::broken;
+          attempt.error = "search: " + pending.error;
+        }
+      }
       if (attempt.kind == Attempt::Kind::answered) {
-        release(lease);
+        shared->answered = true;
         co_return result;
       }
-      // A reused connection may just have gone stale (the server's idle
-      // timeout, a restart): that says nothing about the server. A fresh
-      // one failing, or any timeout, does.
-      if (!lease.reused || attempt.kind != Attempt::Kind::broken)
+      // A connection that answered before may just have gone stale (the
+      // server's idle timeout, a restart): that says nothing about the
+      // server. A fresh one failing, or any timeout, does.
+      if (!shared->answered || attempt.kind != Attempt::Kind::broken)
         server_failed(server, attempt.error);
       failures.push_back(servers_[server].uri + ": " + attempt.error);
-      discard(lease.pool, std::move(lease.connection));
+      kill(*shared, attempt.error);
     }
     failures.push_back(fmt::format("gave up after {}", show(Clock::now() - started)));
     result.ok = false;
@@ -819,6 +983,8 @@ struct Client::Impl {
 
   void close() {
     closed_ = true;
+    auto live = search_live_;
+    for (const auto& shared : live) kill(*shared, "closing");
     search_pool_.idle.clear();
     auth_pool_.idle.clear();
   }
@@ -826,7 +992,10 @@ struct Client::Impl {
   asio::any_io_executor executor_;
   ClientSettings settings_;
   std::vector<Server> servers_;
-  Pool search_pool_;
+  Pool search_pool_;  // its settings; searches share the connections in search_live_
+  std::vector<std::shared_ptr<Shared>> search_live_;
+  unsigned search_opening_ = 0;
+  std::list<Waiter*> search_waiters_;
   Pool auth_pool_;
   bool closed_ = false;
   std::minstd_rand rng_;

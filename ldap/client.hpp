@@ -22,6 +22,12 @@
 // - Two pools of at most `pool_size` connections each: searches run on
 //   connections bound as the service DN (simple bind); password checks bind
 //   as the user on connections of their own, never the service's.
+// - Searches are pipelined: up to 32 outstanding on one connection (RFC
+//   4511 4.1.1, the message ID ties each result to its request), so a
+//   directory some milliseconds away does not make concurrent lookups
+//   queue behind each other. A new connection is opened while the pool has
+//   room and every open one is busy; one reader per connection hands each
+//   complete result to its search. Binds are never pipelined.
 // - Operations are driven from the socket: the request is sent, the loop
 //   waits for the descriptor to become readable, and ldap_result() collects
 //   what arrived without waiting (zero timeout). Every wait is bounded by

@@ -190,13 +190,16 @@ class Gate:
     def __init__(self, listen_port: int, target_port: int, *,
                  target_host: str = "127.0.0.1", listen_host: str = "127.0.0.1",
                  connect_timeout: float = 5.0, record_limit: int = 16 << 20,
-                 name: str = "gate"):
+                 name: str = "gate", latency: float = 0.0):
         self.listen_host = listen_host
         self.port = listen_port or procs.free_port(listen_host)
         self.target = (target_host, int(target_port))
         self.connect_timeout = connect_timeout
         self.record_limit = record_limit
         self.name = name
+        # Seconds every chunk is held in each direction (a network that far
+        # away); pipelined traffic is not serialised by it.
+        self.latency = latency
         self.connections: list[Connection] = []
         self._lock = threading.Lock()
         self._mode = "pass"            # pass | black_hole (for new connections)
@@ -436,6 +439,8 @@ class Gate:
         """Forward one direction until EOF (passed on as a half-close),
         an error or a cut (both closed)."""
         src, dst = (conn.client, conn.server) if direction == "up" else (conn.server, conn.client)
+        if self.latency > 0:
+            dst = _DelayLine(dst, self.latency)
         try:
             while True:
                 self._wait_thawed(conn)
@@ -465,6 +470,39 @@ class Gate:
                 conn._record(direction, data)
         except OSError:
             conn._shutdown()
+
+
+class _DelayLine:
+    """Stands in for a socket's sendall/shutdown: each chunk goes out
+    LATENCY seconds after it was handed over, in order, from a thread of its
+    own (so the reader keeps reading: latency, not a rate limit)."""
+
+    def __init__(self, sock: socket.socket, latency: float):
+        import queue
+        self.sock = sock
+        self.latency = latency
+        self.queue: "queue.Queue" = queue.Queue()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def sendall(self, data: bytes) -> None:
+        self.queue.put((time.monotonic() + self.latency, data))
+
+    def shutdown(self, how: int) -> None:
+        self.queue.put((time.monotonic() + self.latency, how))
+
+    def _run(self) -> None:
+        while True:
+            due, item = self.queue.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                if isinstance(item, int):
+                    self.sock.shutdown(item)
+                    return
+                self.sock.sendall(item)
+            except OSError:
+                return
 
 
 def _close_listener(s: socket.socket) -> None:

@@ -276,6 +276,29 @@ class Names(unittest.TestCase):
                          "a forged log line")
 
 
+class IslandChanges(unittest.TestCase):
+    def test_a_user_moved_in_the_directory_loses_the_sessions_on_the_old_island(self):
+        # A change made outside `isthmusctl move` (an operator edits the
+        # entry): once the cache refreshes the user, the sessions on the
+        # old island are closed, so no client goes on writing there.
+        carol = dd.BY_LOGIN["carol@example.org"]
+        old = imap_login(IX, "carol@example.org")
+        self.addCleanup(lambda: old.shutdown() if old.sock else None)
+        old.select("INBOX")
+        SLAPD.modify(carol.dn, "mailIsland", "b")
+        self.addCleanup(SLAPD.modify, carol.dn, "mailIsland", carol.island)
+        time.sleep(1.2)  # the cache's positive_ttl is 1 s
+        new = imap_login(IX, "carol@example.org")  # refreshes the entry: island b now
+        new.logout()
+        wait_for(lambda: 'ended="closed: the directory moved the user from island a to b"'
+                 in IX.log_text(), timeout=10, what="the old island's session to close")
+        with self.assertRaises((imaplib.IMAP4.abort, OSError)):
+            for _ in range(20):
+                old.noop()
+                time.sleep(0.1)
+        self.assertIn("carol@example.org moved from island a to island b", IX.log_text())
+
+
 class AccountStates(unittest.TestCase):
     def test_a_disabled_account_is_refused_like_a_wrong_password(self):
         self.assertIn(AUTHFAILED, imap_refusal(IX, "eve@example.org"))
