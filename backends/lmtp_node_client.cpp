@@ -1,10 +1,13 @@
 #include "backends/lmtp_node_client.hpp"
 
 #include "common/log.hpp"
+#include "common/session_id.hpp"
 #include "common/strings.hpp"
 #include "common/smtp_data.hpp"
 
 #include <fmt/format.h>
+
+#include <charconv>
 
 namespace isthmus::backends {
 
@@ -36,6 +39,17 @@ bool LmtpNodeClient::offers(std::string_view extension) const {
   return has_extension(extensions_, extension);
 }
 
+std::uint64_t LmtpNodeClient::size_limit() const {
+  for (const auto& e : extensions_) {
+    if (!istarts_with(e, "SIZE ")) continue;
+    std::uint64_t n = 0;
+    std::string_view digits = trim(std::string_view(e).substr(5));
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+    if (ec == std::errc() && end == digits.data() + digits.size()) return n;
+  }
+  return 0;
+}
+
 boost::asio::awaitable<NodeStep> LmtpNodeClient::reply(Deadline deadline) {
   NodeStep step;
   auto r = co_await read_smtp_reply(transport_, reader_, deadline, step.failure, step.detail);
@@ -64,7 +78,7 @@ boost::asio::awaitable<NodeStep> LmtpNodeClient::lhlo(const std::string& name,
     extensions_.assign(step.reply.lines.begin() + 1, step.reply.lines.end());
   } else if (step.answered()) {
     step.failure = Failure::node_protocol;
-    step.detail = "LHLO refused: " + step.reply.format();
+    step.detail = "LHLO refused: " + step.reply.describe();
   }
   co_return step;
 }
@@ -100,9 +114,19 @@ boost::asio::awaitable<NodeStep> LmtpNodeClient::open(const std::string& lhlo_na
                                                       Clock::duration command_timeout) {
   NodeStep step = co_await reply(greeting);
   if (!step.answered()) co_return step;
+  // This very instance greets with its token: a node address that points
+  // back here (a typo, a balancer in a circle) is refused at once.
+  for (const auto& line : step.reply.lines) {
+    if (line.find(instance_token()) != std::string::npos) {
+      step.failure = Failure::node_is_self;
+      step.detail = "the node greeted with this instance's own token: its address points back "
+                    "at this Isthmus";
+      co_return step;
+    }
+  }
   if (step.reply.code != 220) {
     step.failure = Failure::node_unavailable;
-    step.detail = "greeting: " + step.reply.format();
+    step.detail = "greeting: " + step.reply.describe();
     co_return step;
   }
   step = co_await lhlo(lhlo_name, command_timeout);
@@ -117,7 +141,7 @@ boost::asio::awaitable<NodeStep> LmtpNodeClient::open(const std::string& lhlo_na
     if (!step.answered()) co_return step;
     if (step.reply.code != 220) {
       step.failure = Failure::node_tls;
-      step.detail = "node refused STARTTLS: " + step.reply.format();
+      step.detail = "node refused STARTTLS: " + step.reply.describe();
       co_return step;
     }
     reader_.take_buffered();  // nothing from before the handshake is believed
@@ -148,15 +172,16 @@ boost::asio::awaitable<NodeStep> LmtpNodeClient::open(const std::string& lhlo_na
 }
 
 boost::asio::awaitable<DataOutcome> LmtpNodeClient::send_data(const MessageSpool& spool,
+                                                              std::string_view prefix,
                                                               std::size_t recipients,
                                                               Clock::duration command_timeout,
-                                                              Clock::duration data_timeout) {
+                                                              Clock::duration final_timeout) {
   DataOutcome outcome;
   NodeStep step = co_await command("DATA", command_timeout);
   if (!step.answered() || step.reply.code == 421) {
     // Nothing of the message went out: the caller may try another node.
     outcome.failure = step.answered() ? Failure::node_closed : step.failure;
-    outcome.detail = "DATA: " + (step.answered() ? step.reply.format() : step.detail);
+    outcome.detail = "DATA: " + (step.answered() ? step.reply.describe() : step.detail);
     co_return outcome;
   }
   if (step.reply.code != 354) {
@@ -164,11 +189,21 @@ boost::asio::awaitable<DataOutcome> LmtpNodeClient::send_data(const MessageSpool
     outcome.replies.assign(recipients, step.reply);
     co_return outcome;
   }
-  const Deadline deadline = Deadline::after(data_timeout);
+  const Deadline deadline = Deadline::after(final_timeout);
   outcome.message_started = true;
   DataStuffer stuffer;
   std::string chunk;
   std::string wire;
+  if (!prefix.empty()) {
+    stuffer.stuff(prefix, wire);
+    auto [ec, n] = co_await transport_.write_all(boost::asio::buffer(wire), deadline);
+    if (ec) {
+      outcome.failure = ec == boost::asio::error::timed_out ? Failure::node_timeout
+                                                            : Failure::node_closed;
+      outcome.detail = "while sending the message: " + ec.message();
+      co_return outcome;
+    }
+  }
   constexpr std::size_t kChunk = 64 * 1024;
   for (std::uint64_t offset = 0; offset < spool.size(); offset += chunk.size()) {
     if (!spool.read(offset, kChunk, chunk) || chunk.empty()) {
@@ -200,7 +235,7 @@ boost::asio::awaitable<DataOutcome> LmtpNodeClient::send_data(const MessageSpool
       // answer for the remaining recipients.
       outcome.failure = r.answered() ? Failure::node_closed : r.failure;
       outcome.detail = fmt::format("after {} of {} replies: {}", i, recipients,
-                                   r.answered() ? r.reply.format() : r.detail);
+                                   r.answered() ? r.reply.describe() : r.detail);
       co_return outcome;
     }
     outcome.replies.push_back(std::move(r.reply));

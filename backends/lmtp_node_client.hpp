@@ -50,13 +50,18 @@ class LmtpNodeClient {
                                         Clock::duration command_timeout);
   // One command line (without CRLF) and its reply.
   boost::asio::awaitable<NodeStep> command(const std::string& line, Clock::duration timeout);
-  // DATA, the message dot-stuffed, the final dot, then `recipients` replies.
-  boost::asio::awaitable<DataOutcome> send_data(const MessageSpool& spool, std::size_t recipients,
+  // DATA, then `prefix` (trace header lines, CR LF ended) and the message,
+  // dot-stuffed, the final dot, then `recipients` replies; everything after
+  // DATA's 354 within `final_timeout`.
+  boost::asio::awaitable<DataOutcome> send_data(const MessageSpool& spool, std::string_view prefix,
+                                                std::size_t recipients,
                                                 Clock::duration command_timeout,
-                                                Clock::duration data_timeout);
+                                                Clock::duration final_timeout);
   void close() { transport_.close(); }
   // Whether the node's LHLO listed this extension (SIZE, 8BITMIME, ...).
   bool offers(std::string_view extension) const;
+  // The node's LHLO "SIZE n" (RFC 1870), 0 when it gave none.
+  std::uint64_t size_limit() const;
 
  private:
   static constexpr std::size_t kMaxLine = 16 * 1024;

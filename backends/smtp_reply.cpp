@@ -21,29 +21,72 @@ std::optional<ReplyLine> parse_reply_line(std::string_view line) {
   return r;
 }
 
-void split_enhanced(SmtpReply& reply) {
-  // class.subject.detail, the class matching the reply's first digit.
-  const std::string& t = reply.text;
-  auto sp = t.find(' ');
-  std::string_view word = std::string_view(t).substr(0, sp);
+namespace {
+
+// "2.1.5 rest" -> ("2.1.5", "rest") when the line starts with an enhanced
+// code of the reply's class (RFC 3463: class.subject.detail).
+std::optional<std::pair<std::string, std::string>> enhanced_of(std::string_view text, int code) {
+  auto sp = text.find(' ');
+  std::string_view word = text.substr(0, sp);
   int dots = 0;
   for (char c : word) {
     if (c == '.') ++dots;
-    else if (c < '0' || c > '9') return;
+    else if (c < '0' || c > '9') return std::nullopt;
   }
   if (dots != 2 || word.size() < 5 || word.front() == '.' || word.back() == '.' ||
-      word.find("..") != std::string_view::npos || word[0] - '0' != reply.code / 100)
-    return;
-  reply.enhanced = std::string(word);
-  reply.text = sp == std::string::npos ? std::string() : t.substr(sp + 1);
+      word.find("..") != std::string_view::npos || word[0] - '0' != code / 100)
+    return std::nullopt;
+  return std::pair{std::string(word),
+                   sp == std::string_view::npos ? std::string() : std::string(text.substr(sp + 1))};
+}
+
+// Lines of a multi-line reply passed on to an MTA, at most.
+constexpr std::size_t kMaxFormattedLines = 10;
+
+}  // namespace
+
+void split_enhanced(SmtpReply& reply) {
+  // Every line may carry the code (RFC 2034 section 4 puts it on each);
+  // some servers put it only on the last (Cyrus: "550-..." then
+  // "550 5.1.1 User unknown"). The last line that has one gives it; every
+  // line loses its own copy.
+  if (reply.lines.empty()) reply.lines.push_back(reply.text);
+  for (auto& line : reply.lines) {
+    if (auto split = enhanced_of(line, reply.code)) {
+      reply.enhanced = split->first;
+      line = split->second;
+    }
+  }
+  reply.text = reply.lines.front();
 }
 
 std::string SmtpReply::format() const {
-  std::string out = std::to_string(code);
   // We advertise ENHANCEDSTATUSCODES: a reply without one gets its class's.
+  const std::string code_text =
+      std::to_string(code) + (!enhanced.empty() ? " " + enhanced
+                              : code >= 200 && code < 600 ? fmt::format(" {}.0.0", code / 100)
+                                                          : std::string());
+  if (lines.size() <= 1) return text.empty() ? code_text : code_text + " " + sanitize(text, 300);
+  // Every line passed on (bounded), the code on each: "550-5.1.1 a" ... "550 5.1.1 b".
+  std::string out;
+  const std::size_t n = std::min(lines.size(), kMaxFormattedLines);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::string line = code_text;
+    if (i + 1 < n) line[3] = '-';
+    const std::string& t = i + 1 < n ? lines[i] : lines.back();
+    if (!t.empty()) line += " " + sanitize(t, 300);
+    out += line;
+    if (i + 1 < n) out += "\r\n";
+  }
+  return out;
+}
+
+std::string SmtpReply::describe() const {
+  std::string out = std::to_string(code);
   if (!enhanced.empty()) out += " " + enhanced;
-  else if (code >= 200 && code < 600) out += fmt::format(" {}.0.0", code / 100);
-  if (!text.empty()) out += " " + sanitize(text, 300);
+  for (std::size_t i = 0; i < lines.size() && i < kMaxFormattedLines; ++i)
+    out += (i ? " / " : " ") + sanitize(lines[i], 200);
+  if (lines.empty() && !text.empty()) out += " " + sanitize(text, 200);
   return out;
 }
 

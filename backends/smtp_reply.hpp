@@ -22,8 +22,11 @@ struct SmtpReply {
   bool intermediate() const { return code >= 300 && code < 400; }
   bool temporary() const { return code >= 400 && code < 500; }
   bool permanent() const { return code >= 500 && code < 600; }
-  // "250 2.1.5 text", as one line for a client (text sanitised, bounded).
+  // "250 2.1.5 text" for a client (text sanitised, bounded); a multi-line
+  // reply as every line with the code on each, joined by CR LF (at most 10).
   std::string format() const;
+  // One line for a log: the code and every line's text, " / " between.
+  std::string describe() const;
 };
 
 // One reply line: "250-text" (more follow) or "250 text" (last).
@@ -34,7 +37,8 @@ struct ReplyLine {
 };
 std::optional<ReplyLine> parse_reply_line(std::string_view line);
 
-// Splits "2.1.5 rest" into the enhanced code and the rest, if it has one.
+// Takes the enhanced code ("2.1.5 rest") from the reply's lines: the last
+// line that carries one gives it, and every line loses its copy.
 void split_enhanced(SmtpReply& reply);
 
 // Reads one reply; on failure returns nullopt and sets `failure`/`detail`.

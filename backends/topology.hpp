@@ -26,6 +26,16 @@ class NodeState {
   const std::string& name() const { return name_; }
 
   int sessions() const { return sessions_.load(std::memory_order_relaxed); }
+  // LMTP connections this instance holds to the node (lmtp.max_node_connections).
+  bool take_lmtp_connection(unsigned limit) {
+    int now = lmtp_.load(std::memory_order_relaxed);
+    do {
+      if (now >= static_cast<int>(limit)) return false;
+    } while (!lmtp_.compare_exchange_weak(now, now + 1, std::memory_order_relaxed));
+    return true;
+  }
+  void give_back_lmtp_connection() { lmtp_.fetch_sub(1, std::memory_order_relaxed); }
+  int lmtp_connections() const { return lmtp_.load(std::memory_order_relaxed); }
   void add_session() { sessions_.fetch_add(1, std::memory_order_relaxed); }
   void remove_session() { sessions_.fetch_sub(1, std::memory_order_relaxed); }
 
@@ -51,6 +61,7 @@ class NodeState {
  private:
   std::string name_;
   std::atomic<int> sessions_{0};
+  std::atomic<int> lmtp_{0};
   std::atomic<Clock::rep> last_failure_{0};  // Clock ticks; 0: none
   std::atomic<bool> down_{false};
   std::atomic<bool> draining_{false};

@@ -9,7 +9,7 @@ using L = spdlog::level::level_enum;
 using A = ClientAnswer;
 
 // Order follows the enum; checked by the static_assert below and a unit test.
-constexpr std::array<FailurePolicy, 29> kPolicies{{
+constexpr std::array<FailurePolicy, 31> kPolicies{{
     {"none", "ok", false, false, A::none, L::info},
     {"client_closed", "the client closed the connection", false, false, A::none, L::info},
     {"client_timeout", "the client was idle too long", false, false, A::none, L::info},
@@ -40,6 +40,10 @@ constexpr std::array<FailurePolicy, 29> kPolicies{{
     {"node_unavailable", "the node answered with a temporary failure", true, false, A::temporary,
      L::warn},
     {"node_tls", "TLS with the node failed", true, true, A::temporary, L::warn},
+    {"node_is_self", "the node is this very instance (a routing loop in the config)", true,
+     false, A::temporary, L::err},
+    {"node_busy", "this instance holds as many connections to the node as it may", true, false,
+     A::temporary, L::warn},
     {"mailbox_in_use", "the node says the mailbox is in use", false, false, A::in_use, L::info},
     {"login_delay", "the node says the user logs in too often", false, false, A::login_delay,
      L::info},

@@ -35,6 +35,8 @@ enum class Failure : std::uint8_t {
   node_protocol,     // a greeting or answer we cannot accept
   node_unavailable,  // the node answered with a temporary failure
   node_tls,          // TLS with the node failed (handshake, certificate, no STARTTLS)
+  node_is_self,      // the node is this very instance (a loop in the config)
+  node_busy,         // this instance holds as many connections to the node as it may
   mailbox_in_use,    // the node says the mailbox is locked by another session
   login_delay,       // the node says the user logs in too often (POP3 LOGIN-DELAY)
   auth_failed,       // the credentials were refused

@@ -17,3 +17,12 @@ std::string new_session_id() {
 }
 
 }  // namespace isthmus
+
+namespace isthmus {
+
+const std::string& instance_token() {
+  static const std::string token = "isthmus-" + new_session_id() + new_session_id();
+  return token;
+}
+
+}  // namespace isthmus

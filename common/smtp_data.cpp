@@ -27,9 +27,9 @@ std::size_t DataDecoder::feed(std::string_view input, std::string& out) {
           emit("\r\n");
           state_ = State::line_start;
         } else if (c == '\r') {
-          emit("\r");  // a lone CR, kept; this one may start a CR LF
+          emit("\r\n");  // the first CR was bare; this one may start a CR LF
         } else {
-          emit("\r");
+          emit("\r\n");  // a bare CR, normalised like a bare LF; not a line start
           emit(std::string_view(&c, 1));
           state_ = State::mid_line;
         }
@@ -51,10 +51,10 @@ std::size_t DataDecoder::feed(std::string_view input, std::string& out) {
         if (c == '\n') {
           state_ = State::done;
         } else if (c == '\r') {
-          emit("\r");
+          emit("\r\n");
           state_ = State::cr;
         } else {
-          emit("\r");
+          emit("\r\n");
           emit(std::string_view(&c, 1));
           state_ = State::mid_line;
         }

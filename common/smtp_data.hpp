@@ -10,9 +10,13 @@
 namespace isthmus {
 
 // Finds the end of DATA and undoes dot-stuffing (RFC 5321 section 4.5.2).
-// Only CR LF . CR LF ends the data: a bare LF never does (SMTP smuggling),
-// and bare LFs are delivered as CR LF, so that no node downstream can read
-// an end of data that Isthmus did not. Everything else passes unchanged.
+// Only CR LF . CR LF ends the data: a bare LF or a bare CR never does (SMTP
+// smuggling), and both are delivered as CR LF, so that no node downstream
+// (some treat a lone CR or LF as a line end) can read an end of data that
+// Isthmus did not. The line after one is not a line start here either, so
+// a dot there is content. Everything else passes unchanged. (Postfix's
+// smtpd_forbid_bare_newline refuses such input instead; an LMTP front
+// door behind the MTA normalises, since the MTA accepted it already.)
 class DataDecoder {
  public:
   // Decodes from `input`, appending content to `out`; returns the number of

@@ -225,7 +225,12 @@ struct Timeouts {
   Duration auth_failure_delay = std::chrono::seconds(2);
   Duration lmtp_idle = std::chrono::minutes(5);      // MTA: waiting for its next command
   Duration lmtp_command = std::chrono::seconds(60);  // node: one command's answer
-  Duration lmtp_data = std::chrono::minutes(10);     // message in, or the node's final answers
+  Duration lmtp_data = std::chrono::minutes(10);     // the message in from the MTA
+  // The message out to a node and its final answers, from the MTA's final
+  // dot: kept below the MTAs' own limits (Postfix lmtp_data_done_timeout
+  // 600 s, Exim's lmtp transport timeout 5 min), so a slow node gives 451,
+  // never an MTA that gave up on a delivered message (docs/lmtp.md).
+  Duration lmtp_final = std::chrono::minutes(4);
 };
 
 struct Limits {
@@ -250,6 +255,12 @@ struct Lmtp {
   std::filesystem::path spool_dir = "/tmp";    // large messages go to unlinked files here
   std::size_t memory_spool = 1 << 20;          // bytes kept in memory before that
   std::string hostname;                        // in greetings and LHLO; default: host name
+  // A message with this many Received: lines has looped (RFC 5321 section
+  // 6.3): 554 5.4.6 for every recipient. Isthmus adds its own Received:.
+  unsigned max_hops = 50;
+  // LMTP connections this instance holds to one node at most; past that
+  // the node is skipped (451 4.4.5 when no node of the island is left).
+  unsigned max_node_connections = 64;
 };
 
 // The certificate Isthmus presents to clients.

@@ -754,12 +754,13 @@ Config parse_config(std::string_view text, const std::string& source,
       t.read_duration("lmtp_idle", to.lmtp_idle);
       t.read_duration("lmtp_command", to.lmtp_command);
       t.read_duration("lmtp_data", to.lmtp_data);
+      t.read_duration("lmtp_final", to.lmtp_final);
       for (auto [key, value] : {std::pair{"preauth", to.preauth}, {"login", to.login},
                                 {"proxy_header", to.proxy_header},
                                 {"half_closed", to.half_closed},
                                 {"connect", to.connect}, {"idle", to.idle},
                                 {"lmtp_idle", to.lmtp_idle}, {"lmtp_command", to.lmtp_command},
-                                {"lmtp_data", to.lmtp_data}}) {
+                                {"lmtp_data", to.lmtp_data}, {"lmtp_final", to.lmtp_final}}) {
         if (value < std::chrono::milliseconds(10))
           problems.add(std::string("/timeouts/") + key, "must be at least 10ms");
       }
@@ -797,6 +798,8 @@ Config parse_config(std::string_view text, const std::string& source,
       l.read_path("spool_dir", config.lmtp.spool_dir, base_dir);
       l.read_uint("memory_spool", config.lmtp.memory_spool, 0, 1ULL << 30);
       l.read_string("hostname", config.lmtp.hostname);
+      l.read_uint("max_hops", config.lmtp.max_hops, 2, 1000);
+      l.read_uint("max_node_connections", config.lmtp.max_node_connections, 1, 100000);
     }
   }
   // Cross-checks: TLS listeners need a certificate.

@@ -3,6 +3,7 @@
 #include "common/line_reader.hpp"
 #include "common/log.hpp"
 #include "common/net.hpp"
+#include "common/session_id.hpp"
 #include "common/strings.hpp"
 #include "director/login_name.hpp"
 #include "director/router.hpp"
@@ -16,8 +17,10 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
+#include <ctime>
 
 namespace isthmus::proxy::lmtp {
 namespace {
@@ -41,6 +44,24 @@ std::size_t next_spin() {
 // Too many protocol errors in a row: the peer is not a working MTA.
 constexpr std::size_t kMaxErrors = 20;
 
+// The Received: lines of a message's header (up to its first empty line,
+// and at most the first 256 KiB).
+unsigned count_received(const MessageSpool& spool) {
+  std::string head;
+  if (!spool.read(0, 256 * 1024, head)) return 0;
+  const auto end = head.find("\r\n\r\n");
+  if (end != std::string::npos) head.resize(end + 2);
+  unsigned count = 0;
+  std::size_t at = 0;
+  while (at < head.size()) {
+    if (istarts_with(std::string_view(head).substr(at), "received:")) ++count;
+    const auto eol = head.find("\r\n", at);
+    if (eol == std::string::npos) break;
+    at = eol + 2;
+  }
+  return count;
+}
+
 }  // namespace
 
 LmtpSession::LmtpSession(SessionRegistry& registry, asio::ip::tcp::socket client,
@@ -62,7 +83,9 @@ asio::awaitable<bool> LmtpSession::run() {
     co_await goodbye("554 5.7.1 Access denied", "client not allowed");
     co_return false;
   }
-  bool greeted = co_await reply(fmt::format("220 {} LMTP Isthmus ready", config_.lmtp.hostname));
+  // The instance token lets an Isthmus that reaches itself as a node see so.
+  bool greeted = co_await reply(fmt::format("220 {} LMTP Isthmus ready ({})", config_.lmtp.hostname,
+                                            instance_token()));
   if (!greeted) co_return false;
   co_await serve();
   co_return false;
@@ -228,6 +251,14 @@ asio::awaitable<bool> LmtpSession::handle_rcpt(const std::string& argument) {
   if (txn) answer = co_await rcpt_on_node(*txn, node_user);
   set_phase(Phase::preauth);
   if (!txn || !answer) {
+    for (const auto& t : txns_) {
+      if (t.island != found.entry.island) continue;
+      if (t.refusal) co_return co_await reply(t.refusal->format());
+      if (t.congested)
+        co_return co_await reply(fmt::format("451 4.4.5 {} The nodes of island {} are busy, try "
+                                             "again later",
+                                             shown, found.entry.island));
+    }
     co_return co_await reply(fmt::format("451 4.4.1 {} No node of island {} is reachable, try "
                                          "again later",
                                          shown, found.entry.island));
@@ -248,7 +279,7 @@ asio::awaitable<LmtpSession::IslandTxn*> LmtpSession::island_txn(const std::stri
     bool opened = co_await open_txn(txn);
     co_return opened ? &txn : nullptr;
   }
-  txns_.push_back(IslandTxn{island, {}, {}, {}, {}, {}, false, 0});
+  txns_.push_back(IslandTxn{island, {}, {}, {}, {}, {}, {}, false, 0, {}, false});
   IslandTxn& txn = txns_.back();
   bool opened = co_await open_txn(txn);
   co_return opened ? &txns_.back() : nullptr;
@@ -264,9 +295,20 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
   auto candidates = director::candidates(*island, config::Protocol::lmtp, Clock::now(), next_spin());
   backends::LmtpPeer peer{unmapped(client_info_.remote.address()).to_string(),
                           client_info_.remote.port(), helo_, record_.id, config_.proxy_ttl - 1};
+  bool busy = false;
   for (const auto& node : candidates) {
     if (std::find(txn.tried.begin(), txn.tried.end(), node->name) != txn.tried.end()) continue;
     txn.tried.push_back(node->name);
+    // However the faults line up, one transaction never turns into a storm
+    // of connections to one node.
+    if (!node->state->take_lmtp_connection(config_.lmtp.max_node_connections)) {
+      busy = true;
+      spdlog::warn("session={} lmtp island={} node={}: {} LMTP connections from this instance "
+                   "already (lmtp.max_node_connections); trying the next node",
+                   record_.id, txn.island, node->name, config_.lmtp.max_node_connections);
+      continue;
+    }
+    NodeSlot slot(node->state);
     backends::NodeLease lease(node->state);
     Transport connection{asio::ip::tcp::socket(executor)};
     const Deadline greeting = Deadline::after(config_.timeouts.connect);
@@ -307,9 +349,22 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
           mail += fmt::format(" SIZE={}", declared_size_);
         if (eight_bit_ && client->offers("8BITMIME")) mail += " BODY=8BITMIME";
         step = co_await client->command(mail, config_.timeouts.lmtp_command);
+        if (step.answered() && step.reply.permanent()) {
+          // The node refuses this transaction for good (552 5.3.4 for the
+          // size, ...): that is its recipients' answer, not a node fault.
+          spdlog::info("session={} lmtp island={} node={}: MAIL refused for good: {}",
+                       record_.id, txn.island, node->name, step.reply.describe());
+          client->close();
+          txn.refusal = step.reply;
+          txn.failed = true;
+          for (std::size_t index : txn.recipients)
+            if (!recipients_[index].final) recipients_[index].final = step.reply;
+          txn.recipients.clear();
+          co_return false;
+        }
         if (step.answered() && !step.reply.ok()) {
           step.failure = Failure::node_unavailable;
-          step.detail = "MAIL refused: " + step.reply.format();
+          step.detail = "MAIL refused: " + step.reply.describe();
         }
       }
     }
@@ -324,6 +379,7 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
     node->state->report_success();
     txn.client = std::move(client);
     txn.node = node->name;
+    txn.slot = std::move(slot);
     if (island->role) {
       auto holder = island->role->current();
       txn.epoch = holder->node == node->name ? holder->epoch : 0;
@@ -355,11 +411,14 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
     if (node_lost) {
       txn.client->close();
       txn.client.reset();
+      txn.lease.release();
+      txn.slot.release();
       continue;
     }
     co_return true;
   }
   txn.failed = true;
+  txn.congested = busy;
   for (std::size_t index : txn.recipients) {
     auto& r = recipients_[index];
     if (!r.final)
@@ -380,10 +439,11 @@ asio::awaitable<std::optional<SmtpReply>> LmtpSession::rcpt_on_node(IslandTxn& t
     if (!step.node_lost()) co_return step.reply;
     spdlog::warn("session={} lmtp island={} node={}: lost at RCPT ({}); moving to the next node",
                  record_.id, txn.island, txn.node,
-                 step.answered() ? step.reply.format() : step.detail);
+                 step.answered() ? step.reply.describe() : step.detail);
     txn.client->close();
     txn.client.reset();
     txn.lease.release();
+    txn.slot.release();
     bool reopened = co_await open_txn(txn);
     if (!reopened) co_return std::nullopt;
   }
@@ -404,6 +464,9 @@ asio::awaitable<bool> LmtpSession::handle_data() {
     std::size_t used = decoder.feed(in_, content);
     in_.erase(0, used);
     if (decoder.content_size() > config_.limits.max_message_size) too_big = true;
+    if (!content_8bit_)
+      content_8bit_ = std::any_of(content.begin(), content.end(),
+                                  [](char c) { return static_cast<unsigned char>(c) > 127; });
     if (!too_big && spool_error.empty() && !content.empty()) spool_.append(content, spool_error);
     content.clear();
     if (decoder.done()) break;
@@ -428,19 +491,35 @@ asio::awaitable<bool> LmtpSession::handle_data() {
     reset_transaction();
     co_return co_await reply(all);
   }
+  // A message that has passed this many hops is in a loop (RFC 5321
+  // section 6.3): refused for good, not passed round again.
+  const unsigned hops = count_received(spool_);
+  if (hops >= config_.lmtp.max_hops) {
+    spdlog::error("session={} lmtp: a message with {} Received: lines (lmtp.max_hops is {}): a "
+                  "routing loop; refused",
+                  record_.id, hops, config_.lmtp.max_hops);
+    SmtpReply r = make_reply(554, "5.4.6", "Too many hops (a routing loop?)");
+    std::string all;
+    for (std::size_t i = 0; i < recipients_.size(); ++i) all += r.format() + "\r\n";
+    all.resize(all.size() - 2);
+    if (runtime_->metrics) {
+      runtime_->metrics->lmtp_recipients(LmtpResult::permanent, recipients_.size());
+      runtime_->metrics->lmtp_message(LmtpResult::permanent);
+    }
+    reset_transaction();
+    co_return co_await reply(all);
+  }
+  received_ = received_line();
   set_phase(Phase::login);
-  co_await deliver();
+  bool answered = co_await deliver_and_answer();
   set_phase(Phase::preauth);
-  std::string replies;
   std::size_t delivered = 0, deferred = 0, rejected = 0;
   for (const auto& r : recipients_) {
     const SmtpReply& final = *r.final;
     if (final.ok()) ++delivered;
     else if (final.temporary()) ++deferred;
     else ++rejected;
-    replies += final.format() + "\r\n";
   }
-  replies.resize(replies.size() - 2);
   if (auto& metrics = runtime_->metrics) {
     metrics->lmtp_recipients(LmtpResult::delivered, delivered);
     metrics->lmtp_recipients(LmtpResult::temporary, deferred);
@@ -454,62 +533,105 @@ asio::awaitable<bool> LmtpSession::handle_data() {
                record_.id, sanitize(mail_from_, 100), spool_.size(), recipients_.size(), delivered,
                deferred, rejected, txns_.size());
   reset_transaction();
-  co_return co_await reply(replies);
+  co_return answered;
 }
 
-// The message to every island's node at once; each recipient gets its node's
-// answer, or 451 if its node was lost after DATA began (no silent reconnect:
-// that could deliver twice).
-asio::awaitable<void> LmtpSession::deliver() {
-  using namespace asio::experimental;
+std::string LmtpSession::received_line() const {
+  // RFC 5322 date in UTC: "Thu, 03 Dec 2026 13:21:17 +0000".
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char date[64];
+  std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &utc);
+  auto host_name = [](std::string_view name) {
+    // Only plain host-name characters from the MTA's LHLO reach the header.
+    std::string out;
+    for (char c : name.substr(0, 255))
+      if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '.' || c == '-' || c == '_' || c == '[' || c == ']' || c == ':')
+        out += c;
+    return out.empty() ? std::string("unknown") : out;
+  };
+  return fmt::format("Received: from {} ({})\r\n\tby {} (Isthmus) with LMTP id {};\r\n\t{}\r\n",
+                     host_name(helo_), unmapped(client_info_.remote.address()).to_string(),
+                     host_name(config_.lmtp.hostname), record_.id, date);
+}
+
+void LmtpSession::settle(IslandTxn& txn, const backends::DataOutcome& outcome) {
+  for (std::size_t k = 0; k < txn.recipients.size(); ++k) {
+    auto& r = recipients_[txn.recipients[k]];
+    if (k < outcome.replies.size()) {
+      r.final = outcome.replies[k];
+    } else {
+      r.final = make_reply(451, "4.4.2",
+                           "<" + sanitize(r.address, 200) +
+                               "> Connection to the mailbox node lost during delivery, try "
+                               "again later");
+    }
+  }
+  if (outcome.failure != Failure::none) {
+    spdlog::warn("session={} lmtp island={} node={}: failed during DATA: {}; {} recipients "
+                 "deferred",
+                 record_.id, txn.island, txn.node, outcome.detail,
+                 txn.recipients.size() - std::min(txn.recipients.size(), outcome.replies.size()));
+    if (auto state = runtime_->topology->state_of(txn.node)) state->report_failure(Clock::now());
+  }
+}
+
+// Each island's delivery runs on its own; the writer sends the replies in
+// RCPT order (RFC 2033 section 4.2) as soon as each prefix of them is known:
+// a recipient on a fast island is not held for a slow one (every second
+// held widens the window in which an MTA that gives up re-sends a message
+// already delivered).
+asio::awaitable<bool> LmtpSession::deliver_and_answer() {
   auto executor = co_await asio::this_coro::executor;
-  std::vector<IslandTxn*> active;
-  for (auto& txn : txns_)
-    if (txn.client && !txn.recipients.empty()) active.push_back(&txn);
-  auto send = [this](IslandTxn& txn) { return deliver_to(txn); };
-  std::vector<backends::DataOutcome> outcomes;
-  if (active.size() == 1) {
-    outcomes.push_back(co_await send(*active.front()));
-  } else if (!active.empty()) {
-    using Op = decltype(asio::co_spawn(executor, send(*active.front()), asio::deferred));
-    std::vector<Op> ops;
-    for (IslandTxn* txn : active) ops.push_back(asio::co_spawn(executor, send(*txn), asio::deferred));
-    auto [order, errors, results] =
-        co_await make_parallel_group(std::move(ops)).async_wait(wait_for_all(), asio::use_awaitable);
-    outcomes = std::move(results);
-    for (std::size_t i = 0; i < errors.size(); ++i) {
-      if (errors[i]) {  // a bug: treat that island as failed, never as delivered
-        outcomes[i].failure = Failure::node_protocol;
-        outcomes[i].detail = "internal error";
-        outcomes[i].replies.clear();
-      }
-    }
+  asio::steady_timer wake(executor, Clock::time_point::max());
+  std::size_t running = 0;
+  std::uint64_t events = 0;
+  for (auto& txn : txns_) {
+    if (!txn.client || txn.recipients.empty()) continue;
+    ++running;
+    IslandTxn* t = &txn;
+    asio::co_spawn(executor, deliver_to(txn),
+                   [this, t, &running, &events, &wake](std::exception_ptr e,
+                                                        backends::DataOutcome outcome) {
+                     if (e) {  // a bug: that island failed, never delivered
+                       outcome = {};
+                       outcome.failure = Failure::node_protocol;
+                       outcome.detail = "internal error";
+                       outcome.message_started = true;
+                     }
+                     settle(*t, outcome);
+                     --running;
+                     ++events;
+                     wake.cancel();
+                   });
   }
-  for (std::size_t i = 0; i < active.size(); ++i) {
-    IslandTxn& txn = *active[i];
-    const auto& outcome = outcomes[i];
-    for (std::size_t k = 0; k < txn.recipients.size(); ++k) {
-      auto& r = recipients_[txn.recipients[k]];
-      if (k < outcome.replies.size()) {
-        r.final = outcome.replies[k];
-      } else {
-        r.final = make_reply(451, "4.4.2",
-                             "<" + sanitize(r.address, 200) +
-                                 "> Connection to the mailbox node lost during delivery, try "
-                                 "again later");
-      }
+  std::size_t next = 0;
+  bool client_ok = true;
+  std::uint64_t seen = 0;
+  for (;;) {
+    seen = events;
+    if (running == 0)
+      for (auto& r : recipients_)
+        if (!r.final)
+          r.final = make_reply(451, "4.3.0", "<" + sanitize(r.address, 200) +
+                                                 "> Not delivered, try again later");
+    std::string batch;
+    while (next < recipients_.size() && recipients_[next].final) {
+      batch += recipients_[next].final->format() + "\r\n";
+      ++next;
     }
-    if (outcome.failure != Failure::none) {
-      spdlog::warn("session={} lmtp island={} node={}: failed during DATA: {}; {} recipients "
-                   "deferred",
-                   record_.id, txn.island, txn.node, outcome.detail,
-                   txn.recipients.size() - outcome.replies.size());
-      if (auto state = runtime_->topology->state_of(txn.node))
-        state->report_failure(Clock::now());
+    if (!batch.empty() && client_ok) {
+      batch.resize(batch.size() - 2);
+      client_ok = co_await reply(std::move(batch));
     }
+    if (running == 0 && next == recipients_.size()) break;
+    if (events != seen) continue;  // something finished while we wrote
+    wake.expires_at(Clock::time_point::max());
+    co_await wake.async_wait(use_tuple);
   }
-  for (auto& r : recipients_)
-    if (!r.final) r.final = make_reply(451, "4.3.0", "<" + sanitize(r.address, 200) + "> Not delivered, try again later");
+  co_return client_ok;
 }
 
 // One island's delivery. A node lost before any byte of the message reached
@@ -537,11 +659,29 @@ asio::awaitable<backends::DataOutcome> LmtpSession::deliver_to(IslandTxn& txn) {
               "> The mailbox node lost its island's active role, try again later"));
     return fenced_outcome;
   };
+  // What the node said it takes: a message over its SIZE (RFC 1870) is
+  // refused for its recipients here (Cyrus answers one 552 for all of
+  // them, breaking RFC 2033); 8-bit content to a node without 8BITMIME
+  // cannot go unconverted (RFC 6152): 554 5.6.3.
+  auto refuse_all = [this, &txn](int code, const char* enhanced, std::string_view why) {
+    backends::DataOutcome refused;
+    for (std::size_t k = 0; k < txn.recipients.size(); ++k)
+      refused.replies.push_back(make_reply(
+          code, enhanced,
+          "<" + sanitize(recipients_[txn.recipients[k]].address, 200) + "> " + std::string(why)));
+    return refused;
+  };
   for (;;) {
     if (!fenced(txn).empty()) co_return fence({}, false);
-    auto outcome = co_await txn.client->send_data(spool_, txn.recipients.size(),
+    if (const auto limit = txn.client->size_limit();
+        limit != 0 && spool_.size() + received_.size() > limit)
+      co_return refuse_all(552, "5.3.4", fmt::format("Message too big for the mailbox node "
+                                                     "(its limit is {} bytes)", limit));
+    if ((eight_bit_ || content_8bit_) && !txn.client->offers("8BITMIME"))
+      co_return refuse_all(554, "5.6.3", "8-bit message, and the mailbox node takes 7-bit only");
+    auto outcome = co_await txn.client->send_data(spool_, received_, txn.recipients.size(),
                                                   config_.timeouts.lmtp_command,
-                                                  config_.timeouts.lmtp_data);
+                                                  config_.timeouts.lmtp_final);
     if (outcome.message_started) outcome = fence(std::move(outcome), true);
     if (outcome.failure == Failure::none || outcome.message_started) co_return outcome;
     spdlog::warn("session={} lmtp island={} node={}: lost before the message ({}); moving to the "
@@ -550,6 +690,7 @@ asio::awaitable<backends::DataOutcome> LmtpSession::deliver_to(IslandTxn& txn) {
     txn.client->close();
     txn.client.reset();
     txn.lease.release();
+    txn.slot.release();
     bool reopened = co_await open_txn(txn);
     if (!reopened) co_return backends::DataOutcome{};  // open_txn gave every recipient a 451
     if (txn.recipients.empty()) co_return backends::DataOutcome{};
@@ -575,6 +716,8 @@ void LmtpSession::reset_transaction() {
   mail_from_.clear();
   declared_size_ = 0;
   eight_bit_ = false;
+  content_8bit_ = false;
+  received_.clear();
   spool_.clear();
 }
 

@@ -36,10 +36,32 @@ class LmtpSession final : public Session {
     std::size_t txn;      // its island transaction (index in txns_)
     std::optional<backends::SmtpReply> final;  // known before DATA (its node was lost)
   };
+  // One of this instance's LMTP connections to a node (lmtp.max_node_connections).
+  struct NodeSlot {
+    std::shared_ptr<backends::NodeState> state;
+    NodeSlot() = default;
+    explicit NodeSlot(std::shared_ptr<backends::NodeState> s) : state(std::move(s)) {}
+    NodeSlot(NodeSlot&& other) noexcept : state(std::move(other.state)) {}
+    NodeSlot& operator=(NodeSlot&& other) noexcept {
+      if (this != &other) {
+        release();
+        state = std::move(other.state);
+      }
+      return *this;
+    }
+    NodeSlot(const NodeSlot&) = delete;
+    NodeSlot& operator=(const NodeSlot&) = delete;
+    ~NodeSlot() { release(); }
+    void release() {
+      if (state) state->give_back_lmtp_connection();
+      state.reset();
+    }
+  };
   struct IslandTxn {
     std::string island;
     std::string node;  // current node's name
     backends::NodeLease lease;
+    NodeSlot slot;
     std::unique_ptr<backends::LmtpNodeClient> client;
     std::vector<std::size_t> recipients;  // accepted on the current node, in RCPT order
     std::vector<std::string> tried;       // nodes tried in this transaction
@@ -48,6 +70,10 @@ class LmtpSession final : public Session {
     // on `node` (0: a balance island). A node that no longer holds the role
     // under it is fenced: it delivers nothing more (docs/lmtp.md).
     std::uint64_t epoch = 0;
+    // A node refused the transaction for good (MAIL answered 5xx, e.g.
+    // 552 5.3.4 for SIZE=): every recipient of the island gets it.
+    std::optional<backends::SmtpReply> refusal;
+    bool congested = false;  // every node was at lmtp.max_node_connections
   };
 
   boost::asio::awaitable<bool> serve();
@@ -61,8 +87,15 @@ class LmtpSession final : public Session {
   boost::asio::awaitable<bool> open_txn(IslandTxn& txn);
   boost::asio::awaitable<std::optional<backends::SmtpReply>> rcpt_on_node(IslandTxn& txn,
                                                                           const std::string& user);
-  boost::asio::awaitable<void> deliver();
+  // The message to every island's node at once; each recipient's reply is
+  // written as soon as it and every reply before it (RCPT order) is known.
+  // False if the MTA could not be written to.
+  boost::asio::awaitable<bool> deliver_and_answer();
   boost::asio::awaitable<backends::DataOutcome> deliver_to(IslandTxn& txn);
+  // The final replies of `txn`'s recipients from its node's outcome.
+  void settle(IslandTxn& txn, const backends::DataOutcome& outcome);
+  // The Received: line Isthmus adds (RFC 5321 section 4.4).
+  std::string received_line() const;
   void reset_transaction();
   // Why `txn`'s node may no longer deliver (it lost its island's role, or
   // the epoch moved on since the transaction opened), or "" if it may.
@@ -79,6 +112,8 @@ class LmtpSession final : public Session {
   std::string mail_from_;     // the reverse path
   std::uint64_t declared_size_ = 0;  // MAIL SIZE=, 0 if none
   bool eight_bit_ = false;           // MAIL BODY=8BITMIME
+  bool content_8bit_ = false;        // the message holds octets over 127
+  std::string received_;             // this message's Received: line
   std::vector<Recipient> recipients_;  // those answered 250 at RCPT
   std::vector<IslandTxn> txns_;
   MessageSpool spool_;

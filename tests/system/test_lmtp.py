@@ -141,7 +141,8 @@ class LmtpCase(unittest.TestCase):
         c = RawLmtp((ix or self.ix).port("lmtp"), source=source)
         self.addCleanup(c.close)
         if greet:
-            self.assertEqual(c.greeting(), GREETING)
+            # The instance's token follows: an Isthmus reaching itself sees so.
+            self.assertRegex(c.greeting(), re.escape(GREETING) + rb" \(isthmus-[a-z2-7]{24}\)$")
         return c
 
     def begin(self, c: RawLmtp, rcpts, mail=f"MAIL FROM:<{SENDER}>"):
@@ -209,13 +210,18 @@ class Dialogue(LmtpCase):
         self.assertEqual(sid, wait_for(lambda: session_of(self.ix, port), what="the end line"))
         # Each recipient's copy in its own island's store only, byte for byte.
         for user, home, other, names in (
-                ("alice@example.org", "a", "b", [b"Return-Path", b"Received"]),
-                ("carol@example.org", "a", "b", [b"Return-Path", b"Received"]),
-                ("bob@example.org", "b", "a", [b"Return-Path", b"Delivered-To", b"Received"])):
+                ("alice@example.org", "a", "b", [b"Return-Path", b"Received", b"Received"]),
+                ("carol@example.org", "a", "b", [b"Return-Path", b"Received", b"Received"]),
+                ("bob@example.org", "b", "a",
+                 [b"Return-Path", b"Delivered-To", b"Received", b"Received"])):
             stored = copies(home, user, tok)
             self.assertEqual(len(stored), 1, user)
             self.assertEqual(copies(other, user, tok), [], user)
-            self.assertEqual(prepended(stored[0], raw)[0], names, user)
+            # Dovecot's lines, then Isthmus' own Received: (the hop count).
+            names_found, head = prepended(stored[0], raw)
+            self.assertEqual(names_found, names, user)
+            self.assertRegex(head, rb"\nReceived: from \S+ \(127\.0\.0\.1\)\r?\n\tby isthmus\.lab\.test "
+                                   rb"\(Isthmus\) with LMTP id [a-z2-7]{12};")
 
     def test_pipelined_transaction_in_one_write(self):
         tok = token()
@@ -269,7 +275,7 @@ class Dialogue(LmtpCase):
         stored = copies("b", "bob@example.org", tok)
         self.assertEqual(len(stored), 1)
         self.assertEqual(prepended(stored[0], content)[0],
-                         [b"Return-Path", b"Delivered-To", b"Received"])
+                         [b"Return-Path", b"Delivered-To", b"Received", b"Received"])
 
     def test_a_bare_lf_never_ends_the_message(self):
         tok = token()
@@ -289,7 +295,7 @@ class Dialogue(LmtpCase):
         # content lines, not stuffing and not an end.
         expected = f"Subject: bare {tok}\r\n\r\nline one\r\n.\r\nstill content\r\n.\r\nmore\r\n"
         self.assertEqual(prepended(stored[0], expected.encode())[0],
-                         [b"Return-Path", b"Delivered-To", b"Received"])
+                         [b"Return-Path", b"Delivered-To", b"Received", b"Received"])
 
     def test_eight_bit_content_byte_exact(self):
         tok = token()
@@ -626,10 +632,10 @@ class PostfixThroughIsthmus(LmtpCase):
             self.assertEqual(len(stored), 1, user)
             self.assertEqual(copies(other, user, self.tok), [], user)
             names, head = prepended(stored[0], self.raw_message)
-            # Dovecot's Return-Path/Delivered-To/Received, then Postfix's
-            # Received; Delivered-To only where the node's transaction had
-            # one recipient (bob alone on b).
-            expected = [b"Return-Path", b"Received", b"Received"]
+            # Dovecot's Return-Path/Delivered-To/Received, then Isthmus' and
+            # Postfix's Received; Delivered-To only where the node's
+            # transaction had one recipient (bob alone on b).
+            expected = [b"Return-Path", b"Received", b"Received", b"Received"]
             if home == "b":
                 expected.insert(1, b"Delivered-To")
             self.assertEqual(names, expected, user)
@@ -873,8 +879,12 @@ class NodeFaults(LmtpCase):
         conns = self.new_connections("b-left") + self.new_connections("b-right")
         self.assertEqual(len(conns), 1, conns)
         self.assertTrue(conns[0].cut)
-        self.assertEqual(bytes(conns[0].up_data).split(b"DATA\r\n", 1)[1],
-                         lmtp_stuff(raw)[:2000])
+        sent = bytes(conns[0].up_data).split(b"DATA\r\n", 1)[1]
+        ours, _, rest = sent.partition(b"\r\n\t")  # Isthmus' Received: comes first
+        self.assertTrue(ours.startswith(b"Received: from "), sent[:100])
+        rest = rest.split(b"\r\n", 2)[2]  # the rest of its three lines
+        self.assertEqual(rest, lmtp_stuff(raw)[:len(rest)])
+        self.assertGreater(len(rest), 1500)
         time.sleep(0.3)
         self.assertEqual(copies("b", "bob@example.org", tok), [])
         self.assertEqual(copies("b", "dave@example.org", tok), [])
@@ -883,7 +893,7 @@ class NodeFaults(LmtpCase):
                                              r"2 recipients deferred")
 
     def test_a_node_stalled_during_data_defers_its_recipients_only(self):
-        self.start(gated=("b-left", "b-right"), lmtp_data="1s")
+        self.start(gated=("b-left", "b-right"), lmtp_final="1s")
         for name in LAB.islands["b"]:
             self.gates[name].stall_after(2000, after=b"DATA\r\n")
             self.addCleanup(self.gates[name].cut_all)
@@ -897,7 +907,7 @@ class NodeFaults(LmtpCase):
         elapsed = time.monotonic() - started
         self.assertEqual(replies[0], LOST % b"bob@example.org")
         self.assert_saved(replies[1:], ["alice@example.org"])
-        self.assertTrue(0.9 < elapsed < 4, elapsed)  # timeouts.lmtp_data
+        self.assertTrue(0.9 < elapsed < 4, elapsed)  # timeouts.lmtp_final
         conns = self.new_connections("b-left") + self.new_connections("b-right")
         self.assertEqual(len(conns), 1, conns)
         self.assertTrue(conns[0].stalled)
@@ -960,7 +970,7 @@ class FakeNodes(unittest.TestCase):
     def client(self, source=None) -> RawLmtp:
         c = RawLmtp(self.ix.port("lmtp"), source=source)
         self.addCleanup(c.close)
-        self.assertEqual(c.greeting(), b"220 isthmus.test LMTP Isthmus ready")
+        self.assertRegex(c.greeting(), rb"^220 isthmus.test LMTP Isthmus ready \(isthmus-")
         self.assertEqual(c.lhlo()[:3], b"250")
         return c
 
@@ -1016,7 +1026,7 @@ class FakeNodes(unittest.TestCase):
     def test_a_node_that_never_answers_the_final_dot(self):
         a = FakeLmtpNode(end="hang")
         b = FakeLmtpNode()
-        self.setup([a], [b], timeouts={"lmtp_data": "1500ms"})
+        self.setup([a], [b], timeouts={"lmtp_final": "1500ms"})
         started = time.monotonic()
         replies = self.transaction(["u1@example.org", "v1@example.org", "u2@example.org"])
         elapsed = time.monotonic() - started
@@ -1042,10 +1052,10 @@ class FakeNodes(unittest.TestCase):
 
     def test_a_node_that_stops_reading_the_message(self):
         # 12 MB: more than the socket buffers hold, so Isthmus' write blocks
-        # (timeouts.lmtp_data bounds it; it also bounds reading the message
-        # from us and the other node's reading it, hence not shorter).
+        # (timeouts.lmtp_final bounds it; it also bounds the other node's
+        # reading it, hence not shorter).
         self.setup([FakeLmtpNode(in_data="hang")], [FakeLmtpNode()],
-                   timeouts={"lmtp_data": "3s"})
+                   timeouts={"lmtp_final": "3s"})
         content = b"Subject: x\r\n\r\n" + (b"z" * 998 + b"\r\n") * 12000
         c = self.client()
         self.assertEqual(c.command(f"MAIL FROM:<{SENDER}>"), SENDER_OK)
@@ -1161,7 +1171,7 @@ class FakeNodes(unittest.TestCase):
         content = (b"Subject: stuffing\r\n\r\n.\r\n..two\r\n.x\r\nbare\nlf\n.\nend\r\n"
                    b"lone\rcr\r\n")
         c = self.client(source="127.0.0.5")
-        self.assertEqual(c.command(f"MAIL FROM:<{SENDER}> SIZE=77 BODY=8BITMIME"), SENDER_OK)
+        self.assertEqual(c.command(f"MAIL FROM:<{SENDER}> SIZE=77 BODY=7BIT"), SENDER_OK)
         self.assertEqual(c.command("RCPT TO:<U1>"), RCPT_OK)
         self.assertEqual(c.command("DATA"), GO_AHEAD)
         wire = lmtp_stuff(content)
@@ -1169,14 +1179,34 @@ class FakeNodes(unittest.TestCase):
         c.send(wire)
         self.assertEqual(c.reply(), b"250 2.0.0 <u1@example.org> fake saved")
         # The whole conversation, byte for byte: no XCLIENT (not offered),
-        # SIZE passed on (offered), BODY not (8BITMIME not offered), the
-        # user normalised, the data dot-stuffed again with every bare LF a
+        # SIZE passed on (offered), the user normalised, Isthmus' Received:
+        # first, the data dot-stuffed again with every bare LF and bare CR a
         # CR LF (so "LF . LF" became a line with one dot).
         expected_content = (b"Subject: stuffing\r\n\r\n.\r\n..two\r\n.x\r\nbare\r\nlf\r\n.\r\n"
-                            b"end\r\nlone\rcr\r\n")
-        self.assertEqual(plain_node.received[0],
-                         b"LHLO isthmus.test\r\nMAIL FROM:<sender@example.net> SIZE=77\r\n"
-                         b"RCPT TO:<u1@example.org>\r\nDATA\r\n" + lmtp_stuff(expected_content))
+                            b"end\r\nlone\r\ncr\r\n")
+        head, received, data = re.match(
+            rb"(.*?DATA\r\n)(Received: from mta\.example\.net \(127\.0\.0\.5\)\r\n\tby isthmus\.test "
+            rb"\(Isthmus\) with LMTP id [a-z2-7]{12};\r\n\t[^\r]+\r\n)(.*)", plain_node.received[0],
+            re.S).groups()
+        self.assertEqual(head, b"LHLO isthmus.test\r\nMAIL FROM:<sender@example.net> SIZE=77\r\n"
+                               b"RCPT TO:<u1@example.org>\r\nDATA\r\n")
+        self.assertEqual(data, lmtp_stuff(expected_content))
+
+    def test_eight_bit_content_needs_a_node_that_takes_it(self):
+        # RFC 6152: 8-bit content must not reach a node that did not say
+        # 8BITMIME, declared (BODY=8BITMIME) or found in the message.
+        seven_bit = FakeLmtpNode(extensions=["PIPELINING", "ENHANCEDSTATUSCODES"])
+        eight_bit = FakeLmtpNode()  # Dovecot's extensions, 8BITMIME included
+        self.setup([seven_bit], [eight_bit])
+        for body, content in (("BODY=8BITMIME", b"Subject: x\r\n\r\nplain\r\n"),
+                              ("", "Subject: x\r\n\r\nJ\u00fcrgen\r\n".encode())):
+            with self.subTest(body=body):
+                replies = self.transaction(["u1@example.org", "v1@example.org"], content,
+                                           mail=f"MAIL FROM:<{SENDER}> {body}".rstrip())
+                self.assertEqual(replies, [b"554 5.6.3 <u1@example.org> 8-bit message, and the "
+                                           b"mailbox node takes 7-bit only",
+                                           b"250 2.0.0 <v1@example.org> fake saved"])
+        self.assertFalse(any(b"DATA" in r for r in seven_bit.received))
 
     def test_xclient_carries_the_mtas_address_helo_and_session(self):
         node = FakeLmtpNode()  # Dovecot's extensions, XCLIENT included

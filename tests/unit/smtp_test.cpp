@@ -76,26 +76,35 @@ TEST_CASE("bare LF never ends the data (SMTP smuggling) and becomes CR LF") {
   CHECK_FALSE(g.done);
 }
 
-TEST_CASE("lone CRs pass unchanged") {
+TEST_CASE("bare CRs become CR LF, like bare LFs, and never end the data") {
   auto d = decode("a\rb\r\r\n.x\r.\r\n.\r\n");
   CHECK(d.done);
-  CHECK(d.content == "a\rb\r\r\nx\r.\r\n");
+  CHECK(d.content == "a\r\nb\r\n\r\nx\r\n.\r\n");
+  // The smuggling shape with CRs: "\r.\r" is content, and reaches a node
+  // dot-stuffed, so a node that ends lines at a lone CR sees no end either.
+  auto e = decode("a\r.\rMAIL FROM:<evil>\r\n.\r\n");
+  CHECK(e.done);
+  CHECK(e.content == "a\r\n.\r\nMAIL FROM:<evil>\r\n");
+  std::string wire;
+  DataStuffer stuffer;
+  stuffer.stuff(e.content, wire);
+  CHECK(wire == "a\r\n..\r\nMAIL FROM:<evil>\r\n");
+  CHECK(wire.find('\r') == wire.find("\r\n"));  // no CR without its LF
 }
 
 TEST_CASE("stuffing for the node undoes the decoding exactly") {
   std::mt19937 rng(99);
   const std::string alphabet = "ab.\r\n";
   for (int round = 0; round < 2000; ++round) {
-    // Content as the decoder delivers it: ends with CR LF, no bare LF.
+    // Content as the decoder delivers it: ends with CR LF, no bare CR or LF.
     std::string content;
     int lines = static_cast<int>(rng() % 6);
     for (int l = 0; l < lines; ++l) {
       int len = static_cast<int>(rng() % 5);
       for (int i = 0; i < len; ++i) {
-        char c = "ab.\r"[rng() % 4];
+        char c = "ab.x"[rng() % 4];
         content += c;
       }
-      if (!content.empty() && content.back() == '\r') content += 'x';
       content += "\r\n";
     }
     std::string wire;
