@@ -37,7 +37,17 @@ class Problems {
   bool empty() const { return list_.empty(); }
   [[noreturn]] void raise() const {
     std::string all;
-    for (const auto& p : list_) all += p + "\n";
+    // A problem may quote the config's own bytes (a key, a value, the JSON
+    // parser's "last read"): control bytes are shown escaped, never sent
+    // raw to the operator's terminal or log.
+    for (const auto& p : list_) {
+      for (char c : p) {
+        auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f) all += fmt::format("\\x{:02x}", u);
+        else all += c;
+      }
+      all += "\n";
+    }
     if (!all.empty()) all.pop_back();
     throw ConfigError(all);
   }
