@@ -256,6 +256,15 @@ ParseResult CommandParser::parse(std::string& buffer) {
       }
       return result;  // need_more
     case Scan::bad: {
+      // A line that was already too long before its bad byte is fatal, as
+      // it is when the same bytes arrive in smaller segments (the limit is
+      // then hit while the line is incomplete): the verdict must not
+      // depend on how TCP cut the stream.
+      if (c.text_bytes > limits_.max_line || c.pos - c.literal_bytes > limits_.max_line + 2) {
+        result.event = ParseEvent::fatal;
+        result.message = "Line too long";
+        return result;
+      }
       result.event = ParseEvent::bad;
       result.tag = command.tag.empty() ? "*" : command.tag;
       result.message = c.message;

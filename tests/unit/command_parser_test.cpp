@@ -279,3 +279,28 @@ TEST_CASE("random input never crashes and always makes progress or waits") {
     }
   }
 }
+
+TEST_CASE("a too-long line is fatal however it is cut, also when it turns bad later (fuzz finding)") {
+  // The tag alone is past the line limit, then comes a byte that makes the
+  // line bad. In one segment the parser used to answer BAD and go on; byte
+  // by byte it hit the limit first and closed. Both must close.
+  const ParseLimits small{200, 100};
+  const std::string input = "a" + std::string(300, 'x') + "\"cmd\r\n";
+  CommandParser parser(small);
+  std::string buffer = input;
+  auto r = parser.parse(buffer);
+  CHECK(r.event == ParseEvent::fatal);
+  auto fed = feed_bytewise(input, small);
+  REQUIRE(!fed.events.empty());
+  CHECK(fed.events.back() == ParseEvent::fatal);
+  // A long quoted string that ends in a bare CR: the same.
+  const std::string quoted = "a LOGIN \"" + std::string(300, 'q') + "\r\n";
+  CommandParser p2(small);
+  buffer = quoted;
+  CHECK(p2.parse(buffer).event == ParseEvent::fatal);
+  // Short bad lines stay BAD (and the session goes on).
+  CommandParser p3(small);
+  buffer = "a\"cmd\r\nb NOOP\r\n";
+  CHECK(p3.parse(buffer).event == ParseEvent::bad);
+  CHECK(p3.parse(buffer).event == ParseEvent::command);
+}
