@@ -61,6 +61,12 @@ std::optional<PathArgument> parse_path_argument(std::string_view argument, std::
       return std::nullopt;
     }
     address.remove_prefix(colon + 1);
+    // "<@a:@b>": what is left must be a mailbox, not another route (it
+    // would be refused without the route before it).
+    if (!address.empty() && address.front() == '@') {
+      error = "Syntax: bad source route";
+      return std::nullopt;
+    }
   }
   if (std::any_of(address.begin(), address.end(), [](char c) {
         auto u = static_cast<unsigned char>(c);

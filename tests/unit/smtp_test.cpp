@@ -174,3 +174,13 @@ TEST_CASE("SMTP replies: codes, enhanced codes, multi-line") {
   // MTA always sees RFC 3463 codes on what Isthmus relays.
   CHECK(no_code.format() == "250 2.0.0 1.2 nothing");
 }
+
+TEST_CASE("a source route must be followed by a mailbox (fuzz finding)") {
+  using namespace isthmus::proxy::lmtp;
+  std::string error;
+  CHECK_FALSE(parse_path_argument("TO:<@a.example:@b.example>", "TO:", error));
+  CHECK(error == "Syntax: bad source route");
+  auto ok = parse_path_argument("TO:<@a.example,@b.example:carol@example.org>", "TO:", error);
+  REQUIRE(ok);
+  CHECK(ok->address == "carol@example.org");
+}
