@@ -31,8 +31,14 @@ void split_enhanced(SmtpReply& reply) {
     if (c == '.') ++dots;
     else if (c < '0' || c > '9') return;
   }
-  if (dots != 2 || word.size() < 5 || word.front() == '.' || word.back() == '.' ||
-      word.find("..") != std::string_view::npos || word[0] - '0' != reply.code / 100)
+  // RFC 3463 section 2: one class digit, then subject and detail of 1 to 3
+  // digits each (a longer "code" is text: passing it on as our enhanced
+  // code would break RFC 2034 for the client).
+  const auto first = word.find('.');
+  const auto second = word.find('.', first + 1);
+  if (dots != 2 || first != 1 || second - first - 1 < 1 || second - first - 1 > 3 ||
+      word.size() - second - 1 < 1 || word.size() - second - 1 > 3 ||
+      word[0] - '0' != reply.code / 100)
     return;
   reply.enhanced = std::string(word);
   reply.text = sp == std::string::npos ? std::string() : t.substr(sp + 1);
