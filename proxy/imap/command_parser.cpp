@@ -36,6 +36,7 @@ struct Cursor {
   std::size_t text_bytes = 0;     // bytes outside literal data
   std::size_t literal_bytes = 0;  // literal data
   std::size_t literal_index = 0;  // synchronising literals seen in this command
+  std::size_t pending_literal = 0;  // data of an incomplete literal, already here
   std::string message;
 
   bool at_end() const { return pos >= in.size(); }
@@ -124,11 +125,15 @@ Scan scan_literal(Cursor& c, const ParseLimits& limits, std::size_t acknowledged
   if (!non_sync) {
     if (c.literal_index >= acknowledged && c.in.size() - c.pos < size) {
       wants_continuation = true;
+      c.pending_literal = c.in.size() - c.pos;
       return Scan::incomplete;
     }
     ++c.literal_index;
   }
-  if (c.in.size() - c.pos < size) return Scan::incomplete;
+  if (c.in.size() - c.pos < size) {
+    c.pending_literal = c.in.size() - c.pos;
+    return Scan::incomplete;
+  }
   out.assign(c.in, c.pos, static_cast<std::size_t>(size));
   if (out.find('\0') != std::string::npos) return c.bad("NUL in literal");
   c.pos += static_cast<std::size_t>(size);
@@ -244,8 +249,11 @@ ParseResult CommandParser::parse(std::string& buffer) {
       result.command = std::move(command);
       return result;
     case Scan::incomplete:
+      // Everything here but literal data counts, wherever the scan
+      // stopped (at the end, or before a last "\\" or CR it cannot judge
+      // yet): the verdict must not depend on how the stream was cut.
       if (c.text_bytes > limits_.max_line ||
-          (c.pos >= buffer.size() && buffer.size() - c.literal_bytes > limits_.max_line + 2)) {
+          buffer.size() - c.literal_bytes - c.pending_literal > limits_.max_line + 2) {
         result.event = ParseEvent::fatal;
         result.message = "Line too long";
         return result;

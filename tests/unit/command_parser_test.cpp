@@ -304,3 +304,25 @@ TEST_CASE("a too-long line is fatal however it is cut, also when it turns bad la
   CHECK(p3.parse(buffer).event == ParseEvent::bad);
   CHECK(p3.parse(buffer).event == ParseEvent::command);
 }
+
+TEST_CASE("a too-long line is fatal even when its last byte is a backslash or CR (fuzz finding)") {
+  // In one segment the scan stopped before the last "\" (or CR) it could
+  // not judge yet and the length check did not count it: need_more, while
+  // the same bytes one at a time had already closed the session.
+  const ParseLimits small{200, 100};
+  for (const std::string& tail : {std::string("\\"), std::string("\r")}) {
+    const std::string input = "b BOGUS \"" + std::string(250, 'I') + tail;
+    CommandParser parser(small);
+    std::string buffer = input;
+    CHECK(parser.parse(buffer).event == ParseEvent::fatal);
+    auto fed = feed_bytewise(input, small);
+    REQUIRE(!fed.events.empty());
+    CHECK(fed.events.back() == ParseEvent::fatal);
+  }
+  // Literal data that is still arriving does not count as line.
+  CommandParser lit(ParseLimits{50, 100});
+  std::string buffer = "a LOGIN {90+}\r\n" + std::string(89, 'x');
+  CHECK(lit.parse(buffer).event == ParseEvent::need_more);
+  buffer += "x\r\n";
+  CHECK(lit.parse(buffer).event == ParseEvent::command);
+}
