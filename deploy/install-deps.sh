@@ -10,6 +10,11 @@ build_packages=(
   libcli11-dev doctest-dev
   libldap-dev libmariadb-dev libcrypt-dev
 )
+# The libFuzzer targets (tests/fuzz/, build/fuzz): clang and its runtime
+# libraries (libFuzzer, ASan, UBSan).
+fuzz_packages=(
+  clang-14 libclang-rt-14-dev
+)
 test_packages=(
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
   python3 python3-prometheus-client curl openssl procps iproute2
@@ -19,7 +24,7 @@ test_packages=(
   mariadb-server mariadb-client
 )
 
-want=("${build_packages[@]}" "${test_packages[@]}")
+want=("${build_packages[@]}" "${fuzz_packages[@]}" "${test_packages[@]}")
 missing=()
 for p in "${want[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
