@@ -43,7 +43,8 @@ std::string query_value(const std::string& query, std::string_view key) {
       std::string value;
       auto raw = item.substr(eq + 1);
       for (std::size_t i = 0; i < raw.size(); ++i) {
-        if (raw[i] == '+') value += ' ';
+        if (raw[i] == '+')
+          value += ' ';
         else if (raw[i] == '%' && i + 2 < raw.size() &&
                  std::isxdigit(static_cast<unsigned char>(raw[i + 1])) &&
                  std::isxdigit(static_cast<unsigned char>(raw[i + 2]))) {
@@ -93,19 +94,30 @@ AdminRequest route_admin_request(bool get, bool post, std::string_view target,
   }
   const std::string what = p.size() > 1 ? p[1] : "";
   using A = AdminAction;
-  if (get && p.size() == 2 && what == "status") r.action = A::status;
-  else if (get && p.size() == 2 && what == "nodes") r.action = A::nodes;
-  else if (get && p.size() == 2 && what == "islands") r.action = A::islands;
-  else if (get && p.size() == 2 && what == "sessions") r.action = A::sessions;
-  else if (get && p.size() == 3 && what == "users") r.action = A::user;
-  else if (post && p.size() == 2 && what == "kick") r.action = A::kick;
-  else if (post && p.size() == 4 && what == "nodes" && p[3] == "drain") r.action = A::drain;
-  else if (post && p.size() == 4 && what == "nodes" && p[3] == "undrain") r.action = A::undrain;
-  else if (post && p.size() == 4 && what == "islands" && p[3] == "promote") r.action = A::promote;
-  else if (post && p.size() == 2 && what == "reload") r.action = A::reload;
+  if (get && p.size() == 2 && what == "status")
+    r.action = A::status;
+  else if (get && p.size() == 2 && what == "nodes")
+    r.action = A::nodes;
+  else if (get && p.size() == 2 && what == "islands")
+    r.action = A::islands;
+  else if (get && p.size() == 2 && what == "sessions")
+    r.action = A::sessions;
+  else if (get && p.size() == 3 && what == "users")
+    r.action = A::user;
+  else if (post && p.size() == 2 && what == "kick")
+    r.action = A::kick;
+  else if (post && p.size() == 4 && what == "nodes" && p[3] == "drain")
+    r.action = A::drain;
+  else if (post && p.size() == 4 && what == "nodes" && p[3] == "undrain")
+    r.action = A::undrain;
+  else if (post && p.size() == 4 && what == "islands" && p[3] == "promote")
+    r.action = A::promote;
+  else if (post && p.size() == 2 && what == "reload")
+    r.action = A::reload;
   else if (post && p.size() == 3 && what == "cache" && p[2] == "invalidate")
     r.action = A::cache_invalidate;
-  else r.action = A::not_found;
+  else
+    r.action = A::not_found;
   return r;
 }
 

@@ -4,9 +4,8 @@
 // server (admin_server.cpp) runs the action; tests and the fuzz target
 // (tests/fuzz/fuzz_admin_request.cpp) call this without sockets.
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -35,8 +34,8 @@ enum class AdminAction : std::uint8_t {
 
 struct AdminRequest {
   AdminAction action = AdminAction::not_found;
-  std::vector<std::string> parts;  // the path, split at '/', each percent-decoded
-  std::string query;               // after '?', raw
+  std::vector<std::string> parts;                  // the path, split at '/', each percent-decoded
+  std::string query;                               // after '?', raw
   nlohmann::json body = nlohmann::json::object();  // POST only; always an object
 
   // A string member of the body, or "".

@@ -8,11 +8,11 @@
 // the path parts, percent-encoded again, route to the same action and parts;
 // a query value, percent-encoded again, decodes to itself.
 
-#include "admin/admin_request.hpp"
-#include "fuzz_check.hpp"
-
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+
+#include "admin/admin_request.hpp"
+#include "fuzz_check.hpp"
 
 namespace beast = boost::beast;
 namespace http = beast::http;
@@ -40,12 +40,24 @@ std::string percent_encode(std::string_view raw, bool plus_for_space) {
 
 std::size_t parts_needed(AdminAction a) {
   switch (a) {
-    case AdminAction::metrics: return 1;
-    case AdminAction::status: case AdminAction::nodes: case AdminAction::islands:
-    case AdminAction::sessions: case AdminAction::kick: case AdminAction::reload: return 2;
-    case AdminAction::user: case AdminAction::cache_invalidate: return 3;
-    case AdminAction::drain: case AdminAction::undrain: case AdminAction::promote: return 4;
-    default: return 0;
+    case AdminAction::metrics:
+      return 1;
+    case AdminAction::status:
+    case AdminAction::nodes:
+    case AdminAction::islands:
+    case AdminAction::sessions:
+    case AdminAction::kick:
+    case AdminAction::reload:
+      return 2;
+    case AdminAction::user:
+    case AdminAction::cache_invalidate:
+      return 3;
+    case AdminAction::drain:
+    case AdminAction::undrain:
+    case AdminAction::promote:
+      return 4;
+    default:
+      return 0;
   }
 }
 
@@ -86,7 +98,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   beast::error_code ec;
   std::size_t used = parser.put(boost::asio::buffer(input.data(), input.size()), ec);
   FUZZ_CHECK(used <= size);
-  if (!ec && parser.is_header_done() && !parser.is_done() && parser.content_length_remaining() == boost::none) {
+  if (!ec && parser.is_header_done() && !parser.is_done() &&
+      parser.content_length_remaining() == boost::none) {
     parser.put_eof(ec);
   }
   if (!ec && parser.is_done()) {

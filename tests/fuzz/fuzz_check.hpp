@@ -10,12 +10,12 @@
 #include <string_view>
 #include <vector>
 
-#define FUZZ_CHECK(cond)                                                               \
-  do {                                                                                 \
-    if (!(cond)) {                                                                     \
+#define FUZZ_CHECK(cond)                                                                   \
+  do {                                                                                     \
+    if (!(cond)) {                                                                         \
       std::fprintf(stderr, "FUZZ_CHECK failed: %s at %s:%d\n", #cond, __FILE__, __LINE__); \
-      std::abort();                                                                    \
-    }                                                                                  \
+      std::abort();                                                                        \
+    }                                                                                      \
   } while (0)
 
 namespace isthmus::fuzz {
@@ -26,7 +26,8 @@ inline std::string_view as_view(const std::uint8_t* data, std::size_t size) {
 
 // Chunk lengths (1..max) covering `total` bytes, drawn from a small PRNG
 // seeded by `seed` (a hash of the input, so the same input cuts the same way).
-inline std::vector<std::size_t> chunk_sizes(std::size_t total, std::uint64_t seed, std::size_t max) {
+inline std::vector<std::size_t> chunk_sizes(std::size_t total, std::uint64_t seed,
+                                            std::size_t max) {
   std::vector<std::size_t> sizes;
   std::uint64_t x = seed | 1;
   while (total > 0) {

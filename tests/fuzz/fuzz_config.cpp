@@ -6,10 +6,10 @@
 // holds raw control bytes beyond its line breaks (it goes to a terminal or
 // a log); an accepted config, loaded again, is accepted again.
 
+#include <filesystem>
+
 #include "config/config_loader.hpp"
 #include "fuzz_check.hpp"
-
-#include <filesystem>
 
 using isthmus::fuzz::as_view;
 

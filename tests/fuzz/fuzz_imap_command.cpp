@@ -10,11 +10,11 @@
 // - every command, serialised again, parses back to the same command;
 // - tags and messages for the client hold no CR/LF (no reply injection).
 
-#include "fuzz_check.hpp"
-#include "proxy/imap/command_parser.hpp"
-
 #include <string>
 #include <vector>
+
+#include "fuzz_check.hpp"
+#include "proxy/imap/command_parser.hpp"
 
 using namespace isthmus::proxy::imap;
 using isthmus::fuzz::as_view;
@@ -94,7 +94,9 @@ std::string serialise(const Command& command) {
     if (token.kind != Token::Kind::list_close && !after_open) out += ' ';
     after_open = token.kind == Token::Kind::list_open;
     switch (token.kind) {
-      case Token::Kind::atom: out += token.value; break;
+      case Token::Kind::atom:
+        out += token.value;
+        break;
       case Token::Kind::quoted:
         out += '"';
         for (char c : token.value) {
@@ -106,8 +108,12 @@ std::string serialise(const Command& command) {
       case Token::Kind::literal:
         out += "{" + std::to_string(token.value.size()) + "+}\r\n" + token.value;
         break;
-      case Token::Kind::list_open: out += '('; break;
-      case Token::Kind::list_close: out += ')'; break;
+      case Token::Kind::list_open:
+        out += '(';
+        break;
+      case Token::Kind::list_close:
+        out += ')';
+        break;
     }
   }
   return out + "\r\n";
@@ -131,7 +137,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // only; larger ones in chunks of 1-3 bytes.
   const auto bytewise = size <= 512 ? run(input, std::vector<std::size_t>(size, 1))
                                     : run(input, isthmus::fuzz::chunk_sizes(size, size, 3));
-  const auto chunked = run(input, isthmus::fuzz::chunk_sizes(size, isthmus::fuzz::hash_bytes(input), 16));
+  const auto chunked =
+      run(input, isthmus::fuzz::chunk_sizes(size, isthmus::fuzz::hash_bytes(input), 16));
 
   const auto reference = significant(whole);
   for (const auto* other : {&bytewise, &chunked}) {

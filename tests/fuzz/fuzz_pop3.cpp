@@ -8,13 +8,13 @@
 // space, exactly; a refusal is classified as one of the known failures, and
 // a line without a [CODE] is always a plain authentication failure.
 
+#include <vector>
+
 #include "backends/pop3_node_login.hpp"
 #include "common/failure.hpp"
 #include "common/strings.hpp"
 #include "fuzz_check.hpp"
 #include "proxy/pop3/pop3_command.hpp"
-
-#include <vector>
 
 using namespace isthmus::proxy::pop3;
 using isthmus::Failure;
@@ -82,7 +82,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view input = as_view(data, size);
   Lines whole = split(input, {size});
   Lines bytewise = split(input, std::vector<std::size_t>(size, 1));
-  Lines chunked = split(input, isthmus::fuzz::chunk_sizes(size, isthmus::fuzz::hash_bytes(input), 32));
+  Lines chunked =
+      split(input, isthmus::fuzz::chunk_sizes(size, isthmus::fuzz::hash_bytes(input), 32));
   // A too-long line may be noticed earlier when bytes come one at a time,
   // but every line taken before is the same.
   for (const Lines* other : {&bytewise, &chunked}) {

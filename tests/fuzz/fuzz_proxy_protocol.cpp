@@ -10,10 +10,10 @@
 // - addresses are of one family; a header written out again from what was
 //   parsed (v1 text, v2 binary) parses to the same addresses.
 
+#include <algorithm>
+
 #include "fuzz_check.hpp"
 #include "proxy/proxy_protocol.hpp"
-
-#include <algorithm>
 
 using namespace isthmus::proxy;
 using isthmus::fuzz::as_view;
@@ -43,7 +43,9 @@ std::string v2_of(const ProxyHeader& h) {
   const std::size_t length = v4 ? 12 : 36;
   out += static_cast<char>(length >> 8);
   out += static_cast<char>(length & 0xff);
-  auto put = [&out](const auto& bytes) { out.append(reinterpret_cast<const char*>(bytes.data()), bytes.size()); };
+  auto put = [&out](const auto& bytes) {
+    out.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  };
   if (v4) {
     put(h.source.address().to_v4().to_bytes());
     put(h.destination.address().to_v4().to_bytes());

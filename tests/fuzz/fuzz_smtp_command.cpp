@@ -36,7 +36,8 @@ void check_path(std::string_view argument, std::string_view prefix) {
   std::string again = std::string(prefix) + "<" + path->address + ">";
   for (const auto& p : path->parameters) {
     FUZZ_CHECK(!p.keyword.empty());
-    FUZZ_CHECK(p.keyword.find(' ') == std::string::npos && p.keyword.find('=') == std::string::npos);
+    FUZZ_CHECK(p.keyword.find(' ') == std::string::npos &&
+               p.keyword.find('=') == std::string::npos);
     FUZZ_CHECK(p.value.find(' ') == std::string::npos);
     for (char c : p.keyword) FUZZ_CHECK(!(c >= 'a' && c <= 'z'));
     again += " " + p.keyword;

@@ -65,8 +65,10 @@ std::string reference_content(std::string_view raw) {
       continue;
     }
     line_start = false;
-    if (c == '\n') out += "\r\n";  // a bare LF
-    else out += c;                 // includes a lone CR
+    if (c == '\n')
+      out += "\r\n";  // a bare LF
+    else
+      out += c;  // includes a lone CR
   }
   return out;
 }

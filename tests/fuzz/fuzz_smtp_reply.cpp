@@ -28,8 +28,10 @@ void check_enhanced(const SmtpReply& reply) {
   if (reply.enhanced.empty()) return;
   int dots = 0;
   for (char c : reply.enhanced) {
-    if (c == '.') ++dots;
-    else FUZZ_CHECK(c >= '0' && c <= '9');
+    if (c == '.')
+      ++dots;
+    else
+      FUZZ_CHECK(c >= '0' && c <= '9');
   }
   FUZZ_CHECK(dots == 2);
   FUZZ_CHECK(reply.enhanced[0] - '0' == reply.code / 100);

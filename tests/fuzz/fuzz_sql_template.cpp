@@ -27,10 +27,14 @@ namespace {
 
 std::string placeholder(Field f) {
   switch (f) {
-    case Field::user: return "%{user}";
-    case Field::localpart: return "%{localpart}";
-    case Field::domain: return "%{domain}";
-    case Field::none: break;
+    case Field::user:
+      return "%{user}";
+    case Field::localpart:
+      return "%{localpart}";
+    case Field::domain:
+      return "%{domain}";
+    case Field::none:
+      break;
   }
   return "";
 }
@@ -92,7 +96,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(parts.localpart + "@" + parts.domain == user);
   else
     FUZZ_CHECK(parts.localpart == user && parts.domain.empty());
-  for (std::size_t i = 0; i < values.size(); ++i) FUZZ_CHECK(values[i] == value_of(parts, s.parameters[i]));
+  for (std::size_t i = 0; i < values.size(); ++i)
+    FUZZ_CHECK(values[i] == value_of(parts, s.parameters[i]));
 
   // The LDAP filter from the same template: only the template decides its
   // structure. (Template text is the operator's: compare with the template
