@@ -3,8 +3,8 @@
 (the ASan+UBSan build in CI) with real Dovecot nodes and scripted
 misbehaving nodes behind it.
 
-    net_fuzz.py [--seed S] [--sessions N] [--parallel P] [--batch B]
-                [--only-session K] [--findings DIR]
+    net_fuzz.py [--seed S] [--sessions N] [--from-session K0] [--parallel P]
+                [--batch B] [--only-session K] [--findings DIR]
 
 Each session is generated from (seed, session number) alone, so a failing
 one replays with --seed S --only-session K. It picks a protocol and a
@@ -112,14 +112,17 @@ class ChaosNode:
         self.seed = seed
         self.protocol = protocol
         self.count = 0
+        self.sent: list[dict] = []  # what each connection was sent (for reproducers)
         node = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self):
                 node.count += 1
                 rng = random.Random(f"{node.seed}-chaos-{node.protocol}-{node.count}")
+                record = {"connection": node.count, "sent": ""}
+                node.sent = node.sent[-199:] + [record]
                 try:
-                    node._serve(self.request, rng)
+                    node._serve(self.request, rng, record)
                 except OSError:
                     pass
 
@@ -135,12 +138,16 @@ class ChaosNode:
         self.server.shutdown()
         self.server.server_close()
 
-    def _serve(self, sock: socket.socket, rng: random.Random):
+    def _serve(self, sock: socket.socket, rng: random.Random, record: dict):
+        def send(data: bytes) -> None:
+            record["sent"] += data.hex()
+            sock.sendall(data)
+
         sock.settimeout(1.0)
         ending = lambda: rng.choice([b"\r\n"] * 6 + [b"\n", b"", b"\r"])  # noqa: E731
         greeting = GREETINGS[self.protocol] if rng.random() < 0.8 else rng.choice(
             REPLIES[self.protocol] + NOISE)
-        sock.sendall(greeting + b"\r\n")
+        send(greeting + b"\r\n")
         buf = b""
         for _ in range(rng.randint(1, 10)):
             try:
@@ -154,7 +161,7 @@ class ChaosNode:
             tag = line.split(b" ", 1)[0] or b"a"
             for _ in range(rng.choice([1, 1, 1, 2, 3])):
                 reply = rng.choice(REPLIES[self.protocol] + NOISE[:1])
-                sock.sendall(reply.replace(b"{tag}", tag) + ending())
+                send(reply.replace(b"{tag}", tag) + ending())
             if rng.random() < 0.04:
                 time.sleep(rng.uniform(0.5, LOGIN + 1))  # past the login deadline
             if rng.random() < 0.08:
@@ -574,6 +581,8 @@ def main() -> int:
     p.add_argument("--parallel", type=int, default=8)
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--only-session", type=int, default=None)
+    p.add_argument("--from-session", type=int, default=0,
+                   help="start at this session number (replaying a batch)")
     p.add_argument("--findings", default=os.path.join(os.getcwd(), "fuzz-net-findings"))
     p.add_argument("--rss-slack-mb", type=int, default=32,
                    help="how far VmRSS may stay above the baseline after a batch")
@@ -635,12 +644,24 @@ def main() -> int:
         def fail(what: str, plan: dict | None = None) -> int:
             os.makedirs(args.findings, exist_ok=True)
             path = os.path.join(args.findings, f"net-{seed}-{plan['session'] if plan else 'batch'}.json")
+            if plan and "plans" in plan:  # a batch: the log does not say which session
+                first = plan["plans"][0]["session"]
+                replay = (f"--seed {seed} --from-session {first} "
+                          f"--sessions {len(plan['plans'])}")
+            elif plan:
+                replay = f"--seed {seed} --only-session {plan['session']}"
+            else:
+                replay = f"--seed {seed}"
             with open(path, "w") as f:
+                # The clients' bytes replay exactly from the seed; the chaos
+                # nodes are seeded per connection in order of arrival, which
+                # parallel sessions change: what they sent is recorded here.
                 json.dump({"what": what, "seed": seed, "plan": plan,
-                           "replay": f"tests/fuzz/net_fuzz.py --seed {seed}" +
-                                     (f" --only-session {plan['session']}" if plan else "")},
+                           "replay": "tests/fuzz/net_fuzz.py " + replay,
+                           "chaos_nodes_sent": {p: c.sent for p, c in chaos.items()}},
                           f, indent=1)
-            print(f"net_fuzz: FINDING (seed {seed}): {what}\n  reproducer: {path}", flush=True)
+            print(f"net_fuzz: FINDING (seed {seed}): {what}\n  reproducer: {path}\n"
+                  f"  replay: ISTHMUS_BIN=... tests/fuzz/net_fuzz.py {replay}", flush=True)
             print(f"--- isthmus log (tail)\n{procs.tail(ix.log_path)}", flush=True)
             return 1
 
@@ -665,7 +686,7 @@ def main() -> int:
         done = 0
 
         sessions = ([args.only_session] if args.only_session is not None
-                    else list(range(args.sessions)))
+                    else list(range(args.from_session, args.from_session + args.sessions)))
         for b0 in range(0, len(sessions), args.batch):
             batch = sessions[b0:b0 + args.batch]
             plans = [plan_session(seed, k, ports) for k in batch]
