@@ -37,12 +37,16 @@ struct Cursor {
   std::size_t literal_bytes = 0;  // literal data
   std::size_t literal_index = 0;  // synchronising literals seen in this command
   std::size_t pending_literal = 0;  // data of an incomplete literal, already here
+  std::size_t decided = 0;  // bad: the bytes it took to know (pos + 1 + look-ahead)
   std::string message;
 
   bool at_end() const { return pos >= in.size(); }
   unsigned char peek() const { return static_cast<unsigned char>(in[pos]); }
 
-  Scan bad(std::string why) {
+  // `look_ahead`: bytes after `pos` that decided it (an escape's second
+  // byte, the byte after a CR).
+  Scan bad(std::string why, std::size_t look_ahead = 0) {
+    decided = pos + 1 + look_ahead;
     message = std::move(why);
     return Scan::bad;
   }
@@ -84,7 +88,7 @@ Scan scan_quoted(Cursor& c, std::string& out) {
     if (ch == '\\') {
       if (c.pos + 1 >= c.in.size()) return Scan::incomplete;
       unsigned char next = static_cast<unsigned char>(c.in[c.pos + 1]);
-      if (next != '"' && next != '\\') return c.bad("Invalid escape in quoted string");
+      if (next != '"' && next != '\\') return c.bad("Invalid escape in quoted string", 1);
       out += static_cast<char>(next);
       c.pos += 2;
       continue;
@@ -115,7 +119,7 @@ Scan scan_literal(Cursor& c, const ParseLimits& limits, std::size_t acknowledged
   ++c.pos;
   std::size_t ending = line_ending_at(c);
   if (ending == std::string::npos) return Scan::incomplete;
-  if (ending == 0) return c.bad("Literal must end its line");
+  if (ending == 0) return c.bad("Literal must end its line", c.peek() == '\r' ? 1 : 0);
   c.pos += ending;
   c.text_bytes += c.pos - start;
   if (size > limits.max_literal || c.literal_bytes + size > 4 * limits.max_literal) {
@@ -167,11 +171,12 @@ Scan scan_command(Cursor& c, const ParseLimits& limits, std::size_t acknowledged
     std::size_t ending = line_ending_at(c);
     if (ending == std::string::npos) return Scan::incomplete;
     if (ending > 0) {
-      if (depth != 0) return c.bad("Unbalanced parentheses");
+      if (depth != 0) return c.bad("Unbalanced parentheses", ending - 1);
       c.pos += ending;
       return Scan::ok;
     }
     unsigned char ch = c.peek();
+    bool separated = false;  // `ch` follows a separator (no line end was looked for there)
     if (ch == ')') {
       if (depth == 0) return c.bad("Unbalanced parentheses");
       --depth;
@@ -182,12 +187,14 @@ Scan scan_command(Cursor& c, const ParseLimits& limits, std::size_t acknowledged
       continue;
     }
     if (need_separator) {
-      if (ch != ' ') return c.bad("Expected a space between arguments");
+      // (A CR here is one not followed by LF: that took a byte more.)
+      if (ch != ' ') return c.bad("Expected a space between arguments", ch == '\r' ? 1 : 0);
       ++c.pos;
       ++c.text_bytes;
       need_separator = false;
       if (c.at_end()) return Scan::incomplete;
       ch = c.peek();
+      separated = true;
     }
     Token token;
     if (ch == '(') {
@@ -207,7 +214,7 @@ Scan scan_command(Cursor& c, const ParseLimits& limits, std::size_t acknowledged
       token.kind = Token::Kind::atom;
       s = scan_atom(c, is_astring_char, token.value);
     } else {
-      return c.bad("Invalid character in arguments");
+      return c.bad("Invalid character in arguments", ch == '\r' && !separated ? 1 : 0);
     }
     if (s != Scan::ok) return s;
     command.args.push_back(std::move(token));
@@ -268,7 +275,8 @@ ParseResult CommandParser::parse(std::string& buffer) {
       // it is when the same bytes arrive in smaller segments (the limit is
       // then hit while the line is incomplete): the verdict must not
       // depend on how TCP cut the stream.
-      if (c.text_bytes > limits_.max_line || c.pos - c.literal_bytes > limits_.max_line + 2) {
+      if (c.text_bytes > limits_.max_line ||
+          c.decided - 1 - c.literal_bytes > limits_.max_line + 2) {
         result.event = ParseEvent::fatal;
         result.message = "Line too long";
         return result;

@@ -326,3 +326,26 @@ TEST_CASE("a too-long line is fatal even when its last byte is a backslash or CR
   buffer += "x\r\n";
   CHECK(lit.parse(buffer).event == ParseEvent::command);
 }
+
+TEST_CASE("a bad byte that needs one more to be known is judged with that byte (fuzz finding)") {
+  // The backslash at offset 202 makes the line too long only once the byte
+  // after it (which makes the escape invalid) is counted: byte by byte the
+  // parser closed, in one segment it answered BAD.
+  const ParseLimits small{200, 100};
+  const std::string input = "x LOGIN \"" + std::string(193, 'p') + "\\Z\"\r\nx2 NOOP\r\n";
+  REQUIRE(input[202] == '\\');
+  CommandParser parser(small);
+  std::string buffer = input;
+  CHECK(parser.parse(buffer).event == ParseEvent::fatal);
+  auto fed = feed_bytewise(input, small);
+  REQUIRE(!fed.events.empty());
+  CHECK(fed.events.back() == ParseEvent::fatal);
+  // One byte shorter, both answer BAD and go on.
+  const std::string shorter = "x LOGIN \"" + std::string(192, 'p') + "\\Z\"\r\nx2 NOOP\r\n";
+  CommandParser p2(small);
+  buffer = shorter;
+  CHECK(p2.parse(buffer).event == ParseEvent::bad);
+  CHECK(p2.parse(buffer).event == ParseEvent::command);
+  CHECK(feed_bytewise(shorter, small).events ==
+        std::vector<ParseEvent>{ParseEvent::bad, ParseEvent::command});
+}
