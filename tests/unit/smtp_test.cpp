@@ -180,6 +180,10 @@ TEST_CASE("a source route must be followed by a mailbox (fuzz finding)") {
   std::string error;
   CHECK_FALSE(parse_path_argument("TO:<@a.example:@b.example>", "TO:", error));
   CHECK(error == "Syntax: bad source route");
+  // A ':' inside a quoted local part does not end a route (fuzz finding:
+  // the cut left an unbalanced quote in the address).
+  CHECK_FALSE(parse_path_argument("TO:<@a\"x:y\"@d.example>", "TO:", error));
+  CHECK(error == "Syntax: bad source route");
   auto ok = parse_path_argument("TO:<@a.example,@b.example:carol@example.org>", "TO:", error);
   REQUIRE(ok);
   CHECK(ok->address == "carol@example.org");
