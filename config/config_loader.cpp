@@ -258,6 +258,14 @@ json parse_json(std::string_view text, Problems& problems) {
     problems.add_raw(fmt::format("{}:{}:{}: {}", problems.source(), line, column, what));
   } catch (const DuplicateKeyCheck::Duplicate& d) {
     problems.add(d.pointer, "duplicate key");
+  } catch (const json::exception& e) {
+    // Not a syntax error but still the text's fault, e.g. out_of_range 406
+    // ("number overflow parsing '1e999'"), which has no place: say so
+    // without the (possibly huge) number.
+    std::string what = e.what();
+    if (auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
+    if (auto quote = what.find(" '"); quote != std::string::npos) what = what.substr(0, quote);
+    problems.add_raw(fmt::format("{}: {}", problems.source(), what));
   }
   problems.raise();
 }

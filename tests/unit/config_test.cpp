@@ -355,3 +355,11 @@ TEST_CASE("problems quote the config's bytes with control bytes escaped (fuzz fi
   CHECK(e.find('\x7f') == std::string::npos);
   for (char c : e) CHECK((static_cast<unsigned char>(c) >= 0x20 || c == '\n'));
 }
+
+TEST_CASE("a number too large for JSON is a config error, not another exception (fuzz finding)") {
+  // nlohmann throws out_of_range (406), not parse_error, for it: that
+  // escaped parse_config as something other than ConfigError.
+  CHECK_THROWS_AS(parse_config(R"({"workers": 1e999})", "test.json", "/etc/isthmus"),
+                  ConfigError);
+  CHECK(error_of(R"({"workers": 1e999})") == "test.json: number overflow parsing");
+}
