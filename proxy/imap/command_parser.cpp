@@ -248,6 +248,14 @@ ParseResult CommandParser::parse(std::string& buffer) {
   bool wants_continuation = false;
   Command command;
   Scan s = scan_command(c, limits_, literals_acknowledged_, wants_continuation, command);
+  // A literal too large is known at the LF after "{n}": the line before it
+  // may already be too long, which cut smaller would have closed first.
+  if ((s == Scan::too_large_sync || s == Scan::too_large_nonsync) &&
+      c.pos - 1 - c.literal_bytes > limits_.max_line + 2) {
+    result.event = ParseEvent::fatal;
+    result.message = "Line too long";
+    return result;
+  }
   switch (s) {
     case Scan::ok:
       buffer.erase(0, c.pos);

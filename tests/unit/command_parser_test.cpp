@@ -349,3 +349,22 @@ TEST_CASE("a bad byte that needs one more to be known is judged with that byte (
   CHECK(feed_bytewise(shorter, small).events ==
         std::vector<ParseEvent>{ParseEvent::bad, ParseEvent::command});
 }
+
+TEST_CASE("a literal refused at the end of a line already too long closes, however it is cut (fuzz finding)") {
+  // "{1171}" is too large (literal_refused, the session goes on) but the
+  // line before it is past max_line: byte by byte the parser had closed
+  // before the "}" arrived.
+  const ParseLimits small{200, 100};
+  const std::string input = "a LOGIN " + std::string(187, 'u') + " {1171}\r\nb NOOP\r\n";
+  CommandParser parser(small);
+  std::string buffer = input;
+  CHECK(parser.parse(buffer).event == ParseEvent::fatal);
+  auto fed = feed_bytewise(input, small);
+  REQUIRE(!fed.events.empty());
+  CHECK(fed.events.back() == ParseEvent::fatal);
+  // A short line with a literal too large is still refused and goes on.
+  CommandParser p2(small);
+  buffer = "a LOGIN u {1171}\r\nb NOOP\r\n";
+  CHECK(p2.parse(buffer).event == ParseEvent::literal_refused);
+  CHECK(p2.parse(buffer).event == ParseEvent::command);
+}
