@@ -75,6 +75,7 @@ Scan scan_atom(Cursor& c, bool (*allowed)(unsigned char), std::string& out) {
 }
 
 Scan scan_quoted(Cursor& c, std::string& out) {
+  const std::size_t start = c.pos;
   ++c.pos;  // the opening quote
   out.clear();
   for (;;) {
@@ -82,7 +83,7 @@ Scan scan_quoted(Cursor& c, std::string& out) {
     unsigned char ch = c.peek();
     if (ch == '"') {
       ++c.pos;
-      c.text_bytes += out.size() + 2;
+      c.text_bytes += c.pos - start;  // bytes on the wire, escapes included
       return Scan::ok;
     }
     if (ch == '\\') {

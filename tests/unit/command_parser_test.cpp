@@ -368,3 +368,19 @@ TEST_CASE("a literal refused at the end of a line already too long closes, howev
   CHECK(p2.parse(buffer).event == ParseEvent::literal_refused);
   CHECK(p2.parse(buffer).event == ParseEvent::command);
 }
+
+TEST_CASE("the line limit counts a quoted string's bytes on the wire, escapes included (fuzz finding)") {
+  // 100 escaped backslashes: 200 bytes on the wire, 100 once decoded. The
+  // limit counted the decoded size when the string was complete, the raw
+  // bytes while it was arriving: accepted in one segment, BYE byte by byte.
+  const ParseLimits small{200, 100};
+  std::string escaped;
+  for (int i = 0; i < 100; ++i) escaped += "\\\\";
+  const std::string input = "a LOGIN \"" + escaped + "\" x\r\n";
+  CommandParser parser(small);
+  std::string buffer = input;
+  CHECK(parser.parse(buffer).event == ParseEvent::fatal);
+  auto fed = feed_bytewise(input, small);
+  REQUIRE(!fed.events.empty());
+  CHECK(fed.events.back() == ParseEvent::fatal);
+}
