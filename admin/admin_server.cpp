@@ -1,5 +1,6 @@
 #include "admin/admin_server.hpp"
 
+#include "admin/admin_request.hpp"
 #include "admin/metrics_text.hpp"
 #include "common/log.hpp"
 #include "common/net.hpp"
@@ -54,66 +55,6 @@ Response reply(const Request& request, http::status status, const json& body) {
 
 Response error(const Request& request, http::status status, std::string text) {
   return reply(request, status, json{{"error", std::move(text)}});
-}
-
-// "/v1/nodes/a-left/drain" -> {"v1", "nodes", "a-left", "drain"}, each
-// percent-decoded; nullopt for a malformed escape.
-std::optional<std::vector<std::string>> split_path(std::string_view target,
-                                                   std::string& query) {
-  auto q = target.find('?');
-  query = q == std::string_view::npos ? "" : std::string(target.substr(q + 1));
-  std::string_view path = target.substr(0, q);
-  std::vector<std::string> parts;
-  std::string part;
-  auto flush = [&] {
-    if (!part.empty()) parts.push_back(std::move(part));
-    part.clear();
-  };
-  for (std::size_t i = 0; i < path.size(); ++i) {
-    char c = path[i];
-    if (c == '/') {
-      flush();
-    } else if (c == '%') {
-      if (i + 2 >= path.size() || !std::isxdigit(static_cast<unsigned char>(path[i + 1])) ||
-          !std::isxdigit(static_cast<unsigned char>(path[i + 2])))
-        return std::nullopt;
-      part += static_cast<char>(std::stoi(std::string(path.substr(i + 1, 2)), nullptr, 16));
-      i += 2;
-    } else {
-      part += c;
-    }
-  }
-  flush();
-  return parts;
-}
-
-// The value of `key` in a query string (percent-decoded; '+' is a space).
-std::string query_value(const std::string& query, std::string_view key) {
-  std::size_t start = 0;
-  while (start <= query.size()) {
-    auto end = query.find('&', start);
-    if (end == std::string::npos) end = query.size();
-    std::string_view item(query.data() + start, end - start);
-    auto eq = item.find('=');
-    if (item.substr(0, eq) == key && eq != std::string_view::npos) {
-      std::string value;
-      auto raw = item.substr(eq + 1);
-      for (std::size_t i = 0; i < raw.size(); ++i) {
-        if (raw[i] == '+') value += ' ';
-        else if (raw[i] == '%' && i + 2 < raw.size() &&
-                 std::isxdigit(static_cast<unsigned char>(raw[i + 1])) &&
-                 std::isxdigit(static_cast<unsigned char>(raw[i + 2]))) {
-          value += static_cast<char>(std::stoi(std::string(raw.substr(i + 1, 2)), nullptr, 16));
-          i += 2;
-        } else {
-          value += raw[i];
-        }
-      }
-      return value;
-    }
-    start = end + 1;
-  }
-  return "";
 }
 
 std::string_view phase_name(proxy::Phase phase) {
@@ -266,50 +207,45 @@ struct AdminServer::Impl {
   }
 
   asio::awaitable<Response> handle(const Request& request, const std::string& peer) {
-    std::string query;
-    auto parts_opt = split_path(request.target(), query);
-    if (!parts_opt) co_return error(request, http::status::bad_request, "malformed path");
-    const auto& parts = *parts_opt;
     const auto method = request.method();
-    const bool get = method == http::verb::get;
-    const bool post = method == http::verb::post;
+    const AdminRequest routed = route_admin_request(
+        method == http::verb::get, method == http::verb::post, request.target(), request.body());
+    const auto& parts = routed.parts;
+    const auto& query = routed.query;
+    auto text = [&routed](const char* key) { return routed.text(key); };
     auto runtime = context.holder->current();
 
-    if (parts.size() == 1 && parts[0] == "metrics" && get) {
-      Response response{http::status::ok, request.version()};
-      response.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-      response.keep_alive(request.keep_alive());
-      response.body() = render_metrics(*runtime, context.version);
-      response.prepare_payload();
-      co_return response;
-    }
-    if (parts.empty() || parts[0] != "v1")
-      co_return error(request, http::status::not_found, "no such resource (try /v1/status)");
-
-    json body = json::object();
-    if (post && !request.body().empty()) {
-      body = json::parse(request.body(), nullptr, false);
-      if (body.is_discarded() || !body.is_object())
+    switch (routed.action) {
+      case AdminAction::malformed_path:
+        co_return error(request, http::status::bad_request, "malformed path");
+      case AdminAction::not_v1:
+        co_return error(request, http::status::not_found, "no such resource (try /v1/status)");
+      case AdminAction::bad_body:
         co_return error(request, http::status::bad_request, "the body must be a JSON object");
+      case AdminAction::metrics: {
+        Response response{http::status::ok, request.version()};
+        response.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+        response.keep_alive(request.keep_alive());
+        response.body() = render_metrics(*runtime, context.version);
+        response.prepare_payload();
+        co_return response;
+      }
+      default:
+        break;
     }
-    auto text = [&body](const char* key) -> std::string {
-      auto it = body.find(key);
-      return it != body.end() && it->is_string() ? it->get<std::string>() : "";
-    };
-
-    const std::string what = parts.size() > 1 ? parts[1] : "";
-    if (what == "status" && get && parts.size() == 2) co_return status(request, *runtime);
-    if (what == "nodes" && get && parts.size() == 2) co_return nodes(request, *runtime);
-    if (what == "islands" && get && parts.size() == 2) co_return islands(request, *runtime);
-    if (what == "sessions" && get && parts.size() == 2) {
+    const AdminAction action = routed.action;
+    if (action == AdminAction::status) co_return status(request, *runtime);
+    if (action == AdminAction::nodes) co_return nodes(request, *runtime);
+    if (action == AdminAction::islands) co_return islands(request, *runtime);
+    if (action == AdminAction::sessions) {
       proxy::SessionFilter filter{query_value(query, "user"), query_value(query, "node"),
                                   query_value(query, "island")};
       co_return reply(request, http::status::ok,
                       json{{"sessions", sessions_json(context.server->sessions(filter))}});
     }
-    if (what == "users" && get && parts.size() == 3)
+    if (action == AdminAction::user)
       co_return co_await user(request, *runtime, parts[2]);
-    if (what == "kick" && post && parts.size() == 2) {
+    if (action == AdminAction::kick) {
       proxy::SessionFilter filter{text("user"), text("node"), text("island")};
       if (filter.user.empty() && filter.node.empty() && filter.island.empty())
         co_return error(request, http::status::bad_request,
@@ -325,13 +261,12 @@ struct AdminServer::Impl {
                                             sanitize(request.body(), 200)));
       co_return reply(request, http::status::ok, json{{"kicked", kicked}});
     }
-    if (what == "nodes" && post && parts.size() == 4 &&
-        (parts[3] == "drain" || parts[3] == "undrain")) {
+    if (action == AdminAction::drain || action == AdminAction::undrain) {
       auto state = runtime->topology->state_of(parts[2]);
       if (!state)
         co_return error(request, http::status::not_found,
                         fmt::format("no node \"{}\"", sanitize(parts[2], 100)));
-      const bool drain = parts[3] == "drain";
+      const bool drain = action == AdminAction::drain;
       state->set_draining(drain);
       log_action(peer, request,
                  drain ? fmt::format("node {} draining: no new sessions; its open sessions ({}) "
@@ -341,9 +276,9 @@ struct AdminServer::Impl {
                                      parts[2]));
       co_return reply(request, http::status::ok, json{{"node", parts[2]}, {"draining", drain}});
     }
-    if (what == "islands" && post && parts.size() == 4 && parts[3] == "promote")
+    if (action == AdminAction::promote)
       co_return promote(request, *runtime, parts[2], text("node"), peer);
-    if (what == "reload" && post && parts.size() == 2) {
+    if (action == AdminAction::reload) {
       std::uint64_t generation = 0;
       std::string problems = context.reload(generation);
       log_action(peer, request,
@@ -352,7 +287,7 @@ struct AdminServer::Impl {
       if (!problems.empty()) co_return error(request, http::status::bad_request, problems);
       co_return reply(request, http::status::ok, json{{"config_generation", generation}});
     }
-    if (what == "cache" && post && parts.size() == 3 && parts[2] == "invalidate") {
+    if (action == AdminAction::cache_invalidate) {
       auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(runtime->directory);
       if (!cache)
         co_return error(request, http::status::conflict, "this directory has no cache");

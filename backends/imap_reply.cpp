@@ -2,6 +2,7 @@
 
 #include "common/strings.hpp"
 
+#include <algorithm>
 #include <cctype>
 
 namespace isthmus::backends {
@@ -65,7 +66,8 @@ ImapReply parse_imap_reply(std::string_view line) {
       parse_status_rest(rest, reply);
     } else {
       reply.status = ImapReply::Status::data;
-      reply.text = std::string(line.substr(2));
+      // "*" alone has no data (substr(2) would throw out of the node login).
+      reply.text = std::string(line.substr(std::min<std::size_t>(2, line.size())));
     }
     return reply;
   }

@@ -33,8 +33,13 @@ std::optional<std::pair<std::string, std::string>> enhanced_of(std::string_view 
     if (c == '.') ++dots;
     else if (c < '0' || c > '9') return std::nullopt;
   }
-  if (dots != 2 || word.size() < 5 || word.front() == '.' || word.back() == '.' ||
-      word.find("..") != std::string_view::npos || word[0] - '0' != code / 100)
+  // RFC 3463 section 2: one class digit, then subject and detail of 1 to 3
+  // digits each (a longer "code" is text: passing it on as our enhanced
+  // code would break RFC 2034 for the client).
+  const auto first = word.find('.');
+  const auto second = word.find('.', first + 1);
+  if (dots != 2 || first != 1 || second - first - 1 < 1 || second - first - 1 > 3 ||
+      word.size() - second - 1 < 1 || word.size() - second - 1 > 3 || word[0] - '0' != code / 100)
     return std::nullopt;
   return std::pair{std::string(word),
                    sp == std::string_view::npos ? std::string() : std::string(text.substr(sp + 1))};

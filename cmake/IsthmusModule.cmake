@@ -23,6 +23,10 @@ target_compile_options(isthmus_build_flags INTERFACE
   # (GCC bugs 105329, 105651) at -O2. ASan and UBSan check those at run time.
   -Wno-maybe-uninitialized -Wno-null-dereference -Wno-mismatched-new-delete
   -Wno-array-bounds -Wno-restrict -Wno-stringop-overflow -Wno-stringop-overread)
+if(CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+  # The -Wno-* list above names GCC warnings clang does not have.
+  target_compile_options(isthmus_build_flags INTERFACE -Wno-unknown-warning-option)
+endif()
 if(ISTHMUS_WERROR)
   target_compile_options(isthmus_build_flags INTERFACE -Werror)
 endif()
@@ -48,6 +52,15 @@ if(ISTHMUS_SANITIZE)
   target_compile_options(isthmus_build_flags INTERFACE
     -fsanitize=${ISTHMUS_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all)
   target_link_options(isthmus_build_flags INTERFACE -fsanitize=${ISTHMUS_SANITIZE})
+endif()
+if(ISTHMUS_FUZZ)
+  # Coverage feedback for libFuzzer in every library; the targets link
+  # -fsanitize=fuzzer themselves (tests/fuzz/CMakeLists.txt).
+  # -fno-sanitize=function: clang 14 cannot assemble UBSan's function
+  # prologue data in coroutines split with coverage instrumentation
+  # ("Cannot represent a difference across sections").
+  target_compile_options(isthmus_build_flags INTERFACE -fsanitize=fuzzer-no-link
+                         -fno-sanitize=function)
 endif()
 target_link_libraries(isthmus_build_flags INTERFACE
   Boost::headers OpenSSL::SSL OpenSSL::Crypto nlohmann_json::nlohmann_json

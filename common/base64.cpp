@@ -67,6 +67,9 @@ std::optional<std::string> decode_base64(std::string_view text) {
       if (d < 0) return std::nullopt;
       v = v << 6 | static_cast<std::uint32_t>(d);
     }
+    // The bits a padded quantum drops must be zero (RFC 4648 section 3.5):
+    // otherwise two texts decode to the same bytes ("QQ==", "QR==").
+    if ((pad == 1 && (v & 0xff) != 0) || (pad == 2 && (v & 0xffff) != 0)) return std::nullopt;
     out += static_cast<char>(v >> 16 & 0xff);
     if (pad < 2) out += static_cast<char>(v >> 8 & 0xff);
     if (pad < 1) out += static_cast<char>(v & 0xff);

@@ -37,7 +37,17 @@ class Problems {
   bool empty() const { return list_.empty(); }
   [[noreturn]] void raise() const {
     std::string all;
-    for (const auto& p : list_) all += p + "\n";
+    // A problem may quote the config's own bytes (a key, a value, the JSON
+    // parser's "last read"): control bytes are shown escaped, never sent
+    // raw to the operator's terminal or log.
+    for (const auto& p : list_) {
+      for (char c : p) {
+        auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f) all += fmt::format("\\x{:02x}", u);
+        else all += c;
+      }
+      all += "\n";
+    }
     if (!all.empty()) all.pop_back();
     throw ConfigError(all);
   }
@@ -248,6 +258,14 @@ json parse_json(std::string_view text, Problems& problems) {
     problems.add_raw(fmt::format("{}:{}:{}: {}", problems.source(), line, column, what));
   } catch (const DuplicateKeyCheck::Duplicate& d) {
     problems.add(d.pointer, "duplicate key");
+  } catch (const json::exception& e) {
+    // Not a syntax error but still the text's fault, e.g. out_of_range 406
+    // ("number overflow parsing '1e999'"), which has no place: say so
+    // without the (possibly huge) number.
+    std::string what = e.what();
+    if (auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
+    if (auto quote = what.find(" '"); quote != std::string::npos) what = what.substr(0, quote);
+    problems.add_raw(fmt::format("{}: {}", problems.source(), what));
   }
   problems.raise();
 }

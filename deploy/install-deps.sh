@@ -17,6 +17,11 @@ build_packages=(
 package_packages=(
   debhelper dpkg-dev lintian systemd man-db prometheus
 )
+# The libFuzzer targets (tests/fuzz/, build/fuzz): clang and its runtime
+# libraries (libFuzzer, ASan, UBSan).
+fuzz_packages=(
+  clang-14 libclang-rt-14-dev
+)
 test_packages=(
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
   python3 python3-prometheus-client curl openssl procps iproute2
@@ -26,7 +31,7 @@ test_packages=(
   mariadb-server mariadb-client
 )
 
-want=("${build_packages[@]}" "${test_packages[@]}" "${package_packages[@]}")
+want=("${build_packages[@]}" "${fuzz_packages[@]}" "${test_packages[@]}" "${package_packages[@]}")
 missing=()
 for p in "${want[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

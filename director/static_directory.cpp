@@ -85,7 +85,13 @@ std::shared_ptr<StaticDirectory> StaticDirectory::parse(std::string_view text,
     } else if (key.size() > 2 && key.substr(0, 2) == "*@") {
       std::string domain(key.substr(2));
       if (rules.lowercase) domain = ascii_lowercase(domain);
-      if (!directory->domains_.emplace(domain, island).second)
+      // Lookups take the domain after a login name's last '@': a domain
+      // that no acceptable login name can end with is a mistake.
+      auto probe = normalise_login("x@" + domain, rules);
+      if (!probe || probe->substr(probe->rfind('@') + 1) != domain)
+        problem(number, fmt::format("\"*@{}\": no login name can have this domain",
+                                    sanitize(domain)));
+      else if (!directory->domains_.emplace(domain, island).second)
         problem(number, fmt::format("a second rule for domain \"{}\"", sanitize(domain)));
     } else if (key.find('*') != std::string_view::npos) {
       problem(number, "wildcards are only \"*\" (default) and \"*@domain\"");

@@ -37,12 +37,17 @@ struct Cursor {
   std::size_t text_bytes = 0;     // bytes outside literal data
   std::size_t literal_bytes = 0;  // literal data
   std::size_t literal_index = 0;  // synchronising literals seen in this command
+  std::size_t pending_literal = 0;  // data of an incomplete literal, already here
+  std::size_t decided = 0;  // bad: the bytes it took to know (pos + 1 + look-ahead)
   std::string message;
 
   bool at_end() const { return pos >= in.size(); }
   unsigned char peek() const { return static_cast<unsigned char>(in[pos]); }
 
-  Scan bad(std::string why) {
+  // `look_ahead`: bytes after `pos` that decided it (an escape's second
+  // byte, the byte after a CR).
+  Scan bad(std::string why, std::size_t look_ahead = 0) {
+    decided = pos + 1 + look_ahead;
     message = std::move(why);
     return Scan::bad;
   }
@@ -71,6 +76,7 @@ Scan scan_atom(Cursor& c, bool (*allowed)(unsigned char), std::string& out) {
 }
 
 Scan scan_quoted(Cursor& c, std::string& out) {
+  const std::size_t start = c.pos;
   ++c.pos;  // the opening quote
   out.clear();
   for (;;) {
@@ -78,13 +84,13 @@ Scan scan_quoted(Cursor& c, std::string& out) {
     unsigned char ch = c.peek();
     if (ch == '"') {
       ++c.pos;
-      c.text_bytes += out.size() + 2;
+      c.text_bytes += c.pos - start;  // bytes on the wire, escapes included
       return Scan::ok;
     }
     if (ch == '\\') {
       if (c.pos + 1 >= c.in.size()) return Scan::incomplete;
       unsigned char next = static_cast<unsigned char>(c.in[c.pos + 1]);
-      if (next != '"' && next != '\\') return c.bad("Invalid escape in quoted string");
+      if (next != '"' && next != '\\') return c.bad("Invalid escape in quoted string", 1);
       out += static_cast<char>(next);
       c.pos += 2;
       continue;
@@ -115,7 +121,7 @@ Scan scan_literal(Cursor& c, const ParseLimits& limits, std::size_t acknowledged
   ++c.pos;
   std::size_t ending = line_ending_at(c);
   if (ending == std::string::npos) return Scan::incomplete;
-  if (ending == 0) return c.bad("Literal must end its line");
+  if (ending == 0) return c.bad("Literal must end its line", c.peek() == '\r' ? 1 : 0);
   c.pos += ending;
   c.text_bytes += c.pos - start;
   if (size > limits.max_literal || c.literal_bytes + size > 4 * limits.max_literal) {
@@ -125,11 +131,15 @@ Scan scan_literal(Cursor& c, const ParseLimits& limits, std::size_t acknowledged
   if (!non_sync) {
     if (c.literal_index >= acknowledged && c.in.size() - c.pos < size) {
       wants_continuation = true;
+      c.pending_literal = c.in.size() - c.pos;
       return Scan::incomplete;
     }
     ++c.literal_index;
   }
-  if (c.in.size() - c.pos < size) return Scan::incomplete;
+  if (c.in.size() - c.pos < size) {
+    c.pending_literal = c.in.size() - c.pos;
+    return Scan::incomplete;
+  }
   out.assign(c.in, c.pos, static_cast<std::size_t>(size));
   if (out.find('\0') != std::string::npos) return c.bad("NUL in literal");
   c.pos += static_cast<std::size_t>(size);
@@ -172,11 +182,12 @@ Scan scan_command(Cursor& c, const ParseLimits& limits, std::size_t acknowledged
     std::size_t ending = line_ending_at(c);
     if (ending == std::string::npos) return Scan::incomplete;
     if (ending > 0) {
-      if (depth != 0) return c.bad("Unbalanced parentheses");
+      if (depth != 0) return c.bad("Unbalanced parentheses", ending - 1);
       c.pos += ending;
       return Scan::ok;
     }
     unsigned char ch = c.peek();
+    bool separated = false;  // `ch` follows a separator (no line end was looked for there)
     if (ch == ')') {
       if (depth == 0) return c.bad("Unbalanced parentheses");
       --depth;
@@ -187,12 +198,14 @@ Scan scan_command(Cursor& c, const ParseLimits& limits, std::size_t acknowledged
       continue;
     }
     if (need_separator) {
-      if (ch != ' ') return c.bad("Expected a space between arguments");
+      // (A CR here is one not followed by LF: that took a byte more.)
+      if (ch != ' ') return c.bad("Expected a space between arguments", ch == '\r' ? 1 : 0);
       ++c.pos;
       ++c.text_bytes;
       need_separator = false;
       if (c.at_end()) return Scan::incomplete;
       ch = c.peek();
+      separated = true;
     }
     Token token;
     if (ch == '(') {
@@ -212,7 +225,7 @@ Scan scan_command(Cursor& c, const ParseLimits& limits, std::size_t acknowledged
       token.kind = Token::Kind::atom;
       s = scan_atom(c, is_astring_char, token.value);
     } else {
-      return c.bad("Invalid character in arguments");
+      return c.bad("Invalid character in arguments", ch == '\r' && !separated ? 1 : 0);
     }
     if (s != Scan::ok) return s;
     command.args.push_back(std::move(token));
@@ -246,6 +259,14 @@ ParseResult CommandParser::parse(std::string& buffer) {
   bool wants_continuation = false;
   Command command;
   Scan s = scan_command(c, limits_, literals_acknowledged_, wants_continuation, command);
+  // A literal too large is known at the LF after "{n}": the line before it
+  // may already be too long, which cut smaller would have closed first.
+  if ((s == Scan::too_large_sync || s == Scan::too_large_nonsync) &&
+      c.pos - 1 - c.literal_bytes > limits_.max_line + 2) {
+    result.event = ParseEvent::fatal;
+    result.message = "Line too long";
+    return result;
+  }
   switch (s) {
     case Scan::ok:
       buffer.erase(0, c.pos);
@@ -254,8 +275,11 @@ ParseResult CommandParser::parse(std::string& buffer) {
       result.command = std::move(command);
       return result;
     case Scan::incomplete:
+      // Everything here but literal data counts, wherever the scan
+      // stopped (at the end, or before a last "\\" or CR it cannot judge
+      // yet): the verdict must not depend on how the stream was cut.
       if (c.text_bytes > limits_.max_line ||
-          (c.pos >= buffer.size() && buffer.size() - c.literal_bytes > limits_.max_line + 2)) {
+          buffer.size() - c.literal_bytes - c.pending_literal > limits_.max_line + 2) {
         result.event = ParseEvent::fatal;
         result.message = "Line too long";
         return result;
@@ -266,6 +290,16 @@ ParseResult CommandParser::parse(std::string& buffer) {
       }
       return result;  // need_more
     case Scan::bad: {
+      // A line that was already too long before its bad byte is fatal, as
+      // it is when the same bytes arrive in smaller segments (the limit is
+      // then hit while the line is incomplete): the verdict must not
+      // depend on how TCP cut the stream.
+      if (c.text_bytes > limits_.max_line ||
+          c.decided - 1 - c.literal_bytes > limits_.max_line + 2) {
+        result.event = ParseEvent::fatal;
+        result.message = "Line too long";
+        return result;
+      }
       result.event = ParseEvent::bad;
       result.tag = command.tag.empty() ? "*" : command.tag;
       result.message = c.message;

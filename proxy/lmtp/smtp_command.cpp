@@ -56,11 +56,20 @@ std::optional<PathArgument> parse_path_argument(std::string_view argument, std::
   // A source route (RFC 5321 section 4.1.2: "@a,@b:user@c") is ignored.
   if (!address.empty() && address.front() == '@') {
     auto colon = address.find(':');
-    if (colon == std::string_view::npos) {
+    // Domains hold no quotes: a ':' after one is inside the mailbox's
+    // quoted local part, not the end of a route.
+    if (colon == std::string_view::npos ||
+        address.substr(0, colon).find('"') != std::string_view::npos) {
       error = "Syntax: bad source route";
       return std::nullopt;
     }
     address.remove_prefix(colon + 1);
+    // "<@a:@b>": what is left must be a mailbox, not another route (it
+    // would be refused without the route before it).
+    if (!address.empty() && address.front() == '@') {
+      error = "Syntax: bad source route";
+      return std::nullopt;
+    }
   }
   if (std::any_of(address.begin(), address.end(), [](char c) {
         auto u = static_cast<unsigned char>(c);

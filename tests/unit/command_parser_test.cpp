@@ -300,4 +300,108 @@ TEST_CASE("malformed and over-long tags are never echoed: the answer is untagged
   fed = feed_bytewise("t1 LOGIN (\r\n");
   REQUIRE(fed.bad_tags.size() == 1);
   CHECK(fed.bad_tags[0] == "t1");
+
+TEST_CASE("a too-long line is fatal however it is cut, also when it turns bad later (fuzz finding)") {
+  // The tag alone is past the line limit, then comes a byte that makes the
+  // line bad. In one segment the parser used to answer BAD and go on; byte
+  // by byte it hit the limit first and closed. Both must close.
+  const ParseLimits small{200, 100};
+  const std::string input = "a" + std::string(300, 'x') + "\"cmd\r\n";
+  CommandParser parser(small);
+  std::string buffer = input;
+  auto r = parser.parse(buffer);
+  CHECK(r.event == ParseEvent::fatal);
+  auto fed = feed_bytewise(input, small);
+  REQUIRE(!fed.events.empty());
+  CHECK(fed.events.back() == ParseEvent::fatal);
+  // A long quoted string that ends in a bare CR: the same.
+  const std::string quoted = "a LOGIN \"" + std::string(300, 'q') + "\r\n";
+  CommandParser p2(small);
+  buffer = quoted;
+  CHECK(p2.parse(buffer).event == ParseEvent::fatal);
+  // Short bad lines stay BAD (and the session goes on).
+  CommandParser p3(small);
+  buffer = "a\"cmd\r\nb NOOP\r\n";
+  CHECK(p3.parse(buffer).event == ParseEvent::bad);
+  CHECK(p3.parse(buffer).event == ParseEvent::command);
+}
+
+TEST_CASE("a too-long line is fatal even when its last byte is a backslash or CR (fuzz finding)") {
+  // In one segment the scan stopped before the last "\" (or CR) it could
+  // not judge yet and the length check did not count it: need_more, while
+  // the same bytes one at a time had already closed the session.
+  const ParseLimits small{200, 100};
+  for (const std::string& tail : {std::string("\\"), std::string("\r")}) {
+    const std::string input = "b BOGUS \"" + std::string(250, 'I') + tail;
+    CommandParser parser(small);
+    std::string buffer = input;
+    CHECK(parser.parse(buffer).event == ParseEvent::fatal);
+    auto fed = feed_bytewise(input, small);
+    REQUIRE(!fed.events.empty());
+    CHECK(fed.events.back() == ParseEvent::fatal);
+  }
+  // Literal data that is still arriving does not count as line.
+  CommandParser lit(ParseLimits{50, 100});
+  std::string buffer = "a LOGIN {90+}\r\n" + std::string(89, 'x');
+  CHECK(lit.parse(buffer).event == ParseEvent::need_more);
+  buffer += "x\r\n";
+  CHECK(lit.parse(buffer).event == ParseEvent::command);
+}
+
+TEST_CASE("a bad byte that needs one more to be known is judged with that byte (fuzz finding)") {
+  // The backslash at offset 202 makes the line too long only once the byte
+  // after it (which makes the escape invalid) is counted: byte by byte the
+  // parser closed, in one segment it answered BAD.
+  const ParseLimits small{200, 100};
+  const std::string input = "x LOGIN \"" + std::string(193, 'p') + "\\Z\"\r\nx2 NOOP\r\n";
+  REQUIRE(input[202] == '\\');
+  CommandParser parser(small);
+  std::string buffer = input;
+  CHECK(parser.parse(buffer).event == ParseEvent::fatal);
+  auto fed = feed_bytewise(input, small);
+  REQUIRE(!fed.events.empty());
+  CHECK(fed.events.back() == ParseEvent::fatal);
+  // One byte shorter, both answer BAD and go on.
+  const std::string shorter = "x LOGIN \"" + std::string(192, 'p') + "\\Z\"\r\nx2 NOOP\r\n";
+  CommandParser p2(small);
+  buffer = shorter;
+  CHECK(p2.parse(buffer).event == ParseEvent::bad);
+  CHECK(p2.parse(buffer).event == ParseEvent::command);
+  CHECK(feed_bytewise(shorter, small).events ==
+        std::vector<ParseEvent>{ParseEvent::bad, ParseEvent::command});
+}
+
+TEST_CASE("a literal refused at the end of a line already too long closes, however it is cut (fuzz finding)") {
+  // "{1171}" is too large (literal_refused, the session goes on) but the
+  // line before it is past max_line: byte by byte the parser had closed
+  // before the "}" arrived.
+  const ParseLimits small{200, 100};
+  const std::string input = "a LOGIN " + std::string(187, 'u') + " {1171}\r\nb NOOP\r\n";
+  CommandParser parser(small);
+  std::string buffer = input;
+  CHECK(parser.parse(buffer).event == ParseEvent::fatal);
+  auto fed = feed_bytewise(input, small);
+  REQUIRE(!fed.events.empty());
+  CHECK(fed.events.back() == ParseEvent::fatal);
+  // A short line with a literal too large is still refused and goes on.
+  CommandParser p2(small);
+  buffer = "a LOGIN u {1171}\r\nb NOOP\r\n";
+  CHECK(p2.parse(buffer).event == ParseEvent::literal_refused);
+  CHECK(p2.parse(buffer).event == ParseEvent::command);
+}
+
+TEST_CASE("the line limit counts a quoted string's bytes on the wire, escapes included (fuzz finding)") {
+  // 100 escaped backslashes: 200 bytes on the wire, 100 once decoded. The
+  // limit counted the decoded size when the string was complete, the raw
+  // bytes while it was arriving: accepted in one segment, BYE byte by byte.
+  const ParseLimits small{200, 100};
+  std::string escaped;
+  for (int i = 0; i < 100; ++i) escaped += "\\\\";
+  const std::string input = "a LOGIN \"" + escaped + "\" x\r\n";
+  CommandParser parser(small);
+  std::string buffer = input;
+  CHECK(parser.parse(buffer).event == ParseEvent::fatal);
+  auto fed = feed_bytewise(input, small);
+  REQUIRE(!fed.events.empty());
+  CHECK(fed.events.back() == ParseEvent::fatal);
 }

@@ -28,6 +28,12 @@ TEST_CASE("base64: round trips and strict decoding") {
   CHECK_FALSE(decode_base64("ab c"));       // whitespace
   CHECK_FALSE(decode_base64("ab$c"));       // outside the alphabet
   CHECK_FALSE(decode_base64("YQ==YQ=="));   // padding before the end
+  // Non-canonical padding bits (fuzz finding): one meaning, one spelling.
+  CHECK(decode_base64("IA==") == std::string(" "));
+  CHECK_FALSE(decode_base64("IO=="));
+  CHECK_FALSE(decode_base64("QR=="));
+  CHECK(decode_base64("QUI=") == std::string("AB"));
+  CHECK_FALSE(decode_base64("QUJ="));
 }
 
 TEST_CASE("sanitize keeps printable ASCII and escapes the rest") {

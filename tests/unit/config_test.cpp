@@ -343,3 +343,23 @@ TEST_CASE("admin config: TCP needs a token file; addresses checked") {
   CHECK(error_of(admin("\"listen\": \"127.0.0.1\"")).find("/admin/listen:") != std::string::npos);
   CHECK(error_of(admin("\"sock\": \"x\"")).find("/admin/sock: unknown key") != std::string::npos);
 }
+
+TEST_CASE("problems quote the config's bytes with control bytes escaped (fuzz finding)") {
+  // An ESC in a key (written as \u001b) named in "unknown key", a DEL in
+  // what the JSON parser last read: neither reaches the operator's
+  // terminal as it is.
+  std::string e = error_of(R"({"inst\u001b[31m": 1})");
+  CHECK(e.find('\x1b') == std::string::npos);
+  CHECK(e.find("\\x1b[31m") != std::string::npos);
+  e = error_of(std::string("41//\xff\xff\xff\x7f\xff\n: 2"));
+  CHECK(e.find('\x7f') == std::string::npos);
+  for (char c : e) CHECK((static_cast<unsigned char>(c) >= 0x20 || c == '\n'));
+}
+
+TEST_CASE("a number too large for JSON is a config error, not another exception (fuzz finding)") {
+  // nlohmann throws out_of_range (406), not parse_error, for it: that
+  // escaped parse_config as something other than ConfigError.
+  CHECK_THROWS_AS(parse_config(R"({"workers": 1e999})", "test.json", "/etc/isthmus"),
+                  ConfigError);
+  CHECK(error_of(R"({"workers": 1e999})") == "test.json: number overflow parsing");
+}

@@ -144,3 +144,12 @@ TEST_CASE("router: fewest sessions first, suspects last, equals rotate") {
   auto rebuilt = backends::Topology::build(c, topology.get());
   CHECK(rebuilt->state_of("l")->sessions() == 1);
 }
+
+TEST_CASE("static directory: a domain rule no login name can match is an error (fuzz finding)") {
+  // The domain of "*@x.org\x11dave@example.org" holds an '@' and control
+  // bytes: lookups take what follows a name's last '@', so it never matched.
+  CHECK(error_of("*@x.org\x11" "dave@example.org a\n").find("no login name can have this domain") !=
+        std::string::npos);
+  CHECK(error_of("*@a@b.org a\n").find("no login name can have this domain") != std::string::npos);
+  CHECK(error_of("*@example.com b\n").empty());
+}

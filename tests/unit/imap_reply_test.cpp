@@ -43,3 +43,12 @@ TEST_CASE("untagged data, continuations and garbage") {
   CHECK(parse_imap_reply("hello world").kind == ImapReply::Kind::garbage);
   CHECK(parse_imap_reply("* OK [unterminated code").text == "[unterminated code");
 }
+
+TEST_CASE("a bare \"*\" from a node is untagged data, not an exception (fuzz finding)") {
+  ImapReply r;
+  CHECK_NOTHROW(r = parse_imap_reply("*"));
+  CHECK(r.kind == ImapReply::Kind::untagged);
+  CHECK(r.status == ImapReply::Status::data);
+  CHECK(r.text.empty());
+  CHECK_NOTHROW(parse_imap_reply("* "));
+}

@@ -183,3 +183,35 @@ TEST_CASE("SMTP replies: codes, enhanced codes, multi-line") {
   // MTA always sees RFC 3463 codes on what Isthmus relays.
   CHECK(no_code.format() == "250 2.0.0 1.2 nothing");
 }
+
+TEST_CASE("a source route must be followed by a mailbox (fuzz finding)") {
+  using namespace isthmus::proxy::lmtp;
+  std::string error;
+  CHECK_FALSE(parse_path_argument("TO:<@a.example:@b.example>", "TO:", error));
+  CHECK(error == "Syntax: bad source route");
+  // A ':' inside a quoted local part does not end a route (fuzz finding:
+  // the cut left an unbalanced quote in the address).
+  CHECK_FALSE(parse_path_argument("TO:<@a\"x:y\"@d.example>", "TO:", error));
+  CHECK(error == "Syntax: bad source route");
+  auto ok = parse_path_argument("TO:<@a.example,@b.example:carol@example.org>", "TO:", error);
+  REQUIRE(ok);
+  CHECK(ok->address == "carol@example.org");
+}
+
+TEST_CASE("an enhanced code is class.subject.detail with 1-3 digit parts, or text (fuzz finding)") {
+  auto split = [](int code, std::string text) {
+    backends::SmtpReply r;
+    r.code = code;
+    r.text = std::move(text);
+    backends::split_enhanced(r);
+    return r;
+  };
+  auto ok = split(250, "2.123.456 done");
+  CHECK(ok.enhanced == "2.123.456");
+  auto long_subject = split(250, "2.00000000001.0 ok");
+  CHECK(long_subject.enhanced.empty());
+  CHECK(long_subject.text == "2.00000000001.0 ok");
+  CHECK(long_subject.format() == "250 2.0.0 2.00000000001.0 ok");
+  CHECK(split(550, "5.1.1234 x").enhanced.empty());
+  CHECK(split(550, "55.1.1 x").enhanced.empty());
+}
