@@ -5,11 +5,15 @@
 // Invariants: a reply line has a code of 200-599 matching its first three
 // bytes and a text that is the rest of the line; an enhanced code is
 // class.subject.detail with the reply's class; what goes to the client is
-// one line (no CR, LF or other control bytes), bounded, starting with the
-// code.
+// one line per line of the node's reply (at most 10), joined by CR LF, each
+// without other control bytes, bounded, starting with the code and "-"
+// (more follow) or " " (the last); describe() is one line.
 
 #include "backends/smtp_reply.hpp"
 #include "fuzz_check.hpp"
+
+#include <algorithm>
+#include <vector>
 
 using namespace isthmus::backends;
 using isthmus::fuzz::as_view;
@@ -17,11 +21,26 @@ using isthmus::fuzz::as_view;
 namespace {
 
 void check_format(const SmtpReply& reply) {
-  std::string out = reply.format();
-  // code, enhanced code (at most 9), text (300 bytes, each at most \xNN, "...").
-  FUZZ_CHECK(out.size() <= 3 + 1 + 9 + 1 + 300 * 4 + 3);
-  FUZZ_CHECK(out.compare(0, 3, std::to_string(reply.code)) == 0);
-  for (unsigned char c : out) FUZZ_CHECK(c >= 0x20 && c != 0x7f);
+  const std::string out = reply.format();
+  std::vector<std::string_view> lines;
+  std::string_view rest = out;
+  for (;;) {
+    auto crlf = rest.find("\r\n");
+    lines.push_back(rest.substr(0, crlf));
+    if (crlf == std::string_view::npos) break;
+    rest.remove_prefix(crlf + 2);
+  }
+  FUZZ_CHECK(lines.size() <= 10);
+  FUZZ_CHECK(lines.size() == 1 || lines.size() == std::min<std::size_t>(reply.lines.size(), 10));
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    const auto line = lines[i];
+    // code, enhanced code (at most 9), text (300 bytes, each at most \xNN, "...").
+    FUZZ_CHECK(line.size() <= 3 + 1 + 9 + 1 + 300 * 4 + 3);
+    FUZZ_CHECK(line.size() >= 3 && line.substr(0, 3) == std::to_string(reply.code));
+    if (line.size() > 3) FUZZ_CHECK(line[3] == (i + 1 < lines.size() ? '-' : ' '));
+    for (unsigned char c : line) FUZZ_CHECK(c >= 0x20 && c != 0x7f);
+  }
+  for (unsigned char c : reply.describe()) FUZZ_CHECK(c >= 0x20 && c != 0x7f);
 }
 
 void check_enhanced(const SmtpReply& reply) {

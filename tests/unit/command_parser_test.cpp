@@ -300,6 +300,7 @@ TEST_CASE("malformed and over-long tags are never echoed: the answer is untagged
   fed = feed_bytewise("t1 LOGIN (\r\n");
   REQUIRE(fed.bad_tags.size() == 1);
   CHECK(fed.bad_tags[0] == "t1");
+}
 
 TEST_CASE("a too-long line is fatal however it is cut, also when it turns bad later (fuzz finding)") {
   // The tag alone is past the line limit, then comes a byte that makes the
