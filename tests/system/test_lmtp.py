@@ -17,7 +17,8 @@ import unittest
 import uuid
 
 from support import (FakeLmtpNode, Lab, RawLmtp, binary, deep_merge, fake_lmtp_config,
-                     lmtp_stuff, make_message, procs, start_isthmus, wait_for)
+                     lmtp_stuff, make_message, procs, session_end_lines, start_isthmus,
+                     wait_for)
 from lab.dovecot import user_maildir  # noqa: E402  (support puts tests/ on the path)
 from lab.gate import Gate  # noqa: E402
 from lab.postfix import Postfix  # noqa: E402
@@ -949,6 +950,85 @@ class NodeFaults(LmtpCase):
 FAKE_USERS = "u1@example.org a\nu2@example.org a\nu3@example.org a\nv1@example.org b\n"
 
 
+class Loops(unittest.TestCase):
+    """An island whose node is Isthmus itself, two instances pointing at
+    each other, and a message that has looped through MTAs: refused at
+    once, no storm of connections, 554 5.4.6 for a looped message."""
+
+    def lmtp_sessions(self, ix, mark: int = 0) -> int:
+        return len([e for e in session_end_lines(ix.log_text()[mark:])
+                    if e.get("proto") == "lmtp"])
+
+    def test_a_node_that_is_this_instance_is_refused_at_once(self):
+        port = procs.free_port()
+        islands = [dict(i, nodes=[dict(n, host="127.0.0.1", ports={"lmtp": port})
+                                  for n in i["nodes"]]) for i in LAB.config["islands"]]
+        ix = own_isthmus(port=port, islands=islands)
+        self.addCleanup(ix.stop)
+        time.sleep(0.2)
+        mark = len(ix.log_text())  # after the start-up probe's session
+        with smtplib.LMTP("127.0.0.1", port, timeout=20) as s:
+            s.ehlo("mta.example.net")
+            s.mail(SENDER)
+            t0 = time.monotonic()
+            code, text = s.rcpt("alice@example.org")
+            took = time.monotonic() - t0
+        self.assertEqual(code, 451, text)
+        self.assertLess(took, 2.0)
+        log = ix.log_text()
+        self.assertIn("its address points back at this Isthmus", log)
+        # One RCPT: the MTA's session, and one per node of the island that
+        # Isthmus opened to itself (refused at its greeting) -- no more.
+        time.sleep(0.5)
+        self.assertLessEqual(self.lmtp_sessions(ix, mark), 3, log)
+
+    def test_two_instances_in_a_circle_make_no_storm(self):
+        port_a, port_b = procs.free_port(), procs.free_port()
+        def circle(target):
+            return [dict(i, nodes=[dict(i["nodes"][0], host="127.0.0.1", ports={"lmtp": target})])
+                    for i in LAB.config["islands"]]
+        limits = {"max_node_connections": 4, "hostname": HOSTNAME}
+        a = own_isthmus(port=port_a, islands=circle(port_b), lmtp=limits,
+                        timeouts={"lmtp_command": "5s"})
+        self.addCleanup(a.stop)
+        b = own_isthmus(port=port_b, islands=circle(port_a), lmtp=limits,
+                        timeouts={"lmtp_command": "5s"})
+        self.addCleanup(b.stop)
+        with smtplib.LMTP("127.0.0.1", port_a, timeout=60) as s:
+            s.ehlo("mta.example.net")
+            s.mail(SENDER)
+            code, text = s.rcpt("alice@example.org")
+        self.assertEqual(code, 451, text)
+        time.sleep(1.0)
+        sessions = self.lmtp_sessions(a) + self.lmtp_sessions(b)
+        print(f"\nLMTP circle of two instances: {sessions} sessions in all for one RCPT",
+              flush=True)
+        self.assertLessEqual(sessions, 12)
+        self.assertIn("lmtp.max_node_connections", a.log_text() + b.log_text())
+
+    def test_a_message_past_the_hop_limit_is_refused_everywhere(self):
+        ix = own_isthmus(lmtp={"max_hops": 10, "hostname": HOSTNAME})
+        self.addCleanup(ix.stop)
+        tok = token()
+        looped = "".join(f"Received: from hop{i}.example by hop{i + 1}.example; "
+                         f"Thu, 3 Dec 2026 10:00:{i:02d} +0000\r\n" for i in range(10))
+        raw = looped.encode() + message(tok).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        with smtplib.LMTP("127.0.0.1", ix.port("lmtp"), timeout=20) as s:
+            s.ehlo("mta.example.net")
+            s.mail(SENDER)
+            s.rcpt("alice@example.org")
+            s.rcpt("bob@example.org")
+            code, _ = s.docmd("DATA")
+            self.assertEqual(code, 354)
+            s.send(lmtp_stuff(raw))
+            replies = [s.getreply() for _ in range(2)]
+        self.assertEqual([r[0] for r in replies], [554, 554])
+        self.assertTrue(all(r[1].startswith(b"5.4.6") for r in replies), replies)
+        self.assertEqual(copies("a", "alice@example.org", tok), [])
+        self.assertEqual(copies("b", "bob@example.org", tok), [])
+        self.assertIn("a routing loop; refused", ix.log_text())
+
+
 class FakeNodes(unittest.TestCase):
     def setup(self, a, b=(), **overrides):
         """Fake nodes A (list) as island a, B as island b; isthmus in front.
@@ -986,6 +1066,86 @@ class FakeNodes(unittest.TestCase):
         c.send(lmtp_stuff(content))
         accepted = sum(1 for r in got if r.startswith(b"250"))
         return c.replies(accepted)
+
+    def test_replies_go_out_as_soon_as_their_prefix_is_known(self):
+        # Island a answers at once, island b after 3 s. RFC 2033's order
+        # holds, but a recipient on the fast island is not held for the
+        # slow one: every second held is a second in which an MTA that gives
+        # up would send an already delivered message again.
+        self.setup([FakeLmtpNode()], [FakeLmtpNode(final_delay=3)])
+        c = self.client()
+        self.assertEqual(c.command(f"MAIL FROM:<{SENDER}>"), SENDER_OK)
+        for r in ("u1@example.org", "v1@example.org", "u2@example.org"):
+            self.assertEqual(c.command(f"RCPT TO:<{r}>"), RCPT_OK)
+        self.assertEqual(c.command("DATA"), GO_AHEAD)
+        sent = time.monotonic()
+        c.send(lmtp_stuff(b"Subject: x\r\n\r\nx\r\n"))
+        first = c.reply()
+        first_at = time.monotonic() - sent
+        rest = c.replies(2)
+        rest_at = time.monotonic() - sent
+        self.assertEqual(first, b"250 2.0.0 <u1@example.org> fake saved")
+        self.assertEqual(rest, [b"250 2.0.0 <v1@example.org> fake saved",
+                                b"250 2.0.0 <u2@example.org> fake saved"])
+        print(f"\nLMTP early replies: first after {first_at:.2f}s, the rest after {rest_at:.2f}s",
+              flush=True)
+        self.assertLess(first_at, 1.5)
+        self.assertGreater(rest_at, 2.5)
+
+    def test_a_permanent_refusal_of_the_transaction_is_the_recipients_answer(self):
+        # 552 5.3.4 to MAIL ... SIZE=: the message can never fit. Not a node
+        # fault, not a 451 that makes the MTA retry for days.
+        refusing = FakeLmtpNode(mail="552 5.3.4 Message size exceeds fixed maximum message size")
+        self.setup([refusing, FakeLmtpNode(mail="552 5.3.4 Too big here too")])
+        c = self.client()
+        self.assertEqual(c.command(f"MAIL FROM:<{SENDER}> SIZE=900000"), SENDER_OK)
+        answer = c.command("RCPT TO:<u1@example.org>")
+        self.assertTrue(answer.startswith(b"552 5.3.4"), answer)
+        self.assertNotIn("No node", self.ix.log_text())
+
+    def test_a_message_over_the_nodes_size_is_refused_for_its_recipients_only(self):
+        small = FakeLmtpNode(extensions=["PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME",
+                                         "SIZE 1000"])
+        self.setup([small], [FakeLmtpNode()])
+        content = b"Subject: big\r\n\r\n" + b"y" * 3000 + b"\r\n"
+        replies = self.transaction(["u1@example.org", "v1@example.org", "u2@example.org"], content)
+        self.assertTrue(replies[0].startswith(b"552 5.3.4 <u1@example.org> Message too big"),
+                        replies)
+        self.assertEqual(replies[1], b"250 2.0.0 <v1@example.org> fake saved")
+        self.assertTrue(replies[2].startswith(b"552 5.3.4 <u2@example.org>"), replies)
+        self.assertEqual(small.transactions, [])  # the node never got DATA
+
+    def test_a_multi_line_reply_keeps_every_line_and_the_code_it_carries(self):
+        # Cyrus puts the enhanced code on the last line only.
+        node = FakeLmtpNode(final={"u1@example.org": "550-Mailbox does not exist\r\n"
+                                                     "550 5.1.1 <u1@example.org> User unknown"})
+        self.setup([node])
+        c = self.client()
+        self.assertEqual(c.command(f"MAIL FROM:<{SENDER}>"), SENDER_OK)
+        self.assertEqual(c.command("RCPT TO:<u1@example.org>"), RCPT_OK)
+        self.assertEqual(c.command("RCPT TO:<u2@example.org>"), RCPT_OK)
+        self.assertEqual(c.command("DATA"), GO_AHEAD)
+        c.send(lmtp_stuff(b"Subject: x\r\n\r\nx\r\n"))
+        self.assertEqual(c.line(), b"550-5.1.1 Mailbox does not exist")
+        self.assertEqual(c.line(), b"550 5.1.1 <u1@example.org> User unknown")
+        self.assertEqual(c.reply(), b"250 2.0.0 <u2@example.org> fake saved")
+
+    def test_connections_to_one_node_are_bounded(self):
+        node = FakeLmtpNode(hang_at_rcpt=["u1@example.org"])
+        self.setup([node], lmtp={"max_node_connections": 2},
+                   timeouts={"lmtp_command": "3s"})
+        clients = []
+        for _ in range(2):  # two transactions hold the node's two connections
+            c = self.client()
+            self.assertEqual(c.command(f"MAIL FROM:<{SENDER}>"), SENDER_OK)
+            c.send("RCPT TO:<u1@example.org>\r\n")
+            clients.append(c)
+        wait_for(lambda: node.connections >= 2, what="two connections to the node")
+        third = self.client()
+        self.assertEqual(third.command(f"MAIL FROM:<{SENDER}>"), SENDER_OK)
+        self.assertEqual(third.command("RCPT TO:<u2@example.org>"),
+                         b"451 4.4.5 <u2@example.org> The nodes of island a are busy, try again later")
+        self.assertEqual(node.connections, 2)
 
     def test_per_recipient_answers_pass_through_in_rcpt_order(self):
         a = FakeLmtpNode(final={"u1@example.org": "452 4.2.2 <u1@example.org> Mailbox is full"})
