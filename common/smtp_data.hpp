@@ -32,6 +32,10 @@ class DataDecoder {
   std::uint64_t content_ = 0;
 };
 
+// Whether `bytes` hold an octet over 127 (8-bit content, RFC 6152), a word
+// at a time.
+bool has_eight_bit(std::string_view bytes);
+
 // Dot-stuffing for the way to a node, chunk by chunk: a line (after CR LF)
 // that starts with "." gets another one. The node's copy then decodes to
 // exactly the content Isthmus decoded. The caller ends the data with

@@ -195,11 +195,11 @@ boost::asio::awaitable<bool> Session::start_tls() {
   co_return true;
 }
 
-boost::asio::awaitable<boost::system::error_code> Session::read_more(Deadline deadline) {
+boost::asio::awaitable<boost::system::error_code> Session::read_more(Deadline deadline,
+                                                                     std::size_t chunk) {
   const std::size_t old = in_.size();
-  constexpr std::size_t kChunk = 4096;
-  in_.resize(old + kChunk);
-  auto [ec, n] = co_await client_.read_some(boost::asio::buffer(in_.data() + old, kChunk), deadline);
+  in_.resize(old + chunk);
+  auto [ec, n] = co_await client_.read_some(boost::asio::buffer(in_.data() + old, chunk), deadline);
   in_.resize(old + n);
   record_.bytes_in += n;
   co_return ec;

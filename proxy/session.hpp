@@ -132,7 +132,9 @@ class Session {
   }
 
   // Reads more client bytes into in_, bounded by `deadline`.
-  boost::asio::awaitable<boost::system::error_code> read_more(Deadline deadline);
+  // `chunk`: how much at most (a message body is read in larger pieces).
+  boost::asio::awaitable<boost::system::error_code> read_more(Deadline deadline,
+                                                              std::size_t chunk = 4096);
 
   // Writes to the client, bounded by `deadline`; false if that failed.
   boost::asio::awaitable<bool> send(std::string_view text, Deadline deadline);

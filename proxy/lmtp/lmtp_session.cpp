@@ -112,7 +112,7 @@ asio::awaitable<bool> LmtpSession::serve() {
     } else if (command->verb == "DATA") {
       ok = co_await handle_data();
     } else if (command->verb == "RSET") {
-      reset_transaction();
+      reset_transaction(/*keep_nodes=*/true);
       ok = co_await reply("250 2.0.0 OK");
     } else if (command->verb == "NOOP") {
       ok = co_await reply("250 2.0.0 OK");
@@ -279,7 +279,7 @@ asio::awaitable<LmtpSession::IslandTxn*> LmtpSession::island_txn(const std::stri
     bool opened = co_await open_txn(txn);
     co_return opened ? &txn : nullptr;
   }
-  txns_.push_back(IslandTxn{island, {}, {}, {}, {}, {}, {}, false, 0, {}, false});
+  txns_.push_back(IslandTxn{island, {}, {}, {}, {}, {}, {}, false, 0, {}, false, true, false});
   IslandTxn& txn = txns_.back();
   bool opened = co_await open_txn(txn);
   co_return opened ? &txns_.back() : nullptr;
@@ -289,12 +289,52 @@ asio::awaitable<LmtpSession::IslandTxn*> LmtpSession::island_txn(const std::stri
 // there: greeting, LHLO, MAIL, and again every recipient this island had
 // accepted on a node that was lost (those the new node refuses get its
 // answer as their final one).
+asio::awaitable<backends::NodeStep> LmtpSession::send_mail(backends::LmtpNodeClient& client) {
+  // MAIL with only the parameters this node said it understands.
+  std::string mail = "MAIL FROM:<" + mail_from_ + ">";
+  if (declared_size_ > 0 && client.offers("SIZE")) mail += fmt::format(" SIZE={}", declared_size_);
+  if (eight_bit_ && client.offers("8BITMIME")) mail += " BODY=8BITMIME";
+  co_return co_await client.command(mail, config_.timeouts.lmtp_command);
+}
+
 asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
   const auto* island = runtime_->topology->island(txn.island);
   auto executor = co_await asio::this_coro::executor;
   auto candidates = director::candidates(*island, config::Protocol::lmtp, Clock::now(), next_spin());
   backends::LmtpPeer peer{unmapped(client_info_.remote.address()).to_string(),
                           client_info_.remote.port(), helo_, record_.id, config_.proxy_ttl - 1};
+  // The connection the previous transaction left, if its node is still one
+  // to use (up, not draining, and for active-passive the holder under the
+  // same epoch): RSET if that transaction did not end cleanly, then MAIL.
+  // Anything unexpected closes it and a fresh connection is made, without
+  // blaming the node (an idle connection may just have timed out there).
+  auto idle = std::find_if(idle_.begin(), idle_.end(),
+                           [&txn](const IdleNode& i) { return i.island == txn.island; });
+  if (idle != idle_.end()) {
+    IdleNode kept = std::move(*idle);
+    idle_.erase(idle);
+    const bool still_a_candidate =
+        std::any_of(candidates.begin(), candidates.end(),
+                    [&kept](const auto& node) { return node->name == kept.node; });
+    const auto holder = island->role ? island->role->current() : nullptr;
+    const bool same_role = !holder || (holder->node == kept.node && holder->epoch == kept.epoch);
+    if (still_a_candidate && same_role && txn.recipients.empty() && txn.tried.empty()) {
+      backends::NodeStep step;
+      if (kept.needs_rset) step = co_await kept.client->command("RSET", config_.timeouts.lmtp_command);
+      if (step.answered() && (!kept.needs_rset || step.reply.ok())) step = co_await send_mail(*kept.client);
+      if (step.answered() && step.reply.ok()) {
+        txn.client = std::move(kept.client);
+        txn.node = kept.node;
+        txn.lease = std::move(kept.lease);
+        txn.slot = std::move(kept.slot);
+        txn.epoch = kept.epoch;
+        record_.island = txn.island;
+        record_.node = txn.node;
+        co_return true;
+      }
+    }
+    kept.client->close();
+  }
   bool busy = false;
   for (const auto& node : candidates) {
     if (std::find(txn.tried.begin(), txn.tried.end(), node->name) != txn.tried.end()) continue;
@@ -343,12 +383,7 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
                                      config_.timeouts.lmtp_command);
       }
       if (step.failure == Failure::none) {
-        // MAIL with only the parameters this node said it understands.
-        std::string mail = "MAIL FROM:<" + mail_from_ + ">";
-        if (declared_size_ > 0 && client->offers("SIZE"))
-          mail += fmt::format(" SIZE={}", declared_size_);
-        if (eight_bit_ && client->offers("8BITMIME")) mail += " BODY=8BITMIME";
-        step = co_await client->command(mail, config_.timeouts.lmtp_command);
+        step = co_await send_mail(*client);
         if (step.answered() && step.reply.permanent()) {
           // The node refuses this transaction for good (552 5.3.4 for the
           // size, ...): that is its recipients' answer, not a node fault.
@@ -464,13 +499,11 @@ asio::awaitable<bool> LmtpSession::handle_data() {
     std::size_t used = decoder.feed(in_, content);
     in_.erase(0, used);
     if (decoder.content_size() > config_.limits.max_message_size) too_big = true;
-    if (!content_8bit_)
-      content_8bit_ = std::any_of(content.begin(), content.end(),
-                                  [](char c) { return static_cast<unsigned char>(c) > 127; });
+    if (!content_8bit_) content_8bit_ = has_eight_bit(content);
     if (!too_big && spool_error.empty() && !content.empty()) spool_.append(content, spool_error);
     content.clear();
     if (decoder.done()) break;
-    auto ec = co_await read_more(deadline);
+    auto ec = co_await read_more(deadline, 64 * 1024);
     if (ec) {
       // The MTA went away (or stalled) in the middle of the message:
       // nothing was delivered, and it will retry.
@@ -480,6 +513,7 @@ asio::awaitable<bool> LmtpSession::handle_data() {
     }
   }
   ++messages_;
+  if (in_.capacity() > 16 * 1024) std::string(in_).swap(in_);  // no 64 KiB kept between messages
   if (too_big || !spool_error.empty()) {
     if (!spool_error.empty())
       spdlog::error("session={} lmtp: {}", record_.id, spool_error);
@@ -532,7 +566,7 @@ asio::awaitable<bool> LmtpSession::handle_data() {
                "rejected={} islands={}",
                record_.id, sanitize(mail_from_, 100), spool_.size(), recipients_.size(), delivered,
                deferred, rejected, txns_.size());
-  reset_transaction();
+  reset_transaction(/*keep_nodes=*/answered);
   co_return answered;
 }
 
@@ -602,6 +636,12 @@ asio::awaitable<bool> LmtpSession::deliver_and_answer() {
                        outcome.message_started = true;
                      }
                      settle(*t, outcome);
+                     // Only a node that took part in a complete exchange
+                     // (no failure, not fenced) serves the next message.
+                     t->reusable = outcome.failure == Failure::none && fenced(*t).empty() &&
+                                   t->client != nullptr;
+                     t->clean = outcome.message_started &&
+                                outcome.replies.size() == t->recipients.size();
                      --running;
                      ++events;
                      wake.cancel();
@@ -707,9 +747,21 @@ std::string LmtpSession::fenced(const IslandTxn& txn) const {
                      txn.island, holder->node, holder->epoch, txn.node, txn.epoch);
 }
 
-void LmtpSession::reset_transaction() {
-  for (auto& txn : txns_)
-    if (txn.client) txn.client->close();
+void LmtpSession::reset_transaction(bool keep_nodes) {
+  for (auto& txn : txns_) {
+    if (!txn.client) continue;
+    if (keep_nodes && txn.reusable && !txn.failed) {
+      std::erase_if(idle_, [&txn](const IdleNode& i) { return i.island == txn.island; });
+      idle_.push_back(IdleNode{txn.island, txn.node, std::move(txn.client), std::move(txn.lease),
+                               std::move(txn.slot), txn.epoch, !txn.clean});
+    } else {
+      txn.client->close();
+    }
+  }
+  if (!keep_nodes) {
+    for (auto& i : idle_) i.client->close();
+    idle_.clear();
+  }
   txns_.clear();
   recipients_.clear();
   have_mail_ = false;

@@ -74,6 +74,23 @@ class LmtpSession final : public Session {
     // 552 5.3.4 for SIZE=): every recipient of the island gets it.
     std::optional<backends::SmtpReply> refusal;
     bool congested = false;  // every node was at lmtp.max_node_connections
+    // The node connection may serve this MTA session's next transaction:
+    // `clean` after a complete DATA (the node is back at its start), else
+    // after an RSET.
+    bool reusable = true;
+    bool clean = false;
+  };
+  // A node connection kept between transactions of one MTA session (MTAs
+  // send many messages on one connection): no connect, greeting, LHLO and
+  // XCLIENT per message.
+  struct IdleNode {
+    std::string island;
+    std::string node;
+    std::unique_ptr<backends::LmtpNodeClient> client;
+    backends::NodeLease lease;
+    NodeSlot slot;
+    std::uint64_t epoch = 0;
+    bool needs_rset = true;
   };
 
   boost::asio::awaitable<bool> serve();
@@ -96,7 +113,11 @@ class LmtpSession final : public Session {
   void settle(IslandTxn& txn, const backends::DataOutcome& outcome);
   // The Received: line Isthmus adds (RFC 5321 section 4.4).
   std::string received_line() const;
-  void reset_transaction();
+  // Ends the transaction; with `keep_nodes`, the node connections that can
+  // serve the next one are kept (idle_), the others closed.
+  void reset_transaction(bool keep_nodes = false);
+  // MAIL on `client` with the parameters the node understands.
+  boost::asio::awaitable<backends::NodeStep> send_mail(backends::LmtpNodeClient& client);
   // Why `txn`'s node may no longer deliver (it lost its island's role, or
   // the epoch moved on since the transaction opened), or "" if it may.
   std::string fenced(const IslandTxn& txn) const;
@@ -116,6 +137,7 @@ class LmtpSession final : public Session {
   std::string received_;             // this message's Received: line
   std::vector<Recipient> recipients_;  // those answered 250 at RCPT
   std::vector<IslandTxn> txns_;
+  std::vector<IdleNode> idle_;  // at most one per island
   MessageSpool spool_;
   std::size_t errors_ = 0;
   std::size_t messages_ = 0;

@@ -1147,6 +1147,27 @@ class FakeNodes(unittest.TestCase):
                          b"451 4.4.5 <u2@example.org> The nodes of island a are busy, try again later")
         self.assertEqual(node.connections, 2)
 
+    def test_one_node_connection_serves_the_mtas_next_messages(self):
+        node = FakeLmtpNode()
+        self.setup([node])
+        c = self.client()
+        for i in range(3):
+            self.assertEqual(c.command(f"MAIL FROM:<{SENDER}>"), SENDER_OK)
+            self.assertEqual(c.command(f"RCPT TO:<u{i % 2 + 1}@example.org>"), RCPT_OK)
+            self.assertEqual(c.command("DATA"), GO_AHEAD)
+            c.send(lmtp_stuff(b"Subject: again\r\n\r\nx\r\n"))
+            self.assertTrue(c.reply().startswith(b"250 "))
+        # An aborted transaction: the node gets RSET before the next MAIL.
+        self.assertEqual(c.command(f"MAIL FROM:<{SENDER}>"), SENDER_OK)
+        self.assertEqual(c.command("RCPT TO:<u1@example.org>"), RCPT_OK)
+        self.assertEqual(c.command("RSET"), b"250 2.0.0 OK")
+        self.assertEqual(c.command(f"MAIL FROM:<{SENDER}>"), SENDER_OK)
+        self.assertEqual(c.command("RCPT TO:<u2@example.org>"), RCPT_OK)
+        self.assertEqual(node.connections, 1)
+        self.assertEqual(len(node.transactions), 3)
+        self.assertEqual(node.received[0].count(b"XCLIENT"), 1)  # one session set up
+        self.assertIn(b"RCPT TO:<u1@example.org>\r\nRSET\r\nMAIL FROM", node.received[0])
+
     def test_per_recipient_answers_pass_through_in_rcpt_order(self):
         a = FakeLmtpNode(final={"u1@example.org": "452 4.2.2 <u1@example.org> Mailbox is full"})
         b = FakeLmtpNode()

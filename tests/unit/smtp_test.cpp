@@ -215,3 +215,14 @@ TEST_CASE("an enhanced code is class.subject.detail with 1-3 digit parts, or tex
   CHECK(split(550, "5.1.1234 x").enhanced.empty());
   CHECK(split(550, "55.1.1 x").enhanced.empty());
 }
+
+TEST_CASE("8-bit content is found wherever it is") {
+  using isthmus::has_eight_bit;
+  CHECK_FALSE(has_eight_bit(""));
+  CHECK_FALSE(has_eight_bit(std::string(1000, 'a')));
+  for (std::size_t at : {0UL, 7UL, 8UL, 15UL, 999UL}) {
+    std::string s(1000, 'a');
+    s[at] = '\xc3';
+    CHECK(has_eight_bit(s));
+  }
+}
