@@ -10,11 +10,13 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <future>
+#include <optional>
 #include <random>
 #include <unordered_set>
 
@@ -55,16 +57,52 @@ void log_escaped(std::exception_ptr e) {
   }
 }
 
-// Closes the worker's oldest connection that has not logged in, to make
-// room for a new one; false if it has none (logged-in sessions are never
-// closed for this).
-bool evict_oldest_not_logged_in(SessionRegistry& sessions, const Runtime& runtime,
-                                std::string_view why) {
-  Session* oldest = sessions.oldest_not_logged_in();
-  if (!oldest) return false;
+// On the worker that owns `sessions`: when its oldest connection not logged
+// in started (max() if it has none).
+asio::awaitable<Clock::time_point> oldest_start(SessionRegistry* sessions) {
+  Session* oldest = sessions->oldest_not_logged_in();
+  co_return oldest ? oldest->record().started : Clock::time_point::max();
+}
+
+// On the worker that owns `sessions`: closes its oldest connection not
+// logged in; false if it has none (logged-in sessions are never closed
+// for this).
+asio::awaitable<bool> evict_local(SessionRegistry* sessions, std::shared_ptr<const Runtime> runtime,
+                                  std::string why) {
+  Session* oldest = sessions->oldest_not_logged_in();
+  if (!oldest) co_return false;
   oldest->request_stop(StopKind::kick, why);
-  if (runtime.metrics) runtime.metrics->connection_limited(ConnectionLimit::evicted);
-  return true;
+  if (runtime->metrics) runtime->metrics->connection_limited(ConnectionLimit::evicted);
+  co_return true;
+}
+
+// Closes the oldest connection not logged in of every worker, to make room
+// for a new one: each worker is asked on its own thread, and the one with
+// the oldest closes it (the load balancer's connections spread over the
+// workers, so the oldest may be on any of them). False if no worker has one.
+asio::awaitable<bool> evict_oldest_not_logged_in(const std::vector<WorkerSessions>& workers,
+                                                 std::shared_ptr<const Runtime> runtime,
+                                                 std::string why) {
+  // A few tries: the chosen worker's oldest may log in (or end) meanwhile.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    std::optional<std::size_t> chosen;
+    Clock::time_point best = Clock::time_point::max();
+    for (std::size_t i = 0; i < workers.size(); ++i) {
+      const auto started = co_await asio::co_spawn(workers[i].executor,
+                                                   oldest_start(workers[i].sessions),
+                                                   asio::use_awaitable);
+      if (started < best) {
+        best = started;
+        chosen = i;
+      }
+    }
+    if (!chosen) co_return false;
+    if (co_await asio::co_spawn(workers[*chosen].executor,
+                                evict_local(workers[*chosen].sessions, runtime, why),
+                                asio::use_awaitable))
+      co_return true;
+  }
+  co_return false;
 }
 
 // At most one line a second about refused connections, with a count of
@@ -90,6 +128,7 @@ void log_refused(const std::string& what) {
 asio::awaitable<void> accept_loop(tcp::acceptor& acceptor,
                                   std::shared_ptr<const config::Listener> listener,
                                   RuntimeHolder& runtime, SessionRegistry& sessions,
+                                  const std::vector<WorkerSessions>& workers,
                                   const std::atomic<std::size_t>& total) {
   asio::steady_timer backoff(acceptor.get_executor());
   for (;;) {
@@ -99,9 +138,9 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor,
       const bool out_of_descriptors =
           ec == asio::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system;
       if (out_of_descriptors &&
-          evict_oldest_not_logged_in(sessions, *runtime.current(),
-                                     "evicted: out of file descriptors, the oldest connection "
-                                     "not logged in makes room")) {
+          co_await evict_oldest_not_logged_in(workers, runtime.current(),
+                                              "evicted: out of file descriptors, the oldest "
+                                              "connection not logged in makes room")) {
         log_refused(fmt::format("accept on {}: {}; closed the oldest connection not logged in",
                                 format_endpoint(acceptor.local_endpoint()), ec.message()));
         continue;
@@ -117,10 +156,11 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor,
     // for the new one; with none to close, the new one is closed.
     const std::size_t limit = connection_limit(snapshot->config->limits.max_connections);
     if (total.load(std::memory_order_relaxed) >= limit &&
-        !evict_oldest_not_logged_in(sessions, *snapshot,
-                                    fmt::format("evicted: {} connections (limits.max_connections); "
-                                                "the oldest not logged in makes room",
-                                                limit))) {
+        !co_await evict_oldest_not_logged_in(
+            workers, snapshot,
+            fmt::format("evicted: {} connections (limits.max_connections); "
+                        "the oldest not logged in makes room",
+                        limit))) {
       if (snapshot->metrics) snapshot->metrics->connection_limited(ConnectionLimit::at_limit);
       log_refused(fmt::format("{} connections (limits.max_connections) and none that is not "
                               "logged in to close: refused a connection from {}",
@@ -202,6 +242,8 @@ std::unique_ptr<tcp::acceptor> open_acceptor(asio::io_context& io, const tcp::en
 Server::Server(RuntimeHolder& runtime, unsigned workers) : runtime_(runtime) {
   if (workers == 0) workers = std::max(1U, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<Worker>(connections_));
+  for (auto& worker : workers_)
+    worker_sessions_.push_back({worker->io.get_executor(), &worker->sessions});
 }
 
 Server::~Server() {
@@ -225,7 +267,7 @@ void Server::start() {
       endpoint = worker->acceptors.back()->local_endpoint();
       asio::co_spawn(worker->io,
                      accept_loop(*worker->acceptors.back(), listener, runtime_,
-                                 worker->sessions, connections_),
+                                 worker->sessions, worker_sessions_, connections_),
                      asio::detached);
     }
     bound_.emplace_back(listener->name, endpoint);

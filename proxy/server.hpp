@@ -26,6 +26,13 @@ struct SessionFilter {
   }
 };
 
+// A worker as the other workers see it: its executor and its sessions
+// (touched only on that executor).
+struct WorkerSessions {
+  boost::asio::io_context::executor_type executor;
+  SessionRegistry* sessions;
+};
+
 // One session as the admin API shows it.
 struct SessionInfo {
   std::string id;
@@ -81,6 +88,7 @@ class Server {
   RuntimeHolder& runtime_;
   std::atomic<std::size_t> connections_{0};  // client sessions on every worker
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<WorkerSessions> worker_sessions_;  // the same workers, for eviction
   std::vector<std::pair<std::string, boost::asio::ip::tcp::endpoint>> bound_;
 };
 
