@@ -97,10 +97,10 @@ asio::awaitable<bool> evict_oldest_not_logged_in(const std::vector<WorkerSession
       }
     }
     if (!chosen) co_return false;
-    if (co_await asio::co_spawn(workers[*chosen].executor,
-                                evict_local(workers[*chosen].sessions, runtime, why),
-                                asio::use_awaitable))
-      co_return true;
+    const bool evicted = co_await asio::co_spawn(
+        workers[*chosen].executor, evict_local(workers[*chosen].sessions, runtime, why),
+        asio::use_awaitable);
+    if (evicted) co_return true;
   }
   co_return false;
 }
@@ -137,10 +137,12 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor,
     if (ec) {
       const bool out_of_descriptors =
           ec == asio::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system;
-      if (out_of_descriptors &&
-          co_await evict_oldest_not_logged_in(workers, runtime.current(),
-                                              "evicted: out of file descriptors, the oldest "
-                                              "connection not logged in makes room")) {
+      bool evicted = false;
+      if (out_of_descriptors)
+        evicted = co_await evict_oldest_not_logged_in(workers, runtime.current(),
+                                                      "evicted: out of file descriptors, the oldest "
+                                                      "connection not logged in makes room");
+      if (evicted) {
         log_refused(fmt::format("accept on {}: {}; closed the oldest connection not logged in",
                                 format_endpoint(acceptor.local_endpoint()), ec.message()));
         continue;
@@ -155,12 +157,14 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor,
     // The connection limit: the oldest connection not logged in makes room
     // for the new one; with none to close, the new one is closed.
     const std::size_t limit = connection_limit(snapshot->config->limits.max_connections);
-    if (total.load(std::memory_order_relaxed) >= limit &&
-        !co_await evict_oldest_not_logged_in(
-            workers, snapshot,
-            fmt::format("evicted: {} connections (limits.max_connections); "
-                        "the oldest not logged in makes room",
-                        limit))) {
+    bool refuse = false;
+    if (total.load(std::memory_order_relaxed) >= limit)
+      refuse = !co_await evict_oldest_not_logged_in(
+          workers, snapshot,
+          fmt::format("evicted: {} connections (limits.max_connections); "
+                      "the oldest not logged in makes room",
+                      limit));
+    if (refuse) {
       if (snapshot->metrics) snapshot->metrics->connection_limited(ConnectionLimit::at_limit);
       log_refused(fmt::format("{} connections (limits.max_connections) and none that is not "
                               "logged in to close: refused a connection from {}",
