@@ -97,10 +97,17 @@ def session_of(ix, client_port: int) -> str:
     return m.group(1) if m else ""
 
 
-def saved_lines(node_name: str, msgid: str) -> list[str]:
-    """Dovecot's "saved mail to INBOX" log lines of node NODE_NAME for MSGID."""
-    return [line for line in LAB.node(node_name).log_text().splitlines()
-            if f"msgid={msgid}: saved mail to INBOX" in line]
+def saved_lines(node_name: str, msgid: str, expect: int = 0) -> list[str]:
+    """Dovecot's "saved mail to INBOX" log lines of node NODE_NAME for MSGID.
+    Dovecot's log process may write a line a moment after the LMTP reply:
+    with EXPECT, wait (up to 5 s) until that many lines are there."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in LAB.node(node_name).log_text().splitlines()
+                 if f"msgid={msgid}: saved mail to INBOX" in line]
+        if len(lines) >= expect or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 def msgid_of(raw: bytes) -> str:
@@ -725,7 +732,7 @@ class NodeFaults(LmtpCase):
             self.begin(c, ["alice@example.org", "carol@example.org"])
             c.send(lmtp_stuff(raw))
             self.assert_saved(c.replies(2), ["alice@example.org", "carol@example.org"])
-            self.assertEqual(len(saved_lines("a-right", msgid_of(raw))), 2)
+            self.assertEqual(len(saved_lines("a-right", msgid_of(raw), expect=2)), 2)
             self.assertEqual(len(copies("a", "alice@example.org", tok)), 1)
         self.assertRegex(self.ix.log_text(),
                          r"lmtp island=a node=a-left: the node refused the connection .*trying "
@@ -748,7 +755,7 @@ class NodeFaults(LmtpCase):
             self.assertEqual(c.command("DATA"), GO_AHEAD)
             c.send(lmtp_stuff(raw))
             self.assert_saved(c.replies(2), ["alice@example.org", "carol@example.org"])
-            self.assertEqual(len(saved_lines("a-right", msgid_of(raw))), 2)
+            self.assertEqual(len(saved_lines("a-right", msgid_of(raw), expect=2)), 2)
         # The first transaction tried a-left first (a fresh router starts
         # there) and waited timeouts.connect for a greeting; a-left was
         # then suspect and tried last: the second went straight to a-right.
@@ -779,7 +786,7 @@ class NodeFaults(LmtpCase):
         (conn,) = self.new_connections(other)
         rcpts = re.findall(rb"RCPT TO:<[^>]*>", bytes(conn.up_data))
         self.assertEqual(rcpts, [b"RCPT TO:<alice@example.org>", b"RCPT TO:<carol@example.org>"])
-        self.assertEqual(len(saved_lines(other, msgid_of(raw))), 2)
+        self.assertEqual(len(saved_lines(other, msgid_of(raw), expect=2)), 2)
         self.assertEqual(saved_lines(lost, msgid_of(raw)), [])
         self.assertEqual(len(copies("a", "alice@example.org", tok)), 1)
         self.assertEqual(len(copies("a", "carol@example.org", tok)), 1)
@@ -805,7 +812,7 @@ class NodeFaults(LmtpCase):
         self.assertEqual(self.gates[lost].cut_all(), 1)
         c.send(lmtp_stuff(raw))
         self.assert_saved(c.replies(2), ["alice@example.org", "carol@example.org"])
-        self.assertEqual(len(saved_lines(other, msgid_of(raw))), 2)
+        self.assertEqual(len(saved_lines(other, msgid_of(raw), expect=2)), 2)
         self.assertEqual(len(copies("a", "alice@example.org", tok)), 1)
 
     def test_a_node_restarted_between_rcpts_hands_the_transaction_to_the_other(self):
@@ -830,7 +837,7 @@ class NodeFaults(LmtpCase):
         self.assertEqual(c.command("DATA"), GO_AHEAD)
         c.send(lmtp_stuff(raw))
         self.assert_saved(c.replies(2), ["alice@example.org", "carol@example.org"])
-        self.assertEqual(len(saved_lines("a-right", msgid_of(raw))), 2)
+        self.assertEqual(len(saved_lines("a-right", msgid_of(raw), expect=2)), 2)
         self.assertEqual(len(copies("a", "carol@example.org", tok)), 1)
 
     @staticmethod
