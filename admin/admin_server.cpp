@@ -310,7 +310,8 @@ struct AdminServer::Impl {
 
   Response status(const Request& request, const proxy::Runtime& runtime) {
     json sessions = json::object();
-    for (auto protocol : {config::Protocol::imap, config::Protocol::pop3, config::Protocol::lmtp})
+    for (auto protocol : {config::Protocol::imap, config::Protocol::pop3, config::Protocol::lmtp,
+                          config::Protocol::managesieve})
       sessions[std::string(config::name_of(protocol))] = 0;
     for (const auto& s : context.server->sessions({}))
       sessions[std::string(config::name_of(s.protocol))] =

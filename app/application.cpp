@@ -109,6 +109,9 @@ std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path&
   if (previous) runtime->health = previous->health;
   else if (connect) runtime->health = make_health_checker(*config);
   if (config->tls) runtime->server_tls = proxy::make_server_tls(*config->tls, config->path.string());
+  if (config->auth.oauth2.enabled && !config->auth.oauth2.introspection_url.empty())
+    runtime->oauth = std::make_shared<director::OAuthIntrospector>(
+        config->auth.oauth2, config->login_names, config->path.string());
   bool nodes_use_tls = false;
   for (const auto& island : config->islands)
     for (const auto& node : island.nodes) nodes_use_tls |= node.tls != config::TlsMode::none;

@@ -69,6 +69,12 @@ Clock::time_point NodeHealth::next_check(Clock::time_point now, double unit) con
   return now + jittered(interval, unit);
 }
 
+bool greeting_continues(config::Protocol protocol, std::string_view line) {
+  // A ManageSieve capability line starts with its name as a string.
+  return protocol == config::Protocol::managesieve && !line.empty() &&
+         (line.front() == '"' || line.front() == '{');
+}
+
 std::optional<std::string> greeting_problem(config::Protocol protocol, std::string_view line) {
   switch (protocol) {
     case config::Protocol::imap: {
@@ -83,6 +89,11 @@ std::optional<std::string> greeting_problem(config::Protocol protocol, std::stri
       if (line.substr(0, 3) == "+OK" && (line.size() == 3 || line[3] == ' '))
         return std::nullopt;
       if (istarts_with(line, "-ERR")) return "greeting was -ERR: " + sanitize(line.substr(4), 100);
+      return "unexpected greeting: " + sanitize(line, 100);
+    case config::Protocol::managesieve:
+      if (greeting_continues(protocol, line)) return std::nullopt;  // a capability line
+      if (line == "OK" || line.substr(0, 3) == "OK " ) return std::nullopt;
+      if (istarts_with(line, "BYE")) return "greeting was BYE: " + sanitize(line.substr(3), 100);
       return "unexpected greeting: " + sanitize(line, 100);
     case config::Protocol::lmtp: {
       auto reply = parse_reply_line(line);

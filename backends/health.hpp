@@ -75,4 +75,8 @@ class NodeHealth {
 // (RFC 2033 section 4, RFC 5321 section 4.2; 4xx/5xx refuse).
 std::optional<std::string> greeting_problem(config::Protocol protocol, std::string_view line);
 
+// Whether a greeting line is one of several (a ManageSieve capability line:
+// the greeting ends with its OK line).
+bool greeting_continues(config::Protocol protocol, std::string_view line);
+
 }  // namespace isthmus::backends

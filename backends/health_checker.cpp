@@ -41,6 +41,7 @@ std::string_view goodbye(config::Protocol protocol) {
     case config::Protocol::imap: return "h LOGOUT\r\n";
     case config::Protocol::pop3: return "QUIT\r\n";
     case config::Protocol::lmtp: return "QUIT\r\n";
+    case config::Protocol::managesieve: return "LOGOUT\r\n";
   }
   return "";
 }
@@ -234,6 +235,14 @@ struct HealthChecker::Impl {
         co_return problem;
       }
       // LMTP greetings may span lines ("220-..."); the last has "220 ".
+      // ManageSieve's is capability lines, then OK (RFC 5804 section 1.7).
+      if (protocol == config::Protocol::managesieve) {
+        if (greeting_continues(protocol, read.line)) {
+          if (lines >= kMaxGreetingLines) co_return "greeting too long";
+          continue;
+        }
+        break;
+      }
       if (protocol != config::Protocol::lmtp || read.line.size() < 4 || read.line[3] != '-') break;
       if (lines >= kMaxGreetingLines) co_return "greeting too long";
     }

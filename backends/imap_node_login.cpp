@@ -243,26 +243,48 @@ class ImapNodeLogin {
     queued_ = id_tag_ + " " + imap_forwarding_id(params_.client) + "\r\n";
   }
 
+  // The SASL mechanism the node is asked for: PLAIN, or for a bearer
+  // login the one the client used if the node offers it, else the other.
+  std::optional<SaslMechanism> node_mechanism() const {
+    auto offered = [this](SaslMechanism m) {
+      return has_capability(caps_, "AUTH=" + std::string(name_of(m)));
+    };
+    const SaslMechanism wanted = credentials_.mechanism;
+    if (!is_oauth(wanted)) return offered(wanted) ? std::optional(wanted) : std::nullopt;
+    if (offered(wanted)) return wanted;
+    const auto other = wanted == SaslMechanism::oauthbearer ? SaslMechanism::xoauth2
+                                                            : SaslMechanism::oauthbearer;
+    if (offered(other)) return other;
+    return std::nullopt;
+  }
+
   boost::asio::awaitable<bool> send_credentials() {
     login_tag_ = next_tag();
-    const bool plain = has_capability(caps_, "AUTH=PLAIN");
-    if (plain) {
-      // RFC 4616: [authzid] NUL authcid NUL passwd.
-      std::string message = credentials_.authzid;
-      message += '\0';
-      message += credentials_.user;
-      message += '\0';
-      message += credentials_.password;
+    const auto mechanism = node_mechanism();
+    if (is_oauth(credentials_.mechanism) && !mechanism) {
+      fail(Failure::node_unavailable, "the node offers neither AUTH=OAUTHBEARER nor AUTH=XOAUTH2");
+      co_return false;
+    }
+    if (mechanism) {
+      // RFC 4616: [authzid] NUL authcid NUL passwd; RFC 7628; XOAUTH2.
+      std::string message =
+          *mechanism == SaslMechanism::plain
+              ? sasl_plain_message(credentials_.authzid, credentials_.user, credentials_.password)
+          : *mechanism == SaslMechanism::oauthbearer
+              ? oauthbearer_message(credentials_.user, credentials_.password)
+              : xoauth2_message(credentials_.user, credentials_.password);
       std::string encoded = encode_base64(message);
       OPENSSL_cleanse(message.data(), message.size());
+      const std::string name(name_of(*mechanism));
       bool sent;
-      const std::size_t ir_line = login_tag_.size() + 21 + encoded.size() + 2;
+      const std::size_t ir_line = login_tag_.size() + 15 + name.size() + encoded.size() + 2;
       if (has_capability(caps_, "SASL-IR") && ir_line <= kMaxSaslIrLine) {  // RFC 4959
-        std::string line = login_tag_ + " AUTHENTICATE PLAIN " + encoded + "\r\n";
+        std::string line = login_tag_ + " AUTHENTICATE " + name + " " + encoded + "\r\n";
         sent = co_await send(line, "sending credentials", true);
         OPENSSL_cleanse(line.data(), line.size());
       } else {
-        sent = co_await send(login_tag_ + " AUTHENTICATE PLAIN\r\n", "starting AUTHENTICATE");
+        sent = co_await send(login_tag_ + " AUTHENTICATE " + name + "\r\n",
+                             "starting AUTHENTICATE");
         if (sent) sent = co_await await_continuation();
         if (sent) sent = co_await send(encoded + "\r\n", "sending credentials", true);
       }
@@ -343,6 +365,14 @@ class ImapNodeLogin {
                            sanitize(reply->text)));
           co_return false;
         case ImapReply::Kind::continuation:
+          if (is_oauth(credentials_.mechanism) && !error_challenge_answered_) {
+            // RFC 7628 section 3.2.2: a failed bearer login's error comes as
+            // a challenge; the client answers ^A and the NO follows.
+            error_challenge_answered_ = true;
+            const bool answered = co_await send("AQ==\r\n", "answering the error challenge");
+            if (!answered) co_return false;
+            continue;
+          }
           // A server asking for more SASL data after PLAIN is broken; cancel.
           co_await send("*\r\n", "cancelling AUTHENTICATE");
           break;
@@ -370,6 +400,7 @@ class ImapNodeLogin {
   bool greeted_ = false;
   std::string id_tag_;  // tag of the ID sent with the credentials, if any
   std::string queued_;  // a command to send with the next write
+  bool error_challenge_answered_ = false;
 };
 
 }  // namespace

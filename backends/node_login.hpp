@@ -4,6 +4,7 @@
 #include "common/deadline.hpp"
 #include "common/failure.hpp"
 #include "common/transport.hpp"
+#include "common/sasl.hpp"
 #include "config/config.hpp"
 
 #include <boost/asio/ssl/context.hpp>
@@ -15,7 +16,8 @@ namespace isthmus::backends {
 struct Credentials {
   std::string user;      // the login name as the node should see it
   std::string authzid;   // SASL authorization identity; empty unless the client gave one
-  std::string password;
+  std::string password;  // or, for OAUTHBEARER / XOAUTH2, the bearer token
+  SaslMechanism mechanism = SaslMechanism::plain;
 
   Credentials() = default;
   Credentials(const Credentials&) = default;

@@ -30,7 +30,8 @@ class Pop3NodeLogin {
     if (ok && params_.tls.mode == config::TlsMode::starttls) ok = co_await start_tls();
     if (ok) ok = co_await read_capabilities();
     if (ok && xclient_) ok = co_await send_identity();
-    if (ok && sasl_plain_) ok = co_await authenticate();
+    if (ok && is_oauth(params_.credentials.mechanism)) ok = co_await authenticate();
+    else if (ok && sasl_plain_) ok = co_await authenticate();
     else if (ok) ok = co_await user_pass();
     if (ok) result_.pending = reader_.take_buffered();
     co_return std::move(result_);
@@ -119,6 +120,7 @@ class Pop3NodeLogin {
     // asked again under TLS.
     xclient_ = false;
     sasl_plain_ = false;
+    sasl_.clear();
     stls_ = false;
     co_return true;
   }
@@ -136,8 +138,8 @@ class Pop3NodeLogin {
       if (*cap == ".") co_return true;
       std::string_view c = *cap;
       if (istarts_with(c, "SASL ")) {
-        std::string mechanisms = " " + ascii_lowercase(c.substr(5)) + " ";
-        sasl_plain_ = mechanisms.find(" plain ") != std::string::npos;
+        sasl_ = " " + ascii_lowercase(c.substr(5)) + " ";
+        sasl_plain_ = sasl_.find(" plain ") != std::string::npos;
       } else if (iequals(c, "XCLIENT") || istarts_with(c, "XCLIENT ")) {
         xclient_ = true;
       } else if (iequals(c, "STLS")) {
@@ -153,18 +155,43 @@ class Pop3NodeLogin {
     co_return answer.has_value();  // a refusal is not fatal: the node sees Isthmus' address
   }
 
+  // PLAIN, or for a bearer login the client's mechanism if the node lists
+  // it in CAPA's SASL line, else the other one.
+  std::optional<SaslMechanism> node_mechanism() const {
+    const auto wanted = params_.credentials.mechanism;
+    auto offered = [this](SaslMechanism m) {
+      return sasl_.find(" " + ascii_lowercase(name_of(m)) + " ") != std::string::npos;
+    };
+    if (!is_oauth(wanted)) return SaslMechanism::plain;
+    if (offered(wanted)) return wanted;
+    const auto other = wanted == SaslMechanism::oauthbearer ? SaslMechanism::xoauth2
+                                                            : SaslMechanism::oauthbearer;
+    if (offered(other)) return other;
+    return std::nullopt;
+  }
+
   boost::asio::awaitable<bool> authenticate() {
     const auto& c = params_.credentials;
-    std::string message = sasl_plain_message(c.authzid, c.user, c.password);
+    const auto mechanism = node_mechanism();
+    if (!mechanism) {
+      fail(Failure::node_unavailable, "the node lists neither OAUTHBEARER nor XOAUTH2 in SASL");
+      co_return false;
+    }
+    std::string message = *mechanism == SaslMechanism::plain
+                              ? sasl_plain_message(c.authzid, c.user, c.password)
+                          : *mechanism == SaslMechanism::oauthbearer
+                              ? oauthbearer_message(c.user, c.password)
+                              : xoauth2_message(c.user, c.password);
     std::string encoded = encode_base64(message);
     OPENSSL_cleanse(message.data(), message.size());
+    const std::string name(name_of(*mechanism));
     bool sent = false;
-    if (11 + encoded.size() + 2 <= kMaxCommandLine) {
-      std::string command = "AUTH PLAIN " + encoded + "\r\n";
+    if (6 + name.size() + encoded.size() + 2 <= kMaxCommandLine) {
+      std::string command = "AUTH " + name + " " + encoded + "\r\n";
       sent = co_await send(command, "sending credentials", true);
       OPENSSL_cleanse(command.data(), command.size());
     } else {
-      sent = co_await send("AUTH PLAIN\r\n", "starting AUTH");
+      sent = co_await send("AUTH " + name + "\r\n", "starting AUTH");
       if (sent) sent = co_await await_continuation();
       if (sent) {
         std::string response = encoded + "\r\n";
@@ -222,6 +249,14 @@ class Pop3NodeLogin {
   boost::asio::awaitable<bool> await_login_answer() {
     auto answer = co_await line("waiting for the login answer");
     if (!answer) co_return false;
+    if (is_oauth(params_.credentials.mechanism) && !answer->empty() && (*answer)[0] == '+') {
+      // A failed bearer login's error challenge (RFC 7628 section 3.2.2):
+      // answer ^A, then the -ERR follows.
+      const bool answered = co_await send("AQ==\r\n", "answering the error challenge");
+      if (!answered) co_return false;
+      answer = co_await line("waiting for the login answer");
+      if (!answer) co_return false;
+    }
     if (is_ok(*answer)) co_return true;
     if (is_err(*answer)) {
       fail(classify_pop3_refusal(*answer), "login refused: " + sanitize(*answer));
@@ -239,6 +274,7 @@ class Pop3NodeLogin {
   bool greeted_ = false;
   bool xclient_ = false;
   bool sasl_plain_ = false;
+  std::string sasl_;  // " plain oauthbearer " (CAPA's SASL line, lower case)
   bool stls_ = false;
 };
 

@@ -9,6 +9,7 @@ std::string_view name_of(Protocol protocol) {
     case Protocol::imap: return "imap";
     case Protocol::pop3: return "pop3";
     case Protocol::lmtp: return "lmtp";
+    case Protocol::managesieve: return "managesieve";
   }
   return "?";
 }
@@ -17,6 +18,7 @@ std::optional<Protocol> protocol_from_name(std::string_view name) {
   if (name == "imap") return Protocol::imap;
   if (name == "pop3") return Protocol::pop3;
   if (name == "lmtp") return Protocol::lmtp;
+  if (name == "managesieve") return Protocol::managesieve;
   return std::nullopt;
 }
 

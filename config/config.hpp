@@ -18,7 +18,8 @@ namespace isthmus::config {
 
 using Duration = std::chrono::milliseconds;
 
-enum class Protocol : std::uint8_t { imap, pop3, lmtp };
+// managesieve: RFC 5804 (port 4190).
+enum class Protocol : std::uint8_t { imap, pop3, lmtp, managesieve };
 std::string_view name_of(Protocol protocol);
 std::optional<Protocol> protocol_from_name(std::string_view name);
 
@@ -180,6 +181,27 @@ enum class MasterStyle : std::uint8_t {
   dovecot,  // LOGIN/USER "user*master" (Dovecot's auth_master_user_separator)
 };
 
+// OAuth 2.0 bearer logins (OAUTHBEARER, RFC 7628; XOAUTH2): the section
+// "auth.oauth2" turns them on (docs/oauth2.md).
+struct OAuth2 {
+  bool enabled = false;        // the section is there
+  bool oauthbearer = true;     // mechanisms offered
+  bool xoauth2 = true;
+  // auth.mode "directory": Isthmus checks each token itself by RFC 7662
+  // token introspection (an https:// URL), then logs in to the node as the
+  // master user. auth.mode "backend": the token goes to the node unchanged.
+  std::string introspection_url;
+  std::string client_id;                    // HTTP Basic to the endpoint; empty: none
+  std::filesystem::path client_secret_file;
+  std::string client_secret;                // read from client_secret_file at load
+  std::filesystem::path ca;                 // PEM bundle; empty: the system's CAs
+  bool verify = true;                       // chain and name of the endpoint
+  std::string user_claim = "username";      // the claim that names the user
+  Duration timeout = std::chrono::seconds(3);
+  Duration cache_ttl = std::chrono::seconds(60);  // a verdict is remembered (at most till exp)
+  std::size_t max_token = 8192;             // bytes; longer tokens are refused up front
+};
+
 struct Auth {
   AuthMode mode = AuthMode::backend;
   // Directory mode: log in to nodes as this master user on the user's behalf;
@@ -206,6 +228,7 @@ struct Auth {
   Duration known_good_ttl = std::chrono::hours(24 * 7);
   unsigned ipv6_prefix = 64;             // IPv6 clients are counted per /64
   std::size_t throttle_entries = 65536;  // slots per throttle table (fixed at start)
+  OAuth2 oauth2;
 };
 
 struct LoginNames {
@@ -261,6 +284,19 @@ struct Lmtp {
   // LMTP connections this instance holds to one node at most; past that
   // the node is skipped (451 4.4.5 when no node of the island is left).
   unsigned max_node_connections = 64;
+};
+
+// What the ManageSieve front door says before login (RFC 5804 section
+// 1.7). After login the client talks to its node, whose own CAPABILITY
+// answer is the one that counts; these should match what the nodes offer.
+struct ManageSieve {
+  // The "SIEVE" capability: the Sieve extensions the nodes support.
+  std::string sieve_extensions =
+      "fileinto reject envelope encoded-character vacation subaddress "
+      "comparator-i;ascii-numeric relational regex imap4flags copy include variables body "
+      "enotify environment mailbox date index ihave duplicate mime foreverypart extracttext";
+  std::string notify_methods = "mailto";  // "NOTIFY" (omitted when empty)
+  unsigned max_redirects = 0;             // "MAXREDIRECTS" (omitted when 0)
 };
 
 // The certificate Isthmus presents to clients.
@@ -326,6 +362,7 @@ struct Config {
   Timeouts timeouts;
   Limits limits;
   Lmtp lmtp;
+  ManageSieve managesieve;
   std::optional<ServerTls> tls;
   NodeTls node_tls;
   // Clients from these networks may log in without TLS, and what they say

@@ -1,5 +1,6 @@
 #include "config/config_loader.hpp"
 
+#include "common/strings.hpp"
 #include "config/duration.hpp"
 
 #include <boost/asio/ip/address.hpp>
@@ -529,6 +530,43 @@ void read_auth(Object& a, Auth& auth, const std::filesystem::path& base) {
   a.read_uint("throttle_entries", auth.throttle_entries, 64, 16U << 20);
   if (auth.failure_half_life < std::chrono::seconds(1))
     problems.add(a.pointer_of("failure_half_life"), "must be at least 1s");
+  if (const json* oauth = a.take("oauth2")) {
+    Object o(*oauth, a.pointer_of("oauth2"), problems);
+    auto& settings = auth.oauth2;
+    settings.enabled = true;
+    if (const json* mechanisms = o.take("mechanisms")) {
+      settings.oauthbearer = settings.xoauth2 = false;
+      if (!mechanisms->is_array() || mechanisms->empty()) {
+        problems.add(o.pointer_of("mechanisms"), "must be a non-empty list (\"oauthbearer\", "
+                                                 "\"xoauth2\")");
+      } else {
+        for (const auto& m : *mechanisms) {
+          const std::string name = m.is_string() ? ascii_lowercase(m.get<std::string>()) : "";
+          if (name == "oauthbearer") settings.oauthbearer = true;
+          else if (name == "xoauth2") settings.xoauth2 = true;
+          else problems.add(o.pointer_of("mechanisms"), "knows \"oauthbearer\" and \"xoauth2\"");
+        }
+      }
+    }
+    o.read_string("introspection_url", settings.introspection_url);
+    if (!settings.introspection_url.empty() &&
+        settings.introspection_url.rfind("https://", 0) != 0)
+      problems.add(o.pointer_of("introspection_url"), "must be an https:// URL (tokens are secrets)");
+    o.read_string("client_id", settings.client_id);
+    read_secret_file(o, "client_secret_file", settings.client_secret_file, settings.client_secret,
+                     base);
+    o.read_path("ca", settings.ca, base);
+    o.read_bool("verify", settings.verify);
+    o.read_string("user_claim", settings.user_claim);
+    if (settings.user_claim.empty()) problems.add(o.pointer_of("user_claim"), "must not be empty");
+    o.read_duration("timeout", settings.timeout);
+    o.read_duration("cache_ttl", settings.cache_ttl);
+    o.read_uint("max_token", settings.max_token, 64, 65536);
+    if (auth.mode == AuthMode::directory && settings.introspection_url.empty())
+      problems.add(o.pointer_of("introspection_url"),
+                   "auth.mode \"directory\" checks tokens itself: it needs the introspection "
+                   "endpoint");
+  }
 }
 
 void read_log(Object& o, LogSettings& log) {
@@ -614,14 +652,16 @@ void read_node(Object& o, Node& node) {
     o.problems().add(o.pointer_of("name"), kNameRule);
   if (const json* ports = o.take("ports", true)) {
     Object p(*ports, o.pointer_of("ports"), o.problems());
-    for (Protocol protocol : {Protocol::imap, Protocol::pop3, Protocol::lmtp}) {
+    for (Protocol protocol :
+         {Protocol::imap, Protocol::pop3, Protocol::lmtp, Protocol::managesieve}) {
       std::uint16_t port = 0;
       bool present = p.take(name_of(protocol)) != nullptr;
       p.read_uint(name_of(protocol), port, 1, 65535);
       if (present && port != 0) node.ports[protocol] = port;
     }
     if (ports->is_object() && ports->empty())
-      o.problems().add(o.pointer_of("ports"), "must name at least one of imap, pop3, lmtp");
+      o.problems().add(o.pointer_of("ports"),
+                       "must name at least one of imap, pop3, lmtp, managesieve");
   }
 }
 
@@ -745,9 +785,13 @@ Config parse_config(std::string_view text, const std::string& source,
     if (const json* auth = o.take("auth")) {
       Object a(*auth, "/auth", problems);
       read_auth(a, config.auth, base_dir);
-      if (config.auth.mode == AuthMode::directory && config.directory.type == "static")
+      // A static directory holds no passwords: in directory mode only
+      // bearer tokens (checked at the introspection endpoint) can log in.
+      if (config.auth.mode == AuthMode::directory && config.directory.type == "static" &&
+          !config.auth.oauth2.enabled)
         problems.add("/auth/mode", "\"directory\" needs an ldap or sql directory (a static "
-                                   "directory holds no passwords)");
+                                   "directory holds no passwords), or auth.oauth2 (tokens "
+                                   "only)");
     }
     if (const json* names = o.take("login_names")) {
       Object n(*names, "/login_names", problems);
@@ -810,6 +854,18 @@ Config parse_config(std::string_view text, const std::string& source,
       l.read_uint("max_connections", config.limits.max_connections, 0, 10000000);
       l.read_uint("max_message_size", config.limits.max_message_size, 1024, 4ULL << 30);
       l.read_uint("max_recipients", config.limits.max_recipients, 1, 100000);
+    }
+    if (const json* sieve = o.take("managesieve")) {
+      Object l(*sieve, "/managesieve", problems);
+      l.read_string("sieve_extensions", config.managesieve.sieve_extensions);
+      l.read_string("notify_methods", config.managesieve.notify_methods);
+      l.read_uint("max_redirects", config.managesieve.max_redirects, 0, 1000);
+      for (const std::string* value :
+           {&config.managesieve.sieve_extensions, &config.managesieve.notify_methods}) {
+        if (value->find_first_of(std::string_view("\"\\\r\n\0", 5)) != std::string::npos)
+          problems.add("/managesieve", "sieve_extensions and notify_methods must not hold "
+                                       "quotes, backslashes, line breaks or NULs");
+      }
     }
     if (const json* lmtp = o.take("lmtp")) {
       Object l(*lmtp, "/lmtp", problems);

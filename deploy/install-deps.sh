@@ -23,7 +23,8 @@ fuzz_packages=(
   clang-14 libclang-rt-14-dev
 )
 test_packages=(
-  dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
+  dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-managesieved dovecot-sieve
+  sieve-connect
   python3 python3-prometheus-client curl openssl procps iproute2
   haproxy
   postfix swaks

@@ -68,6 +68,45 @@ boost::asio::awaitable<Verdict> check_password(const Runtime& runtime, const std
   co_return verdict;
 }
 
+// Directory authentication with a bearer token: a remembered verdict, or
+// the introspection endpoint's (remembered at most until the token's exp).
+boost::asio::awaitable<Verdict> check_token(const Runtime& runtime, const std::string& user,
+                                            const std::string& token, Deadline deadline) {
+  auto& guard = *runtime.auth_guard;
+  Verdict verdict;
+  if (!runtime.oauth) {
+    verdict.failure = Failure::directory_down;
+    verdict.detail = "no introspection endpoint to check the token (auth.oauth2.introspection_url)";
+    co_return verdict;
+  }
+  constexpr std::string_view kStored = "oauth2-introspection";
+  if (auto known = guard.remembered(user, kStored, token, Clock::now())) {
+    if (*known == director::PasswordCheck::rejected) {
+      verdict.failure = Failure::auth_failed;
+      verdict.detail = "token refused (remembered verdict)";
+    }
+    co_return verdict;
+  }
+  auto answer = co_await runtime.oauth->introspect(token, user, deadline);
+  switch (answer.check) {
+    case director::TokenCheck::accepted:
+      guard.remember(user, kStored, token, director::PasswordCheck::accepted, answer.valid_for,
+                     Clock::now());
+      break;
+    case director::TokenCheck::rejected:
+      guard.remember(user, kStored, token, director::PasswordCheck::rejected,
+                     runtime.config->auth.oauth2.cache_ttl, Clock::now());
+      verdict.failure = Failure::auth_failed;
+      verdict.detail = "token refused: " + answer.detail;
+      break;
+    case director::TokenCheck::unavailable:
+      verdict.failure = Failure::directory_down;
+      verdict.detail = answer.detail;
+      break;
+  }
+  co_return verdict;
+}
+
 }  // namespace
 
 void report_node_failure(const Runtime& runtime, const backends::Node& node, Failure failure) {
@@ -166,14 +205,19 @@ static boost::asio::awaitable<LoginOutcome> log_in_to_island(const Runtime& runt
     credentials.authzid = node_user;
   }
   credentials.password = std::move(request.password);
+  credentials.mechanism = request.mechanism;
   if (config.auth.mode == config::AuthMode::directory) {
-    // Isthmus checks the password; the node is told who logs in.
+    // Isthmus checks the password (or the token); the node is told who logs in.
     if (!authzid.empty()) {
       outcome.failure = Failure::auth_failed;
       outcome.detail = "an authorization identity is not accepted with directory authentication";
       co_return outcome;
     }
-    auto verdict = co_await check_password(runtime, *user, found.entry, credentials.password);
+    Verdict verdict;
+    if (is_oauth(credentials.mechanism))
+      verdict = co_await check_token(runtime, *user, credentials.password, deadline);
+    else
+      verdict = co_await check_password(runtime, *user, found.entry, credentials.password);
     if (verdict.failure != Failure::none) {
       outcome.failure = verdict.failure;
       outcome.detail = std::move(verdict.detail);
@@ -182,6 +226,7 @@ static boost::asio::awaitable<LoginOutcome> log_in_to_island(const Runtime& runt
     const auto& auth = config.auth;
     if (!auth.master_user.empty()) {
       credentials.password = auth.master_password;
+      credentials.mechanism = SaslMechanism::plain;
       if (auth.master_style == config::MasterStyle::sasl) {
         credentials.user = auth.master_user;
         credentials.authzid = node_user;
@@ -285,6 +330,17 @@ namespace {
 // sees them (a node that drops such a login must not be blamed for it).
 std::optional<std::string> credentials_problem(const LoginRequest& request,
                                                const config::Config& config) {
+  if (is_oauth(request.mechanism)) {
+    if (!config.auth.oauth2.enabled || (request.mechanism == SaslMechanism::oauthbearer
+                                            ? !config.auth.oauth2.oauthbearer
+                                            : !config.auth.oauth2.xoauth2))
+      return fmt::format("{} is not offered here (auth.oauth2)", name_of(request.mechanism));
+    if (request.password.size() > config.auth.oauth2.max_token)
+      return fmt::format("a bearer token of {} bytes (auth.oauth2.max_token is {})",
+                         request.password.size(), config.auth.oauth2.max_token);
+    if (!valid_bearer_token(request.password)) return "a malformed bearer token";
+    return std::nullopt;
+  }
   const auto& password = request.password;
   if (password.size() > config.limits.max_password)
     return fmt::format("a password of {} bytes (limits.max_password is {})", password.size(),

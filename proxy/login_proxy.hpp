@@ -21,7 +21,8 @@ struct LoginRequest {
   std::string client;              // "ip:port", for log lines
   std::string login_name;          // as the client sent it
   std::string authzid;             // as the client sent it; usually empty
-  std::string password;
+  std::string password;  // or, for OAUTHBEARER / XOAUTH2, the bearer token
+  SaslMechanism mechanism = SaslMechanism::plain;
   boost::asio::ip::tcp::endpoint client_remote;  // the client, told to the node
   boost::asio::ip::tcp::endpoint client_local;   // what it connected to
   unsigned ttl = 0;  // hops this login may still take (0: the configured proxy_ttl)

@@ -7,7 +7,11 @@ namespace isthmus::proxy {
 namespace {
 
 constexpr std::array<config::Protocol, kProtocols> kAll{
-    config::Protocol::imap, config::Protocol::pop3, config::Protocol::lmtp};
+    config::Protocol::imap, config::Protocol::pop3, config::Protocol::lmtp,
+    config::Protocol::managesieve};
+// The protocols with logins (LMTP has none).
+constexpr std::array<config::Protocol, 3> kLogins{
+    config::Protocol::imap, config::Protocol::pop3, config::Protocol::managesieve};
 constexpr std::array<std::string_view, kLmtpResults> kLmtpNames{"delivered", "temporary",
                                                                 "permanent"};
 
@@ -74,8 +78,8 @@ void Metrics::render(std::string& out) const {
     out += fmt::format("isthmus_connections_limited_total{{reason=\"{}\"}} {}\n", reason,
                        get(limited_[static_cast<std::size_t>(index)]));
   write_family_header(out, "isthmus_logins_total", "counter",
-         "IMAP and POP3 logins by result (ok, or the failure's name).");
-  for (auto p : {config::Protocol::imap, config::Protocol::pop3}) {
+         "IMAP, POP3 and ManageSieve logins by result (ok, or the failure's name).");
+  for (auto p : kLogins) {
     for (std::size_t f = 0; f < kFailures; ++f) {
       auto n = get(logins_[static_cast<std::size_t>(p)][f]);
       auto failure = static_cast<Failure>(f);
@@ -88,7 +92,7 @@ void Metrics::render(std::string& out) const {
   }
   write_family_header(out, "isthmus_login_duration_seconds", "histogram",
          "From the login command to the answer, by protocol.");
-  for (auto p : {config::Protocol::imap, config::Protocol::pop3}) {
+  for (auto p : kLogins) {
     const auto i = static_cast<std::size_t>(p);
     std::uint64_t cumulative = 0;
     for (std::size_t b = 0; b < kLoginBuckets.size(); ++b) {

@@ -8,6 +8,7 @@
 #include "config/config.hpp"
 #include "director/auth_guard.hpp"
 #include "director/directory.hpp"
+#include "director/oauth_introspection.hpp"
 #include "proxy/connection_limits.hpp"
 #include "proxy/metrics.hpp"
 
@@ -30,6 +31,8 @@ struct Runtime {
   std::shared_ptr<backends::HealthChecker> health;
   std::shared_ptr<boost::asio::ssl::context> server_tls;  // set when config.tls is
   std::shared_ptr<boost::asio::ssl::context> node_tls;    // set when a node uses TLS
+  // auth.oauth2 with an introspection endpoint (auth.mode "directory").
+  std::shared_ptr<const director::OAuthIntrospector> oauth;
   std::uint64_t generation = 0;  // 1 for the first config, +1 per reload
 };
 

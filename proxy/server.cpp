@@ -5,6 +5,7 @@
 #include "proxy/imap/imap_session.hpp"
 #include "proxy/lmtp/lmtp_session.hpp"
 #include "proxy/pop3/pop3_session.hpp"
+#include "proxy/sieve/sieve_session.hpp"
 #include "proxy/relay.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -191,6 +192,12 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor,
         asio::co_spawn(executor,
                        serve<lmtp::LmtpSession>(sessions, std::move(socket), snapshot, listener),
                        log_escaped);
+        break;
+      case config::Protocol::managesieve:
+        asio::co_spawn(
+            executor,
+            serve<sieve::SieveSession>(sessions, std::move(socket), snapshot, listener),
+            log_escaped);
         break;
     }
   }

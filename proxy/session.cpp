@@ -19,6 +19,7 @@ const char* alpn_protocol(config::Protocol protocol) {
     case config::Protocol::imap: return "imap";
     case config::Protocol::pop3: return "pop3";
     case config::Protocol::lmtp: return nullptr;
+    case config::Protocol::managesieve: return "managesieve";
   }
   return nullptr;
 }

@@ -10,6 +10,7 @@
 
 #include "backends/topology.hpp"
 #include "common/deadline.hpp"
+#include "common/sasl.hpp"
 #include "common/transport.hpp"
 #include "config/config.hpp"
 #include "proxy/connection_limits.hpp"
@@ -118,6 +119,25 @@ class Session {
   // throttle in director/auth_guard.hpp, not here.)
   Clock::duration auth_failure_delay() const {
     return runtime_->config->timeouts.auth_failure_delay;
+  }
+  // The longest command line: limits.max_line, or longer where bearer
+  // tokens (auth.oauth2.max_token, base64 and the SASL framing) must fit.
+  std::size_t max_line() const {
+    const auto& config = *runtime_->config;
+    if (!config.auth.oauth2.enabled) return config.limits.max_line;
+    return std::max(config.limits.max_line, (config.auth.oauth2.max_token + 512) * 4 / 3 + 64);
+  }
+  // Whether the client may use `mechanism` here (PLAIN always; the OAuth
+  // ones where auth.oauth2 offers them). Like PLAIN, none before TLS
+  // unless allowed (plaintext_auth_allowed).
+  bool mechanism_offered(SaslMechanism mechanism) const {
+    const auto& oauth = runtime_->config->auth.oauth2;
+    switch (mechanism) {
+      case SaslMechanism::plain: return true;
+      case SaslMechanism::oauthbearer: return oauth.enabled && oauth.oauthbearer;
+      case SaslMechanism::xoauth2: return oauth.enabled && oauth.xoauth2;
+    }
+    return false;
   }
   bool tls_available() const {
     return listener_->tls == config::TlsMode::starttls && !client_.is_tls() && runtime_->server_tls;

@@ -54,7 +54,9 @@ ImapSession::ImapSession(SessionRegistry& registry, asio::ip::tcp::socket client
                          std::shared_ptr<const config::Listener> listener)
     : Session(registry, std::move(client), std::move(runtime), std::move(listener)),
       config_(*runtime_->config),
-      parser_(ParseLimits{config_.limits.max_line, config_.limits.max_literal}) {}
+      parser_(ParseLimits{config_.limits.max_line, config_.limits.max_literal}) {
+  parser_ = CommandParser(ParseLimits{max_line(), config_.limits.max_literal});
+}
 
 std::string ImapSession::capabilities() const {
   // No LOGIN-REFERRALS: a node's referral is not forwarded (RFC 2221).
@@ -62,6 +64,10 @@ std::string ImapSession::capabilities() const {
   if (tls_available()) caps += " STARTTLS";
   // RFC 3501 section 6.2.3: LOGINDISABLED when LOGIN would be refused.
   caps += plaintext_auth_allowed() ? " AUTH=PLAIN" : " LOGINDISABLED";
+  if (plaintext_auth_allowed()) {
+    if (mechanism_offered(SaslMechanism::oauthbearer)) caps += " AUTH=OAUTHBEARER";
+    if (mechanism_offered(SaslMechanism::xoauth2)) caps += " AUTH=XOAUTH2";
+  }
   return caps;
 }
 
@@ -180,7 +186,7 @@ asio::awaitable<ImapSession::Next> ImapSession::handle_starttls(Command& command
   bool secured = co_await start_tls();
   if (!secured) co_return Next::end;
   // A fresh parser: nothing of what came before the handshake survives.
-  parser_ = CommandParser(ParseLimits{config_.limits.max_line, config_.limits.max_literal});
+  parser_ = CommandParser(ParseLimits{max_line(), config_.limits.max_literal});
   co_return Next::keep_going;
 }
 
@@ -193,7 +199,8 @@ asio::awaitable<ImapSession::Next> ImapSession::handle_authenticate(Command& com
       (args.size() == 2 && args[1].kind != Token::Kind::atom)) {
     co_return co_await answer(tag + " BAD Invalid arguments.\r\n");
   }
-  if (!iequals(args[0].value, "PLAIN")) {
+  const auto mechanism = sasl_mechanism_from(args[0].value);
+  if (!mechanism || !mechanism_offered(*mechanism)) {
     co_return co_await answer(tag + " NO Unsupported authentication mechanism.\r\n");
   }
   if (!plaintext_auth_allowed()) {
@@ -226,6 +233,16 @@ asio::awaitable<ImapSession::Next> ImapSession::handle_authenticate(Command& com
   OPENSSL_cleanse(response.data(), response.size());
   if (!decoded) {
     co_return co_await answer(tag + " BAD Invalid base64 data.\r\n");
+  }
+  if (is_oauth(*mechanism)) {
+    auto bearer = *mechanism == SaslMechanism::oauthbearer ? parse_oauthbearer(*decoded)
+                                                           : parse_xoauth2(*decoded);
+    OPENSSL_cleanse(decoded->data(), decoded->size());
+    if (!bearer)
+      co_return co_await answer(fmt::format("{} BAD Invalid {} message.\r\n", tag,
+                                            name_of(*mechanism)));
+    co_return co_await log_in(tag, std::move(bearer->user), {}, std::move(bearer->token),
+                              *mechanism);
   }
   auto plain = parse_sasl_plain(*decoded);
   OPENSSL_cleanse(decoded->data(), decoded->size());
@@ -288,8 +305,8 @@ void ImapSession::adopt_forwarded_identity(const std::vector<Token>& args) {
 }
 
 asio::awaitable<ImapSession::Next> ImapSession::log_in(const std::string& tag, std::string user,
-                                                       std::string authzid,
-                                                       std::string password) {
+                                                       std::string authzid, std::string password,
+                                                       SaslMechanism mechanism) {
   set_phase(Phase::login);
   LoginRequest request;
   request.protocol = config::Protocol::imap;
@@ -298,6 +315,7 @@ asio::awaitable<ImapSession::Next> ImapSession::log_in(const std::string& tag, s
   request.login_name = std::move(user);
   request.authzid = std::move(authzid);
   request.password = std::move(password);
+  request.mechanism = mechanism;
   request.client_remote = client_info_.remote;
   request.client_local = client_info_.local;
   request.pause = pauser();
@@ -339,6 +357,20 @@ asio::awaitable<ImapSession::Next> ImapSession::log_in(const std::string& tag, s
     // node asked): no way to probe which names exist, as long as the delay
     // is longer than a node takes to refuse.
     co_await pause_until(started + auth_failure_delay());
+    if (is_oauth(mechanism)) {
+      // RFC 7628 section 3.2.2: the error as a last challenge, the client's
+      // dummy answer, then the failure.
+      bool asked = co_await reply(fmt::format("+ {}\r\n", oauth_failure_challenge()));
+      if (!asked) co_return Next::end;
+      for (;;) {
+        ParseResult line = parser_.parse_line(in_);
+        if (line.event == ParseEvent::command) break;
+        if (line.event == ParseEvent::fatal)
+          co_return co_await bye(line.message + ".", "client protocol error: " + line.message);
+        Next next = co_await read_client();
+        if (next == Next::end) co_return Next::end;
+      }
+    }
     text = tag + " NO [AUTHENTICATIONFAILED] Authentication failed.\r\n";
   } else if (policy.answer == ClientAnswer::authz_failed) {
     co_await pause_until(started + auth_failure_delay());

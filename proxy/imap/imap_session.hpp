@@ -38,7 +38,8 @@ class ImapSession final : public Session {
   // x-proxy-ttl) replace what Isthmus knows about the client.
   void adopt_forwarded_identity(const std::vector<Token>& args);
   boost::asio::awaitable<Next> log_in(const std::string& tag, std::string user,
-                                      std::string authzid, std::string password);
+                                      std::string authzid, std::string password,
+                                      SaslMechanism mechanism = SaslMechanism::plain);
 
   // Reads more client bytes; Next::end (after a BYE where one is due) if
   // the client is gone, the pre-auth deadline passed or a stop was requested.

@@ -38,7 +38,12 @@ Pop3Session::Pop3Session(SessionRegistry& registry, asio::ip::tcp::socket client
 
 std::string Pop3Session::capabilities() const {
   std::string caps = "CAPA\r\n";
-  if (plaintext_auth_allowed()) caps += "USER\r\nSASL PLAIN\r\n";
+  if (plaintext_auth_allowed()) {
+    caps += "USER\r\nSASL PLAIN";
+    if (mechanism_offered(SaslMechanism::oauthbearer)) caps += " OAUTHBEARER";
+    if (mechanism_offered(SaslMechanism::xoauth2)) caps += " XOAUTH2";
+    caps += "\r\n";
+  }
   if (tls_available()) caps += "STLS\r\n";
   caps += "RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nTOP\r\nUIDL\r\nIMPLEMENTATION Isthmus\r\n";
   return caps;
@@ -66,7 +71,7 @@ asio::awaitable<Pop3Session::Next> Pop3Session::serve_preauth() {
       co_return co_await goodbye("-ERR [SYS/TEMP] Server shutting down.\r\n",
                                  "shutdown before login");
     if (untrusted_proxy_header() || http_request_line()) co_return Next::end;
-    Pop3Line line = take_line(in_, config_.limits.max_line);
+    Pop3Line line = take_line(in_, max_line());
     if (line.status == Pop3Line::Status::too_long)
       co_return co_await goodbye("-ERR Line too long.\r\n", "client protocol error: Line too long");
     if (line.status == Pop3Line::Status::need_more) {
@@ -136,11 +141,14 @@ asio::awaitable<Pop3Session::Next> Pop3Session::serve_preauth() {
 asio::awaitable<Pop3Session::Next> Pop3Session::handle_auth(const std::string& argument) {
   if (argument.empty()) {
     if (!plaintext_auth_allowed()) co_return co_await answer("+OK\r\n.\r\n");
-    co_return co_await answer("+OK\r\nPLAIN\r\n.\r\n");
+    std::string list = "+OK\r\nPLAIN\r\n";
+    if (mechanism_offered(SaslMechanism::oauthbearer)) list += "OAUTHBEARER\r\n";
+    if (mechanism_offered(SaslMechanism::xoauth2)) list += "XOAUTH2\r\n";
+    co_return co_await answer(list + ".\r\n");
   }
   auto sp = argument.find(' ');
-  std::string mechanism = argument.substr(0, sp);
-  if (!iequals(mechanism, "PLAIN"))
+  const auto mechanism = sasl_mechanism_from(argument.substr(0, sp));
+  if (!mechanism || !mechanism_offered(*mechanism))
     co_return co_await answer("-ERR Unsupported authentication mechanism.\r\n");
   if (!plaintext_auth_allowed()) co_return co_await answer(std::string(kPrivacyRequired));
   std::string response;
@@ -158,6 +166,14 @@ asio::awaitable<Pop3Session::Next> Pop3Session::handle_auth(const std::string& a
   auto decoded = response.empty() ? std::optional<std::string>("") : decode_base64(response);
   OPENSSL_cleanse(response.data(), response.size());
   if (!decoded) co_return co_await answer("-ERR Invalid base64 data.\r\n");
+  if (is_oauth(*mechanism)) {
+    auto bearer = *mechanism == SaslMechanism::oauthbearer ? parse_oauthbearer(*decoded)
+                                                           : parse_xoauth2(*decoded);
+    OPENSSL_cleanse(decoded->data(), decoded->size());
+    if (!bearer)
+      co_return co_await answer(fmt::format("-ERR Invalid {} message.\r\n", name_of(*mechanism)));
+    co_return co_await log_in(std::move(bearer->user), {}, std::move(bearer->token), *mechanism);
+  }
   auto plain = parse_sasl_plain(*decoded);
   OPENSSL_cleanse(decoded->data(), decoded->size());
   if (!plain) co_return co_await answer("-ERR Invalid SASL PLAIN message.\r\n");
@@ -177,7 +193,8 @@ asio::awaitable<Pop3Session::Next> Pop3Session::handle_stls() {
 }
 
 asio::awaitable<Pop3Session::Next> Pop3Session::log_in(std::string user, std::string authzid,
-                                                       std::string password) {
+                                                       std::string password,
+                                                       SaslMechanism mechanism) {
   set_phase(Phase::login);
   LoginRequest request;
   request.protocol = config::Protocol::pop3;
@@ -186,6 +203,7 @@ asio::awaitable<Pop3Session::Next> Pop3Session::log_in(std::string user, std::st
   request.login_name = std::move(user);
   request.authzid = std::move(authzid);
   request.password = std::move(password);
+  request.mechanism = mechanism;
   request.client_remote = client_info_.remote;
   request.client_local = client_info_.local;
   request.pause = pauser();
@@ -221,6 +239,13 @@ asio::awaitable<Pop3Session::Next> Pop3Session::log_in(std::string user, std::st
     // The same answer, at the same time after the command, for a wrong
     // password and an unknown user (RFC 3206 [AUTH]).
     co_await pause_until(started + auth_failure_delay());
+    if (is_oauth(mechanism)) {
+      // RFC 7628 section 3.2.2 (as in IMAP): the error as a challenge first.
+      bool asked = co_await reply(fmt::format("+ {}\r\n", oauth_failure_challenge()));
+      if (!asked) co_return Next::end;
+      auto dummy = co_await read_line();
+      if (!dummy) co_return Next::end;
+    }
     text = "-ERR [AUTH] Authentication failed.\r\n";
   } else if (policy.answer == ClientAnswer::in_use) {
     text = "-ERR [IN-USE] Mailbox is in use, please try again later.\r\n";
@@ -234,7 +259,7 @@ asio::awaitable<Pop3Session::Next> Pop3Session::log_in(std::string user, std::st
 
 asio::awaitable<std::optional<std::string>> Pop3Session::read_line() {
   for (;;) {
-    Pop3Line line = take_line(in_, config_.limits.max_line);
+    Pop3Line line = take_line(in_, max_line());
     if (line.status == Pop3Line::Status::line) co_return std::move(line.text);
     if (line.status == Pop3Line::Status::too_long) {
       co_await goodbye("-ERR Line too long.\r\n", "client protocol error: Line too long");

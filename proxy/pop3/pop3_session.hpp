@@ -28,7 +28,8 @@ class Pop3Session final : public Session {
   boost::asio::awaitable<Next> serve_preauth();
   boost::asio::awaitable<Next> handle_auth(const std::string& argument);
   boost::asio::awaitable<Next> handle_stls();
-  boost::asio::awaitable<Next> log_in(std::string user, std::string authzid, std::string password);
+  boost::asio::awaitable<Next> log_in(std::string user, std::string authzid, std::string password,
+                                      SaslMechanism mechanism = SaslMechanism::plain);
   // One line from the client (for AUTH continuations), or nullopt if the
   // session ended.
   boost::asio::awaitable<std::optional<std::string>> read_line();

@@ -66,9 +66,10 @@ ODD_PASSWORD = 'p a"s\\s {w}ord'
 TEST_HOME_ISLAND = dict(HOME_ISLAND, **{ODD_USER: "a"})
 TEST_USERS = dict(USERS, **{ODD_USER: ODD_PASSWORD})
 
-# The demo's fixed ports (deploy/demo.sh): imap x1143, pop3 x1110, lmtp x1024.
+# The demo's fixed ports (deploy/demo.sh): imap x1143, pop3 x1110, lmtp x1024,
+# ManageSieve x4190.
 DEMO_NODE_PORTS = {
-    name: {"imap": base + 1143, "pop3": base + 1110, "lmtp": base + 1024}
+    name: {"imap": base + 1143, "pop3": base + 1110, "lmtp": base + 1024, "sieve": base + 4190}
     for name, base in (("a-left", 20000), ("a-right", 21000),
                        ("b-left", 22000), ("b-right", 23000))
 }
@@ -121,12 +122,17 @@ class Lab:
                     imaps/pop3s (ports "imaps"/"pop3s" may be in node_ports)
     require_tls     names of nodes that refuse plaintext auth without TLS
                     (needs tls=True)
+    sieve           the nodes also serve ManageSieve (node port "sieve",
+                    "managesieve" in isthmus' node entries)
+    oauth2_url      the nodes also take bearer tokens, checked at this
+                    introspection URL (DovecotNode oauth2_url)
     """
 
     def __init__(self, node_ports: Optional[Mapping[str, Mapping[str, int]]] = None, *,
                  isthmus_ports: Optional[Mapping[str, int]] = None,
                  root: Optional[str] = None, separate_index: bool = False,
-                 tls: bool = False, require_tls: Iterable[str] = ()):
+                 tls: bool = False, require_tls: Iterable[str] = (), sieve: bool = False,
+                 oauth2_url: Optional[str] = None):
         node_ports = node_ports or {}
         require_tls = set(require_tls)
         if require_tls and not tls:
@@ -172,7 +178,8 @@ class Lab:
         for island, names in ISLANDS.items():
             for name in names:
                 wanted = node_ports.get(name, {})
-                protos = ("imap", "pop3", "lmtp") + (("imaps", "pop3s") if tls else ())
+                protos = (("imap", "pop3", "lmtp") + (("imaps", "pop3s") if tls else ())
+                          + (("sieve",) if sieve else ()))
                 ports = {proto: pick(wanted.get(proto)) for proto in protos}
                 cert = None
                 if tls:
@@ -182,7 +189,7 @@ class Lab:
                 self.nodes[name] = DovecotNode(
                     name, os.path.join(self.root, "nodes", name), self.store(island),
                     TEST_USERS, ports, separate_index=separate_index,
-                    tls=cert, require_tls=name in require_tls)
+                    tls=cert, require_tls=name in require_tls, oauth2_url=oauth2_url)
 
         self.isthmus_ports = {proto: pick(port) for proto, port in
                               (isthmus_ports or {"imap": 0}).items()}
@@ -236,7 +243,8 @@ class Lab:
     def _base_config(self) -> dict:
         def node_entry(node: DovecotNode) -> dict:
             # Only the protocols: imaps/pop3s ports are in node.ports.
-            ports = {p: port for p, port in node.ports.items() if p in PROTOCOLS}
+            ports = {("managesieve" if p == "sieve" else p): port
+                     for p, port in node.ports.items() if p in PROTOCOLS}
             return {"name": node.name, "host": node.host, "ports": ports}
 
         return {

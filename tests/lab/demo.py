@@ -5,13 +5,14 @@
 
 Starts (on fixed loopback ports, checked to be free first)
 
-    island a: a-left  imap 21143  pop3 21110  lmtp 21024   shared store "a"
-              a-right imap 22143  pop3 22110  lmtp 22024
-    island b: b-left  imap 23143  pop3 23110  lmtp 23024   shared store "b"
-              b-right imap 24143  pop3 24110  lmtp 24024
+    island a: a-left  imap 21143  pop3 21110  lmtp 21024  sieve 24190   shared store "a"
+              a-right imap 22143  pop3 22110  lmtp 22024  sieve 25190
+    island b: b-left  imap 23143  pop3 23110  lmtp 23024  sieve 26190   shared store "b"
+              b-right imap 24143  pop3 24110  lmtp 24024  sieve 27190
     isthmus:  imap 127.0.0.1:1143 (STARTTLS), pop3 1110 (STLS),
               imaps 1993 and pop3s 1995 (implicit TLS, a certificate from a
-              CA the demo makes), lmtp 1024 (for MTAs; loopback is trusted)
+              CA the demo makes), lmtp 1024 (for MTAs; loopback is trusted),
+              managesieve 14190 (STARTTLS)
 
 puts a welcome message naming the island into each user's INBOX on the
 user's home island, prints what to try, and runs until Ctrl-C or SIGTERM,
@@ -57,6 +58,7 @@ ISTHMUS_LISTENERS = {
     "imaps": ("imap", 1993, "implicit"),
     "pop3s": ("pop3", 1995, "implicit"),
     "lmtp": ("lmtp", 1024, "none"),
+    "sieve": ("managesieve", 14190, "starttls"),
 }
 
 
@@ -141,7 +143,7 @@ def print_instructions(lab: Lab, isthmus_port: int, with_isthmus: bool) -> None:
               f"   log {lab.node(name).log_path}")
     if with_isthmus:
         p(f"  isthmus   imap 127.0.0.1:{isthmus_port} (STARTTLS)  pop3 1110 (STLS)  "
-          f"imaps 1993  pop3s 1995  lmtp 1024")
+          f"imaps 1993  pop3s 1995  lmtp 1024  managesieve 14190 (STARTTLS)")
         p(f"            log {lab.isthmus.log_path}")
         p(f"            config {lab.isthmus.config_path}")
         p(f"            TLS certificate from the demo's CA {lab.ca_path}")
@@ -166,6 +168,8 @@ def print_instructions(lab: Lab, isthmus_port: int, with_isthmus: bool) -> None:
         p("  swaks --protocol LMTP --server 127.0.0.1:1024 --to alice@example.org "
           "--to bob@example.org")
         p("    (then fetch it again with curl: alice's copy is on island a, bob's on b)")
+        p(f"  sieve-connect --server 127.0.0.1 --port 14190 --tlscafile {lab.ca_path} "
+          f"--tlshostname isthmus.lab.test --user alice@example.org --list")
     p("")
     p(f"""  /usr/bin/python3 -c "import imaplib; c = imaplib.IMAP4('127.0.0.1', {bob_port}); """
       f"""c.login('bob@example.org', '{PASSWORD}'); c.select('INBOX'); """
@@ -220,7 +224,7 @@ def main() -> int:
     directory_server = None
     try:
         print("demo: starting Dovecot nodes a-left, a-right, b-left, b-right ...", flush=True)
-        lab = Lab(DEMO_NODE_PORTS, isthmus_ports={"imap": args.port}, tls=True)
+        lab = Lab(DEMO_NODE_PORTS, isthmus_ports={"imap": args.port}, tls=True, sieve=True)
         lab.start()
         for user, island in HOME_ISLAND.items():
             lab.put_message(user, welcome(user, island))

@@ -34,7 +34,7 @@ from . import procs
 
 DOVECOT = shutil.which("dovecot", path="/usr/sbin:/usr/bin:/sbin:/bin") or "/usr/sbin/dovecot"
 
-PROTOCOLS = ("imap", "pop3", "lmtp")
+PROTOCOLS = ("imap", "pop3", "lmtp", "sieve")  # "sieve": ManageSieve (Pigeonhole)
 # Implicit-TLS listeners (need tls=...): port key -> the protocol it serves.
 TLS_PORTS = {"imaps": "imap", "pop3s": "pop3"}
 
@@ -192,7 +192,7 @@ class DovecotNode:
     run_dir    private directory: config, passwd files, sockets, state, log
     store_dir  mail store; shared by the nodes of one island
     users      login (full address) -> password
-    ports      protocol ("imap", "pop3", "lmtp") -> TCP port on ``host``;
+    ports      protocol ("imap", "pop3", "lmtp", "sieve") -> TCP port on ``host``;
                with tls also "imaps" / "pop3s" (implicit TLS listeners)
     separate_index  keep this node's index files in run_dir/index instead of
                next to the shared maildir
@@ -212,6 +212,9 @@ class DovecotNode:
     trusted_networks  login_trusted_networks (default "127.0.0.0/8", "" with
                require_tls): who may pass the client's address with IMAP ID /
                POP3 XCLIENT (and is "secured")
+    oauth2_url  an RFC 7662 introspection URL (http://): the node also takes
+               OAUTHBEARER and XOAUTH2 and checks each token there (Dovecot's
+               oauth2 passdb), as a node does when Isthmus passes tokens on
     """
 
     host = "127.0.0.1"
@@ -220,7 +223,8 @@ class DovecotNode:
                  users: Mapping[str, str], ports: Mapping[str, int], *,
                  separate_index: bool = False, tls: Any = None,
                  require_tls: bool = False, host: Optional[str] = None,
-                 trusted_networks: Optional[str] = None):
+                 trusted_networks: Optional[str] = None,
+                 oauth2_url: Optional[str] = None):
         allowed = set(PROTOCOLS) | set(TLS_PORTS)
         unknown = set(ports) - allowed
         if unknown or not ports:
@@ -242,6 +246,7 @@ class DovecotNode:
         if trusted_networks is None:
             trusted_networks = "" if require_tls else "127.0.0.0/8"
         self.trusted_networks = trusted_networks
+        self.oauth2_url = oauth2_url
         self.conf_path = os.path.join(self.run_dir, "dovecot.conf")
         self.log_path = os.path.join(self.run_dir, "dovecot.log")
         self.proc: Optional[procs.Proc] = None
@@ -272,6 +277,15 @@ class DovecotNode:
         self._write("users.passwd", "".join(
             f"{login}:{{PLAIN}}{pw}\n" for login, pw in self.users.items()))
         self._write("master.passwd", f"{MASTER_USER}:{{PLAIN}}{MASTER_PASSWORD}\n")
+        if self.oauth2_url:
+            self._write("oauth2.conf.ext", f"""\
+introspection_mode = post
+introspection_url = {self.oauth2_url}
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+""")
         self._write("dovecot.conf", self.config_text())
 
     def _write(self, name: str, text: str) -> None:
@@ -341,6 +355,24 @@ service pop3 {{
   process_min_avail = 1
 }}
 """)
+        if "sieve" in self.ports:
+            services.append(f"""\
+service managesieve-login {{
+  inet_listener sieve {{
+    port = {self.ports['sieve']}
+  }}
+  service_count = 0
+  process_min_avail = 1
+{no_chroot}}}
+service managesieve {{
+  service_count = 1000
+}}
+# Scripts in the user's home (next to the maildir in the island's store,
+# so both nodes of an island see them).
+plugin {{
+  sieve = file:~/sieve;active=~/.dovecot.sieve
+}}
+""")
         if "lmtp" in self.ports:
             services.append(f"""\
 service lmtp {{
@@ -364,7 +396,7 @@ log_timestamp = "%Y-%m-%d %H:%M:%S "
 
 protocols = {' '.join(protocols)}
 listen = {self.host}
-{self._ssl_config()}auth_mechanisms = plain login
+{self._ssl_config()}auth_mechanisms = plain login{' oauthbearer xoauth2' if self.oauth2_url else ''}
 auth_verbose = yes
 
 # Every login (and failed login) is logged by the login process with the
@@ -415,7 +447,7 @@ passdb {{
   driver = passwd-file
   args = username_format=%u {run}/users.passwd
 }}
-# Every user has the same uid/gid; home next to the maildir in the store.
+{self._oauth2_passdb()}# Every user has the same uid/gid; home next to the maildir in the store.
 userdb {{
   driver = static
   args = uid={uid} gid={gid} home={self.store_dir}/%d/%n
@@ -433,6 +465,16 @@ service anvil {{
     mode = 0
   }}
 {no_chroot}}}
+"""
+
+    def _oauth2_passdb(self) -> str:
+        if not self.oauth2_url:
+            return ""
+        return f"""passdb {{
+  driver = oauth2
+  mechanisms = oauthbearer xoauth2
+  args = {self.run_dir}/oauth2.conf.ext
+}}
 """
 
     def _ssl_config(self) -> str:
@@ -483,8 +525,9 @@ disable_plaintext_auth = {'yes' if self.require_tls else 'no'}
                 f"--- stdout/stderr\n{procs.tail(os.path.join(self.run_dir, 'stdout.log'))}"
             ) from None
 
-    _GREETING = {"imap": b"* OK", "pop3": b"+OK", "lmtp": b"220"}
-    _QUIT = {"imap": b"a LOGOUT\r\n", "pop3": b"QUIT\r\n", "lmtp": b"QUIT\r\n"}
+    _GREETING = {"imap": b"* OK", "pop3": b"+OK", "lmtp": b"220", "sieve": b'"IMPLEMENTATION"'}
+    _QUIT = {"imap": b"a LOGOUT\r\n", "pop3": b"QUIT\r\n", "lmtp": b"QUIT\r\n",
+             "sieve": b"LOGOUT\r\n"}
 
     def _wait_greeting(self, proto: str, port: int, deadline: float) -> None:
         """Connect until the greeting arrives, then say goodbye politely.

@@ -138,3 +138,45 @@ TEST_CASE("deadlines: waits abandoned with their io_context, destroyed on anothe
   next.run();
   CHECK(result == boost::asio::error::timed_out);
 }
+
+#include "common/sasl.hpp"
+
+TEST_CASE("SASL OAUTHBEARER and XOAUTH2 messages: parsed strictly, built back") {
+  using namespace std::string_literals;
+  auto ob = isthmus::parse_oauthbearer("n,a=alice@example.org,\x01host=imap.example.org\x01port=143\x01"
+                                       "auth=Bearer vF9dft4qmT\x01\x01"s);
+  REQUIRE(ob);
+  CHECK(ob->user == "alice@example.org");
+  CHECK(ob->token == "vF9dft4qmT");
+  // =2C and =3D in the authzid; a "y" flag; a padded token.
+  ob = isthmus::parse_oauthbearer("y,a=a=2Cb=3Dc@x,\x01" "auth=bearer ab+/cd==\x01\x01"s);
+  REQUIRE(ob);
+  CHECK(ob->user == "a,b=c@x");
+  CHECK(ob->token == "ab+/cd==");
+  for (std::string bad : {"p=tls-unique,a=u,\x01" "auth=Bearer t\x01\x01"s,  // channel binding
+                          "n,,\x01" "auth=Bearer t\x01\x01"s,                 // no user
+                          "n,a=u,\x01" "auth=Bearer t\x01"s,                  // no final ^A^A
+                          "n,a=u,\x01" "auth=Bearer t\x01\x01x"s,             // bytes after the end
+                          "n,a=u,\x01" "auth=Basic dXNlcg==\x01\x01"s,        // not a bearer token
+                          "n,a=u,\x01" "auth=Bearer t t\x01\x01"s,            // a space in it
+                          "n,a=u=4A,\x01" "auth=Bearer t\x01\x01"s,           // a bad escape
+                          "n,a=u,\x01" "auth=Bearer t\x01" "auth=Bearer u\x01\x01"s,
+                          "n,a=u,\x01\x01"s})                               // no token
+    CHECK_FALSE(isthmus::parse_oauthbearer(bad));
+  auto x = isthmus::parse_xoauth2("user=bob@example.org\x01" "auth=Bearer ya29.abc\x01\x01"s);
+  REQUIRE(x);
+  CHECK(x->user == "bob@example.org");
+  CHECK(x->token == "ya29.abc");
+  CHECK_FALSE(isthmus::parse_xoauth2("auth=Bearer ya29\x01\x01"s));
+  CHECK_FALSE(isthmus::parse_xoauth2("user=\x01" "auth=Bearer ya29\x01\x01"s));
+  // Round trips.
+  auto back = isthmus::parse_oauthbearer(isthmus::oauthbearer_message("a,b=c@x", "tok-1"));
+  REQUIRE(back);
+  CHECK(back->user == "a,b=c@x");
+  CHECK(back->token == "tok-1");
+  auto back2 = isthmus::parse_xoauth2(isthmus::xoauth2_message("u@x", "tok_2"));
+  REQUIRE(back2);
+  CHECK(back2->token == "tok_2");
+  CHECK(isthmus::sasl_mechanism_from("xoauth2") == isthmus::SaslMechanism::xoauth2);
+  CHECK_FALSE(isthmus::sasl_mechanism_from("GSSAPI"));
+}
