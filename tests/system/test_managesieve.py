@@ -16,7 +16,7 @@ import tempfile
 import time
 import unittest
 
-from support import Lab, PASSWORD, binary, procs, session_end_lines
+from support import Lab, PASSWORD, binary, procs, session_end_lines, session_of, wait_for
 from lab.oauth import Introspection  # noqa: E402  (support puts tests/ on the path)
 from lab.tls import make_ca  # noqa: E402
 
@@ -236,6 +236,28 @@ class FrontDoor(unittest.TestCase):
         self.assertEqual(listed[-1][:2], b"OK")
         caps = c.command("CAPABILITY")
         self.assertTrue(caps[0].startswith(b'"IMPLEMENTATION" "Dovecot'), caps)
+
+    def test_the_node_sees_the_clients_port_and_isthmus_session_id(self):
+        c = self.raw()
+        c.response()
+        self.assertEqual(c.log_in("carol@example.org")[-1], b'OK "Logged in."')
+        local_port = c.sock.getsockname()[1]
+        session = wait_for(lambda: session_of(self.ix.log_text(), local_port),
+                           what="the login line")
+
+        def find():
+            for node in LAB.nodes.values():
+                for login in node.logins():
+                    if login.get("session") == session:
+                        return dict(login, node=node.name)
+            return None
+        login = wait_for(find, what=f"the node's login line for session {session}")
+        self.assertTrue(login["ok"], login)
+        self.assertEqual(login["service"], "managesieve-login")
+        self.assertIn(login["node"], ("a-left", "a-right"))
+        self.assertEqual(login["user"], "carol@example.org")
+        self.assertEqual(login["rport"], str(local_port))  # told by XCLIENT
+        self.assertNotEqual(login["real_rport"], login["rport"])  # Isthmus' own port
 
     def test_hostile_lines_get_an_answer_not_a_node(self):
         c = self.raw()
