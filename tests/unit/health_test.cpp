@@ -194,6 +194,7 @@ config::Config two_node_config(bool drain_right = false, bool active_passive = f
     n.name = name;
     n.host = "127.0.0.1";
     n.ports[config::Protocol::imap] = 1;
+    n.ports[config::Protocol::pop3] = 2;
     n.drain = drain_right && std::string_view(name) == "r";
     island.nodes.push_back(n);
   }
@@ -225,6 +226,43 @@ TEST_CASE("health router: a down node gets no new sessions while another is up")
   // Back up: the fewest sessions first again.
   topology->state_of("l")->set_down(false);
   CHECK(order(a, 0) == std::vector<std::string>{"l", "r"});
+}
+
+TEST_CASE("health router: a node down for one protocol still takes the others' sessions") {
+  // DBMail and a split Cyrus run one daemon per protocol: its imapd dead,
+  // a node still serves POP3 (issue 16).
+  auto topology = two_nodes();
+  const auto& a = *topology->island("a");
+  auto names = [&](config::Protocol protocol, std::size_t spin) {
+    std::vector<std::string> out;
+    for (const auto& node : director::candidates(a, protocol, Clock::now(), spin))
+      out.push_back(node->name);
+    return out;
+  };
+  auto l = topology->state_of("l");
+  l->set_down(config::Protocol::imap, true);
+  CHECK(l->down(config::Protocol::imap));
+  CHECK_FALSE(l->down(config::Protocol::pop3));
+  CHECK(l->down());  // as the active role sees it: down for a protocol
+  for (std::size_t spin = 0; spin < 2; ++spin) {
+    CHECK(names(config::Protocol::imap, spin) == std::vector<std::string>{"r"});
+    CHECK(names(config::Protocol::pop3, spin).size() == 2);
+  }
+  l->set_down(config::Protocol::imap, false);
+  CHECK_FALSE(l->down());
+  CHECK(names(config::Protocol::imap, 0).size() == 2);
+}
+
+TEST_CASE("health: the up-again line names the protocol of a per-protocol machine") {
+  config::Health settings;
+  settings.rise = 1;
+  settings.fall = 1;
+  backends::NodeHealth h("a-left", settings, "imap");
+  auto t0 = Clock::now();
+  REQUIRE(h.record_failure("imap: connect refused", t0));
+  auto up = h.record_success(t0 + std::chrono::seconds(3));
+  REQUIRE(up);
+  CHECK(*up == "node a-left up again after 1 good check of imap (down for 3.0s)");
 }
 
 TEST_CASE("health router: every node down: all are tried anyway, in the usual order") {
@@ -294,6 +332,16 @@ TEST_CASE("active-passive: only the holder gets sessions; a down holder hands th
   topology->state_of("l")->set_down(false);
   CHECK_FALSE(backends::role_successor(a));
   CHECK(order(a, 0) == std::vector<std::string>{"r"});
+}
+
+TEST_CASE("active-passive: a holder down for one protocol loses the role; a successor must "
+          "be up for all") {
+  auto topology = backends::Topology::build(two_node_config(false, true), nullptr);
+  const auto& a = *topology->island("a");
+  topology->state_of("l")->set_down(config::Protocol::imap, true);  // its imapd died
+  REQUIRE(backends::role_successor(a) == std::optional<std::string>("r"));
+  topology->state_of("r")->set_down(config::Protocol::pop3, true);  // half up: no successor
+  CHECK_FALSE(backends::role_successor(a));
 }
 
 TEST_CASE("active-passive: no successor when the other node is down or draining") {
