@@ -1,7 +1,7 @@
-"""Health checks against real Dovecot nodes: a stopped node (connection
-refused) and a frozen one (SIGSTOP: accepts TCP, never greets) are marked
-down by the active checks and get no new logins; they come back after
-`rise` good checks; a node drained by config + SIGHUP gets no new sessions
+"""Health checks against real nodes (Dovecot; Cyrus in system.health_cyrus):
+a stopped node (connection refused) and a frozen one (SIGSTOP: accepts
+TCP, never greets) are marked down by the active checks and get no new
+logins; they come back after `rise` good checks; a node drained by config + SIGHUP gets no new sessions
 while its existing ones stay. While a node fails, a client loop logs in
 continuously and the figures (failed logins, seconds until traffic moved)
 are printed for the release note. Timing is asserted only within sane
@@ -152,8 +152,8 @@ class Health(unittest.TestCase):
         started = time.monotonic()
         self.wait_log(rf"health: node a-left up again after {RISE} good checks", mark2,
                       timeout=RISE * DOWN_INTERVAL * 1.2 + 10)
-        print(f"FAILOVER node stopped: back up {time.monotonic() - started:.2f}s after its "
-              f"Dovecot was listening again", flush=True)
+        print(f"FAILOVER node stopped: back up {time.monotonic() - started:.2f}s after the "
+              f"node was listening again", flush=True)
         self.both_nodes_take_logins()
 
     def test_a_frozen_node_goes_down_by_timeouts_and_logins_skip_it(self):
