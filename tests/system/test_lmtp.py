@@ -1225,6 +1225,19 @@ class FakeNodes(unittest.TestCase):
         self.assertEqual(c.line(), b"550 5.1.1 <u1@example.org> User unknown")
         self.assertEqual(c.reply(), b"250 2.0.0 <u2@example.org> fake saved")
 
+    def test_dbmails_215_after_the_dot_is_a_delivery_passed_on(self):
+        # DBMail's lmtpd answers the final dot with "215 Recipient <...> OK"
+        # (its enhanced code 2.1.5 printed as the reply code) while it
+        # advertises ENHANCEDSTATUSCODES: a 2xx is a delivery, and the MTA
+        # gets what the node said; a 4xx beside it is still a deferral.
+        node = FakeLmtpNode(final={"u1@example.org": "215 Recipient <u1@example.org> OK",
+                                   "u2@example.org": "452 4.2.2 Mailbox full"})
+        self.setup([node])
+        replies = self.transaction(["u1@example.org", "u2@example.org"])
+        self.assertEqual(replies, [b"215 2.0.0 Recipient <u1@example.org> OK",
+                                   b"452 4.2.2 Mailbox full"])
+        wait_for(lambda: "delivered=1 deferred=1" in self.ix.log_text(), what="the message line")
+
     def test_connections_to_one_node_are_bounded(self):
         node = FakeLmtpNode(hang_at_rcpt=["u1@example.org"])
         self.setup([node], lmtp={"max_node_connections": 2},
