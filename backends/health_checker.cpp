@@ -183,8 +183,10 @@ struct HealthChecker::Impl {
     else change = health.record_failure(result.problem, now);
     // Published before it is logged: once the line is there, routing knows.
     target.node->state->set_down(protocol, health.down());
-    // Back up after `rise` good checks: no longer tried last either.
-    if (was_down && !health.down() && !target.any_down()) target.node->state->report_success();
+    // Back up after `rise` good checks: no longer tried last either (the
+    // suspect mark is the node's; the protocol that came back clears it,
+    // or its logins would wait for the others' next checks).
+    if (was_down && !health.down()) target.node->state->report_success();
     const auto proto = config::name_of(protocol);
     if (result.ok) {
       if (change) spdlog::info("health: {}", *change);
