@@ -95,8 +95,26 @@ json sessions_json(const std::vector<proxy::SessionInfo>& sessions) {
   return list;
 }
 
+// "up" when every protocol the node serves is up, "down" when none is,
+// "degraded" in between (one daemon of a node that runs one per protocol
+// died: it still takes the others' sessions, but holds no active role).
 std::string_view node_state(const backends::Node& node) {
-  return node.state->down() ? "down" : "up";
+  std::size_t down = 0;
+  for (const auto& [protocol, port] : node.ports) {
+    (void)port;
+    down += node.state->down(protocol) ? 1 : 0;
+  }
+  if (down == 0) return "up";
+  return down == node.ports.size() ? "down" : "degraded";
+}
+
+json protocol_states(const backends::Node& node) {
+  json out = json::object();
+  for (const auto& [protocol, port] : node.ports) {
+    (void)port;
+    out[std::string(config::name_of(protocol))] = node.state->down(protocol) ? "down" : "up";
+  }
+  return out;
 }
 
 bool same_token(std::string_view given, std::string_view expected) {
@@ -343,6 +361,7 @@ struct AdminServer::Impl {
                             {"island", island.name},
                             {"host", node->host},
                             {"state", node_state(*node)},
+                            {"protocols", protocol_states(*node)},
                             {"draining", node->draining()},
                             {"drain_config", node->drain},
                             {"sessions", node->state->sessions()},

@@ -32,10 +32,15 @@ std::string render_metrics(const proxy::Runtime& runtime, std::string_view versi
       "isthmus_node_sessions",
       [](const backends::Island&, const backends::Node& n) { return long{n.state->sessions()}; }});
   proxy::write_family_header(out, "isthmus_node_up", "gauge",
-         "1 unless the health checks marked the node down (0).");
-  each_node(std::pair<std::string, Sample>{
-      "isthmus_node_up",
-      [](const backends::Island&, const backends::Node& n) { return n.state->down() ? 0L : 1L; }});
+         "Per protocol the node serves: 1 unless the health checks marked it down (0).");
+  for (const auto& island : islands)
+    for (const auto& node : island.nodes)
+      for (const auto& [protocol, port] : node->ports) {
+        (void)port;
+        out += fmt::format("isthmus_node_up{{island=\"{}\",node=\"{}\",protocol=\"{}\"}} {}\n",
+                           prometheus_escape(island.name), prometheus_escape(node->name),
+                           config::name_of(protocol), node->state->down(protocol) ? 0 : 1);
+      }
   proxy::write_family_header(out, "isthmus_node_draining", "gauge",
                              "1 while the node is drained (config or API).");
   each_node(std::pair<std::string, Sample>{

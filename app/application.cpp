@@ -451,6 +451,14 @@ int run(const std::filesystem::path& config_file) {
                    config::format_duration(spread), why);
       server.close_node_sessions(node, spread, why);
     };
+    events.close_protocol_sessions = [&server, &holder](const std::string& node,
+                                                        config::Protocol protocol,
+                                                        const std::string& why) {
+      auto spread = holder.current()->config->roles.close_spread;
+      spdlog::info("closing the {} sessions on node {} over {}: {}", config::name_of(protocol),
+                   node, config::format_duration(spread), why);
+      server.close_node_sessions(node, spread, why, protocol);
+    };
     health->set_events(std::move(events));
   }
   follow_health(*holder.current());

@@ -29,8 +29,8 @@ Clock::duration jittered(Clock::duration interval, double unit) {
       std::chrono::duration<double, Clock::period>(static_cast<double>(interval.count()) * factor));
 }
 
-NodeHealth::NodeHealth(std::string node, config::Health settings)
-    : node_(std::move(node)), settings_(settings) {}
+NodeHealth::NodeHealth(std::string node, config::Health settings, std::string protocol)
+    : node_(std::move(node)), protocol_(std::move(protocol)), settings_(settings) {}
 
 std::optional<std::string> NodeHealth::record_failure(std::string_view reason,
                                                       Clock::time_point now) {
@@ -59,8 +59,9 @@ std::optional<std::string> NodeHealth::record_success(Clock::time_point now) {
   const auto down_for = std::chrono::duration_cast<std::chrono::milliseconds>(now - since_);
   state_ = HealthState::up;
   since_ = now;
-  return fmt::format("node {} up again after {} good check{} (down for {:.1f}s)", node_,
+  return fmt::format("node {} up again after {} good check{}{} (down for {:.1f}s)", node_,
                      successes_, successes_ == 1 ? "" : "s",
+                     protocol_.empty() ? "" : " of " + protocol_,
                      static_cast<double>(down_for.count()) / 1000.0);
 }
 

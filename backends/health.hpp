@@ -1,5 +1,5 @@
 #pragma once
-// The health of one node as a pure state machine, and the pure parts of an
+// The health of one node (for one protocol) as a pure state machine, and the pure parts of an
 // active check (what a greeting means). No sockets, no clock of its own:
 // the time is passed in, so tests drive it on a fake clock.
 //
@@ -35,7 +35,9 @@ Clock::duration jittered(Clock::duration interval, double unit);
 
 class NodeHealth {
  public:
-  NodeHealth(std::string node, config::Health settings);
+  // `protocol`, when given, names what this machine tracks in its "up
+  // again" line (the checker keeps one per node and protocol).
+  NodeHealth(std::string node, config::Health settings, std::string protocol = {});
 
   // New settings after a reload; the state and the counts stay.
   void configure(const config::Health& settings) { settings_ = settings; }
@@ -60,6 +62,7 @@ class NodeHealth {
 
  private:
   std::string node_;
+  std::string protocol_;
   config::Health settings_;
   HealthState state_ = HealthState::unknown;
   unsigned failures_ = 0;

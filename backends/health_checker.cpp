@@ -35,6 +35,17 @@ struct CheckResult {
   std::string problem;  // "imap: connect refused"
 };
 
+std::map<config::Protocol, NodeHealth> machines_for(const Node& node,
+                                                    const config::Health& settings) {
+  std::map<config::Protocol, NodeHealth> out;
+  for (const auto& [protocol, port] : node.ports) {
+    (void)port;
+    out.emplace(protocol,
+                NodeHealth(node.name, settings, std::string(config::name_of(protocol))));
+  }
+  return out;
+}
+
 // What a client says to leave politely before any login.
 std::string_view goodbye(config::Protocol protocol) {
   switch (protocol) {
@@ -62,13 +73,25 @@ std::string read_problem(const LineResult& read, std::string_view waiting_for,
 }  // namespace
 
 struct HealthChecker::Impl {
-  // One checked node: its state machine and its check loop's timer.
+  // One checked node: a state machine per protocol it serves (DBMail and
+  // a split Cyrus run a daemon per protocol: one can die alone), and its
+  // check loop's timer.
   struct Target {
     Target(asio::io_context& io, std::shared_ptr<const Node> n, const config::Health& given)
-        : node(std::move(n)), health(node->name, given), settings(given), timer(io) {}
+        : node(std::move(n)), health(machines_for(*node, given)), settings(given), timer(io) {}
     std::shared_ptr<const Node> node;  // replaced on reload (same name)
-    NodeHealth health;
+    std::map<config::Protocol, NodeHealth> health;
     config::Health settings;
+    // Down for any protocol: checked at the faster pace.
+    bool any_down() const {
+      for (const auto& [protocol, h] : health)
+        if (h.down()) return true;
+      return false;
+    }
+    Clock::time_point next_check(Clock::time_point now, double unit) const {
+      const auto interval = any_down() ? settings.down_interval : settings.interval;
+      return now + jittered(interval, unit);
+    }
     Clock::time_point due{};
     asio::steady_timer timer;
     bool removed = false;
@@ -96,9 +119,26 @@ struct HealthChecker::Impl {
         seen.insert(node->name);
         auto it = targets.find(node->name);
         if (it != targets.end()) {
-          it->second->node = node;
-          it->second->settings = island.health;
-          it->second->health.configure(island.health);
+          auto& target = *it->second;
+          target.node = node;
+          target.settings = island.health;
+          // Protocols the node no longer serves are forgotten (and up);
+          // new ones start unknown.
+          for (auto h = target.health.begin(); h != target.health.end();) {
+            if (node->ports.count(h->first)) {
+              h->second.configure(island.health);
+              ++h;
+            } else {
+              node->state->set_down(h->first, false);
+              h = target.health.erase(h);
+            }
+          }
+          for (const auto& [protocol, port] : node->ports) {
+            (void)port;
+            if (!target.health.count(protocol))
+              target.health.emplace(protocol, NodeHealth(node->name, island.health,
+                                                         std::string(config::name_of(protocol))));
+          }
           continue;
         }
         auto target = std::make_shared<Target>(io, node, island.health);
@@ -130,45 +170,57 @@ struct HealthChecker::Impl {
     roles->follow(inputs.topology);
   }
 
-  // A verdict, active or passive, into the node's state machine and out to
-  // the workers (NodeState::down) and the log.
-  void record(Target& target, const CheckResult& result) {
+  // A verdict, active or passive, about one protocol of a node into its
+  // state machine and out to the workers (NodeState::down) and the log.
+  void record(Target& target, config::Protocol protocol, const CheckResult& result) {
+    auto machine = target.health.find(protocol);
+    if (machine == target.health.end()) return;  // a protocol the node does not serve
+    NodeHealth& health = machine->second;
     const auto now = Clock::now();
-    const bool was_down = target.health.down();
+    const bool was_down = health.down();
+    const bool node_was_down = target.any_down();
     std::optional<std::string> change;
-    if (result.ok) change = target.health.record_success(now);
-    else change = target.health.record_failure(result.problem, now);
+    if (result.ok) change = health.record_success(now);
+    else change = health.record_failure(result.problem, now);
     // Published before it is logged: once the line is there, routing knows.
-    target.node->state->set_down(target.health.down());
-    // Back up after `rise` good checks: no longer tried last either.
-    if (was_down && !target.health.down()) target.node->state->report_success();
+    target.node->state->set_down(protocol, health.down());
+    // Back up after `rise` good checks: no longer tried last either (the
+    // suspect mark is the node's; the protocol that came back clears it,
+    // or its logins would wait for the others' next checks).
+    if (was_down && !health.down()) target.node->state->report_success();
+    const auto proto = config::name_of(protocol);
     if (result.ok) {
       if (change) spdlog::info("health: {}", *change);
     } else if (change) {
-      spdlog::warn("health: {}; it gets no new sessions while its island has a node up",
-                   *change);
+      spdlog::warn("health: {}; it gets no new {} sessions while its island has a node up for "
+                   "{}", *change, proto, proto);
     } else if (!was_down) {
       spdlog::info("health: node {}: failed check {} of {} before it is marked down: {}",
-                   target.node->name, target.health.failures(), target.settings.fall,
-                   result.problem);
+                   target.node->name, health.failures(), target.settings.fall, result.problem);
     } else {
       spdlog::debug("health: node {} still down: {}", target.node->name, result.problem);
     }
-    if (!was_down && target.health.down() && events.close_sessions)
-      events.close_sessions(target.node->name,
-                            fmt::format("node {} was marked down", target.node->name));
-    if (was_down != target.health.down()) roles->health_changed();
-    if (!was_down && target.health.down()) {
+    // Only the sessions of the protocol that failed: a node whose imapd
+    // died keeps serving its POP3 sessions (the role, if it held it,
+    // moves: roles->health_changed below, which closes the rest).
+    if (!was_down && health.down()) {
+      const std::string why = fmt::format("node {} was marked down for {}", target.node->name,
+                                          proto);
+      if (events.close_protocol_sessions)
+        events.close_protocol_sessions(target.node->name, protocol, why);
+    }
+    if (node_was_down != target.any_down() || was_down != health.down()) roles->health_changed();
+    if (!was_down && health.down()) {
       // Down: check it again at the faster pace from now on.
-      target.due = target.health.next_check(now, unit());
+      target.due = target.next_check(now, unit());
       target.timer.cancel();
     }
   }
 
-  void report(const std::string& node, const std::string& reason) {
+  void report(const std::string& node, config::Protocol protocol, const std::string& reason) {
     auto it = targets.find(node);
     if (it == targets.end()) return;  // not checked (health.active false) or gone
-    record(*it->second, CheckResult{false, reason});  // a session's report
+    record(*it->second, protocol, CheckResult{false, reason});  // a session's report
   }
 
   asio::awaitable<void> check_loop(std::shared_ptr<Target> target) {
@@ -178,24 +230,25 @@ struct HealthChecker::Impl {
       (void)ec;  // cancelled: removed, or due moved
       if (target->removed) break;
       if (Clock::now() < target->due) continue;
-      CheckResult result = co_await check_node(*target);
+      co_await check_node(target);
       if (target->removed) break;
-      record(*target, result);
-      target->due = target->health.next_check(Clock::now(), unit());
+      target->due = target->next_check(Clock::now(), unit());
     }
   }
 
-  // Every protocol the node serves; the first problem fails the check.
-  asio::awaitable<CheckResult> check_node(Target& target) {
-    auto node = target.node;
-    const auto settings = target.settings;
+  // Every protocol the node serves, each with its own verdict.
+  asio::awaitable<void> check_node(std::shared_ptr<Target> target) {
+    auto node = target->node;
+    const auto settings = target->settings;
     for (const auto& [protocol, port] : node->ports) {
       (void)port;
       std::string problem = co_await check_protocol(*node, protocol, settings);
-      if (!problem.empty())
-        co_return CheckResult{false, fmt::format("{}: {}", config::name_of(protocol), problem)};
+      if (target->removed) co_return;
+      record(*target, protocol,
+             problem.empty() ? CheckResult{}
+                             : CheckResult{false, fmt::format("{}: {}", config::name_of(protocol),
+                                                              problem)});
     }
-    co_return CheckResult{};
   }
 
   // One connection: connect, TLS for implicit-TLS nodes, the greeting (and
@@ -312,9 +365,10 @@ void HealthChecker::update(HealthInputs inputs) {
   asio::post(impl_->io, std::move(apply));
 }
 
-void HealthChecker::report_failure(const std::string& node, std::string reason) {
-  auto report = [impl = impl_.get(), node, reason = std::move(reason)] {
-    impl->report(node, reason);
+void HealthChecker::report_failure(const std::string& node, config::Protocol protocol,
+                                   std::string reason) {
+  auto report = [impl = impl_.get(), node, protocol, reason = std::move(reason)] {
+    impl->report(node, protocol, reason);
   };
   asio::post(impl_->io, std::move(report));
 }

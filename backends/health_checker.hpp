@@ -4,8 +4,12 @@
 // and read the greeting within the island's health timeout (after a TLS
 // handshake for implicit-TLS nodes; optionally LHLO for LMTP), then say
 // goodbye (LOGOUT/QUIT). The verdicts go through a NodeHealth state machine
-// per node (backends/health.hpp) and are published in NodeState::down(),
-// which the router reads without locks. Routing never waits for a check.
+// per node and protocol (backends/health.hpp) and are published in
+// NodeState::down(protocol), which the router reads without locks: a node
+// whose imapd died still takes POP3 sessions. Routing never waits for a
+// check. A protocol going down closes that protocol's sessions on the node
+// only (RoleEvents::close_protocol_sessions); the active role goes by the
+// node as a whole (down for any protocol: role_successor).
 //
 // Sessions report what they see (report_failure): those count as failed
 // checks at once. The checker follows reloads (update): nodes are matched
@@ -47,9 +51,10 @@ class HealthChecker {
   // with health.active false are not checked and their nodes never down.
   void update(HealthInputs inputs);
 
-  // A real session could not use `node` (refused, timed out, broken
-  // greeting): one failed check, at once (any thread; never blocks).
-  void report_failure(const std::string& node, std::string reason);
+  // A real session could not use `node` for `protocol` (refused, timed
+  // out, broken greeting): one failed check of that protocol, at once (any
+  // thread; never blocks).
+  void report_failure(const std::string& node, config::Protocol protocol, std::string reason);
 
   // Where sessions are closed: a node that goes down, or an old role
   // holder (any thread; applies from the next event).

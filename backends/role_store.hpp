@@ -38,6 +38,10 @@ struct RoleEvents {
   // Close the relayed sessions on `node`, spread over a few seconds; `why`
   // ends up in their session-end lines. May be empty.
   std::function<void(const std::string& node, const std::string& why)> close_sessions;
+  // Close only the relayed sessions of `protocol` on `node` (the health
+  // checker, when one protocol of a node goes down). May be empty.
+  std::function<void(const std::string& node, config::Protocol protocol, const std::string& why)>
+      close_protocol_sessions;
 };
 
 class RoleStore {

@@ -9,6 +9,7 @@
 
 #include <boost/asio/ip/tcp.hpp>
 
+#include <array>
 #include <atomic>
 #include <map>
 #include <memory>
@@ -48,10 +49,27 @@ class NodeState {
   bool suspect(Clock::time_point now) const;
   static constexpr auto suspect_for = std::chrono::seconds(10);
 
-  // Published by the health checker (its thread writes, workers read):
-  // a down node gets no new sessions while its island has a node up.
-  bool down() const { return down_.load(std::memory_order_relaxed); }
-  void set_down(bool down) { down_.store(down, std::memory_order_relaxed); }
+  // Published by the health checker (its thread writes, workers read), per
+  // protocol: DBMail and a split Cyrus run one daemon per protocol, so a
+  // node can serve POP3 with its imapd dead. A node down for a protocol
+  // gets no new sessions of it while its island has a node up for it.
+  bool down(config::Protocol protocol) const {
+    return down_[index(protocol)].load(std::memory_order_relaxed);
+  }
+  void set_down(config::Protocol protocol, bool down) {
+    down_[index(protocol)].store(down, std::memory_order_relaxed);
+  }
+  // Down for any protocol: what the active role goes by (a role holder
+  // must serve every protocol of its island; docs/health.md).
+  bool down() const {
+    for (const auto& d : down_)
+      if (d.load(std::memory_order_relaxed)) return true;
+    return false;
+  }
+  // Every protocol at once (a node no longer checked is up).
+  void set_down(bool down) {
+    for (auto& d : down_) d.store(down, std::memory_order_relaxed);
+  }
 
   // Drained at run time (the admin API, later): no new sessions, the
   // existing ones stay. The config's "drain" is Node::drain; either drains.
@@ -63,7 +81,8 @@ class NodeState {
   std::atomic<int> sessions_{0};
   std::atomic<int> lmtp_{0};
   std::atomic<Clock::rep> last_failure_{0};  // Clock ticks; 0: none
-  std::atomic<bool> down_{false};
+  static std::size_t index(config::Protocol protocol) { return static_cast<std::size_t>(protocol); }
+  std::array<std::atomic<bool>, 3> down_{};  // by config::Protocol
   std::atomic<bool> draining_{false};
 };
 

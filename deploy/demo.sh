@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The Isthmus demo: four real Dovecot nodes in two islands on loopback, and
-# isthmus in front of them on 127.0.0.1:1143. Ctrl-C stops everything.
+# The Isthmus demo: four real Dovecot (or, with --nodes cyrus, Cyrus) nodes in
+# two islands on loopback, and isthmus in front on 127.0.0.1:1143. Ctrl-C stops
+# everything.
 #
 # usage: deploy/demo.sh [--no-build] [--binary PATH] [demo.py options...]
 #   --no-build      do not run cmake; use an existing binary
 #   --binary PATH   the isthmus binary to run (default: build/release/bin/isthmus)
 #   ISTHMUS_BIN=PATH  same as --no-build --binary PATH
 # Other options go to tests/lab/demo.py (--no-isthmus, --keep, --port N,
-#   --directory static|ldap|sql, --auth backend|directory).
+#   --directory static|ldap|sql, --auth backend|directory, --nodes dovecot|cyrus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     --binary) binary="${2:?--binary needs a path}"; shift ;;
     --binary=*) binary="${1#*=}" ;;
     --no-isthmus) build=0; args+=("$1") ;;
-    -h|--help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) args+=("$1") ;;
   esac
   shift

@@ -25,11 +25,15 @@ fuzz_packages=(
 test_packages=(
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-managesieved dovecot-sieve
   sieve-connect
+  cyrus-common cyrus-admin cyrus-clients sasl2-bin
   python3 python3-prometheus-client curl openssl procps iproute2
   haproxy
   postfix swaks
   slapd ldap-utils
   mariadb-server mariadb-client
+  # The libraries of exim4-daemon-light, which is extracted (below), not
+  # installed: it conflicts with postfix (both are the system's MTA).
+  libgnutls-dane0 libidn12 libnsl2 libpcre2-8-0 libdb5.3
 )
 
 want=("${build_packages[@]}" "${fuzz_packages[@]}" "${test_packages[@]}" "${package_packages[@]}")
@@ -39,11 +43,60 @@ for p in "${want[@]}"; do
     missing+=("$p")
   fi
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
 
-echo "install-deps: installing ${missing[*]}" >&2
+# Node binaries that cannot be installed beside what is above, unpacked into
+# the project's own directory instead (tests/lab/nodebin.py finds them;
+# ISTHMUS_NODE_BIN overrides the place):
+#   cyrus-imapd, cyrus-pop3d  conflict with dovecot-imapd/-pop3d (both are
+#                      the system's imap-server/pop3-server); their imapd and
+#                      pop3d run with cyrus-common's libraries
+#   exim4-daemon-light conflicts with postfix (mail-transport-agent): the
+#                      CalMail test runs a private Exim from here
+# `apt-get download` + `dpkg -x`, the versions matching what is installed,
+# redone only when the installed cyrus-common changes. Idempotent.
+node_bin=${ISTHMUS_NODE_BIN:-$(cd "$(dirname "$0")/.." && pwd)/build/node-bin}
+extract_node_binaries() {
+  local cyrus_version stamp tmp
+  cyrus_version=$(dpkg-query -W -f='${Version}' cyrus-common)
+  stamp="cyrus-imapd=$cyrus_version cyrus-pop3d=$cyrus_version exim4-daemon-light"
+  if [ -x "$node_bin/usr/lib/cyrus/bin/imapd" ] && [ -x "$node_bin/usr/sbin/exim4" ] &&
+     [ "$(cat "$node_bin/.versions" 2>/dev/null)" = "$stamp" ]; then
+    return 0
+  fi
+  echo "install-deps: extracting cyrus-imapd, cyrus-pop3d, exim4-daemon-light into $node_bin" >&2
+  tmp=$(mktemp -d)
+  chmod 0755 "$tmp"  # apt's download user (_apt) writes into it
+  # shellcheck disable=SC2086 # the stamp is the package list
+  if ! (cd "$tmp" && apt-get download $stamp >&2); then
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update >&2
+    (cd "$tmp" && apt-get download $stamp >&2)
+  fi
+  rm -rf "$node_bin.new"
+  mkdir -p "$node_bin.new"
+  for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$node_bin.new"; done
+  rm -rf "$tmp"
+  for exe in usr/lib/cyrus/bin/imapd usr/lib/cyrus/bin/pop3d usr/sbin/exim4; do
+    if ldd "$node_bin.new/$exe" | grep -q 'not found'; then
+      echo "install-deps: $exe misses libraries:" >&2
+      ldd "$node_bin.new/$exe" | grep 'not found' >&2
+      return 1
+    fi
+  done
+  echo "$stamp" >"$node_bin.new/.versions"
+  rm -rf "$node_bin"
+  mv "$node_bin.new" "$node_bin"
+  # Cyrus' master runs its services as the cyrus user: the tree must be
+  # readable and executable by it.
+  chmod -R a+rX "$node_bin"
+}
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+if [ ${#missing[@]} -eq 0 ]; then
+  extract_node_binaries
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 
 # Keep package installs from starting system-wide daemons on the standard ports
@@ -85,3 +138,4 @@ if ! apt_install "${missing[@]}"; then
   "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update
   apt_install "${missing[@]}"
 fi
+extract_node_binaries

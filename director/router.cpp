@@ -30,7 +30,7 @@ std::vector<std::shared_ptr<const backends::Node>> candidates(const backends::Is
     // Draining is the operator's word: no new sessions, even when the
     // island's other nodes are down.
     if (!node->endpoint(protocol) || node->draining()) continue;
-    const bool down = node->state->down();
+    const bool down = node->state->down(protocol);
     any_up |= !down;
     ranked.push_back({down, node->state->suspect(now), node->state->sessions(),
                       (i + count - spin % count) % count, node});

@@ -8,7 +8,7 @@
 namespace isthmus::director {
 
 // Balance policy: the nodes that serve `protocol` and are not draining.
-// Nodes the health checker marks down are left out while any node of the
+// Nodes the health checker marks down for `protocol` are left out while any node of the
 // island is up; when every such node is down, all of them are returned
 // (health may be stale: trying is better than refusing outright). Among
 // them: healthy before suspect, fewer sessions first; among equals, `spin`

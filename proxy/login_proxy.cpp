@@ -109,12 +109,15 @@ boost::asio::awaitable<Verdict> check_token(const Runtime& runtime, const std::s
 
 }  // namespace
 
-void report_node_failure(const Runtime& runtime, const backends::Node& node, Failure failure) {
+void report_node_failure(const Runtime& runtime, const backends::Node& node,
+                         config::Protocol protocol, Failure failure) {
   const auto& policy = policy_of(failure);
   if (!policy.node_suspect) return;
   node.state->report_failure(Clock::now());
   if (runtime.health)
-    runtime.health->report_failure(node.name, fmt::format("a session: {}", policy.description));
+    runtime.health->report_failure(node.name, protocol,
+                                   fmt::format("{}: a session: {}", config::name_of(protocol),
+                                               policy.description));
 }
 
 // After the checks that need no directory and no node (credentials,
@@ -303,7 +306,7 @@ static boost::asio::awaitable<LoginOutcome> log_in_to_island(const Runtime& runt
       co_return outcome;
     }
     const auto& policy = policy_of(result.failure);
-    report_node_failure(runtime, *node, result.failure);
+    report_node_failure(runtime, *node, request.protocol, result.failure);
     tried += fmt::format("{}{}: {}", tried.empty() ? "" : "; ", node->name, result.detail);
     if (!policy.try_next_node) {
       outcome.failure = result.failure;

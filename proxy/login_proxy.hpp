@@ -51,7 +51,9 @@ using NodeLoginFn = std::function<boost::asio::awaitable<backends::NodeLoginResu
 // failure table's node_suspect: refused, timed out, broken greeting, TLS):
 // the node is suspect for a while, and the health checker counts one failed
 // check at once (docs/health.md). Other failures are not reported.
-void report_node_failure(const Runtime& runtime, const backends::Node& node, Failure failure);
+// Counted against the node's `protocol` only (docs/health.md).
+void report_node_failure(const Runtime& runtime, const backends::Node& node,
+                         config::Protocol protocol, Failure failure);
 
 boost::asio::awaitable<LoginOutcome> log_in_through_island(const Runtime& runtime,
                                                            LoginRequest request,

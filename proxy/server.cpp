@@ -207,12 +207,13 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor,
 // over `spread`, in random order. A session is found again by its id at its
 // step (it may have ended meanwhile).
 asio::awaitable<void> close_spread_out(SessionRegistry& sessions, std::string node,
-                                       Clock::duration spread, std::string why) {
+                                       Clock::duration spread, std::string why,
+                                       std::optional<config::Protocol> protocol) {
   std::vector<std::string> ids;
   for (Session* session : sessions.sessions()) {
     const auto& record = session->record();
     if (session->phase() == Phase::relay && record.protocol != config::Protocol::lmtp &&
-        record.node == node)
+        record.node == node && (!protocol || record.protocol == *protocol))
       ids.push_back(record.id);
   }
   if (ids.empty()) co_return;
@@ -316,9 +317,10 @@ void Server::close_all_sessions() {
     asio::post(worker->io, [w = worker.get()] { w->sessions.stop_all(StopKind::force); });
 }
 
-void Server::close_node_sessions(std::string node, Clock::duration spread, std::string why) {
+void Server::close_node_sessions(std::string node, Clock::duration spread, std::string why,
+                                 std::optional<config::Protocol> protocol) {
   for (auto& worker : workers_) {
-    asio::co_spawn(worker->io, close_spread_out(worker->sessions, node, spread, why),
+    asio::co_spawn(worker->io, close_spread_out(worker->sessions, node, spread, why, protocol),
                    log_escaped);
   }
 }

@@ -10,6 +10,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -64,7 +65,8 @@ class Server {
   // within `spread` (clients do not all come back at once); LMTP
   // transactions finish. `why` goes into their session-end lines. Any
   // thread; returns at once.
-  void close_node_sessions(std::string node, Clock::duration spread, std::string why);
+  void close_node_sessions(std::string node, Clock::duration spread, std::string why,
+                           std::optional<config::Protocol> protocol = std::nullopt);
   // The sessions matching `filter` on every worker, and a kick of those
   // (relayed or logging in; LMTP sessions are never kicked: their
   // transactions finish). Block until every worker has answered (at most

@@ -405,7 +405,7 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
     }
     if (step.failure != Failure::none) {
       const auto& policy = policy_of(step.failure);
-      report_node_failure(*runtime_, *node, step.failure);
+      report_node_failure(*runtime_, *node, config::Protocol::lmtp, step.failure);
       spdlog::warn("session={} lmtp island={} node={}: {} ({}); trying the next node", record_.id,
                    txn.island, node->name, policy.description, step.detail);
       if (client) client->close();

@@ -46,9 +46,24 @@ import tempfile
 import threading
 from typing import Any, Iterable, Mapping, Optional
 
-from . import procs, tls as tlslib
+from . import cyrus as cyruslib, procs, tls as tlslib
+from .cyrus import CyrusNode
 from .dovecot import PROTOCOLS, DovecotNode, put_message
 from .isthmus import Isthmus
+
+# The kinds of node the lab runs; ISTHMUS_NODE_KIND picks the default, so
+# one test file runs against either (tests/CMakeLists.txt registers the
+# Cyrus variants).
+NODE_KINDS = {"dovecot": DovecotNode, "cyrus": CyrusNode}
+
+
+def node_kind() -> str:
+    """The kind of node the lab starts by default: ISTHMUS_NODE_KIND
+    ("dovecot" when unset)."""
+    kind = os.environ.get("ISTHMUS_NODE_KIND", "dovecot") or "dovecot"
+    if kind not in NODE_KINDS:
+        raise ValueError(f"ISTHMUS_NODE_KIND={kind!r}: one of {sorted(NODE_KINDS)}")
+    return kind
 
 ISLANDS = {"a": ("a-left", "a-right"), "b": ("b-left", "b-right")}
 HOME_ISLAND = {
@@ -126,14 +141,29 @@ class Lab:
                     "managesieve" in isthmus' node entries)
     oauth2_url      the nodes also take bearer tokens, checked at this
                     introspection URL (DovecotNode oauth2_url)
+    kind            "dovecot" or "cyrus" (default: ISTHMUS_NODE_KIND, else
+                    dovecot); lab.kind says which. Cyrus nodes:
+                    tests/lab/cyrus.py
+    node_options    more keyword arguments for every node (e.g. Cyrus'
+                    lmtp_auth=True)
     """
 
     def __init__(self, node_ports: Optional[Mapping[str, Mapping[str, int]]] = None, *,
                  isthmus_ports: Optional[Mapping[str, int]] = None,
                  root: Optional[str] = None, separate_index: bool = False,
                  tls: bool = False, require_tls: Iterable[str] = (), sieve: bool = False,
-                 oauth2_url: Optional[str] = None):
+                 oauth2_url: Optional[str] = None, kind: Optional[str] = None,
+                 node_options: Optional[Mapping[str, Any]] = None):
         node_ports = node_ports or {}
+        self.kind = kind or node_kind()
+        if self.kind not in NODE_KINDS:
+            raise ValueError(f"kind must be one of {sorted(NODE_KINDS)}: {self.kind!r}")
+        node_class = NODE_KINDS[self.kind]
+        options = dict(node_options or {})
+        if (sieve or oauth2_url) and self.kind != "dovecot":
+            raise ValueError("sieve and oauth2_url: Dovecot nodes only (Pigeonhole, oauth2 passdb)")
+        if oauth2_url:
+            options["oauth2_url"] = oauth2_url
         require_tls = set(require_tls)
         if require_tls and not tls:
             raise ValueError("require_tls needs tls=True")
@@ -174,7 +204,7 @@ class Lab:
             self.isthmus_cert = self.ca.issue(
                 "isthmus", dns=["isthmus.lab.test"], ips=["127.0.0.1"])
 
-        self.nodes: dict[str, DovecotNode] = {}
+        self.nodes: dict[str, Any] = {}
         for island, names in ISLANDS.items():
             for name in names:
                 wanted = node_ports.get(name, {})
@@ -186,10 +216,10 @@ class Lab:
                     host = "127.0.0.2" if name in require_tls else DovecotNode.host
                     cert = self.ca.issue(name, dns=[f"{name}.lab.test"],
                                          ips=sorted({"127.0.0.1", host}))
-                self.nodes[name] = DovecotNode(
+                self.nodes[name] = node_class(
                     name, os.path.join(self.root, "nodes", name), self.store(island),
                     TEST_USERS, ports, separate_index=separate_index,
-                    tls=cert, require_tls=name in require_tls, oauth2_url=oauth2_url)
+                    tls=cert, require_tls=name in require_tls, **options)
 
         self.isthmus_ports = {proto: pick(port) for proto, port in
                               (isthmus_ports or {"imap": 0}).items()}
@@ -209,10 +239,10 @@ class Lab:
         """login -> password."""
         return dict(USERS)
 
-    def node(self, name: str) -> DovecotNode:
+    def node(self, name: str):
         return self.nodes[name]
 
-    def island_nodes(self, island: str) -> list[DovecotNode]:
+    def island_nodes(self, island: str) -> list:
         return [self.nodes[n] for n in ISLANDS[island]]
 
     def store(self, island: str) -> str:
@@ -235,13 +265,35 @@ class Lab:
 
     def put_message(self, user: str, raw: bytes, *, island: Optional[str] = None,
                     folder: str = "INBOX") -> str:
-        """put_message() into ISLAND's store (default: the user's home)."""
-        return put_message(self.store(island or TEST_HOME_ISLAND[user]), user, raw, folder)
+        """RAW into USER's FOLDER in ISLAND's store (default: the user's
+        home). Dovecot: written into the maildir (put_message()); Cyrus:
+        APPENDed through a running node of the island (its store cannot be
+        written behind its back)."""
+        island = island or TEST_HOME_ISLAND[user]
+        if self.kind == "cyrus":
+            node = next((n for n in self.island_nodes(island) if n.running()), None)
+            if node is None:
+                raise RuntimeError(f"put_message: no node of island {island} is running")
+            return cyruslib.append_message(node, user, TEST_USERS.get(user, ""), raw, folder)
+        return put_message(self.store(island), user, raw, folder)
+
+    @property
+    def master_style(self) -> str:
+        """The auth.master_style these nodes take: Dovecot's "user*master"
+        or SASL PLAIN with an authzid (Cyrus' proxyservers; Dovecot takes
+        that too)."""
+        return "sasl" if self.kind == "cyrus" else "dovecot"
+
+    def skip_unless_dovecot(self, why: str) -> None:
+        """Skip the calling test on other node kinds, saying why."""
+        if self.kind != "dovecot":
+            import unittest
+            raise unittest.SkipTest(f"Dovecot-only: {why}")
 
     # -- config
 
     def _base_config(self) -> dict:
-        def node_entry(node: DovecotNode) -> dict:
+        def node_entry(node) -> dict:
             # Only the protocols: imaps/pop3s ports are in node.ports.
             ports = {("managesieve" if p == "sieve" else p): port
                      for p, port in node.ports.items() if p in PROTOCOLS}
@@ -339,5 +391,5 @@ class Lab:
         self.close()
 
 
-__all__ = ["Lab", "ISLANDS", "HOME_ISLAND", "USERS", "PASSWORD", "ODD_USER", "ODD_PASSWORD", "DEMO_NODE_PORTS",
+__all__ = ["Lab", "NODE_KINDS", "node_kind", "ISLANDS", "HOME_ISLAND", "USERS", "PASSWORD", "ODD_USER", "ODD_PASSWORD", "DEMO_NODE_PORTS",
            "DEMO_ISTHMUS_PORTS", "deep_merge"]

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""The Isthmus demo: four real Dovecot nodes in two islands, isthmus in front.
+"""The Isthmus demo: four real nodes (Dovecot, or Cyrus with --nodes cyrus) in
+two islands, isthmus in front.
 
     /usr/bin/python3 tests/lab/demo.py --binary build/release/isthmus/isthmus
 
@@ -23,7 +24,8 @@ entry's mailIsland attribute), --directory sql a real MariaDB on
 127.0.0.1:13306 (the CalMail-style schema), both seeded with the demo users
 and a few more (eve: disabled, mallory: moving); --auth directory makes
 Isthmus check passwords itself and log in to the nodes as their master user.
-The default is the static user map.
+The default is the static user map. --nodes cyrus runs Cyrus IMAP 3.6 nodes
+(tests/lab/cyrus.py; docs/nodes-cyrus.md) instead of Dovecot ones.
 deploy/demo.sh builds isthmus and runs this.
 """
 
@@ -42,12 +44,14 @@ if __package__ in (None, ""):
     from lab.cluster import (DEMO_ISTHMUS_PORTS, DEMO_NODE_PORTS, HOME_ISLAND, ISLANDS,  # noqa: E402
                              PASSWORD, Lab)
     from lab.dovecot import MASTER_PASSWORD, MASTER_USER, make_message  # noqa: E402
+    from lab import cyrus  # noqa: E402
     from lab import directory_data as dd  # noqa: E402
 else:
     from . import procs
     from .cluster import (DEMO_ISTHMUS_PORTS, DEMO_NODE_PORTS, HOME_ISLAND, ISLANDS,
                           PASSWORD, Lab)
     from .dovecot import MASTER_PASSWORD, MASTER_USER, make_message
+    from . import cyrus
     from . import directory_data as dd
 
 
@@ -117,13 +121,16 @@ def taken_ports(isthmus_port: int, with_isthmus: bool, directory: str = "static"
     return problems
 
 
-def welcome(user: str, island: str) -> bytes:
+KIND_NAMES = {"dovecot": "Dovecot", "cyrus": "Cyrus"}
+
+
+def welcome(user: str, island: str, kind: str = "dovecot") -> bytes:
     nodes = " + ".join(ISLANDS[island])
     return make_message(
         f"Welcome {user} - this message lives on island {island}",
         f"Hello {user},\n\n"
         f"this message was put straight into the mail store of island {island},\n"
-        f"which is shared by the Dovecot nodes {nodes}. It exists on no other\n"
+        f"which is shared by the {KIND_NAMES[kind]} nodes {nodes}. It exists on no other\n"
         f"island: if you are reading it through isthmus, isthmus routed you to\n"
         f"island {island}.\n",
         to=user, sender="demo@isthmus.example.org")
@@ -142,8 +149,9 @@ def print_instructions(lab: Lab, isthmus_port: int, with_isthmus: bool) -> None:
             p(f"    {name:8} imap {ports['imap']}  pop3 {ports['pop3']}  lmtp {ports['lmtp']}"
               f"   log {lab.node(name).log_path}")
     if with_isthmus:
+        sieve = "  managesieve 14190 (STARTTLS)" if lab.kind == "dovecot" else ""
         p(f"  isthmus   imap 127.0.0.1:{isthmus_port} (STARTTLS)  pop3 1110 (STLS)  "
-          f"imaps 1993  pop3s 1995  lmtp 1024  managesieve 14190 (STARTTLS)")
+          f"imaps 1993  pop3s 1995  lmtp 1024{sieve}")
         p(f"            log {lab.isthmus.log_path}")
         p(f"            config {lab.isthmus.config_path}")
         p(f"            TLS certificate from the demo's CA {lab.ca_path}")
@@ -168,8 +176,9 @@ def print_instructions(lab: Lab, isthmus_port: int, with_isthmus: bool) -> None:
         p("  swaks --protocol LMTP --server 127.0.0.1:1024 --to alice@example.org "
           "--to bob@example.org")
         p("    (then fetch it again with curl: alice's copy is on island a, bob's on b)")
-        p(f"  sieve-connect --server 127.0.0.1 --port 14190 --tlscafile {lab.ca_path} "
-          f"--tlshostname isthmus.lab.test --user alice@example.org --list")
+        if lab.kind == "dovecot":
+            p(f"  sieve-connect --server 127.0.0.1 --port 14190 --tlscafile {lab.ca_path} "
+              f"--tlshostname isthmus.lab.test --user alice@example.org --list")
     p("")
     p(f"""  /usr/bin/python3 -c "import imaplib; c = imaplib.IMAP4('127.0.0.1', {bob_port}); """
       f"""c.login('bob@example.org', '{PASSWORD}'); c.select('INBOX'); """
@@ -185,7 +194,9 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", help="the isthmus executable")
     ap.add_argument("--no-isthmus", action="store_true",
-                    help="start only the four Dovecot nodes")
+                    help="start only the four nodes")
+    ap.add_argument("--nodes", choices=("dovecot", "cyrus"), default="dovecot",
+                    help="the kind of mail node (default %(default)s)")
     ap.add_argument("--port", type=int, default=DEMO_ISTHMUS_PORTS["imap"],
                     help="isthmus IMAP port (default %(default)s)")
     ap.add_argument("--directory", choices=("static", "ldap", "sql"), default="static",
@@ -223,18 +234,22 @@ def main() -> int:
     lab = None
     directory_server = None
     try:
-        print("demo: starting Dovecot nodes a-left, a-right, b-left, b-right ...", flush=True)
-        lab = Lab(DEMO_NODE_PORTS, isthmus_ports={"imap": args.port}, tls=True, sieve=True)
+        kind = KIND_NAMES[args.nodes]
+        print(f"demo: starting {kind} nodes a-left, a-right, b-left, b-right ...", flush=True)
+        lab = Lab(DEMO_NODE_PORTS, isthmus_ports={"imap": args.port}, tls=True, kind=args.nodes,
+                  sieve=args.nodes == "dovecot")
         lab.start()
         for user, island in HOME_ISLAND.items():
-            lab.put_message(user, welcome(user, island))
+            lab.put_message(user, welcome(user, island, args.nodes))
         if with_isthmus:
             print(f"demo: starting isthmus ({args.binary}) on 127.0.0.1:{args.port} ...",
                   flush=True)
             cert = lab.isthmus_cert
             listeners = [{"name": name, "protocol": proto, "address": "127.0.0.1",
                           "port": args.port if name == "imap" else port, "tls": tls}
-                         for name, (proto, port, tls) in ISTHMUS_LISTENERS.items()]
+                         for name, (proto, port, tls) in ISTHMUS_LISTENERS.items()
+                         # ManageSieve: Dovecot's Pigeonhole nodes only, for now
+                         if proto != "managesieve" or args.nodes == "dovecot"]
             # The lab turns active health checks off for tests; the demo
             # shows the real thing (docs/health.md).
             overrides = {"health": {"active": True},
@@ -246,10 +261,16 @@ def main() -> int:
                                                                            lab.root)
             if args.auth == "directory":
                 master_pw = os.path.join(lab.root, "master.pw")
+                # Dovecot's master passdb, or Cyrus' proxyservers (SASL
+                # PLAIN with an authzid): docs/nodes-*.md.
+                master_user, master_password = (
+                    (cyrus.MASTER_USER, cyrus.MASTER_PASSWORD) if args.nodes == "cyrus"
+                    else (MASTER_USER, MASTER_PASSWORD))
                 with open(master_pw, "w") as f:
-                    f.write(MASTER_PASSWORD + "\n")
-                overrides["auth"] = {"mode": "directory", "master_user": MASTER_USER,
-                                     "master_password_file": master_pw}
+                    f.write(master_password + "\n")
+                overrides["auth"] = {"mode": "directory", "master_user": master_user,
+                                     "master_password_file": master_pw,
+                                     "master_style": lab.master_style}
             lab.start_isthmus(args.binary, listeners=listeners,
                               tls={"certificate": cert.cert_path, "key": cert.key_path},
                               **overrides)
@@ -279,7 +300,7 @@ def main() -> int:
                 return 1
             down = [n.name for n in lab.nodes.values() if not n.running()]
             if down:
-                print(f"\ndemo: Dovecot node(s) {', '.join(down)} exited; see their logs",
+                print(f"\ndemo: {kind} node(s) {', '.join(down)} exited; see their logs",
                       file=sys.stderr)
                 return 1
     except Stop as e:

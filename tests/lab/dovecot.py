@@ -218,6 +218,7 @@ class DovecotNode:
     """
 
     host = "127.0.0.1"
+    kind = "dovecot"
 
     def __init__(self, name: str, run_dir: str, store_dir: str,
                  users: Mapping[str, str], ports: Mapping[str, int], *,

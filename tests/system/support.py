@@ -526,9 +526,13 @@ class FakePop3Node:
             return
         offers_xclient = b in ("dovecot_like", "xclient_refused", "in_use",
                                "says_err_with_detail", "says_sys_temp", "closes_after_login")
-        sock.sendall(b"+OK [XCLIENT] fake ready.\r\n" if offers_xclient else b"+OK fake ready.\r\n")
+        greeting = b"+OK [XCLIENT] fake ready.\r\n" if offers_xclient else b"+OK fake ready.\r\n"
         if b == "answers_before_asked":
-            sock.sendall(b"+OK Logged in.\r\n")  # the answer to a login not sent yet
+            # The answer to a login not sent yet, in the greeting's segment
+            # (as the IMAP fake does): Isthmus can only catch what arrived
+            # before it spoke, and two writes may reach it apart.
+            greeting += b"+OK Logged in.\r\n"
+        sock.sendall(greeting)
 
         logged_in = False
         user = None

@@ -188,8 +188,10 @@ class AdminApi(unittest.TestCase):
         count = [s.value for s in families["isthmus_login_duration_seconds"].samples
                  if s.name.endswith("_count") and s.labels["protocol"] == "imap"][0]
         self.assertGreaterEqual(count, ok[0])
-        up = {s.labels["node"]: s.value for s in families["isthmus_node_up"].samples}
-        self.assertEqual(up["a-left"], 1)
+        up = {(s.labels["node"], s.labels["protocol"]): s.value
+              for s in families["isthmus_node_up"].samples}
+        for protocol in ("imap", "pop3", "lmtp"):
+            self.assertEqual(up[("a-left", protocol)], 1)
         self.assertNotIn("alice", text)  # no per-user labels
 
 

@@ -179,6 +179,12 @@ class SqlHashes(unittest.TestCase):
 class DovecotMasterStyle(unittest.TestCase):
     def test_user_star_master_logs_in(self):
         ix = start(sql_directory(), style="dovecot")
+        if LAB.kind == "cyrus":
+            # Cyrus takes a master user only as SASL PLAIN with an authzid
+            # (proxyservers): "user*master" is not a user it knows
+            # (docs/nodes-cyrus.md).
+            self.assertEqual(imap_login(ix, "alice@example.org")[0], "NO")
+            return
         self.assertEqual(imap_login(ix, "alice@example.org")[0], "OK")
         self.assertTrue(pop3_login(ix, "bob@example.org").startswith("+OK"))
         typ, _ = imap_login(ix, "alice@example.org", "wrong")

@@ -1,13 +1,17 @@
-"""Health checks against real Dovecot nodes: a stopped node (connection
-refused) and a frozen one (SIGSTOP: accepts TCP, never greets) are marked
-down by the active checks and get no new logins; they come back after
-`rise` good checks; a node drained by config + SIGHUP gets no new sessions
+"""Health checks against real nodes (Dovecot; Cyrus in system.health_cyrus):
+a stopped node (connection refused) and a frozen one (SIGSTOP: accepts
+TCP, never greets) are marked down by the active checks and get no new
+logins; they come back after `rise` good checks; a node drained by config + SIGHUP gets no new sessions
 while its existing ones stay. While a node fails, a client loop logs in
 continuously and the figures (failed logins, seconds until traffic moved)
 are printed for the release note. Timing is asserted only within sane
 bounds: these machines are noisy."""
 import imaplib
+import json
+import os
+import poplib
 import re
+import subprocess
 import threading
 import time
 import unittest
@@ -148,8 +152,8 @@ class Health(unittest.TestCase):
         started = time.monotonic()
         self.wait_log(rf"health: node a-left up again after {RISE} good checks", mark2,
                       timeout=RISE * DOWN_INTERVAL * 1.2 + 10)
-        print(f"FAILOVER node stopped: back up {time.monotonic() - started:.2f}s after its "
-              f"Dovecot was listening again", flush=True)
+        print(f"FAILOVER node stopped: back up {time.monotonic() - started:.2f}s after the "
+              f"node was listening again", flush=True)
         self.both_nodes_take_logins()
 
     def test_a_frozen_node_goes_down_by_timeouts_and_logins_skip_it(self):
@@ -274,7 +278,7 @@ class ActivePassive(unittest.TestCase):
         spread = max(closed_at.values()) - min(closed_at.values())
         print(f"\nDOWN-NODE sessions closed over {spread:.2f}s", flush=True)
         self.assertGreater(spread, 0.5, "the sessions were closed all at once")
-        self.assertEqual(ix.log_text().count('ended="closed: node a-left was marked down"'),
+        self.assertEqual(ix.log_text().count('ended="closed: node a-left was marked down for imap"'),
                          len(sessions))
 
     def test_the_role_moves_once_on_failure_and_never_back_by_itself(self):
@@ -313,6 +317,133 @@ class ActivePassive(unittest.TestCase):
         # No failback: a-left is healthy, but a-right keeps the role.
         self.assertEqual(nodes_used(3), ["a-right"] * 3)
         self.assertEqual(ix.log_text()[mark:].count("the active role moves"), 1)
+
+
+def admin_get(ix, path: str) -> str:
+    """GET PATH from the admin API on the instance's unix socket."""
+    sock = os.path.join(ix.run_dir, "admin.sock")
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", "--unix-socket", sock,
+                          f"http://isthmus{path}"], capture_output=True, text=True, timeout=20)
+    if out.returncode != 0:
+        raise AssertionError(f"curl {path}: {out.stderr}")
+    return out.stdout
+
+
+class PerProtocol(unittest.TestCase):
+    """One protocol of a node fails alone, as when DBMail's (or a split
+    Cyrus') imapd dies and its pop3d lives on: the node goes down for IMAP
+    only. Its IMAP sessions are closed, its POP3 sessions stay, new IMAP
+    logins go to the other node while POP3 logins still reach it; the admin
+    API and the metrics say which protocol is down (issue 16)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lab = Lab(isthmus_ports={"imap": 0, "pop3": 0})
+        cls.addClassCleanup(cls.lab.close)
+        cls.lab.start()
+
+    def test_a_node_down_for_imap_keeps_its_pop3_sessions(self):
+        left = self.lab.node("a-left")
+        gate = Gate(0, left.port("imap"), name="a-left-imap")  # only IMAP fails
+        self.addCleanup(gate.close)
+
+        def gated(node: dict) -> dict:
+            if node["name"] != "a-left":
+                return node
+            return dict(node, ports=dict(node["ports"], imap=gate.port))
+
+        islands = [dict(i, nodes=[gated(n) for n in i["nodes"]]) if i["name"] == "a" else i
+                   for i in self.lab.config["islands"]]
+        ix = self.lab.start_isthmus(binary(), timeouts={"connect": "1s"}, health=HEALTH,
+                                    islands=islands, roles={"close_spread": "1s"},
+                                    admin={"socket": "admin.sock"})
+        self.addCleanup(ix.stop)
+        wait_for(lambda: os.path.exists(os.path.join(ix.run_dir, "admin.sock")),
+                 what="the admin socket")
+
+        def node_of_login(mark: int) -> str:
+            found = wait_for(lambda: re.findall(r"login ok user=\S+ island=a node=(\S+)",
+                                                ix.log_text()[mark:]),
+                             what="the login line")
+            self.assertEqual(len(found), 1, found)
+            return found[0]
+
+        def imap_login():
+            mark = len(ix.log_text())
+            m = imaplib.IMAP4("127.0.0.1", ix.port("imap"), timeout=15)
+            m.login(USER, PASSWORD)
+            return m, node_of_login(mark)
+
+        def pop3_login():
+            mark = len(ix.log_text())
+            p = poplib.POP3("127.0.0.1", ix.port("pop3"), timeout=15)
+            p.user(USER)
+            p.pass_(PASSWORD)
+            return p, node_of_login(mark)
+
+        # Balance: both protocols' sessions spread over both nodes.
+        imaps = [imap_login() for _ in range(4)]
+        pops = [pop3_login() for _ in range(4)]
+        for sessions in (imaps, pops):
+            self.assertEqual(sorted(n for _, n in sessions), ["a-left"] * 2 + ["a-right"] * 2)
+
+        mark = len(ix.log_text())
+        gate.refuse()  # a-left's imapd is gone; its pop3d and lmtpd live on
+        wait_for(lambda: re.search(r"health: node a-left down: .*imap: ", ix.log_text()[mark:]),
+                 timeout=FALL * INTERVAL * 1.5 + 5, interval=0.05, what="a-left down for imap")
+
+        def imap_alive(m) -> bool:
+            try:
+                return m.noop()[0] == "OK"
+            except (OSError, imaplib.IMAP4.abort, imaplib.IMAP4.error):
+                return False
+
+        # The IMAP sessions on a-left are closed (over close_spread), those
+        # on a-right stay.
+        wait_for(lambda: not any(imap_alive(m) for m, n in imaps if n == "a-left"), timeout=10,
+                 what="a-left's IMAP sessions to close")
+        for m, n in imaps:
+            if n == "a-right":
+                self.assertTrue(imap_alive(m), "an IMAP session on a-right was closed")
+                m.logout()
+        log = ix.log_text()[mark:]
+        self.assertEqual(log.count('ended="closed: node a-left was marked down for imap"'), 2)
+        # Every POP3 session is still there, a-left's included.
+        time.sleep(1.5)  # past close_spread: nothing else is closed
+        for p, n in pops:
+            count, _size = p.stat()
+            self.assertGreaterEqual(count, 0)
+        log = ix.log_text()[mark:]
+        self.assertNotRegex(log, r"marked down for (pop3|lmtp)")
+        self.assertNotRegex(log, r"health: node a-left down: .*(pop3|lmtp): ")
+        # New logins: IMAP to a-right only; POP3 still to a-left too.
+        more = [imap_login() for _ in range(3)]
+        self.assertEqual([n for _, n in more], ["a-right"] * 3)
+        for m, _ in more:
+            m.logout()
+        extra = [pop3_login() for _ in range(2)]  # as many sessions on each node
+        self.assertEqual(sorted(n for _, n in extra), ["a-left", "a-right"])
+        for p, _ in extra:
+            p.quit()
+        # The admin API and the metrics say which protocol is down.
+        nodes = {n["name"]: n for n in json.loads(admin_get(ix, "/v1/nodes"))["nodes"]}
+        self.assertEqual(nodes["a-left"]["state"], "degraded")
+        self.assertEqual(nodes["a-left"]["protocols"], {"imap": "down", "pop3": "up",
+                                                         "lmtp": "up"})
+        self.assertEqual(nodes["a-right"]["state"], "up")
+        metrics = admin_get(ix, "/metrics")
+        for protocol, up in (("imap", 0), ("pop3", 1), ("lmtp", 1)):
+            self.assertIn(f'isthmus_node_up{{island="a",node="a-left",protocol="{protocol}"}} '
+                          f'{up}\n', metrics)
+        for p, _ in pops:
+            p.quit()
+        # IMAP back: the node is up again as a whole.
+        gate.pass_through()
+        wait_for(lambda: re.search(r"node a-left up again after \d+ good checks? of imap",
+                                   ix.log_text()[mark:]),
+                 timeout=RISE * DOWN_INTERVAL * 2 + 5, interval=0.05, what="a-left up for imap")
+        nodes = {n["name"]: n for n in json.loads(admin_get(ix, "/v1/nodes"))["nodes"]}
+        self.assertEqual(nodes["a-left"]["state"], "up")
 
 
 if __name__ == "__main__":

@@ -177,7 +177,9 @@ class Hostile(unittest.TestCase):
         self.assertNotRegex(log, r"role: island a: the active role moves")
         self.assertEqual(metric(after, "isthmus_island_role_epoch", island="a"), 1)
         for node in ("a-left", "a-right", "b-left", "b-right"):
-            self.assertEqual(metric(after, "isthmus_node_up", island=node[0], node=node), 1, node)
+            for protocol in ("imap", "pop3", "lmtp"):
+                self.assertEqual(metric(after, "isthmus_node_up", island=node[0], node=node,
+                                        protocol=protocol), 1, (node, protocol))
         self.assertEqual(holder.noop()[0], "OK")
         self.assertEqual(holder.fetch("1", "(BODY.PEEK[TEXT])")[0], "OK")
         # The oversized ones did reach Dovecot and were dropped there: that
@@ -350,7 +352,8 @@ class Hostile(unittest.TestCase):
         for _ in range(4):
             c = RawImap(ix.port("imap"))
             self.addCleanup(c.close)
-            self.assertTrue(c.greeting().startswith(b"* OK"))
+            g = c.greeting()
+            self.assertTrue(g.startswith(b"* OK"), g)
             held.append(c)
         with RawImap(ix.port("imap")) as fifth:
             self.assertEqual(fifth.line(), b"* BYE Too many connections from your address; "

@@ -1,5 +1,6 @@
 """The LMTP relay end to end (issue 4): real Dovecot nodes in two islands
-(the lab), the real isthmus binary, a real Postfix delivering through it,
+(the lab; with ISTHMUS_NODE_KIND=cyrus real Cyrus nodes, where only
+AnyNodeKind runs: ctest system.lmtp_cyrus), the real isthmus binary, a real Postfix delivering through it,
 smtplib and raw sockets for the dialogue, a fault-injecting TCP gate
 (tests/lab/gate.py) in front of nodes, and scripted fake LMTP nodes for what
 Dovecot will not do on demand.
@@ -14,6 +15,7 @@ import socket
 import threading
 import time
 import unittest
+import imaplib
 import uuid
 
 from support import (FakeLmtpNode, Lab, RawLmtp, binary, deep_merge, fake_lmtp_config,
@@ -21,6 +23,7 @@ from support import (FakeLmtpNode, Lab, RawLmtp, binary, deep_merge, fake_lmtp_c
                      wait_for)
 from lab.dovecot import user_maildir  # noqa: E402  (support puts tests/ on the path)
 from lab.gate import Gate  # noqa: E402
+from lab.cluster import PASSWORD, node_kind  # noqa: E402
 from lab.postfix import Postfix  # noqa: E402
 
 HOSTNAME = "isthmus.lab.test"
@@ -142,6 +145,37 @@ def spool_fds(pid: int) -> list[str]:
     return out
 
 
+def dovecot_variant(cls):
+    """Classes that read Dovecot's maildir, its log or its exact replies, and
+    those with scripted fake nodes (run once): skipped when the lab runs
+    another kind of node (ISTHMUS_NODE_KIND=cyrus, ctest system.lmtp_cyrus),
+    where AnyNodeKind runs."""
+    return unittest.skipUnless(node_kind() == "dovecot",
+                               "Dovecot variant only (maildir, node log, exact replies, fakes)")(cls)
+
+
+def inbox_subjects(node_name: str, user: str) -> list[str]:
+    """The Subject lines in USER's INBOX, read straight from node NODE_NAME
+    over IMAP (any node kind)."""
+    node = LAB.node(node_name)
+    m = imaplib.IMAP4(node.host, node.port("imap"), timeout=10)
+    try:
+        m.authenticate("PLAIN", lambda _: f"\0{user}\0{PASSWORD}".encode())
+        typ, _ = m.select("INBOX", readonly=True)
+        if typ != "OK":
+            raise AssertionError(f"SELECT INBOX of {user} on {node_name}: {typ}")
+        typ, found = m.search(None, "ALL")
+        if typ != "OK" or not found[0]:
+            return []
+        typ, data = m.fetch(b",".join(found[0].split()), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        return [part[1].decode().strip() for part in data or [] if isinstance(part, tuple)]
+    finally:
+        try:
+            m.logout()
+        except (OSError, imaplib.IMAP4.error):
+            pass
+
+
 class LmtpCase(unittest.TestCase):
     ix = None
 
@@ -178,6 +212,7 @@ class LmtpCase(unittest.TestCase):
 
 # -- the dialogue, against real Dovecot nodes -----------------------------------
 
+@dovecot_variant
 class Dialogue(LmtpCase):
     @classmethod
     def setUpClass(cls):
@@ -458,6 +493,7 @@ class Dialogue(LmtpCase):
 
 # -- limits, timeouts, shutdown, who may connect ---------------------------------
 
+@dovecot_variant
 class Limits(LmtpCase):
     @classmethod
     def setUpClass(cls):
@@ -506,6 +542,7 @@ class Limits(LmtpCase):
         prepended(stored[0], exact)
 
 
+@dovecot_variant
 class Timeouts(LmtpCase):
     def own(self, **overrides):
         ix = own_isthmus(**overrides)
@@ -548,6 +585,7 @@ class Timeouts(LmtpCase):
         self.assertEqual(ix.returncode(), 0)
 
 
+@dovecot_variant
 class SpoolFailure(LmtpCase):
     def test_a_spool_that_cannot_be_written_defers_every_recipient(self):
         spool = os.path.join(LAB.root, "spool-gone")
@@ -574,6 +612,7 @@ class SpoolFailure(LmtpCase):
         self.assertIn("cannot create a spool file in " + spool, self.ix.log_text())
 
 
+@dovecot_variant
 class Access(LmtpCase):
     def test_a_client_outside_trusted_networks_is_refused(self):
         self.ix = own_isthmus(trusted_networks=["192.0.2.0/24"])
@@ -598,6 +637,7 @@ class Access(LmtpCase):
 
 # -- a real Postfix delivering through Isthmus -------------------------------------
 
+@dovecot_variant
 class PostfixThroughIsthmus(LmtpCase):
     """One Postfix (its LMTP client bound to 127.0.0.3, so the MTA's
     address is not Isthmus' own) delivering to the shared isthmus."""
@@ -677,6 +717,7 @@ class PostfixThroughIsthmus(LmtpCase):
 
 # -- nodes that fail: stopped, black-holed, lost between RCPTs or during DATA --------
 
+@dovecot_variant
 class NodeFaults(LmtpCase):
     """Gates in front of every node's LMTP port (passing through unless a
     test says otherwise); a fresh isthmus per test (node state such as
@@ -957,6 +998,59 @@ class NodeFaults(LmtpCase):
 FAKE_USERS = "u1@example.org a\nu2@example.org a\nu3@example.org a\nv1@example.org b\n"
 
 
+class AnyNodeKind(LmtpCase):
+    """Delivery through Isthmus to whichever kind of node the lab runs
+    (Dovecot, or Cyrus with ISTHMUS_NODE_KIND=cyrus): each copy lands in its
+    recipient's island only, the replies come one per accepted recipient in
+    RCPT order, and a user the directory knows but the node does not gets
+    the node's 550 5.1.1 with every line it wrote (Cyrus' is three lines,
+    the enhanced code on the last only)."""
+
+    ix = None
+
+    @classmethod
+    def setUpClass(cls):
+        # ghost is in the directory (island a), but has no mailbox.
+        cls.ix = LAB.start_isthmus(
+            binary(), users_map=LAB.users_map + "ghost@example.org a\n",
+            listeners=[{"name": "lmtp", "protocol": "lmtp", "address": "127.0.0.1",
+                        "port": procs.free_port()}],
+            lmtp={"hostname": HOSTNAME}, limits={"max_message_size": MAX_SIZE})
+        cls.addClassCleanup(cls.ix.stop)
+
+    def test_one_message_to_both_islands_and_an_unknown_user(self):
+        tok = token()
+        raw = message(tok, "to both islands\n", to="alice@example.org, bob@example.org")
+        c = self.raw()
+        self.assertEqual(c.lhlo(), LHLO_ANSWER)
+        self.assertEqual(c.command(f"MAIL FROM:<{SENDER}>"), SENDER_OK)
+        for rcpt in ("alice@example.org", "bob@example.org"):
+            self.assertTrue(c.command(f"RCPT TO:<{rcpt}>").startswith(b"250 2.1.5 "), rcpt)
+        unknown = c.command("RCPT TO:<ghost@example.org>").split(b"\r\n")
+        # Every line the node wrote, each with the code and the enhanced
+        # code it carried (RFC 2034: on every line), not 5.0.0.
+        for line in unknown[:-1]:
+            self.assertRegex(line, rb"^550-5\.1\.1 \S", unknown)
+        self.assertRegex(unknown[-1], rb"^550 5\.1\.1 \S", unknown)
+        if LAB.kind == "cyrus":
+            self.assertEqual(unknown[-1], b"550 5.1.1 User unknown")
+            self.assertRegex(unknown[0], rb"^550-5\.1\.1 Mailbox unknown\.")
+        self.assertEqual(c.command("DATA"), GO_AHEAD)
+        c.send(lmtp_stuff(raw))
+        replies = c.replies(2)
+        for reply in replies:
+            self.assertRegex(reply, rb"^250 2\.\d+\.\d+ ", replies)
+        self.assertEqual(c.command("QUIT")[:3], b"221")
+        subject = f"Subject: lmtp {tok}"
+        for user, home, other in (("alice@example.org", "a", "b"), ("bob@example.org", "b", "a")):
+            with self.subTest(user=user):
+                # A node of the home island has it once; the other island
+                # never saw it.
+                self.assertEqual(inbox_subjects(f"{home}-left", user).count(subject), 1)
+                self.assertEqual(inbox_subjects(f"{other}-left", user).count(subject), 0)
+
+
+@dovecot_variant
 class Loops(unittest.TestCase):
     """An island whose node is Isthmus itself, two instances pointing at
     each other, and a message that has looped through MTAs: refused at
@@ -1036,6 +1130,7 @@ class Loops(unittest.TestCase):
         self.assertIn("a routing loop; refused", ix.log_text())
 
 
+@dovecot_variant
 class FakeNodes(unittest.TestCase):
     def setup(self, a, b=(), **overrides):
         """Fake nodes A (list) as island a, B as island b; isthmus in front.
@@ -1136,6 +1231,19 @@ class FakeNodes(unittest.TestCase):
         self.assertEqual(c.line(), b"550-5.1.1 Mailbox does not exist")
         self.assertEqual(c.line(), b"550 5.1.1 <u1@example.org> User unknown")
         self.assertEqual(c.reply(), b"250 2.0.0 <u2@example.org> fake saved")
+
+    def test_dbmails_215_after_the_dot_is_a_delivery_passed_on(self):
+        # DBMail's lmtpd answers the final dot with "215 Recipient <...> OK"
+        # (its enhanced code 2.1.5 printed as the reply code) while it
+        # advertises ENHANCEDSTATUSCODES: a 2xx is a delivery, and the MTA
+        # gets what the node said; a 4xx beside it is still a deferral.
+        node = FakeLmtpNode(final={"u1@example.org": "215 Recipient <u1@example.org> OK",
+                                   "u2@example.org": "452 4.2.2 Mailbox full"})
+        self.setup([node])
+        replies = self.transaction(["u1@example.org", "u2@example.org"])
+        self.assertEqual(replies, [b"215 2.0.0 Recipient <u1@example.org> OK",
+                                   b"452 4.2.2 Mailbox full"])
+        wait_for(lambda: "delivered=1 deferred=1" in self.ix.log_text(), what="the message line")
 
     def test_connections_to_one_node_are_bounded(self):
         node = FakeLmtpNode(hang_at_rcpt=["u1@example.org"])

@@ -41,7 +41,8 @@ NODES = {"nodes": [
      "drain_config": False, "sessions": 3, "role": "active"},
     {"name": "a-right", "island": "a", "host": "10.0.0.2", "state": "up", "draining": False,
      "drain_config": False, "sessions": 0, "role": "standby"},
-    {"name": "b-left", "island": "b", "host": "10.0.0.3", "state": "up", "draining": False,
+    {"name": "b-left", "island": "b", "host": "10.0.0.3", "state": "degraded",
+     "protocols": {"imap": "down", "pop3": "up", "lmtp": "down"}, "draining": False,
      "drain_config": False, "sessions": 1, "role": None},
     {"name": "b-right", "island": "b", "host": "10.0.0.4", "state": "down", "draining": True,
      "drain_config": True, "sessions": 0, "role": None},
@@ -454,6 +455,8 @@ class IsthmusctlCli(unittest.TestCase):
         self.assertRegex(lines[1], r"up +no +3 +active$")
         self.assertRegex(lines[2], r"up +no +1 +active$")
         self.assertRegex(out, r"b-right +b +i1 +down +yes \(config\) +0 +-")
+        # Down for some protocols only (its imapd and lmtpd died): which.
+        self.assertRegex(out, r"b-left +b +i1 +degraded \(imap, lmtp down\) +no +1 +-")
 
     def test_nodes_unreachable_instance_gives_partial_output_and_exit_2(self):
         rc, out, err = self.ctl("nodes", config=self.config_dead_second, expect=2)

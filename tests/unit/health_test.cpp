@@ -2,12 +2,19 @@
 // sleeps), the jitter bounds, greeting verdicts, and what the router makes
 // of down and draining nodes.
 #include "backends/health.hpp"
+#include "backends/health_checker.hpp"
 #include "backends/topology.hpp"
 #include "director/router.hpp"
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <mutex>
 #include <random>
+#include <thread>
 
 using namespace isthmus;
 using backends::HealthState;
@@ -194,6 +201,7 @@ config::Config two_node_config(bool drain_right = false, bool active_passive = f
     n.name = name;
     n.host = "127.0.0.1";
     n.ports[config::Protocol::imap] = 1;
+    n.ports[config::Protocol::pop3] = 2;
     n.drain = drain_right && std::string_view(name) == "r";
     island.nodes.push_back(n);
   }
@@ -225,6 +233,43 @@ TEST_CASE("health router: a down node gets no new sessions while another is up")
   // Back up: the fewest sessions first again.
   topology->state_of("l")->set_down(false);
   CHECK(order(a, 0) == std::vector<std::string>{"l", "r"});
+}
+
+TEST_CASE("health router: a node down for one protocol still takes the others' sessions") {
+  // DBMail and a split Cyrus run one daemon per protocol: its imapd dead,
+  // a node still serves POP3 (issue 16).
+  auto topology = two_nodes();
+  const auto& a = *topology->island("a");
+  auto names = [&](config::Protocol protocol, std::size_t spin) {
+    std::vector<std::string> out;
+    for (const auto& node : director::candidates(a, protocol, Clock::now(), spin))
+      out.push_back(node->name);
+    return out;
+  };
+  auto l = topology->state_of("l");
+  l->set_down(config::Protocol::imap, true);
+  CHECK(l->down(config::Protocol::imap));
+  CHECK_FALSE(l->down(config::Protocol::pop3));
+  CHECK(l->down());  // as the active role sees it: down for a protocol
+  for (std::size_t spin = 0; spin < 2; ++spin) {
+    CHECK(names(config::Protocol::imap, spin) == std::vector<std::string>{"r"});
+    CHECK(names(config::Protocol::pop3, spin).size() == 2);
+  }
+  l->set_down(config::Protocol::imap, false);
+  CHECK_FALSE(l->down());
+  CHECK(names(config::Protocol::imap, 0).size() == 2);
+}
+
+TEST_CASE("health: the up-again line names the protocol of a per-protocol machine") {
+  config::Health settings;
+  settings.rise = 1;
+  settings.fall = 1;
+  backends::NodeHealth h("a-left", settings, "imap");
+  auto t0 = Clock::now();
+  REQUIRE(h.record_failure("imap: connect refused", t0));
+  auto up = h.record_success(t0 + std::chrono::seconds(3));
+  REQUIRE(up);
+  CHECK(*up == "node a-left up again after 1 good check of imap (down for 3.0s)");
 }
 
 TEST_CASE("health router: every node down: all are tried anyway, in the usual order") {
@@ -296,6 +341,16 @@ TEST_CASE("active-passive: only the holder gets sessions; a down holder hands th
   CHECK(order(a, 0) == std::vector<std::string>{"r"});
 }
 
+TEST_CASE("active-passive: a holder down for one protocol loses the role; a successor must "
+          "be up for all") {
+  auto topology = backends::Topology::build(two_node_config(false, true), nullptr);
+  const auto& a = *topology->island("a");
+  topology->state_of("l")->set_down(config::Protocol::imap, true);  // its imapd died
+  REQUIRE(backends::role_successor(a) == std::optional<std::string>("r"));
+  topology->state_of("r")->set_down(config::Protocol::pop3, true);  // half up: no successor
+  CHECK_FALSE(backends::role_successor(a));
+}
+
 TEST_CASE("active-passive: no successor when the other node is down or draining") {
   auto topology = backends::Topology::build(two_node_config(false, true), nullptr);
   const auto& a = *topology->island("a");
@@ -318,4 +373,115 @@ TEST_CASE("active-passive: the role outlives a reload, unless its holder left th
   config.islands[0].nodes.pop_back();  // r leaves
   auto third = backends::Topology::build(config, second.get());
   CHECK(third->island("a")->role->current()->node == "l");
+}
+
+namespace {
+
+// A POP3 "node" on loopback that greets every connection and waits for it
+// to close (blocking, on its own thread): the protocol of a node that
+// still works.
+class GreetingServer {
+ public:
+  explicit GreetingServer(std::string greeting)
+      : acceptor_(io_, {boost::asio::ip::address_v4::loopback(), 0}),
+        greeting_(std::move(greeting)),
+        thread_([this] { serve(); }) {}
+  ~GreetingServer() {
+    stop_ = true;
+    boost::system::error_code ec;
+    boost::asio::ip::tcp::socket poke(io_);
+    poke.connect(acceptor_.local_endpoint(), ec);  // wakes the accept
+    thread_.join();
+  }
+  std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
+  int accepted() const { return accepted_.load(); }
+
+ private:
+  void serve() {
+    while (!stop_) {
+      boost::asio::ip::tcp::socket s(io_);
+      boost::system::error_code ec;
+      acceptor_.accept(s, ec);
+      if (ec || stop_) break;
+      ++accepted_;
+      boost::asio::write(s, boost::asio::buffer(greeting_), ec);
+      char buf[256];
+      while (!ec) s.read_some(boost::asio::buffer(buf), ec);  // until the checker leaves
+    }
+  }
+  boost::asio::io_context io_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  std::string greeting_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> accepted_{0};
+  std::thread thread_;
+};
+
+// A loopback port nobody listens on (bound, then closed).
+std::uint16_t closed_port() {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::acceptor a(io, {boost::asio::ip::address_v4::loopback(), 0});
+  return a.local_endpoint().port();
+}
+
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds within) {
+  const auto until = std::chrono::steady_clock::now() + within;
+  while (std::chrono::steady_clock::now() < until) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pred();
+}
+
+}  // namespace
+
+TEST_CASE("health checker: a node whose IMAP refuses is down for IMAP only, and only its IMAP "
+          "sessions are closed") {
+  // DBMail's imapd dead, its pop3d alive (issue 16), checked for real on
+  // loopback.
+  GreetingServer pop3("+OK ready\r\n");
+  config::Config c;
+  config::Island island;
+  island.name = "a";
+  island.health.interval = milliseconds(100);
+  island.health.down_interval = milliseconds(100);
+  island.health.timeout = milliseconds(500);
+  island.health.rise = 1;
+  island.health.fall = 2;
+  config::Node n;
+  n.name = "l";
+  n.host = "127.0.0.1";
+  n.ports[config::Protocol::imap] = closed_port();
+  n.ports[config::Protocol::pop3] = pop3.port();
+  island.nodes.push_back(n);
+  c.islands.push_back(island);
+  auto topology = backends::Topology::build(c, nullptr);
+  auto state = topology->state_of("l");
+
+  std::mutex mutex;
+  std::vector<std::string> closed;  // "node protocol: why" or "node *" (the checker's thread)
+  backends::HealthChecker checker;
+  backends::RoleEvents events;
+  events.close_sessions = [&](const std::string& node, const std::string&) {
+    std::lock_guard lock(mutex);
+    closed.push_back(node + " *");
+  };
+  events.close_protocol_sessions = [&](const std::string& node, config::Protocol protocol,
+                                       const std::string& why) {
+    std::lock_guard lock(mutex);
+    closed.push_back(node + " " + std::string(config::name_of(protocol)) + ": " + why);
+  };
+  checker.set_events(events);
+  checker.update(backends::HealthInputs{topology, nullptr, true, "localhost"});
+
+  REQUIRE(eventually([&] { return state->down(config::Protocol::imap); }, seconds(5)));
+  // More rounds of checks: POP3 answered every one and stays up.
+  REQUIRE(eventually([&, seen = pop3.accepted()] { return pop3.accepted() >= seen + 3; },
+                     seconds(5)));
+  CHECK_FALSE(state->down(config::Protocol::pop3));
+  CHECK(state->down());  // as the active role sees the node
+  checker.stop();
+  std::lock_guard lock(mutex);
+  CHECK(closed == std::vector<std::string>{"l imap: node l was marked down for imap"});
 }
