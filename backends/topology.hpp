@@ -82,7 +82,7 @@ class NodeState {
   std::atomic<int> lmtp_{0};
   std::atomic<Clock::rep> last_failure_{0};  // Clock ticks; 0: none
   static std::size_t index(config::Protocol protocol) { return static_cast<std::size_t>(protocol); }
-  std::array<std::atomic<bool>, 3> down_{};  // by config::Protocol
+  std::array<std::atomic<bool>, config::kProtocolCount> down_{};  // by config::Protocol
   std::atomic<bool> draining_{false};
 };
 

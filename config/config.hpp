@@ -20,6 +20,9 @@ using Duration = std::chrono::milliseconds;
 
 // managesieve: RFC 5804 (port 4190).
 enum class Protocol : std::uint8_t { imap, pop3, lmtp, managesieve };
+// How many there are: arrays indexed by Protocol are this long.
+inline constexpr std::size_t kProtocolCount = 4;
+static_assert(static_cast<std::size_t>(Protocol::managesieve) + 1 == kProtocolCount);
 std::string_view name_of(Protocol protocol);
 std::optional<Protocol> protocol_from_name(std::string_view name);
 
@@ -197,6 +200,8 @@ struct OAuth2 {
   std::filesystem::path ca;                 // PEM bundle; empty: the system's CAs
   bool verify = true;                       // chain and name of the endpoint
   std::string user_claim = "username";      // the claim that names the user
+  std::string audience;                     // non-empty: "aud" must hold it
+  std::string scope;                        // non-empty: "scope" must hold it
   Duration timeout = std::chrono::seconds(3);
   Duration cache_ttl = std::chrono::seconds(60);  // a verdict is remembered (at most till exp)
   std::size_t max_token = 8192;             // bytes; longer tokens are refused up front

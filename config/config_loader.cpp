@@ -558,6 +558,10 @@ void read_auth(Object& a, Auth& auth, const std::filesystem::path& base) {
     o.read_path("ca", settings.ca, base);
     o.read_bool("verify", settings.verify);
     o.read_string("user_claim", settings.user_claim);
+    o.read_string("audience", settings.audience);
+    o.read_string("scope", settings.scope);
+    if (settings.scope.find(' ') != std::string::npos)
+      problems.add(o.pointer_of("scope"), "one scope (no spaces)");
     if (settings.user_claim.empty()) problems.add(o.pointer_of("user_claim"), "must not be empty");
     o.read_duration("timeout", settings.timeout);
     o.read_duration("cache_ttl", settings.cache_ttl);

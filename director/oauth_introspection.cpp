@@ -64,18 +64,89 @@ TokenVerdict interpret_introspection(std::string_view body, std::string_view use
                                  sanitize(claim->get<std::string>(), 100));
     return verdict;
   }
+  // An access token, for us: a refresh or ID token, a token issued to
+  // another audience or without the scope is someone else's key.
+  if (auto type = json.find("token_type"); type != json.end()) {
+    const std::string t = type->is_string() ? ascii_lowercase(type->get<std::string>()) : "";
+    if (t != "bearer" && t != "access_token") {
+      verdict.check = TokenCheck::rejected;
+      verdict.detail = fmt::format("not an access token (token_type {})",
+                                   sanitize(type->dump(), 40));
+      return verdict;
+    }
+  }
+  if (!settings.audience.empty()) {
+    bool ours = false;
+    if (auto aud = json.find("aud"); aud != json.end()) {
+      if (aud->is_string()) ours = aud->get<std::string>() == settings.audience;
+      if (aud->is_array())
+        for (const auto& a : *aud) ours = ours || (a.is_string() && a.get<std::string>() == settings.audience);
+    }
+    if (!ours) {
+      verdict.check = TokenCheck::rejected;
+      verdict.detail = "the token was not issued for this audience (aud)";
+      return verdict;
+    }
+  }
+  if (!settings.scope.empty()) {
+    bool granted = false;
+    if (auto scope = json.find("scope"); scope != json.end() && scope->is_string()) {
+      const std::string scopes = " " + scope->get<std::string>() + " ";
+      granted = scopes.find(" " + settings.scope + " ") != std::string::npos;
+    }
+    if (!granted) {
+      verdict.check = TokenCheck::rejected;
+      verdict.detail = fmt::format("the token lacks the scope {}", sanitize(settings.scope, 40));
+      return verdict;
+    }
+  }
+  // Times are whole seconds since 1970 within a sane range; anything else
+  // is the endpoint's failure, not a reason to trust the token for ever.
+  constexpr std::int64_t kLatest = 253402300799;  // 9999-12-31
+  auto unix_time = [](const nlohmann::json& v) -> std::optional<std::int64_t> {
+    if (v.is_number_unsigned()) {
+      const auto u = v.get<std::uint64_t>();
+      if (u <= static_cast<std::uint64_t>(kLatest)) return static_cast<std::int64_t>(u);
+      return std::nullopt;
+    }
+    if (v.is_number_integer()) {
+      const auto i = v.get<std::int64_t>();
+      if (i >= 0 && i <= kLatest) return i;
+    }
+    return std::nullopt;
+  };
+  if (auto nbf = json.find("nbf"); nbf != json.end()) {
+    auto when = unix_time(*nbf);
+    if (!when) {
+      verdict.detail = "the introspection answer has a malformed \"nbf\"";
+      return verdict;
+    }
+    if (*when > now_unix) {
+      verdict.check = TokenCheck::rejected;
+      verdict.detail = "the token is not valid yet (nbf)";
+      return verdict;
+    }
+  }
   verdict.check = TokenCheck::accepted;
   verdict.detail = "active token of the user";
   verdict.valid_for = settings.cache_ttl;
-  if (auto exp = json.find("exp"); exp != json.end() && exp->is_number()) {
-    const auto left = std::chrono::seconds(exp->get<std::int64_t>() - now_unix);
-    if (left <= std::chrono::seconds::zero()) {
+  if (auto exp = json.find("exp"); exp != json.end()) {
+    auto when = unix_time(*exp);
+    if (!when) {
+      verdict.check = TokenCheck::unavailable;
+      verdict.detail = "the introspection answer has a malformed \"exp\"";
+      verdict.valid_for = {};
+      return verdict;
+    }
+    if (*when <= now_unix) {
       verdict.check = TokenCheck::rejected;
       verdict.detail = "the token has expired (exp)";
       verdict.valid_for = {};
       return verdict;
     }
-    verdict.valid_for = std::min<Clock::duration>(verdict.valid_for, left);
+    const auto left = std::chrono::seconds(*when - now_unix);  // at most ~8000 years: fits
+    if (left < std::chrono::duration_cast<std::chrono::seconds>(verdict.valid_for))
+      verdict.valid_for = left;
   }
   return verdict;
 }
@@ -105,19 +176,29 @@ OAuthIntrospector::OAuthIntrospector(const config::OAuth2& settings,
   const auto slash = url.find('/');
   std::string_view authority = url.substr(0, slash);
   target_ = slash == std::string_view::npos ? "/" : std::string(url.substr(slash));
-  const auto colon = authority.rfind(':');
-  if (colon != std::string_view::npos && authority.find(']') == std::string_view::npos) {
+  port_ = "443";
+  if (!authority.empty() && authority.front() == '[') {  // [IPv6][:port]
+    const auto close = authority.find(']');
+    if (close != std::string_view::npos) {
+      host_ = authority.substr(1, close - 1);
+      if (close + 1 < authority.size()) {
+        if (authority[close + 1] == ':') port_ = authority.substr(close + 2);
+        else port_.clear();  // refused below
+      }
+    }
+  } else if (const auto colon = authority.rfind(':'); colon != std::string_view::npos) {
     host_ = authority.substr(0, colon);
     port_ = authority.substr(colon + 1);
   } else {
     host_ = authority;
-    port_ = "443";
   }
-  if (host_.size() > 2 && host_.front() == '[' && host_.back() == ']')
-    host_ = host_.substr(1, host_.size() - 2);
-  if (host_.empty())
-    throw config::ConfigError(fmt::format("{}: /auth/oauth2/introspection_url: no host in it",
+  if (host_.empty() || authority.find('@') != std::string_view::npos ||
+      port_.find_first_not_of("0123456789") != std::string::npos || port_.empty())
+    throw config::ConfigError(fmt::format("{}: /auth/oauth2/introspection_url: want "
+                                          "https://host[:port][/path] (no user:password@)",
                                           source));
+  host_header_ = host_.find(':') != std::string::npos ? "[" + host_ + "]" : host_;
+  if (port_ != "443") host_header_ += ":" + port_;
   tls_ = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
   SSL_CTX_set_min_proto_version(tls_->native_handle(), TLS1_2_VERSION);
   boost::system::error_code ec;
@@ -187,7 +268,7 @@ asio::awaitable<TokenVerdict> OAuthIntrospector::introspect(std::string token, s
   }
 
   http::request<http::string_body> request{http::verb::post, target_, 11};
-  request.set(http::field::host, host_);
+  request.set(http::field::host, host_header_);
   request.set(http::field::user_agent, "Isthmus");
   request.set(http::field::accept, "application/json");
   request.set(http::field::content_type, "application/x-www-form-urlencoded");

@@ -58,6 +58,7 @@ class OAuthIntrospector {
   config::LoginNames names_;
   std::string host_;
   std::string port_;
+  std::string host_header_;  // host[:port], IPv6 in brackets
   std::string target_;
   std::shared_ptr<boost::asio::ssl::context> tls_;
 };

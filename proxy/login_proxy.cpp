@@ -344,6 +344,10 @@ std::optional<std::string> credentials_problem(const LoginRequest& request,
     if (!valid_bearer_token(request.password)) return "a malformed bearer token";
     return std::nullopt;
   }
+  // Directory mode over a static directory (no passwords in it): tokens only.
+  if (config.auth.mode == config::AuthMode::directory && config.directory.type == "static")
+    return "a password, where only bearer tokens are taken (auth.mode directory with a static "
+           "directory)";
   const auto& password = request.password;
   if (password.size() > config.limits.max_password)
     return fmt::format("a password of {} bytes (limits.max_password is {})", password.size(),

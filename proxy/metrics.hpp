@@ -17,7 +17,7 @@
 
 namespace isthmus::proxy {
 
-constexpr std::size_t kProtocols = 4;      // config::Protocol
+constexpr std::size_t kProtocols = config::kProtocolCount;
 constexpr std::size_t kFailures = static_cast<std::size_t>(Failure::shutdown) + 1;
 // Login latency buckets (seconds), Prometheus' "le" bounds; +Inf implied.
 constexpr std::array<double, 11> kLoginBuckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25,

@@ -457,6 +457,15 @@ class OAuthDirectoryMode(unittest.TestCase):
             IDP.status = 200
         self.assertEqual(imap_xoauth2(self.ix.port("imap"), "carol@example.org", token)[0], "OK")
 
+    def test_passwords_are_refused_where_only_tokens_are_taken(self):
+        # A static directory holds no passwords: in directory mode a password
+        # is a wrong one, answered without asking anyone (and throttled).
+        c = RawSieve(self.ix.port("managesieve"))
+        self.addCleanup(c.close)
+        c.response()
+        self.assertEqual(c.log_in("alice@example.org"), [b'NO "Authentication failed."'])
+        self.assertRegex(self.ix.log_text(), r"only bearer tokens are taken")
+
     def test_malformed_and_oversized_tokens_never_reach_the_endpoint(self):
         before = IDP.asked()
         for token in ("has space", "x" * 9000, "tab\there"):

@@ -1,5 +1,6 @@
 #include "backends/health.hpp"
 #include "backends/node_login.hpp"
+#include "backends/topology.hpp"
 #include "backends/sieve_node_login.hpp"
 #include "common/managesieve.hpp"
 
@@ -111,4 +112,17 @@ TEST_CASE("ManageSieve health checks: capability lines, then OK") {
   CHECK(backends::greeting_problem(Protocol::managesieve, "BYE \"Too many connections\""));
   CHECK(backends::greeting_problem(Protocol::managesieve, "* OK IMAP ready"));
   CHECK(backends::greeting_problem(Protocol::managesieve, "OKAY"));
+}
+
+TEST_CASE("ManageSieve health has a slot of its own in the node's state") {
+  backends::NodeState state("n1");
+  state.set_down(config::Protocol::managesieve, true);
+  CHECK(state.down(config::Protocol::managesieve));
+  CHECK(!state.down(config::Protocol::imap));
+  CHECK(!state.down(config::Protocol::lmtp));
+  CHECK(!state.draining());  // once written past the end of the array
+  state.set_draining(true);
+  state.set_down(config::Protocol::managesieve, false);
+  CHECK(state.draining());
+  CHECK(!state.down());
 }

@@ -46,3 +46,45 @@ TEST_CASE("OAuth introspection answers: active, the user's, not expired") {
           TokenCheck::unavailable);
   }
 }
+
+TEST_CASE("OAuth introspection: only our access tokens, times within reason") {
+  config::OAuth2 settings;
+  settings.cache_ttl = std::chrono::seconds(60);
+  config::LoginNames names;
+  const std::int64_t now = 1'800'000'000;
+  const std::string user = "alice@example.org";
+  auto check = [&](const char* body) {
+    return interpret_introspection(body, user, settings, names, now).check;
+  };
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "token_type": "Bearer"})") ==
+        TokenCheck::accepted);
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "token_type": "refresh_token"})") ==
+        TokenCheck::rejected);
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "nbf": 1800000100})") ==
+        TokenCheck::rejected);
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "nbf": 1799999000})") ==
+        TokenCheck::accepted);
+  // Absurd times are the endpoint's failure, never a token trusted for ever.
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "exp": 1e300})") ==
+        TokenCheck::unavailable);
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "exp": -9223372036854775807})") ==
+        TokenCheck::unavailable);
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "exp": 18446744073709551615})") ==
+        TokenCheck::unavailable);
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "exp": "soon"})") ==
+        TokenCheck::unavailable);
+
+  settings.audience = "imap.example.org";
+  CHECK(check(R"({"active": true, "username": "alice@example.org"})") == TokenCheck::rejected);
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "aud": "webshop"})") ==
+        TokenCheck::rejected);
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "aud": ["webshop", "imap.example.org"]})") ==
+        TokenCheck::accepted);
+  settings.scope = "mail";
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "aud": "imap.example.org", "scope": "openid email"})") ==
+        TokenCheck::rejected);
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "aud": "imap.example.org", "scope": "openid mail"})") ==
+        TokenCheck::accepted);
+  CHECK(check(R"({"active": true, "username": "alice@example.org", "aud": "imap.example.org", "scope": "mailx"})") ==
+        TokenCheck::rejected);
+}
