@@ -44,7 +44,14 @@ class SieveNodeLogin {
   boost::asio::awaitable<std::optional<ms::Response>> response(const char* while_doing) {
     const Deadline deadline = greeted_ ? params_.deadline : params_.greeting;
     for (;;) {
-      auto parsed = ms::parse_line(reader_.buffer(), kMaxNodeResponse);
+      ms::Parsed parsed;
+      if (gate_.worth_parsing(reader_.buffer())) {
+        parsed = ms::parse_line(reader_.buffer(), kMaxNodeResponse);
+        if (parsed.status == ms::Status::need_more) gate_.waiting(parsed, reader_.buffer().size());
+        else gate_.reset();
+      } else if (reader_.buffer().size() > kMaxNodeResponse) {
+        parsed.status = ms::Status::too_long;
+      }
       if (parsed.status == ms::Status::complete) {
         std::string raw = reader_.buffer().substr(0, std::min<std::size_t>(parsed.consumed, 80));
         reader_.consume(parsed.consumed);
@@ -227,6 +234,7 @@ class SieveNodeLogin {
   }
 
   Transport& node_;
+  ms::ParseGate gate_;
   const NodeLoginParams& params_;
   LineReader reader_;
   NodeLoginResult result_;

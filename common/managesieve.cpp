@@ -37,6 +37,7 @@ class Parser {
       }
     }
     if (out.status == Status::need_more && buffer_.size() > max_) out.status = Status::too_long;
+    if (out.status == Status::need_more) out.wanted = wanted_;
     if (out.status != Status::complete) out.items.clear();
     return out;
   }
@@ -72,7 +73,7 @@ class Parser {
         ++at_;
         if (at_end()) return Status::need_more;
       }
-      if (out.size() >= kMaxItems) return bad("too many items");
+      if (out.size() >= kMaxItems || ++total_items_ > kMaxItems * 2) return bad("too many items");
       Item item;
       const Status status = one(item, depth);
       if (status != Status::complete) return status;
@@ -152,7 +153,10 @@ class Parser {
     if (buffer_[at_] != '\n') return bad("literal size not followed by CRLF");
     ++at_;
     if (size > max_) return Status::too_long;
-    if (buffer_.size() - at_ < size) return Status::need_more;
+    if (buffer_.size() - at_ < size) {
+      wanted_ = at_ + size;
+      return Status::need_more;
+    }
     item.text = std::string(buffer_.substr(at_, size));
     if (item.text.find('\0') != std::string::npos) return bad("NUL in a literal");
     at_ += size;
@@ -162,6 +166,8 @@ class Parser {
   std::string_view buffer_;
   std::size_t max_;
   std::size_t at_ = 0;
+  std::size_t wanted_ = 0;  // a pending literal's end (need_more)
+  std::size_t total_items_ = 0;
   std::string error_;
 };
 

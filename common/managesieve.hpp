@@ -32,6 +32,9 @@ struct Parsed {
   std::vector<Item> items;
   std::size_t consumed = 0;  // bytes of the buffer taken (complete or bad)
   std::string error;         // what is wrong (bad), for the answer and the log
+  // need_more inside a literal: the buffer size before which parsing again
+  // cannot give another answer (0: wait for a new line end instead).
+  std::size_t wanted = 0;
 };
 
 // The line at the front of `buffer`: items separated by one space, ended by
@@ -41,6 +44,31 @@ struct Parsed {
 // lists nest at most once (a response code's arguments). `max` bounds the
 // bytes of the line with its literals.
 Parsed parse_line(std::string_view buffer, std::size_t max);
+
+// Parsing a line costs its length; a peer that sends it a byte at a time
+// must not make that quadratic. Says when parsing the buffer again can
+// give a new answer: a new line end has arrived, or a pending literal is
+// complete. Bytes only ever added at the end between parses; reset() after
+// the buffer's front was consumed.
+class ParseGate {
+ public:
+  bool worth_parsing(std::string_view buffer) const {
+    if (buffer.size() < seen_) return true;  // consumed or cleared meanwhile
+    if (buffer.size() < wanted_) return false;
+    if (wanted_ != 0) return true;
+    return buffer.find('\n', seen_) != std::string_view::npos;
+  }
+  // After a parse that said need_more.
+  void waiting(const Parsed& parsed, std::size_t buffer_size) {
+    seen_ = buffer_size;
+    wanted_ = parsed.wanted;
+  }
+  void reset() { seen_ = 0; wanted_ = 0; }
+
+ private:
+  std::size_t seen_ = 0;    // buffer bytes the last parse saw
+  std::size_t wanted_ = 0;  // a pending literal's end
+};
 
 // `text` as a quoted string ("\"" and "\\" escaped). For text without CR,
 // LF or NUL; see string_item for anything else.

@@ -83,7 +83,7 @@ asio::awaitable<SieveSession::Next> SieveSession::serve_preauth() {
       co_return co_await goodbye("BYE (TRYLATER) \"Server shutting down.\"\r\n",
                                  "shutdown before login");
     if (untrusted_proxy_header() || http_request_line()) co_return Next::end;
-    auto parsed = managesieve::parse_line(in_, max_line());
+    auto parsed = next_line();
     if (parsed.status == managesieve::Status::too_long)
       co_return co_await goodbye("BYE \"Line too long.\"\r\n",
                                  "client protocol error: Line too long");
@@ -92,8 +92,6 @@ asio::awaitable<SieveSession::Next> SieveSession::serve_preauth() {
       if (next == Next::end) co_return Next::end;
       continue;
     }
-    OPENSSL_cleanse(in_.data(), parsed.consumed);  // it may have held credentials
-    in_.erase(0, parsed.consumed);
     if (++commands_ > config_.limits.max_preauth_commands) {
       spdlog::info("session={} client={}: more than {} commands before login, disconnecting",
                    record_.id, record_.client, config_.limits.max_preauth_commands);
@@ -195,6 +193,7 @@ asio::awaitable<SieveSession::Next> SieveSession::handle_starttls() {
   if (!sent) co_return Next::end;
   bool secured = co_await start_tls();
   if (!secured) co_return Next::end;
+  gate_.reset();  // what came before the handshake is gone
   co_return co_await answer(capabilities());
 }
 
@@ -264,15 +263,30 @@ asio::awaitable<SieveSession::Next> SieveSession::log_in(std::string user, std::
   co_return co_await answer(text);
 }
 
+managesieve::Parsed SieveSession::next_line() {
+  managesieve::Parsed parsed;
+  if (!gate_.worth_parsing(in_)) {
+    parsed.status = in_.size() > max_line() ? managesieve::Status::too_long
+                                            : managesieve::Status::need_more;
+    return parsed;
+  }
+  parsed = managesieve::parse_line(in_, max_line());
+  if (parsed.status == managesieve::Status::need_more) {
+    gate_.waiting(parsed, in_.size());
+  } else if (parsed.status != managesieve::Status::too_long) {
+    OPENSSL_cleanse(in_.data(), parsed.consumed);  // it may have held credentials
+    in_.erase(0, parsed.consumed);
+    gate_.reset();
+  }
+  return parsed;
+}
+
 asio::awaitable<std::optional<managesieve::Parsed>> SieveSession::read_parsed() {
   for (;;) {
-    auto parsed = managesieve::parse_line(in_, max_line());
+    auto parsed = next_line();
     if (parsed.status == managesieve::Status::complete ||
-        parsed.status == managesieve::Status::bad) {
-      OPENSSL_cleanse(in_.data(), parsed.consumed);
-      in_.erase(0, parsed.consumed);
+        parsed.status == managesieve::Status::bad)
       co_return parsed;
-    }
     if (parsed.status == managesieve::Status::too_long) {
       co_await goodbye("BYE \"Line too long.\"\r\n", "client protocol error: Line too long");
       co_return std::nullopt;

@@ -35,6 +35,9 @@ class SieveSession final : public Session {
   // The next complete line from the client, parsed (a SASL response is a
   // lone string), or nullopt if the session ended.
   boost::asio::awaitable<std::optional<managesieve::Parsed>> read_parsed();
+  // The line at the front of in_, parsed only when that can give a new
+  // answer (managesieve::ParseGate); a complete or bad line is consumed.
+  managesieve::Parsed next_line();
   boost::asio::awaitable<Next> read_client();
   boost::asio::awaitable<Next> answer(std::string text);
   boost::asio::awaitable<Next> goodbye(std::string text, std::string ended);
@@ -42,6 +45,7 @@ class SieveSession final : public Session {
 
   const config::Config& config_;
   std::size_t commands_ = 0;
+  managesieve::ParseGate gate_;
   std::string from_node_;  // what the node sent after its login answer
 };
 

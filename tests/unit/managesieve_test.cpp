@@ -126,3 +126,46 @@ TEST_CASE("ManageSieve health has a slot of its own in the node's state") {
   CHECK(state.draining());
   CHECK(!state.down());
 }
+
+TEST_CASE("ManageSieve lines fed a byte at a time are parsed a bounded number of times") {
+  auto feed = [](const std::string& wire) {
+    std::string buffer;
+    ParseGate gate;
+    int parses = 0;
+    std::vector<Parsed> lines;
+    for (char c : wire) {
+      buffer += c;
+      for (;;) {
+        if (!gate.worth_parsing(buffer)) break;
+        ++parses;
+        Parsed p = parse_line(buffer, 1 << 20);
+        if (p.status == Status::need_more) {
+          gate.waiting(p, buffer.size());
+          break;
+        }
+        buffer.erase(0, p.consumed);
+        gate.reset();
+        lines.push_back(std::move(p));
+      }
+    }
+    return std::make_pair(parses, lines);
+  };
+  const std::string quoted_line = "NOOP \"" + std::string(20000, 'a') + "\"\r\n";
+  auto [parses, lines] = feed(quoted_line + "LOGOUT\r\n");
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[0].items[1].text.size() == 20000);
+  CHECK(parses <= 4);  // not one per byte
+  const std::string script(30000, 'x');
+  const std::string literal_line = "PUTSCRIPT \"s\" {30000+}\r\n" + script + "\r\n";
+  auto [parses2, lines2] = feed(literal_line);
+  REQUIRE(lines2.size() == 1);
+  CHECK(lines2[0].items[2].text == script);
+  CHECK(parses2 <= 4);
+  // Literal data full of line ends waits for the literal's end, not each LF.
+  std::string lf_script;
+  for (int i = 0; i < 3000; ++i) lf_script += "keep;\r\n";
+  auto [parses3, lines3] =
+      feed("PUTSCRIPT \"s\" {" + std::to_string(lf_script.size()) + "+}\r\n" + lf_script + "\r\n");
+  REQUIRE(lines3.size() == 1);
+  CHECK(parses3 <= 4);
+}
