@@ -261,6 +261,12 @@ struct Lmtp {
   // LMTP connections this instance holds to one node at most; past that
   // the node is skipped (451 4.4.5 when no node of the island is left).
   unsigned max_node_connections = 64;
+  // AUTH PLAIN to every LMTP node after LHLO (and STARTTLS), for nodes that
+  // want their LMTP clients to authenticate (Cyrus' lmtpd without -a:
+  // docs/nodes-cyrus.md). Empty: no AUTH.
+  std::string node_user;
+  std::filesystem::path node_password_file;
+  std::string node_password;  // read from node_password_file at load
 };
 
 // The certificate Isthmus presents to clients.

@@ -818,6 +818,13 @@ Config parse_config(std::string_view text, const std::string& source,
       l.read_string("hostname", config.lmtp.hostname);
       l.read_uint("max_hops", config.lmtp.max_hops, 2, 1000);
       l.read_uint("max_node_connections", config.lmtp.max_node_connections, 1, 100000);
+      l.read_string("node_user", config.lmtp.node_user);
+      read_secret_file(l, "node_password_file", config.lmtp.node_password_file,
+                       config.lmtp.node_password, base_dir);
+      if (!config.lmtp.node_user.empty() && config.lmtp.node_password_file.empty())
+        problems.add(l.pointer_of("node_user"), "a node user needs \"node_password_file\"");
+      if (config.lmtp.node_user.empty() && !config.lmtp.node_password_file.empty())
+        problems.add(l.pointer_of("node_password_file"), "needs \"node_user\"");
     }
   }
   // Cross-checks: TLS listeners need a certificate.

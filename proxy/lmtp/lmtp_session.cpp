@@ -378,9 +378,12 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
       }
       if (step.failure == Failure::none) {
         client = std::make_unique<backends::LmtpNodeClient>(std::move(connection));
+        // A named object, not a temporary in the co_await (GCC 12 and
+        // temporaries across a suspension: docs/development.md).
+        const backends::LmtpNodeAuth auth{config_.lmtp.node_user, config_.lmtp.node_password};
         step = co_await client->open(config_.lmtp.hostname, tls, peer,
                                      Deadline::after(config_.timeouts.connect),
-                                     config_.timeouts.lmtp_command);
+                                     config_.timeouts.lmtp_command, auth);
       }
       if (step.failure == Failure::none) {
         step = co_await send_mail(*client);

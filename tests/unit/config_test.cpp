@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <unistd.h>
 
 using namespace isthmus::config;
@@ -362,4 +364,28 @@ TEST_CASE("a number too large for JSON is a config error, not another exception 
   CHECK_THROWS_AS(parse_config(R"({"workers": 1e999})", "test.json", "/etc/isthmus"),
                   ConfigError);
   CHECK(error_of(R"({"workers": 1e999})") == "test.json: number overflow parsing");
+}
+
+TEST_CASE("lmtp.node_user and node_password_file: AUTH to the LMTP nodes") {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("isthmus-config-test-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto secret = dir / "lmtp.pw";
+  {
+    std::ofstream out(secret);
+    out << "s3cret\n";
+  }
+  const std::string lmtp = "\"instance\": \"t1\", \"lmtp\": { \"node_user\": \"lmtp\", "
+                           "\"node_password_file\": \"" + secret.string() + "\" },";
+  Config c = parse_config(with("\"instance\": \"t1\",", lmtp), "test.json", "/etc/isthmus");
+  CHECK(c.lmtp.node_user == "lmtp");
+  CHECK(c.lmtp.node_password == "s3cret");
+  CHECK(parse_config(kGood, "test.json", "/etc/isthmus").lmtp.node_user.empty());
+  auto e = error_of(with("\"instance\": \"t1\",",
+                         "\"instance\": \"t1\", \"lmtp\": { \"node_user\": \"lmtp\" },"));
+  CHECK(e.find("/lmtp/node_user: a node user needs \"node_password_file\"") != std::string::npos);
+  e = error_of(with("\"instance\": \"t1\",", "\"instance\": \"t1\", \"lmtp\": { "
+                    "\"node_password_file\": \"" + secret.string() + "\" },"));
+  CHECK(e.find("/lmtp/node_password_file: needs \"node_user\"") != std::string::npos);
+  std::filesystem::remove_all(dir);
 }
