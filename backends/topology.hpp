@@ -121,11 +121,18 @@ struct Node {
   boost::asio::ip::address address;
   std::map<config::Protocol, std::uint16_t> ports;
   config::TlsMode tls = config::TlsMode::none;
+  std::map<config::Protocol, config::TlsMode> tls_by_protocol;  // overrides `tls`
   std::string tls_name;  // the name its certificate must carry
   bool drain = false;    // the config drains it
   std::shared_ptr<NodeState> state;
 
   std::optional<boost::asio::ip::tcp::endpoint> endpoint(config::Protocol protocol) const;
+  // TLS to the node for `protocol` (a node may take IMAP over STARTTLS and
+  // LMTP in clear on a private network).
+  config::TlsMode tls_for(config::Protocol protocol) const {
+    auto it = tls_by_protocol.find(protocol);
+    return it == tls_by_protocol.end() ? tls : it->second;
+  }
   // No new sessions: drained by the config or at run time.
   bool draining() const { return drain || state->draining(); }
 };

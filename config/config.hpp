@@ -50,11 +50,19 @@ struct Node {
   std::string host;
   std::map<Protocol, std::uint16_t> ports;
   TlsMode tls = TlsMode::none;
+  // "tls" given per protocol ({"imap": "starttls", "lmtp": "none"}): a node
+  // may take IMAP over STARTTLS and LMTP in clear on a private network.
+  std::map<Protocol, TlsMode> tls_by_protocol;
   std::string tls_name;  // the name its certificate must carry; default: host
   // Draining: no new sessions; the ones it has stay (docs/health.md).
   bool drain = false;
 
   std::optional<std::uint16_t> port_for(Protocol protocol) const;
+  // The TLS mode for `protocol`: its own, else `tls`.
+  TlsMode tls_for(Protocol protocol) const {
+    auto it = tls_by_protocol.find(protocol);
+    return it == tls_by_protocol.end() ? tls : it->second;
+  }
 };
 
 enum class IslandPolicy : std::uint8_t {

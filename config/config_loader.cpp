@@ -604,10 +604,26 @@ void read_health(Object& h, Health& health) {
   h.read_bool("lmtp_lhlo", health.lmtp_lhlo);
 }
 
+// "tls": one mode for every protocol, or an object with a mode per
+// protocol (those not named: none).
+void read_node_tls(Object& o, Node& node) {
+  if (o.has("tls") && o.take("tls")->is_object()) {
+    Object t(*o.take("tls"), o.pointer_of("tls"), o.problems());
+    for (Protocol protocol : {Protocol::imap, Protocol::pop3, Protocol::lmtp}) {
+      if (!t.has(name_of(protocol))) continue;
+      TlsMode mode = TlsMode::none;
+      t.read_tls_mode(name_of(protocol), mode);
+      node.tls_by_protocol[protocol] = mode;
+    }
+    return;
+  }
+  o.read_tls_mode("tls", node.tls);
+}
+
 void read_node(Object& o, Node& node) {
   o.read_string("name", node.name, true);
   o.read_string("host", node.host, true);
-  o.read_tls_mode("tls", node.tls);
+  read_node_tls(o, node);
   o.read_string("tls_name", node.tls_name);
   o.read_bool("drain", node.drain);
   if (!node.name.empty() && !valid_name(node.name))

@@ -389,3 +389,25 @@ TEST_CASE("lmtp.node_user and node_password_file: AUTH to the LMTP nodes") {
   CHECK(e.find("/lmtp/node_password_file: needs \"node_user\"") != std::string::npos);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("a node's tls per protocol: IMAP over STARTTLS, LMTP in clear") {
+  const std::string node = R"({ "name": "a-right", "host": "127.0.0.1", "ports": { "imap": 22143, "lmtp": 22024 } })";
+  auto with_tls = [&](const std::string& tls) {
+    return with(node, R"({ "name": "a-right", "host": "127.0.0.1", "tls": )" + tls +
+                          R"(, "ports": { "imap": 22143, "lmtp": 22024 } })");
+  };
+  Config c = parse_config(with_tls(R"({ "imap": "starttls", "lmtp": "none" })"), "test.json",
+                          "/etc/isthmus");
+  const Node& n = c.islands[0].nodes[1];
+  CHECK(n.tls_for(Protocol::imap) == TlsMode::starttls);
+  CHECK(n.tls_for(Protocol::lmtp) == TlsMode::none);
+  CHECK(n.tls_for(Protocol::pop3) == TlsMode::none);  // not named: none
+  c = parse_config(with_tls(R"("implicit")"), "test.json", "/etc/isthmus");
+  CHECK(c.islands[0].nodes[1].tls_for(Protocol::lmtp) == TlsMode::implicit);  // one for all
+  CHECK(c.islands[0].nodes[1].tls_for(Protocol::imap) == TlsMode::implicit);
+  auto e = error_of(with_tls(R"({ "imap": "maybe" })"));
+  CHECK(e.find("/islands/0/nodes/1/tls/imap: must be \"none\", \"starttls\" or \"implicit\"") !=
+        std::string::npos);
+  e = error_of(with_tls(R"({ "smtp": "starttls" })"));
+  CHECK(e.find("/islands/0/nodes/1/tls/smtp: unknown key") != std::string::npos);
+}
