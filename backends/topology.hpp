@@ -54,10 +54,12 @@ class NodeState {
   // node can serve POP3 with its imapd dead. A node down for a protocol
   // gets no new sessions of it while its island has a node up for it.
   bool down(config::Protocol protocol) const {
-    return down_[index(protocol)].load(std::memory_order_relaxed);
+    const auto i = index(protocol);
+    return i < down_.size() && down_[i].load(std::memory_order_relaxed);
   }
   void set_down(config::Protocol protocol, bool down) {
-    down_[index(protocol)].store(down, std::memory_order_relaxed);
+    if (const auto i = index(protocol); i < down_.size())
+      down_[i].store(down, std::memory_order_relaxed);
   }
   // Down for any protocol: what the active role goes by (a role holder
   // must serve every protocol of its island; docs/health.md).
@@ -82,7 +84,9 @@ class NodeState {
   std::atomic<int> lmtp_{0};
   std::atomic<Clock::rep> last_failure_{0};  // Clock ticks; 0: none
   static std::size_t index(config::Protocol protocol) { return static_cast<std::size_t>(protocol); }
-  std::array<std::atomic<bool>, 3> down_{};  // by config::Protocol
+  // By config::Protocol, with room for protocols to come (a new enum value
+  // needs no change here; one past the room is never down).
+  std::array<std::atomic<bool>, 8> down_{};
   std::atomic<bool> draining_{false};
 };
 

@@ -608,12 +608,14 @@ void read_health(Object& h, Health& health) {
 // protocol (those not named: none).
 void read_node_tls(Object& o, Node& node) {
   if (o.has("tls") && o.take("tls")->is_object()) {
-    Object t(*o.take("tls"), o.pointer_of("tls"), o.problems());
-    for (Protocol protocol : {Protocol::imap, Protocol::pop3, Protocol::lmtp}) {
-      if (!t.has(name_of(protocol))) continue;
+    const json& modes = *o.take("tls");
+    Object t(modes, o.pointer_of("tls"), o.problems());
+    for (const auto& [key, unused] : modes.items()) {
+      auto protocol = protocol_from_name(key);
+      if (!protocol) continue;  // not taken: reported as an unknown key
       TlsMode mode = TlsMode::none;
-      t.read_tls_mode(name_of(protocol), mode);
-      node.tls_by_protocol[protocol] = mode;
+      t.read_tls_mode(key, mode);
+      node.tls_by_protocol[*protocol] = mode;
     }
     return;
   }
