@@ -114,7 +114,11 @@ std::shared_ptr<const proxy::Runtime> build_runtime(const std::filesystem::path&
         config->auth.oauth2, config->login_names, config->path.string());
   bool nodes_use_tls = false;
   for (const auto& island : config->islands)
-    for (const auto& node : island.nodes) nodes_use_tls |= node.tls != config::TlsMode::none;
+    for (const auto& node : island.nodes)
+      for (const auto& [protocol, port] : node.ports) {
+        (void)port;
+        nodes_use_tls |= node.tls_for(protocol) != config::TlsMode::none;
+      }
   if (nodes_use_tls) runtime->node_tls = proxy::make_node_tls(config->node_tls, config->path.string());
   bool serves_lmtp = false;
   for (const auto& l : config->listeners) serves_lmtp |= l.protocol == config::Protocol::lmtp;

@@ -267,7 +267,7 @@ struct HealthChecker::Impl {
       co_return fmt::format("connect timed out after {}",
                             config::format_duration(settings.timeout));
     if (ec) co_return "connect: " + ec.message();
-    if (node.tls == config::TlsMode::implicit) {
+    if (node.tls_for(protocol) == config::TlsMode::implicit) {
       if (!inputs.node_tls) co_return "implicit TLS but no TLS context";
       auto tls_ec = co_await connection.start_tls_as_client(*inputs.node_tls, node.tls_name,
                                                             inputs.verify_tls, deadline);

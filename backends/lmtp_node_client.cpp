@@ -6,6 +6,7 @@
 #include "common/smtp_data.hpp"
 
 #include <fmt/format.h>
+#include <openssl/crypto.h>
 
 #include <charconv>
 
@@ -34,6 +35,23 @@ bool safe_helo(std::string_view helo) {
 }
 
 }  // namespace
+
+bool LmtpNodeClient::offers_sasl(const std::vector<std::string>& extensions,
+                                 std::string_view mechanism) {
+  for (const auto& e : extensions) {
+    std::string_view line(e);
+    if (!istarts_with(line, "AUTH") || line.size() < 5 || (line[4] != ' ' && line[4] != '='))
+      continue;
+    line.remove_prefix(5);
+    while (!line.empty()) {
+      const auto end = line.find(' ');
+      if (iequals(line.substr(0, end), mechanism)) return true;
+      if (end == std::string_view::npos) break;
+      line.remove_prefix(end + 1);
+    }
+  }
+  return false;
+}
 
 bool LmtpNodeClient::offers(std::string_view extension) const {
   return has_extension(extensions_, extension);
@@ -111,7 +129,8 @@ std::string LmtpNodeClient::xclient_line(const std::vector<std::string>& extensi
 boost::asio::awaitable<NodeStep> LmtpNodeClient::open(const std::string& lhlo_name,
                                                       const NodeTlsSetup& tls, const LmtpPeer& peer,
                                                       Deadline greeting,
-                                                      Clock::duration command_timeout) {
+                                                      Clock::duration command_timeout,
+                                                      const LmtpNodeAuth& auth) {
   NodeStep step = co_await reply(greeting);
   if (!step.answered()) co_return step;
   // This very instance greets with its token: a node address that points
@@ -165,6 +184,32 @@ boost::asio::awaitable<NodeStep> LmtpNodeClient::open(const std::string& lhlo_na
       const std::string name = safe_helo(peer.helo) ? peer.helo : lhlo_name;
       step = co_await lhlo(name, command_timeout);
       if (!step.answered()) co_return step;
+    }
+  }
+  if (!auth.user.empty()) {
+    // After XCLIENT, which starts a new session. A node that takes no
+    // AUTH PLAIN, or refuses ours, is skipped (the next node is tried);
+    // not a health failure: the node is up, the config disagrees with it.
+    if (!offers_sasl(extensions_, "PLAIN")) {
+      step.failure = Failure::node_unavailable;
+      step.detail = "the node offers no AUTH PLAIN (lmtp.node_user is set)";
+      co_return step;
+    }
+    std::string message;
+    message += '\0';
+    message += auth.user;
+    message += '\0';
+    message += auth.password;
+    std::string line = "AUTH PLAIN " + encode_base64(message);
+    OPENSSL_cleanse(message.data(), message.size());
+    step = co_await command(line, command_timeout);
+    OPENSSL_cleanse(line.data(), line.size());
+    if (!step.answered()) co_return step;
+    if (step.reply.code != 235) {
+      step.failure = Failure::node_unavailable;
+      step.detail = "the node refused AUTH as " + sanitize(auth.user, 100) + ": " +
+                    step.reply.describe();
+      co_return step;
     }
   }
   step.failure = Failure::none;

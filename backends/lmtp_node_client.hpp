@@ -2,7 +2,8 @@
 // The client side of LMTP (RFC 2033) to one node, for one transaction:
 // greeting, LHLO, STARTTLS where configured, XCLIENT where the node offers
 // it (Dovecot does to trusted peers: the MTA's address and HELO reach the
-// node's Received: header), MAIL, RCPT, and DATA with one reply per
+// node's Received: header), AUTH PLAIN where configured (lmtp.node_user:
+// Cyrus' lmtpd without -a), MAIL, RCPT, and DATA with one reply per
 // recipient.
 
 #include "backends/node_login.hpp"
@@ -22,6 +23,13 @@ struct LmtpPeer {
   std::string helo;        // its LHLO name
   std::string session_id;  // Isthmus' session id
   unsigned ttl = 0;
+};
+
+// Who Isthmus authenticates as to the node (AUTH PLAIN, RFC 4954 and
+// 4616); empty user: no AUTH.
+struct LmtpNodeAuth {
+  std::string user;
+  std::string password;
 };
 
 struct NodeStep {
@@ -45,9 +53,16 @@ class LmtpNodeClient {
  public:
   explicit LmtpNodeClient(Transport transport) : transport_(std::move(transport)), reader_(kMaxLine) {}
 
+  // Greeting, LHLO, STARTTLS (tls), XCLIENT (when offered), AUTH PLAIN
+  // (when `auth` names a user: the node must offer AUTH with PLAIN, and
+  // say 235).
   boost::asio::awaitable<NodeStep> open(const std::string& lhlo_name, const NodeTlsSetup& tls,
                                         const LmtpPeer& peer, Deadline greeting,
-                                        Clock::duration command_timeout);
+                                        Clock::duration command_timeout,
+                                        const LmtpNodeAuth& auth = {});
+  // Whether an LHLO extension line offers SASL `mechanism` ("AUTH PLAIN
+  // LOGIN", or the old "AUTH=PLAIN").
+  static bool offers_sasl(const std::vector<std::string>& extensions, std::string_view mechanism);
   // One command line (without CRLF) and its reply.
   boost::asio::awaitable<NodeStep> command(const std::string& line, Clock::duration timeout);
   // DATA, then `prefix` (trace header lines, CR LF ended) and the message,

@@ -44,6 +44,7 @@ std::shared_ptr<const Topology> Topology::build(const config::Config& config,
       node->host = cn.host;
       node->ports = cn.ports;
       node->tls = cn.tls;
+      node->tls_by_protocol = cn.tls_by_protocol;
       node->tls_name = cn.tls_name.empty() ? cn.host : cn.tls_name;
       node->drain = cn.drain;
       boost::system::error_code ec;

@@ -54,10 +54,12 @@ class NodeState {
   // node can serve POP3 with its imapd dead. A node down for a protocol
   // gets no new sessions of it while its island has a node up for it.
   bool down(config::Protocol protocol) const {
-    return down_[index(protocol)].load(std::memory_order_relaxed);
+    const auto i = index(protocol);
+    return i < down_.size() && down_[i].load(std::memory_order_relaxed);
   }
   void set_down(config::Protocol protocol, bool down) {
-    down_[index(protocol)].store(down, std::memory_order_relaxed);
+    if (const auto i = index(protocol); i < down_.size())
+      down_[i].store(down, std::memory_order_relaxed);
   }
   // Down for any protocol: what the active role goes by (a role holder
   // must serve every protocol of its island; docs/health.md).
@@ -121,11 +123,18 @@ struct Node {
   boost::asio::ip::address address;
   std::map<config::Protocol, std::uint16_t> ports;
   config::TlsMode tls = config::TlsMode::none;
+  std::map<config::Protocol, config::TlsMode> tls_by_protocol;  // overrides `tls`
   std::string tls_name;  // the name its certificate must carry
   bool drain = false;    // the config drains it
   std::shared_ptr<NodeState> state;
 
   std::optional<boost::asio::ip::tcp::endpoint> endpoint(config::Protocol protocol) const;
+  // TLS to the node for `protocol` (a node may take IMAP over STARTTLS and
+  // LMTP in clear on a private network).
+  config::TlsMode tls_for(config::Protocol protocol) const {
+    auto it = tls_by_protocol.find(protocol);
+    return it == tls_by_protocol.end() ? tls : it->second;
+  }
   // No new sessions: drained by the config or at run time.
   bool draining() const { return drain || state->draining(); }
 };

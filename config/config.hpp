@@ -54,11 +54,19 @@ struct Node {
   std::string host;
   std::map<Protocol, std::uint16_t> ports;
   TlsMode tls = TlsMode::none;
+  // "tls" given per protocol ({"imap": "starttls", "lmtp": "none"}): a node
+  // may take IMAP over STARTTLS and LMTP in clear on a private network.
+  std::map<Protocol, TlsMode> tls_by_protocol;
   std::string tls_name;  // the name its certificate must carry; default: host
   // Draining: no new sessions; the ones it has stay (docs/health.md).
   bool drain = false;
 
   std::optional<std::uint16_t> port_for(Protocol protocol) const;
+  // The TLS mode for `protocol`: its own, else `tls`.
+  TlsMode tls_for(Protocol protocol) const {
+    auto it = tls_by_protocol.find(protocol);
+    return it == tls_by_protocol.end() ? tls : it->second;
+  }
 };
 
 enum class IslandPolicy : std::uint8_t {
@@ -289,6 +297,12 @@ struct Lmtp {
   // LMTP connections this instance holds to one node at most; past that
   // the node is skipped (451 4.4.5 when no node of the island is left).
   unsigned max_node_connections = 64;
+  // AUTH PLAIN to every LMTP node after LHLO (and STARTTLS), for nodes that
+  // want their LMTP clients to authenticate (Cyrus' lmtpd without -a:
+  // docs/nodes-cyrus.md). Empty: no AUTH.
+  std::string node_user;
+  std::filesystem::path node_password_file;
+  std::string node_password;  // read from node_password_file at load
 };
 
 // What the ManageSieve front door says before login (RFC 5804 section

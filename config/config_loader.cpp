@@ -646,10 +646,28 @@ void read_health(Object& h, Health& health) {
   h.read_bool("lmtp_lhlo", health.lmtp_lhlo);
 }
 
+// "tls": one mode for every protocol, or an object with a mode per
+// protocol (those not named: none).
+void read_node_tls(Object& o, Node& node) {
+  if (o.has("tls") && o.take("tls")->is_object()) {
+    const json& modes = *o.take("tls");
+    Object t(modes, o.pointer_of("tls"), o.problems());
+    for (const auto& [key, unused] : modes.items()) {
+      auto protocol = protocol_from_name(key);
+      if (!protocol) continue;  // not taken: reported as an unknown key
+      TlsMode mode = TlsMode::none;
+      t.read_tls_mode(key, mode);
+      node.tls_by_protocol[*protocol] = mode;
+    }
+    return;
+  }
+  o.read_tls_mode("tls", node.tls);
+}
+
 void read_node(Object& o, Node& node) {
   o.read_string("name", node.name, true);
   o.read_string("host", node.host, true);
-  o.read_tls_mode("tls", node.tls);
+  read_node_tls(o, node);
   o.read_string("tls_name", node.tls_name);
   o.read_bool("drain", node.drain);
   if (!node.name.empty() && !valid_name(node.name))
@@ -878,6 +896,13 @@ Config parse_config(std::string_view text, const std::string& source,
       l.read_string("hostname", config.lmtp.hostname);
       l.read_uint("max_hops", config.lmtp.max_hops, 2, 1000);
       l.read_uint("max_node_connections", config.lmtp.max_node_connections, 1, 100000);
+      l.read_string("node_user", config.lmtp.node_user);
+      read_secret_file(l, "node_password_file", config.lmtp.node_password_file,
+                       config.lmtp.node_password, base_dir);
+      if (!config.lmtp.node_user.empty() && config.lmtp.node_password_file.empty())
+        problems.add(l.pointer_of("node_user"), "a node user needs \"node_password_file\"");
+      if (config.lmtp.node_user.empty() && !config.lmtp.node_password_file.empty())
+        problems.add(l.pointer_of("node_password_file"), "needs \"node_user\"");
     }
   }
   // Cross-checks: TLS listeners need a certificate.

@@ -265,7 +265,8 @@ static boost::asio::awaitable<LoginOutcome> log_in_to_island(const Runtime& runt
     // but never speaks (frozen, overloaded) is skipped as quickly as one that
     // refuses.
     const Deadline greeting = deadline.within(config.timeouts.connect);
-    backends::NodeTlsSetup tls{node->tls, runtime.node_tls.get(), node->tls_name,
+    const config::TlsMode tls_mode = node->tls_for(request.protocol);
+    backends::NodeTlsSetup tls{tls_mode, runtime.node_tls.get(), node->tls_name,
                                config.node_tls.verify};
     if (ec) {
       result.failure = connect_failure(ec);
@@ -273,7 +274,7 @@ static boost::asio::awaitable<LoginOutcome> log_in_to_island(const Runtime& runt
     } else {
       boost::system::error_code ignored;
       connection.socket().set_option(boost::asio::ip::tcp::no_delay(true), ignored);
-      if (node->tls == config::TlsMode::implicit) {
+      if (tls_mode == config::TlsMode::implicit) {
         auto tls_ec = co_await connection.start_tls_as_client(*tls.context, tls.name, tls.verify,
                                                               greeting);
         if (tls_ec) {

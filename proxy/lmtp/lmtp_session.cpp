@@ -358,7 +358,8 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
     };
     auto [ec] = co_await until(greeting, connect);
     backends::NodeStep step;
-    backends::NodeTlsSetup tls{node->tls, runtime_->node_tls.get(), node->tls_name,
+    const config::TlsMode tls_mode = node->tls_for(config::Protocol::lmtp);
+    backends::NodeTlsSetup tls{tls_mode, runtime_->node_tls.get(), node->tls_name,
                                config_.node_tls.verify};
     std::unique_ptr<backends::LmtpNodeClient> client;
     if (ec) {
@@ -367,7 +368,7 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
     } else {
       boost::system::error_code ignored;
       connection.socket().set_option(asio::ip::tcp::no_delay(true), ignored);
-      if (node->tls == config::TlsMode::implicit) {
+      if (tls_mode == config::TlsMode::implicit) {
         auto tls_ec = co_await connection.start_tls_as_client(*tls.context, tls.name, tls.verify,
                                                               Deadline::after(config_.timeouts.connect));
         if (tls_ec) {
@@ -378,9 +379,12 @@ asio::awaitable<bool> LmtpSession::open_txn(IslandTxn& txn) {
       }
       if (step.failure == Failure::none) {
         client = std::make_unique<backends::LmtpNodeClient>(std::move(connection));
+        // A named object, not a temporary in the co_await (GCC 12 and
+        // temporaries across a suspension: docs/development.md).
+        const backends::LmtpNodeAuth auth{config_.lmtp.node_user, config_.lmtp.node_password};
         step = co_await client->open(config_.lmtp.hostname, tls, peer,
                                      Deadline::after(config_.timeouts.connect),
-                                     config_.timeouts.lmtp_command);
+                                     config_.timeouts.lmtp_command, auth);
       }
       if (step.failure == Failure::none) {
         step = co_await send_mail(*client);

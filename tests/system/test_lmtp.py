@@ -157,7 +157,11 @@ def dovecot_variant(cls):
 def inbox_subjects(node_name: str, user: str) -> list[str]:
     """The Subject lines in USER's INBOX, read straight from node NODE_NAME
     over IMAP (any node kind)."""
-    node = LAB.node(node_name)
+    return inbox_subjects_in(LAB, node_name, user)
+
+
+def inbox_subjects_in(lab, node_name: str, user: str) -> list[str]:
+    node = lab.node(node_name)
     m = imaplib.IMAP4(node.host, node.port("imap"), timeout=10)
     try:
         m.authenticate("PLAIN", lambda _: f"\0{user}\0{PASSWORD}".encode())
@@ -1048,6 +1052,71 @@ class AnyNodeKind(LmtpCase):
                 # never saw it.
                 self.assertEqual(inbox_subjects(f"{home}-left", user).count(subject), 1)
                 self.assertEqual(inbox_subjects(f"{other}-left", user).count(subject), 0)
+
+
+@unittest.skipUnless(node_kind() == "cyrus", "Cyrus variant only (lmtpd without -a)")
+class CyrusLmtpAuth(unittest.TestCase):
+    """Cyrus' lmtpd without -a wants its client to authenticate: MAIL gets
+    430 until AUTH by a user in lmtp_admins. Isthmus authenticates with
+    lmtp.node_user (AUTH PLAIN after LHLO); without it, or refused, the
+    recipients are deferred, never lost."""
+
+    @classmethod
+    def setUpClass(cls):
+        from lab.cyrus import LMTP_PASSWORD, LMTP_USER
+        cls.user = LMTP_USER
+        cls.lab = Lab(kind="cyrus", isthmus_ports={"lmtp": 0}, node_options={"lmtp_auth": True})
+        cls.addClassCleanup(cls.lab.close)
+        cls.lab.start()
+        cls.good = os.path.join(cls.lab.root, "lmtp.pw")
+        cls.bad = os.path.join(cls.lab.root, "wrong.pw")
+        for path, password in ((cls.good, LMTP_PASSWORD), (cls.bad, "not-" + LMTP_PASSWORD)):
+            with open(path, "w") as f:
+                f.write(password + "\n")
+            os.chmod(path, 0o600)
+
+    def deliver(self, ix, user: str) -> tuple[bytes, str]:
+        """One message to USER through IX: (the reply to RCPT, or to the
+        final dot when RCPT was accepted; the subject line)."""
+        tok = token()
+        c = RawLmtp(ix.port("lmtp"))
+        self.addCleanup(c.close)
+        c.greeting()
+        self.assertEqual(c.lhlo()[:3], b"250")
+        self.assertEqual(c.command(f"MAIL FROM:<{SENDER}>"), SENDER_OK)
+        answer = c.command(f"RCPT TO:<{user}>")
+        if answer.startswith(b"250"):
+            self.assertEqual(c.command("DATA"), GO_AHEAD)
+            c.send(lmtp_stuff(message(tok, to=user)))
+            answer = c.reply()
+        return answer, f"Subject: lmtp {tok}"
+
+    def start(self, **lmtp):
+        # A listener of its own: two instances on one port would share it.
+        listeners = [{"name": "lmtp", "protocol": "lmtp", "address": "127.0.0.1",
+                      "port": procs.free_port()}]
+        ix = self.lab.start_isthmus(binary(), lmtp=dict(lmtp, hostname=HOSTNAME),
+                                    listeners=listeners, timeouts={"connect": "1s"})
+        self.addCleanup(ix.stop)
+        return ix
+
+    def test_with_the_lmtp_admin_the_message_is_delivered(self):
+        ix = self.start(node_user=self.user, node_password_file=self.good)
+        answer, subject = self.deliver(ix, "alice@example.org")
+        self.assertRegex(answer, rb"^250 2\.", answer)
+        self.assertEqual(inbox_subjects_in(self.lab, "a-left", "alice@example.org").count(subject),
+                         1)
+        self.assertNotIn("AUTH PLAIN", ix.log_text())  # the credentials are never logged
+
+    def test_without_auth_or_refused_the_recipient_is_deferred(self):
+        for lmtp, why in (({}, "430"),
+                          ({"node_user": self.user, "node_password_file": self.bad},
+                           f"refused AUTH as {self.user}")):
+            with self.subTest(why=why):
+                ix = self.start(**lmtp)
+                answer, _ = self.deliver(ix, "bob@example.org")
+                self.assertRegex(answer, rb"^4\d\d 4\.", answer)
+                wait_for(lambda: why in ix.log_text(), what=why)
 
 
 @dovecot_variant

@@ -275,6 +275,49 @@ class Tls(unittest.TestCase):
         self.assertTrue(by_user["alice@example.org"]["tls"], by_user["alice@example.org"])
         self.assertTrue(by_user["bob@example.org"]["tls"], by_user["bob@example.org"])
 
+    def test_a_node_takes_imap_over_starttls_and_lmtp_in_clear(self):
+        # "tls" per protocol (issue 16): IMAP to the node over STARTTLS, LMTP
+        # in clear on a private network. Gates in front of both ports show
+        # what went over the wire.
+        from lab.gate import Gate
+        from support import RawLmtp, lmtp_stuff, make_message
+        left = self.lab.node("a-left")
+        gates = {p: Gate(0, left.port(p), name=f"a-left-{p}") for p in ("imap", "lmtp")}
+        for gate in gates.values():
+            self.addCleanup(gate.close)
+        a_left = dict(next(n for i in self.lab.config["islands"] if i["name"] == "a"
+                           for n in i["nodes"] if n["name"] == "a-left"),
+                      tls={"imap": "starttls", "lmtp": "none"},
+                      tls_name=Lab.tls_name("a-left"),
+                      ports={p: gate.port for p, gate in gates.items()})
+        islands = [dict(i, nodes=[a_left]) if i["name"] == "a" else i
+                   for i in self.lab.config["islands"]]
+        lmtp_port = procs.free_port()
+        listeners = [l for l in tls_listeners(self.ports) if l["name"] == "imaps"]
+        listeners.append({"name": "lmtp", "protocol": "lmtp", "address": "127.0.0.1",
+                          "port": lmtp_port})
+        self.start(listeners=listeners, islands=islands)
+        m = imaplib.IMAP4_SSL("127.0.0.1", self.ports["imaps"], ssl_context=self.client_ctx,
+                              timeout=10)
+        m.login("alice@example.org", PASSWORD)
+        m.logout()
+        c = RawLmtp(lmtp_port)
+        self.addCleanup(c.close)
+        c.greeting()
+        self.assertEqual(c.lhlo()[:3], b"250")
+        self.assertEqual(c.command("MAIL FROM:<s@example.net>")[:3], b"250")
+        self.assertEqual(c.command("RCPT TO:<alice@example.org>")[:3], b"250")
+        self.assertEqual(c.command("DATA")[:3], b"354")
+        c.send(lmtp_stuff(make_message("per-protocol tls", "x\n")))
+        self.assertEqual(c.reply()[:3], b"250")
+        imap_up = b"".join(bytes(conn.up_data) for conn in gates["imap"].connections)
+        lmtp_up = b"".join(bytes(conn.up_data) for conn in gates["lmtp"].connections)
+        self.assertIn(b" STARTTLS\r\n", imap_up)
+        self.assertNotIn(b"AUTHENTICATE", imap_up)  # the credentials went inside TLS
+        self.assertNotIn(b"LOGIN", imap_up)
+        self.assertNotIn(b"STARTTLS", lmtp_up)
+        self.assertIn(b"RCPT TO:<alice@example.org>", lmtp_up)  # in clear, as configured
+
     def test_a_node_with_the_wrong_name_or_ca_is_refused(self):
         islands = [dict(i, nodes=[dict(n, tls_name="wrong.lab.test") for n in i["nodes"]])
                    if i["name"] == "a" else i for i in self.islands]

@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <unistd.h>
 
 using namespace isthmus::config;
@@ -362,4 +364,50 @@ TEST_CASE("a number too large for JSON is a config error, not another exception 
   CHECK_THROWS_AS(parse_config(R"({"workers": 1e999})", "test.json", "/etc/isthmus"),
                   ConfigError);
   CHECK(error_of(R"({"workers": 1e999})") == "test.json: number overflow parsing");
+}
+
+TEST_CASE("lmtp.node_user and node_password_file: AUTH to the LMTP nodes") {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("isthmus-config-test-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto secret = dir / "lmtp.pw";
+  {
+    std::ofstream out(secret);
+    out << "s3cret\n";
+  }
+  const std::string lmtp = "\"instance\": \"t1\", \"lmtp\": { \"node_user\": \"lmtp\", "
+                           "\"node_password_file\": \"" + secret.string() + "\" },";
+  Config c = parse_config(with("\"instance\": \"t1\",", lmtp), "test.json", "/etc/isthmus");
+  CHECK(c.lmtp.node_user == "lmtp");
+  CHECK(c.lmtp.node_password == "s3cret");
+  CHECK(parse_config(kGood, "test.json", "/etc/isthmus").lmtp.node_user.empty());
+  auto e = error_of(with("\"instance\": \"t1\",",
+                         "\"instance\": \"t1\", \"lmtp\": { \"node_user\": \"lmtp\" },"));
+  CHECK(e.find("/lmtp/node_user: a node user needs \"node_password_file\"") != std::string::npos);
+  e = error_of(with("\"instance\": \"t1\",", "\"instance\": \"t1\", \"lmtp\": { "
+                    "\"node_password_file\": \"" + secret.string() + "\" },"));
+  CHECK(e.find("/lmtp/node_password_file: needs \"node_user\"") != std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a node's tls per protocol: IMAP over STARTTLS, LMTP in clear") {
+  const std::string node = R"({ "name": "a-right", "host": "127.0.0.1", "ports": { "imap": 22143, "lmtp": 22024 } })";
+  auto with_tls = [&](const std::string& tls) {
+    return with(node, R"({ "name": "a-right", "host": "127.0.0.1", "tls": )" + tls +
+                          R"(, "ports": { "imap": 22143, "lmtp": 22024 } })");
+  };
+  Config c = parse_config(with_tls(R"({ "imap": "starttls", "lmtp": "none" })"), "test.json",
+                          "/etc/isthmus");
+  const Node& n = c.islands[0].nodes[1];
+  CHECK(n.tls_for(Protocol::imap) == TlsMode::starttls);
+  CHECK(n.tls_for(Protocol::lmtp) == TlsMode::none);
+  CHECK(n.tls_for(Protocol::pop3) == TlsMode::none);  // not named: none
+  c = parse_config(with_tls(R"("implicit")"), "test.json", "/etc/isthmus");
+  CHECK(c.islands[0].nodes[1].tls_for(Protocol::lmtp) == TlsMode::implicit);  // one for all
+  CHECK(c.islands[0].nodes[1].tls_for(Protocol::imap) == TlsMode::implicit);
+  auto e = error_of(with_tls(R"({ "imap": "maybe" })"));
+  CHECK(e.find("/islands/0/nodes/1/tls/imap: must be \"none\", \"starttls\" or \"implicit\"") !=
+        std::string::npos);
+  e = error_of(with_tls(R"({ "smtp": "starttls" })"));
+  CHECK(e.find("/islands/0/nodes/1/tls/smtp: unknown key") != std::string::npos);
 }

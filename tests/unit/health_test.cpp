@@ -258,6 +258,11 @@ TEST_CASE("health router: a node down for one protocol still takes the others' s
   l->set_down(config::Protocol::imap, false);
   CHECK_FALSE(l->down());
   CHECK(names(config::Protocol::imap, 0).size() == 2);
+  // A protocol value past the room kept is never down (and not stored).
+  const auto far = static_cast<config::Protocol>(200);
+  l->set_down(far, true);
+  CHECK_FALSE(l->down(far));
+  CHECK_FALSE(l->down());
 }
 
 TEST_CASE("health: the up-again line names the protocol of a per-protocol machine") {

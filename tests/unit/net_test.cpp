@@ -53,10 +53,14 @@ TEST_CASE("ALPN: the listener's protocol must be offered, or nothing at all") {
     }
     return out;
   };
+  // `chosen` points into the offered list: keep the list alive while it is
+  // read (a temporary here was a stack-use-after-scope under ASan).
   std::string_view chosen;
-  CHECK(alpn_select(wire({"imap"}), "imap", chosen));
+  const std::string one = wire({"imap"});
+  CHECK(alpn_select(one, "imap", chosen));
   CHECK(chosen == "imap");
-  CHECK(alpn_select(wire({"http/1.1", "imap"}), "imap", chosen));
+  const std::string two = wire({"http/1.1", "imap"});
+  CHECK(alpn_select(two, "imap", chosen));
   CHECK(chosen == "imap");
   // ALPACA: a browser offers http/1.1 (and h2) only.
   CHECK_FALSE(alpn_select(wire({"http/1.1"}), "imap", chosen));

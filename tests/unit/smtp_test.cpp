@@ -1,3 +1,4 @@
+#include "backends/lmtp_node_client.hpp"
 #include "backends/smtp_reply.hpp"
 #include "common/smtp_data.hpp"
 #include "proxy/lmtp/smtp_command.hpp"
@@ -225,4 +226,16 @@ TEST_CASE("8-bit content is found wherever it is") {
     s[at] = '\xc3';
     CHECK(has_eight_bit(s));
   }
+}
+
+TEST_CASE("LMTP node AUTH: which LHLO lines offer SASL PLAIN") {
+  using backends::LmtpNodeClient;
+  CHECK(LmtpNodeClient::offers_sasl({"PIPELINING", "AUTH PLAIN LOGIN"}, "PLAIN"));
+  CHECK(LmtpNodeClient::offers_sasl({"AUTH LOGIN plain"}, "PLAIN"));  // case-insensitive
+  CHECK(LmtpNodeClient::offers_sasl({"AUTH=PLAIN"}, "PLAIN"));        // the old form
+  CHECK_FALSE(LmtpNodeClient::offers_sasl({"AUTH EXTERNAL"}, "PLAIN"));  // Cyrus' lmtpd -a
+  CHECK_FALSE(LmtpNodeClient::offers_sasl({"AUTH"}, "PLAIN"));
+  CHECK_FALSE(LmtpNodeClient::offers_sasl({"AUTHX PLAIN"}, "PLAIN"));
+  CHECK_FALSE(LmtpNodeClient::offers_sasl({"X-PLAIN", "STARTTLS"}, "PLAIN"));
+  CHECK_FALSE(LmtpNodeClient::offers_sasl({"AUTH PLAINX"}, "PLAIN"));
 }
