@@ -1354,6 +1354,12 @@ class Imap:
     def subscribe(self, name: str) -> None:
         self.call(f"SUBSCRIBE {name}", self.m.subscribe, imap_quote(name))
 
+    def unsubscribe(self, name: str) -> None:
+        self.call(f"UNSUBSCRIBE {name}", self.m.unsubscribe, imap_quote(name))
+
+    def delete(self, name: str) -> None:
+        self.call(f"DELETE {name}", self.m.delete, imap_quote(name))
+
 
 class _MultiAppend:
     """The literals of one MULTIAPPEND: each continuation gets a message
@@ -2024,14 +2030,18 @@ class Mover:
 
     @staticmethod
     def changes(totals: dict) -> int:
-        """What a pass found to do: messages copied, flags set, messages expunged."""
-        return totals["messages"] + totals["flags"] + totals["expunged"]
+        """What a pass found to do: messages copied, flags set, messages
+        expunged, folders deleted."""
+        return (totals["messages"] + totals["flags"] + totals["expunged"]
+                + totals.get("deleted_folders", 0))
 
     @staticmethod
     def describe_pass(t: dict) -> str:
         text = (f"{plural(t.get('messages', 0), 'message')} ({show_bytes(t.get('bytes', 0))}) "
                 f"copied, {plural(t.get('flags', 0), 'flag change')}, "
                 f"{plural(t.get('expunged', 0), 'expunge')}")
+        if t.get("deleted_folders"):
+            text += f", {plural(t['deleted_folders'], 'folder')} deleted"
         if t.get("vanished"):
             text += f", {t['vanished']} expunged on the source while being copied"
         if t.get("kept_extra"):
@@ -2147,17 +2157,45 @@ class Mover:
         sd, dd_ = src.delimiter, dst.delimiter
         folders = [(name, flags) for name, flags in src_folders if selectable(flags)]
         totals["folders"] = len(folders)
+        created = data.setdefault("created_folders", [])
+        added_subs = data.setdefault("added_subscriptions", [])
+        if expunge_allowed:
+            # Folders and subscriptions this move added that the user removed
+            # (or renamed) on the source since go too, children first (never
+            # one the destination had or made itself). Out of any folder
+            # first: CLOSE would expunge, a selected folder may not be
+            # deletable.
+            wanted = {map_name(name, sd, dd_) for name, _ in src_folders}
+            gone = sorted((n for n in dst_names if n not in wanted and n in created),
+                          key=lambda n: (-n.count(dd_ or "/"), n))
+            if gone:
+                dst.examine("INBOX")
+            for name in gone:
+                dst.delete(name)
+                dst_names.discard(name)
+                created.remove(name)
+                totals["deleted_folders"] = totals.get("deleted_folders", 0) + 1
+            wanted_subs = {map_name(name, sd, dd_) for name in src.subscriptions()}
+            for name in sorted(set(dst.subscriptions()) - wanted_subs):
+                if name not in added_subs:
+                    continue
+                dst.unsubscribe(name)
+                added_subs.remove(name)
+                totals["unsubscribed"] = totals.get("unsubscribed", 0) + 1
         for name, _ in folders:
             target = map_name(name, sd, dd_)
             if target not in dst_names and target.upper() != "INBOX":
                 dst.create(target)
                 dst_names.add(target)
+                created.append(target)
                 totals["created"] += 1
         dst_subs = set(dst.subscriptions())
         for name in src.subscriptions():
             target = map_name(name, sd, dd_)
             if target not in dst_subs:
                 dst.subscribe(target)
+                if target not in added_subs:
+                    added_subs.append(target)
                 totals["subscribed"] += 1
         for name, _ in folders:
             target = map_name(name, sd, dd_)

@@ -20,6 +20,7 @@ delivering through it.
 
 Run: ISTHMUS_BIN=build/dev/bin/isthmus /usr/bin/python3 -u tests/system/test_move.py
 """
+import base64
 import collections
 import hashlib
 import imaplib
@@ -51,8 +52,10 @@ import isthmus_move as mv  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
 SENDER = "sender@example.net"
+# frank: not in the lab's directory data; added to the SQL directory below.
+FRANK = "frank@example.org"
 NODE_USERS = {"ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
-              dd.LONG_USER: PASSWORD}
+              dd.LONG_USER: PASSWORD, FRANK: PASSWORD}
 # The larger benchmark move (dave, island b -> a): its size in MB; 0 skips it.
 BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "200"))
 
@@ -77,6 +80,12 @@ def setUpModule():
                             text() + "\n# any octet in a user name\nauth_username_chars =\n")
     # The Dovecot nodes and MariaDB start at the same time.
     DB = start_lab_and_mariadb(LAB, unittest.addModuleCleanup)
+
+    local, _, domain = FRANK.partition("@")
+    DB.execute("INSERT INTO account (localpart, domain_id, state, island, password, node_login) "
+               f"SELECT {dd.sql_quote(local)}, d.id, 'active', 'a', "
+               f"{dd.sql_quote(dd.HASHES['{SHA512-CRYPT}'])}, NULL FROM domain d "
+               f"WHERE d.name = {dd.sql_quote(domain)}")
 
     SOCKET = os.path.join(LAB.root, "admin.sock")
     IX = LAB.start_isthmus(
@@ -246,6 +255,24 @@ def seed(user: str, login: str, island: str, *, small: int, big: int, big_size: 
     finally:
         m.logout()
     return total
+
+
+def with_attachment(subject: str, data: bytes) -> bytes:
+    """A multipart message with DATA as a base64 attachment."""
+    global _seq
+    _seq += 1
+    boundary = f"b-{uuid.uuid4().hex}"
+    encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    head = (f"From: Sender {_seq} <s{_seq}@example.net>\r\nTo: someone@example.org\r\n"
+            f"Subject: {subject}\r\nDate: Tue, 03 Jun 2025 10:00:00 +0000\r\n"
+            f"Message-ID: <att-{_seq}-{uuid.uuid4().hex}@lab.test>\r\nMIME-Version: 1.0\r\n"
+            f"Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n"
+            f"--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+            f"the report is attached\r\n--{boundary}\r\n"
+            f"Content-Type: application/octet-stream; name=\"report.bin\"\r\n"
+            f"Content-Transfer-Encoding: base64\r\n"
+            f"Content-Disposition: attachment; filename=\"report.bin\"\r\n\r\n").encode()
+    return head + encoded + f"--{boundary}--\r\n".encode()
 
 
 def snapshot(node_name: str, login: str) -> dict:
@@ -634,6 +661,151 @@ class Move(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("not unfinished", r.stderr)
 
+    def test_6_online_precopy_then_short_switch(self):
+        """frank (a -> b): ~1000 messages, ten of them with a 3 MB attachment,
+        pre-copied while Postfix delivers to him and his IMAP client (through
+        isthmus) flags, expunges and moves messages: after the first pass,
+        and again after the last pre-copy pass (so that the last copy, inside
+        the interruption, must bring over flags and expunges too). Nothing
+        lost, duplicated or resurrected, flags equal, and the interruption
+        holds none of the bulk copy."""
+        user = FRANK
+        rng = random.Random("frank")
+        t = time.monotonic()
+        size = seed(user, user, "a", small=1000, big=0, small_size=(500, 20_000),
+                    folders=("Archive", "Sent"))
+        store = LAB.store("a")
+        for i in range(10):
+            raw = with_attachment(f"report {i}", rng.randbytes(3_000_000))
+            put_message(store, user, raw, ("INBOX", "Archive")[i % 2])
+            size += len(raw)
+        print(f"seeded {user}: {size / 1e6:.1f} MB in {time.monotonic() - t:.1f}s", flush=True)
+        self.assertEqual(where(user), ("a", "active"))
+
+        c = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=15)
+        self.addCleanup(c.shutdown)
+        c.login(user, PASSWORD)
+        expunged, moved = [], []
+
+        def client_works(label):
+            """Flag, unflag, expunge and move some of frank's messages that
+            have a Message-ID, as his mail client would."""
+            for folder in ("INBOX", "Archive"):
+                typ, _ = c.select(folder)
+                self.assertEqual(typ, "OK")
+                typ, data = c.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+                self.assertEqual(typ, "OK")
+                ids = {}
+                for resp in mv.imap_responses(data):
+                    items = mv._fetch_items(resp)
+                    header = next((v for k, v in items.items() if k.startswith("BODY[")), None)
+                    msgid = mv.message_id_of(header)
+                    if msgid and msgid.startswith("<seed-") and msgid not in moved:
+                        ids[int(items["UID"])] = msgid
+                uids = rng.sample(sorted(ids), 24)
+                flag, unseen, gone = uids[:8], uids[8:14], uids[14:20]
+                self.assertEqual(c.uid("STORE", mv.uid_set(flag), "+FLAGS",
+                                       f"(\\Flagged $Seen{label})")[0], "OK")
+                self.assertEqual(c.uid("STORE", mv.uid_set(unseen), "-FLAGS", "(\\Seen)")[0],
+                                 "OK")
+                self.assertEqual(c.uid("STORE", mv.uid_set(gone), "+FLAGS", "(\\Deleted)")[0],
+                                 "OK")
+                self.assertEqual(c.uid("EXPUNGE", mv.uid_set(gone))[0], "OK")
+                expunged.extend(ids[u] for u in gone)
+                if folder == "INBOX":
+                    self.assertEqual(c.uid("MOVE", mv.uid_set(uids[20:22]), "Archive")[0], "OK")
+                    moved.extend(ids[u] for u in uids[20:22])
+                    if label == "1":   # a folder that is pre-copied, then deleted
+                        self.assertEqual(c.create("Projects")[0], "OK")
+                        self.assertEqual(c.subscribe("Projects")[0], "OK")
+                        self.assertEqual(c.uid("COPY", mv.uid_set(uids[22:24]), "Projects")[0],
+                                         "OK")
+                c.close()
+            if label == "2":
+                self.assertEqual(c.unsubscribe("Projects")[0], "OK")
+                self.assertEqual(c.delete("Projects")[0], "OK")
+
+        gate = os.path.join(LAB.root, "frank-gate")
+        loop = SendLoop(user)
+        loop.start()
+        p = subprocess.Popen([PYTHON, TOOL, "--config", CONFIG, "move", user, "--to", "b"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, **{mv.ENV_PAUSE_AT: gate}))
+        try:
+            wait_for(lambda: os.path.exists(gate + ".pass1.waiting"), timeout=120,
+                     what="the first pre-copy pass")
+            self.assertEqual(where(user), ("a", "active"))   # still working
+            client_works("1")
+            open(gate + ".pass1", "w").close()
+            wait_for(lambda: os.path.exists(gate + ".moving.waiting"), timeout=120,
+                     what="the end of the pre-copy")
+            self.assertEqual(where(user), ("a", "active"))
+            client_works("2")
+            open(gate + ".moving", "w").close()
+            out = p.communicate(timeout=120)[0]
+            time.sleep(1.0)   # some mail after the switch
+        finally:
+            loop.stop()
+            if p.poll() is None:
+                p.kill()
+        print(f"\n$ isthmusctl move {user} --to b  -> exit {p.returncode}\n{out}", flush=True)
+        self.assertEqual(p.returncode, 0, out)
+        self.assertEqual(where(user), ("b", "active"))
+        self.assertFalse(loop.errors, loop.errors)
+        with self.assertRaises((imaplib.IMAP4.abort, OSError, EOFError)):   # kicked
+            c.noop()
+            c.noop()
+
+        PF.flush()
+        PF.wait_queue_empty(timeout=60)
+        for msgid, qid in loop.sent:
+            recs = PF.deliveries(qid)
+            self.assertEqual([d["status"] for d in recs if d["status"] != "deferred"],
+                             ["sent"], (msgid, recs))
+
+        src, dst = snapshot("a-left", user), snapshot("b-left", user)
+        self.assertEqual(folders_of(src), folders_of(dst))   # Projects gone from both
+        self.assertNotIn("Projects", folders_of(dst))
+        self.assertEqual(src["__subscribed__"], dst["__subscribed__"])
+        for folder in folders_of(src):
+            # Flags and INTERNALDATEs included: what the client changed is on b.
+            self.assertFalse(src[folder] - dst[folder], folder)
+            if folder != "INBOX":
+                self.assertEqual(src[folder], dst[folder], folder)
+        on_a = collections.Counter(i for ids in src["__ids__"].values() for i in ids)
+        on_b = collections.Counter(i for ids in dst["__ids__"].values() for i in ids)
+        for msgid, _ in loop.sent:   # 0 lost, 0 duplicated
+            self.assertEqual(on_b[msgid], 1, f"{msgid} is on island b {on_b[msgid]} times")
+        late = [i for i, _ in loop.sent if on_a[i] == 0]
+        self.assertGreater(len(late), 0)   # some arrived after the switch
+        self.assertEqual(sum(dst["INBOX"].values()) - sum(src["INBOX"].values()), len(late))
+        self.assertEqual(len(expunged), 24)
+        for msgid in expunged:       # not resurrected
+            self.assertEqual((on_a[msgid], on_b[msgid]), (0, 0), msgid)
+        archive_b = collections.Counter(dst["__ids__"]["Archive"])
+        for msgid in moved:
+            self.assertEqual((archive_b[msgid], on_b[msgid]), (1, 1), msgid)
+
+        j = journal(user)
+        passes, final = j["steps"]["precopy"]["passes"], j["steps"]["copy"]["copied"]
+        self.assertGreaterEqual(len(passes), 2)
+        # The client's first changes went over in the second pre-copy pass,
+        # its second ones in the last copy, inside the interruption.
+        self.assertGreaterEqual(passes[1]["expunged"], 12 + 2)
+        self.assertGreaterEqual(passes[1]["flags"], 1)
+        self.assertGreaterEqual(final["expunged"], 12 + 2)
+        self.assertGreaterEqual(final["flags"], 1)
+        self.assertEqual(passes[1]["created"], 1)           # Projects, pre-copied ...
+        self.assertEqual(final.get("deleted_folders"), 1)   # ... and deleted in the last copy
+        bulk_seconds, bulk_bytes, interruption = timing_lines(
+            f"{size / 1e6:.0f} MB, Postfix delivering, the client flagging and expunging", j)
+        print(f"MOVE-BENCH interruption {interruption:.2f}s vs the bulk copy {bulk_seconds:.2f}s "
+              f"(pre-copy pass 1, the user active): {bulk_seconds / interruption:.1f}x",
+              flush=True)
+        self.assertGreater(bulk_bytes, 0.9 * size)
+        self.assertLess(final["bytes"], 0.05 * size)   # the bulk is not in the interruption
+        self.assertLess(interruption, bulk_seconds)
+
     def test_7_ldap_directory(self):
         """A non-ASCII user (UTF-8 local part) moved b -> a in an LDAP
         directory, with a cached entry to drop. The lab's service account
@@ -763,6 +935,46 @@ class Parsing(unittest.TestCase):
             mv.Imap._append_args(msg)
 
 
+class Plans(unittest.TestCase):
+    """What a copy pass does to a folder (mv.FolderPlan), without servers."""
+
+    @staticmethod
+    def msg(uid, size, msgid, flags=()):
+        return mv.Msg(uid, size, msgid, sorted(flags), None)
+
+    def test_new_changed_and_expunged(self):
+        src = [self.msg(1, 10, "<a>", ["\\Seen"]), self.msg(2, 20, "<b>", ["\\Flagged"]),
+               self.msg(5, 30, "<c>"), self.msg(6, 40, "<e>", ["\\Seen"])]
+        dst = [self.msg(11, 10, "<a>", ["\\Seen"]), self.msg(12, 20, "<b>", ["\\Seen"]),
+               self.msg(13, 25, "<d>"), self.msg(14, 40, "<e>")]
+        plan = mv.FolderPlan(src, dst)
+        self.assertEqual([m.uid for m in plan.todo], [5])            # new on the source
+        self.assertEqual(sorted(plan.restore), [(["\\Flagged"], [12]), (["\\Seen"], [14])])
+        self.assertEqual(plan.flag_changes, 2)
+        self.assertEqual([m.uid for m in plan.extra], [13])          # expunged on the source
+        self.assertEqual(plan.already, 3)
+
+    def test_duplicates_are_counted(self):
+        # The same message twice on the source, once on the destination:
+        # one more copy; once on the source, twice on the destination: one
+        # expunge (the later copy), never both.
+        src = [self.msg(1, 10, "<a>"), self.msg(2, 10, "<a>"), self.msg(3, 5, "<z>")]
+        dst = [self.msg(7, 10, "<a>"), self.msg(8, 5, "<z>"), self.msg(9, 5, "<z>")]
+        plan = mv.FolderPlan(src, dst)
+        self.assertEqual([m.uid for m in plan.todo], [2])
+        self.assertEqual([m.uid for m in plan.extra], [9])
+        self.assertEqual(plan.restore, [])
+
+    def test_without_message_id_the_body_hash_is_the_key(self):
+        a, b = self.msg(1, 10, None), self.msg(2, 10, None)
+        a.sha, b.sha = "11", "22"
+        c = self.msg(5, 10, None)
+        c.sha = "22"
+        plan = mv.FolderPlan([a, b], [c])
+        self.assertEqual([m.uid for m in plan.todo], [1])
+        self.assertEqual(plan.extra, [])
+
+
 class AbortRules(unittest.TestCase):
     """--abort and --resume against the journal, without servers."""
 
@@ -794,6 +1006,14 @@ class AbortRules(unittest.TestCase):
         m.fail_run("copy", "boom")
         self.assertIn("stays in state moving on island a", m.err.getvalue())
         self.assertIn("--abort", m.err.getvalue())
+
+    def test_a_failed_precopy_leaves_the_user_active(self):
+        m = self.mover("running", {"preflight": {"status": "done"},
+                                   "precopy": {"status": "running", "attempts": 1}})
+        m.fail_run("precopy", "boom")
+        self.assertIn("still active on island a", m.err.getvalue())
+        self.assertNotIn("state moving", m.err.getvalue())
+        self.assertTrue(m.abortable())
 
     def test_an_unfinished_abort_is_not_resumed(self):
         m = self.mover("aborting", {"copy": {"status": "failed", "attempts": 1}})
