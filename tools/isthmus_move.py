@@ -1070,6 +1070,10 @@ class ListingChanged(ImapError):
 class Imap:
     """One master-user session on one node (imaplib underneath)."""
 
+    # What the node offers (set by _open, after the login).
+    multiappend = uidplus = condstore = False
+    last_signature = None
+
     def __init__(self, endpoint: Endpoint, config: Config, node_login: str):
         self.endpoint = endpoint
         self.m = None
@@ -1128,6 +1132,19 @@ class Imap:
         # EXPUNGE would also remove the copies of messages that carry
         # \Deleted on the source).
         self.uidplus = b"UIDPLUS" in words
+        # RFC 7162: with CONDSTORE enabled, SELECT and EXAMINE answer the
+        # folder's HIGHESTMODSEQ, which changes with every new message,
+        # flag change and expunge: a folder whose UIDVALIDITY, UIDNEXT,
+        # HIGHESTMODSEQ and EXISTS are those of its last pass has not
+        # changed since (Mover.copy_pass skips it).
+        self.condstore = False
+        self.last_signature = None
+        if b"CONDSTORE" in words:
+            try:
+                typ, _ = m._simple_command("ENABLE", "CONDSTORE")
+                self.condstore = typ == "OK"
+            except imaplib.IMAP4.error:
+                pass
 
     def close(self) -> None:
         if self.m is None:
@@ -1227,6 +1244,7 @@ class Imap:
         is active during the pre-copy)."""
         for attempt in range(1, attempts + 1):
             exists = self.select(name) if write else self.examine(name)
+            self.last_signature = self.signature(exists)
             try:
                 return self.messages(name, exists)
             except ListingChanged:
@@ -1234,6 +1252,25 @@ class Imap:
                     raise
                 time.sleep(0.05 * attempt)
         raise AssertionError("unreachable")
+
+    def signature(self, exists: int) -> tuple | None:
+        """(UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, EXISTS) of the folder just
+        selected, or None without CONDSTORE (or a NOMODSEQ folder)."""
+        if not self.condstore:
+            return None
+        codes = self.m.untagged_responses
+        try:
+            return tuple(int(codes[k][-1]) for k in ("UIDVALIDITY", "UIDNEXT",
+                                                      "HIGHESTMODSEQ")) + (exists,)
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+    def changed_since(self, name: str, signature: tuple | None) -> bool:
+        """Whether folder NAME (EXAMINEd now) may have changed since
+        SIGNATURE was taken; True whenever that cannot be told."""
+        if signature is None or not self.condstore:
+            return True
+        return self.signature(self.examine(name)) != signature
 
     def messages(self, name: str, exists: int) -> list[Msg]:
         """Every message of the EXAMINEd folder NAME, in UID order."""
@@ -1245,6 +1282,12 @@ class Imap:
         out = {}
         for resp in imap_responses(data):
             items = _fetch_items(resp)
+            if not {"RFC822.SIZE", "INTERNALDATE"} & set(items) \
+                    and not any(k.startswith("BODY[") for k in items):
+                # An unsolicited FETCH (FLAGS, UID, MODSEQ): another session
+                # changed flags (the user, during the pre-copy). The count
+                # check below still sees a listing that lacks a message.
+                continue
             try:
                 uid, size = int(items["UID"]), int(items["RFC822.SIZE"])
             except (KeyError, TypeError, ValueError):
@@ -1554,6 +1597,10 @@ class Mover:
         self.user = None
         self._last_progress_save = 0.0
         self._t0: dict[str, float] = {}
+        # Source folders as of their last pass in this run, by name: their
+        # signature (Imap.signature) then. Not journaled: a resumed run
+        # lists every folder again.
+        self._synced: dict[str, tuple] = {}
 
     # -- output
 
@@ -2040,6 +2087,8 @@ class Mover:
         text = (f"{plural(t.get('messages', 0), 'message')} ({show_bytes(t.get('bytes', 0))}) "
                 f"copied, {plural(t.get('flags', 0), 'flag change')}, "
                 f"{plural(t.get('expunged', 0), 'expunge')}")
+        if t.get("unchanged"):
+            text += f", {plural(t['unchanged'], 'folder')} unchanged (CONDSTORE)"
         if t.get("deleted_folders"):
             text += f", {plural(t['deleted_folders'], 'folder')} deleted"
         if t.get("vanished"):
@@ -2199,7 +2248,12 @@ class Mover:
                 totals["subscribed"] += 1
         for name, _ in folders:
             target = map_name(name, sd, dd_)
+            if not src.changed_since(name, self._synced.get(name)):
+                totals["unchanged"] = totals.get("unchanged", 0) + 1
+                continue
+            self._synced.pop(name, None)
             src_msgs = src.listing(name)
+            signature = src.last_signature
             dst_msgs = dst.listing(target, write=True)
             src_msgs = fill_hashes(src, name, src_msgs, self.config.batch_bytes,
                                    tolerant=tolerant)
@@ -2240,6 +2294,10 @@ class Mover:
                 folder_progress["bytes"] += got
                 self.save_progress(name)
             self.save_progress(name, force=True)
+            if signature is not None:
+                # The destination now holds what the source held when it was
+                # listed; the verification checks it all the same.
+                self._synced[name] = signature
 
     def save_progress(self, folder: str, force: bool = False) -> None:
         now = time.monotonic()
