@@ -34,6 +34,9 @@ resumed run that continues at copy, verify or switch first sets the state to
 Every step can be run again safely: a copy pass pairs the source's and the
 destination's messages by key (size + Message-ID, or size + body SHA-256),
 counted as multisets, so a message already copied is never copied twice.
+With CONDSTORE, a pass skips a folder the source has not changed since its
+last pass in the same run (same UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, EXISTS);
+the verification always lists every folder.
 
 Python 3.11 standard library only, plus the ``mariadb`` client for an SQL
 directory and ``ldapsearch``/``ldapmodify`` for an LDAP one. Also a module:
