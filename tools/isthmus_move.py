@@ -2555,9 +2555,11 @@ def build_parser(prog: str = "isthmus_move.py") -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"isthmus_move {VERSION}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     m = sub.add_parser("move", help="move USER to --to ISLAND (or --resume, --abort)",
-                       description="Move USER to ISLAND: state moving, kick, copy, verify, "
-                                   "switch. Run it again (or with --resume) after a failure to "
-                                   "continue where it stopped.",
+                       description="Move USER to ISLAND: pre-copy while the user keeps "
+                                   "working, then state moving, kick, a last copy of what "
+                                   "changed, verify, switch (the user is locked out from "
+                                   "moving to switch only). Run it again (or with --resume) "
+                                   "after a failure to continue where it stopped.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("user", metavar="USER")
     m.add_argument("--to", metavar="ISLAND", help="the destination island")
