@@ -1309,8 +1309,9 @@ class Imap:
         except (TypeError, ValueError):
             pass
         if len(out) != exists:
-            raise ListingChanged(f"node {self.endpoint}: FETCH in {name}: {len(out)} messages read, "
-                            f"but the folder holds {exists} (EXISTS): the listing is incomplete")
+            raise ListingChanged(f"node {self.endpoint}: FETCH in {name}: {len(out)} messages "
+                                 f"read, but the folder holds {exists} (EXISTS): the listing "
+                                 f"is incomplete")
         return [out[u] for u in sorted(out)]
 
     def bodies(self, name: str, uids: list[int], tolerant: bool = False) -> dict[int, bytes]:
