@@ -9,23 +9,34 @@
 A move is a journaled sequence of steps (docs/move.md):
 
   0 preflight  the directory's answer, the nodes, master logins, an empty destination
-  1 moving     the account's state to "moving" in the directory; every instance's
+  1 precopy    while the user keeps working and mail keeps arriving: every folder,
+               subscription, message, flag and INTERNALDATE copied over IMAP as the
+               master user, then incremental passes (new messages, flag changes,
+               expunges) until one finds at most precopy_threshold changes (at most
+               precopy_passes passes)
+  2 moving     the account's state to "moving" in the directory; every instance's
                cached entry dropped: logins get NO [UNAVAILABLE], LMTP 451 4.2.1
-  2 kick       the user's sessions closed on every instance, until none is left
-  3 copy       every folder, subscription, message, flag and INTERNALDATE, over IMAP
-               as the master user (or an external copier command)
-  4 verify     per folder: the same messages (size + Message-ID or body SHA-256,
+  3 kick       the user's sessions closed on every instance, until none is left
+  4 copy       the last incremental pass(es): what changed since the pre-copy (or,
+               with precopy_passes 0, everything; or an external copier command)
+  5 verify     per folder: the same messages (size + Message-ID or body SHA-256,
                flags, INTERNALDATE) on both sides; if not, back to "active" on the
                source island and exit 7
-  5 switch     the island to the destination and the state to "active"
-  6 report     durations, folders, messages, bytes
+  6 switch     the island to the destination and the state to "active"
+  7 report     durations (the pre-copy, and the interruption: from "moving" to
+               "active" on the destination), folders, messages, bytes
 
-The journal (one JSON file per user in move.journal_dir) is rewritten atomically
-after every step; a second run (or --resume) continues with the first step that
-did not finish (a resumed run first sets the state to "moving" again and kicks
-the user's sessions). Every step can be run again safely: the copy skips a source
-message when the destination folder holds as many messages of the same key
-(size + Message-ID, or size + body SHA-256) as it has already been matched for.
+The user is interrupted only from step 2 to step 6. The journal (one JSON file
+per user in move.journal_dir) is rewritten atomically after every step; a
+second run (or --resume) continues with the first step that did not finish (a
+resumed run that continues at copy, verify or switch first sets the state to
+"moving" again and kicks the user's sessions; a pre-copy is simply run again).
+Every step can be run again safely: a copy pass pairs the source's and the
+destination's messages by key (size + Message-ID, or size + body SHA-256),
+counted as multisets, so a message already copied is never copied twice.
+With CONDSTORE, a pass skips a folder the source has not changed since its
+last pass in the same run (same UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, EXISTS);
+the verification always lists every folder.
 
 Python 3.11 standard library only, plus the ``mariadb`` client for an SQL
 directory and ``ldapsearch``/``ldapmodify`` for an LDAP one. Also a module:
@@ -72,12 +83,32 @@ EXIT_VERIFY = 7
 DEFAULT_CONFIG = "/etc/isthmus/isthmusctl.json"
 DEFAULT_JOURNAL_DIR = "/var/lib/isthmus/moves"
 
-STEPS = ("preflight", "moving", "kick", "copy", "verify", "switch", "report")
+STEPS = ("preflight", "precopy", "moving", "kick", "copy", "verify", "switch", "report")
 STEP_NUMBER = {name: i for i, name in enumerate(STEPS)}
+LAST_STEP = len(STEPS) - 1
+# The steps during which the user is locked out (state "moving").
+INTERRUPTION_STEPS = ("moving", "kick", "copy", "verify", "switch")
 
 # Test hooks (docs/move.md, "Testing"): never set them in production.
 ENV_COPY_DELAY = "ISTHMUS_MOVE_TEST_COPY_DELAY"            # seconds slept after each message
 ENV_PAUSE_BEFORE_VERIFY = "ISTHMUS_MOVE_TEST_PAUSE_BEFORE_VERIFY"  # a path: wait for it
+# A path P: after the first pre-copy pass, wait for P.pass1; before step moving,
+# wait for P.moving (each announced by writing P.TAG.waiting).
+ENV_PAUSE_AT = "ISTHMUS_MOVE_TEST_PAUSE_AT"
+
+
+def test_pause(tag: str) -> None:
+    """The test hook ENV_PAUSE_AT: write PATH.TAG.waiting, then wait (at most
+    two minutes) until PATH.TAG exists."""
+    base = os.environ.get(ENV_PAUSE_AT)
+    if not base:
+        return
+    gate = f"{base}.{tag}"
+    with open(gate + ".waiting", "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 
@@ -393,7 +424,8 @@ class Config:
     INSTANCE_KEYS = {"name", "socket", "url", "token_file", "timeout"}
     MOVE_KEYS = {"journal_dir", "directory", "login", "source_login", "nodes", "copier",
                  "copier_timeout", "kick_timeout", "settle", "imap_timeout", "confirm_timeout",
-                 "copy_passes", "batch_bytes", "batch_messages"}
+                 "copy_passes", "batch_bytes", "batch_messages", "precopy_passes",
+                 "precopy_threshold"}
     LOGIN_KEYS = {"master_user", "master_password_file", "master_style", "separator"}
 
     def __init__(self, path: str):
@@ -454,6 +486,18 @@ class Config:
         if not isinstance(self.copy_passes, int) or isinstance(self.copy_passes, bool) \
                 or not 1 <= self.copy_passes <= 20:
             raise UsageError(f"{where}: copy_passes must be an integer from 1 to 20")
+        # Pre-copy passes while the user is active (0: none, the whole copy
+        # happens while the user is locked out), stopping after a pass that
+        # found at most precopy_threshold changes (messages copied, flags
+        # changed, messages expunged).
+        self.precopy_passes = move.get("precopy_passes", 5)
+        if not isinstance(self.precopy_passes, int) or isinstance(self.precopy_passes, bool) \
+                or not 0 <= self.precopy_passes <= 20:
+            raise UsageError(f"{where}: precopy_passes must be an integer from 0 to 20")
+        self.precopy_threshold = move.get("precopy_threshold", 50)
+        if not isinstance(self.precopy_threshold, int) \
+                or isinstance(self.precopy_threshold, bool) or self.precopy_threshold < 0:
+            raise UsageError(f"{where}: precopy_threshold must be a non-negative integer")
         self.batch_bytes = move.get("batch_bytes", 16 * 1024 * 1024)
         if not isinstance(self.batch_bytes, int) or self.batch_bytes < 1024:
             raise UsageError(f"{where}: batch_bytes must be an integer of at least 1024")
@@ -1021,8 +1065,17 @@ class ImapError(StepFailed):
     pass
 
 
+class ListingChanged(ImapError):
+    """A folder listing that does not add up (messages arrived or were
+    expunged while it was read): read it again."""
+
+
 class Imap:
     """One master-user session on one node (imaplib underneath)."""
+
+    # What the node offers (set by _open, after the login).
+    multiappend = uidplus = condstore = False
+    last_signature = None
 
     def __init__(self, endpoint: Endpoint, config: Config, node_login: str):
         self.endpoint = endpoint
@@ -1078,6 +1131,23 @@ class Imap:
         # RFC 3502: many messages in one APPEND, saved in one transaction
         # (Dovecot then syncs once per batch, not once per message).
         self.multiappend = b"MULTIAPPEND" in words
+        # RFC 4315: UID EXPUNGE removes only the given messages (a plain
+        # EXPUNGE would also remove the copies of messages that carry
+        # \Deleted on the source).
+        self.uidplus = b"UIDPLUS" in words
+        # RFC 7162: with CONDSTORE enabled, SELECT and EXAMINE answer the
+        # folder's HIGHESTMODSEQ, which changes with every new message,
+        # flag change and expunge: a folder whose UIDVALIDITY, UIDNEXT,
+        # HIGHESTMODSEQ and EXISTS are those of its last pass has not
+        # changed since (Mover.copy_pass skips it).
+        self.condstore = False
+        self.last_signature = None
+        if b"CONDSTORE" in words:
+            try:
+                typ, _ = m._simple_command("ENABLE", "CONDSTORE")
+                self.condstore = typ == "OK"
+            except imaplib.IMAP4.error:
+                pass
 
     def close(self) -> None:
         if self.m is None:
@@ -1162,6 +1232,49 @@ class Imap:
             raise ImapError(f"node {self.endpoint}: EXAMINE {name}: no readable message count "
                             f"(EXISTS) in the answer: {_text(data)}") from None
 
+    def select(self, name: str) -> int:
+        """SELECT NAME read-write (to change flags or expunge); its EXISTS."""
+        data = self.call(f"SELECT {name}", self.m.select, imap_quote(name), False)
+        try:
+            return int(data[-1])
+        except (TypeError, ValueError, IndexError):
+            raise ImapError(f"node {self.endpoint}: SELECT {name}: no readable message count "
+                            f"(EXISTS) in the answer: {_text(data)}") from None
+
+    def listing(self, name: str, write: bool = False, attempts: int = 5) -> list[Msg]:
+        """Every message of folder NAME (EXAMINEd, or SELECTed when WRITE),
+        listed again when the folder changed while it was read (the user
+        is active during the pre-copy)."""
+        for attempt in range(1, attempts + 1):
+            exists = self.select(name) if write else self.examine(name)
+            self.last_signature = self.signature(exists)
+            try:
+                return self.messages(name, exists)
+            except ListingChanged:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    def signature(self, exists: int) -> tuple | None:
+        """(UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, EXISTS) of the folder just
+        selected, or None without CONDSTORE (or a NOMODSEQ folder)."""
+        if not self.condstore:
+            return None
+        codes = self.m.untagged_responses
+        try:
+            return tuple(int(codes[k][-1]) for k in ("UIDVALIDITY", "UIDNEXT",
+                                                      "HIGHESTMODSEQ")) + (exists,)
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+    def changed_since(self, name: str, signature: tuple | None) -> bool:
+        """Whether folder NAME (EXAMINEd now) may have changed since
+        SIGNATURE was taken; True whenever that cannot be told."""
+        if signature is None or not self.condstore:
+            return True
+        return self.signature(self.examine(name)) != signature
+
     def messages(self, name: str, exists: int) -> list[Msg]:
         """Every message of the EXAMINEd folder NAME, in UID order."""
         if exists == 0:
@@ -1172,6 +1285,12 @@ class Imap:
         out = {}
         for resp in imap_responses(data):
             items = _fetch_items(resp)
+            if not {"RFC822.SIZE", "INTERNALDATE"} & set(items) \
+                    and not any(k.startswith("BODY[") for k in items):
+                # An unsolicited FETCH (FLAGS, UID, MODSEQ): another session
+                # changed flags (the user, during the pre-copy). The count
+                # check below still sees a listing that lacks a message.
+                continue
             try:
                 uid, size = int(items["UID"]), int(items["RFC822.SIZE"])
             except (KeyError, TypeError, ValueError):
@@ -1190,11 +1309,15 @@ class Imap:
         except (TypeError, ValueError):
             pass
         if len(out) != exists:
-            raise ImapError(f"node {self.endpoint}: FETCH in {name}: {len(out)} messages read, "
-                            f"but the folder holds {exists} (EXISTS): the listing is incomplete")
+            raise ListingChanged(f"node {self.endpoint}: FETCH in {name}: {len(out)} messages "
+                                 f"read, but the folder holds {exists} (EXISTS): the listing "
+                                 f"is incomplete")
         return [out[u] for u in sorted(out)]
 
-    def bodies(self, name: str, uids: list[int]) -> dict[int, bytes]:
+    def bodies(self, name: str, uids: list[int], tolerant: bool = False) -> dict[int, bytes]:
+        """The bodies of UIDS in the selected folder NAME. TOLERANT: a message
+        expunged meanwhile (the user is active during the pre-copy) is left
+        out of the answer instead of failing the step."""
         data = self.call(f"FETCH bodies in {name}", self.m.uid, "FETCH", uid_set(uids),
                          "(UID BODY.PEEK[])")
         out = {}
@@ -1203,7 +1326,7 @@ class Imap:
             if "UID" in items and isinstance(items.get("BODY[]"), bytes):
                 out[int(items["UID"])] = items["BODY[]"]
         missing = set(uids) - set(out)
-        if missing:
+        if missing and not tolerant:
             raise ImapError(f"node {self.endpoint}: {name}: no body for UIDs "
                             f"{uid_set(sorted(missing))} (expunged meanwhile?)")
         return out
@@ -1250,11 +1373,39 @@ class Imap:
                   "APPEND", imap_quote(name), *self._append_args(items[0][0]),
                   "{%d}" % len(items[0][1]))
 
+    def store_flags(self, name: str, uids: list[int], flags: list[str]) -> None:
+        """Set the flags of UIDS in the selected folder NAME to FLAGS
+        (checked: they come from the network and go into a command line)."""
+        bad = [f for f in flags if not valid_flag(f)]
+        if bad:
+            raise ImapError(f"{name}: flags that are not valid IMAP flags "
+                            f"({', '.join(repr(f) for f in bad)}): they cannot be copied; "
+                            f"remove them on the source and run again")
+        self.call(f"STORE FLAGS in {name}", self.m.uid, "STORE", uid_set(uids), "FLAGS.SILENT",
+                  "(" + " ".join(flags) + ")")
+
+    def expunge(self, name: str, uids: list[int]) -> None:
+        """Remove UIDS, and only them, from the selected folder NAME."""
+        if not self.uidplus:
+            raise ImapError(f"node {self.endpoint} does not offer UIDPLUS (RFC 4315): messages "
+                            f"expunged on the source cannot be removed from {name} without "
+                            f"touching others marked \\Deleted")
+        uids_text = uid_set(uids)
+        self.call(f"STORE \\Deleted in {name}", self.m.uid, "STORE", uids_text, "+FLAGS.SILENT",
+                  "(\\Deleted)")
+        self.call(f"UID EXPUNGE in {name}", self.m.uid, "EXPUNGE", uids_text)
+
     def create(self, name: str) -> None:
         self.call(f"CREATE {name}", self.m.create, imap_quote(name))
 
     def subscribe(self, name: str) -> None:
         self.call(f"SUBSCRIBE {name}", self.m.subscribe, imap_quote(name))
+
+    def unsubscribe(self, name: str) -> None:
+        self.call(f"UNSUBSCRIBE {name}", self.m.unsubscribe, imap_quote(name))
+
+    def delete(self, name: str) -> None:
+        self.call(f"DELETE {name}", self.m.delete, imap_quote(name))
 
 
 class _MultiAppend:
@@ -1321,10 +1472,13 @@ def selectable(flags: list[str]) -> bool:
 
 
 def fill_hashes(imap: Imap, folder: str, msgs: list[Msg],
-                batch_bytes: int = 16 * 1024 * 1024, batch_messages: int = 50) -> None:
+                batch_bytes: int = 16 * 1024 * 1024, batch_messages: int = 50,
+                tolerant: bool = False) -> list[Msg]:
     """SHA-256 of the body for messages without a Message-ID, fetched in
     batches of at most BATCH_BYTES (by RFC822.SIZE; one bigger message goes
-    alone) and BATCH_MESSAGES."""
+    alone) and BATCH_MESSAGES. TOLERANT: a message expunged meanwhile is
+    dropped. Returns MSGS without the dropped ones."""
+    gone = set()
     todo = [m for m in msgs if m.msgid is None and m.sha is None]
     i = 0
     while i < len(todo):
@@ -1334,9 +1488,51 @@ def fill_hashes(imap: Imap, folder: str, msgs: list[Msg],
             chunk.append(todo[i])
             size += todo[i].size
             i += 1
-        bodies = imap.bodies(folder, [m.uid for m in chunk])
+        bodies = imap.bodies(folder, [m.uid for m in chunk], tolerant)
         for m in chunk:
-            m.sha = hashlib.sha256(bodies[m.uid]).hexdigest()
+            if m.uid in bodies:
+                m.sha = hashlib.sha256(bodies[m.uid]).hexdigest()
+            else:
+                gone.add(m.uid)
+    return [m for m in msgs if m.uid not in gone] if gone else msgs
+
+
+class FolderPlan:
+    """What one pass does to one folder: the source's and the destination's
+    messages paired by key (size + Message-ID, or size + body SHA-256), as
+    multisets and in UID order, so that a message that is in a folder twice
+    is copied twice and a message copied earlier is never copied again.
+
+      todo      source messages without a partner: to copy
+      restore   (flags, destination UIDs): partners whose flags differ on the
+                destination, grouped by the source's flags
+      extra     destination messages without a partner: expunged on the
+                source since they were copied (or there before the move)
+      already   how many were paired
+    """
+
+    def __init__(self, src_msgs: list[Msg], dst_msgs: list[Msg]):
+        waiting: dict[str, collections.deque] = {}
+        for m in dst_msgs:
+            waiting.setdefault(m.key, collections.deque()).append(m)
+        self.todo: list[Msg] = []
+        groups: dict[tuple, list[int]] = {}
+        self.already = 0
+        for m in src_msgs:
+            partners = waiting.get(m.key)
+            if not partners:
+                self.todo.append(m)
+                continue
+            d = partners.popleft()
+            self.already += 1
+            if d.flags != m.flags:
+                groups.setdefault(tuple(m.flags), []).append(d.uid)
+        self.restore = [(list(flags), uids) for flags, uids in groups.items()]
+        self.extra = sorted((m for q in waiting.values() for m in q), key=lambda m: m.uid)
+
+    @property
+    def flag_changes(self) -> int:
+        return sum(len(uids) for _, uids in self.restore)
 
 
 def fingerprint(msgs: list[Msg]) -> collections.Counter:
@@ -1405,6 +1601,10 @@ class Mover:
         self.user = None
         self._last_progress_save = 0.0
         self._t0: dict[str, float] = {}
+        # Source folders as of their last pass in this run, by name: their
+        # signature (Imap.signature) then. Not journaled: a resumed run
+        # lists every folder again.
+        self._synced: dict[str, tuple] = {}
 
     # -- output
 
@@ -1547,7 +1747,7 @@ class Mover:
             step.update(extra)
         self.journal.save()
         n = STEP_NUMBER[name]
-        self.say(f"[{n}/6] {name}: {detail} ({show_seconds(step['seconds'])})")
+        self.say(f"[{n}/{LAST_STEP}] {name}: {detail} ({show_seconds(step['seconds'])})")
 
     def step_fail(self, name: str, error: str) -> None:
         step = self.journal.data["steps"].get(name, {})
@@ -1633,8 +1833,9 @@ class Mover:
             data["pid"] = os.getpid()
             # The user may have been set active meanwhile (by hand, or by a
             # stale cache): the state is "moving" again, confirmed, and the
-            # sessions kicked before copying, verifying or switching.
-            reassert = first in ("copy", "verify", "switch")
+            # sessions kicked before copying, verifying or switching. A
+            # pre-copy (the user active) is simply run again.
+            reassert = first in ("kick", "copy", "verify", "switch")
             return self.run_steps(first, reassert=reassert)
         if abort:
             raise UsageError(f"no unfinished move of {user} to abort"
@@ -1687,7 +1888,7 @@ class Mover:
             except VerifyFailed as e:
                 self.step_fail(name, str(e))
                 data["verify_report"] = e.report
-                self.say(f"[{STEP_NUMBER[name]}/6] {name}: FAILED: {e}")
+                self.say(f"[{STEP_NUMBER[name]}/{LAST_STEP}] {name}: FAILED: {e}")
                 return self.rollback(str(e))
             except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - journaled, reported
                 if isinstance(e, KeyboardInterrupt):
@@ -1728,6 +1929,11 @@ class Mover:
         if not self.abortable():
             where = (f"the directory may already route {user} to island {dest}: run "
                      f"--resume to finish (it cannot be aborted any more)")
+        elif name == "precopy":
+            where = (f"{user} is still active on island {source} (the pre-copy does not "
+                     f"interrupt them): fix the cause and run again with --resume (the "
+                     f"pre-copy starts over, without copying anything twice), or --abort to "
+                     f"give the move up")
         elif name == "moving":
             where = (f"{user} may be in state moving on island {source} (logins refused, mail "
                      f"queued): fix the cause and run again with --resume, or --abort to put "
@@ -1802,6 +2008,11 @@ class Mover:
                              f"{plural(counts, 'message')} already (a leftover of an earlier "
                              f"move?): remove them, or run again with --force to merge (the "
                              f"verification will then fail on messages not on the source)")
+        # Messages on the destination that are not on the source are removed
+        # by the copy passes (they were expunged on the source after being
+        # copied), unless the destination held mail of its own before the
+        # move (a --force merge: they are kept, and the verification fails).
+        data["expunge_on_destination"] = not (counts and not earlier)
         step["source_nodes"] = [e.name for e in src_nodes]
         step["destination_nodes"] = [e.name for e in dst_nodes]
         self.step_end("preflight",
@@ -1812,6 +2023,8 @@ class Mover:
 
     def step_moving(self, step: dict) -> None:
         data = self.journal.data
+        # The interruption starts here (kept by a resumed run).
+        data.setdefault("moving_at", time.time())
         directory = self.config.directory
         what = directory.set_state(self.user, "moving", data["from"], data)
         self.journal.save()
@@ -1861,28 +2074,112 @@ class Mover:
             time.sleep(0.2)
         return kicked
 
-    def step_copy(self, step: dict) -> None:
+    @staticmethod
+    def new_totals() -> dict:
+        return {"messages": 0, "bytes": 0, "flags": 0, "expunged": 0, "vanished": 0,
+                "kept_extra": 0, "already": 0, "folders": 0, "created": 0, "subscribed": 0}
+
+    @staticmethod
+    def changes(totals: dict) -> int:
+        """What a pass found to do: messages copied, flags set, messages
+        expunged, folders deleted."""
+        return (totals["messages"] + totals["flags"] + totals["expunged"]
+                + totals.get("deleted_folders", 0))
+
+    @staticmethod
+    def describe_pass(t: dict) -> str:
+        text = (f"{plural(t.get('messages', 0), 'message')} ({show_bytes(t.get('bytes', 0))}) "
+                f"copied, {plural(t.get('flags', 0), 'flag change')}, "
+                f"{plural(t.get('expunged', 0), 'expunge')}")
+        if t.get("unchanged"):
+            text += f", {plural(t['unchanged'], 'folder')} unchanged (CONDSTORE)"
+        if t.get("deleted_folders"):
+            text += f", {plural(t['deleted_folders'], 'folder')} deleted"
+        if t.get("vanished"):
+            text += f", {t['vanished']} expunged on the source while being copied"
+        if t.get("kept_extra"):
+            text += (f", {t['kept_extra']} messages on the destination that are not on the "
+                     f"source kept (a --force merge)")
+        return text
+
+    def open_pair(self) -> tuple[Imap, Imap]:
         data = self.journal.data
-        if self.config.copier:
-            return self.copy_with_command(step)
         src = self.connect(data["from"], data["node_login"])
         try:
             dst = self.connect(data["to"], data["node_login"])
         except BaseException:
             src.close()
             raise
-        t0 = time.monotonic()
-        totals = {"messages": 0, "bytes": 0, "already": 0, "folders": 0, "created": 0,
-                  "subscribed": 0}
+        return src, dst
+
+    def step_precopy(self, step: dict) -> None:
+        """Copy while the user keeps working: a full pass, then incremental
+        passes until one finds at most precopy_threshold changes. Nothing of
+        the user's is touched: the step can simply be run again."""
+        if self.config.copier:
+            self.step_end("precopy", "none: the external copier runs in step copy, while the "
+                          "user is locked out", {"passes": []})
+            return
+        if self.config.precopy_passes == 0:
+            self.step_end("precopy", "none (precopy_passes is 0): the whole copy runs in step "
+                          "copy, while the user is locked out", {"passes": []})
+            return
+        src, dst = self.open_pair()
+        passes = []
+        step["passes"] = passes
         try:
-            # Passes until one finds nothing to copy: a delivery that was under
+            for n in range(1, self.config.precopy_passes + 1):
+                t0 = time.monotonic()
+                totals = self.new_totals()
+                self.copy_pass(src, dst, totals, n, tolerant=True)
+                totals["seconds"] = round(time.monotonic() - t0, 3)
+                passes.append(totals)
+                self.journal.save()
+                self.say(f"      pre-copy pass {n}: {self.describe_pass(totals)} "
+                         f"({show_seconds(totals['seconds'])})")
+                if n == 1:
+                    test_pause("pass1")
+                if self.changes(totals) <= self.config.precopy_threshold:
+                    break
+        finally:
+            src.close()
+            dst.close()
+        copy_seconds = round(sum(p["seconds"] for p in passes), 3)
+        first = passes[0]
+        later = {k: sum(p[k] for p in passes[1:]) for k in ("messages", "bytes", "flags",
+                                                              "expunged")}
+        test_pause("moving")
+        self.step_end("precopy",
+                      f"{plural(len(passes), 'pass', 'passes')} while the user stayed active: "
+                      f"{plural(first['folders'], 'folder')}, "
+                      f"{plural(first['messages'], 'message')} ({show_bytes(first['bytes'])}) "
+                      f"copied, {first['already']} already on the destination; then "
+                      f"{plural(later['messages'], 'message')}, "
+                      f"{plural(later['flags'], 'flag change')}, "
+                      f"{plural(later['expunged'], 'expunge')}; "
+                      f"{show_seconds(copy_seconds)} copying",
+                      {"copy_seconds": copy_seconds,
+                       "messages": sum(p["messages"] for p in passes),
+                       "bytes": sum(p["bytes"] for p in passes)})
+
+    def step_copy(self, step: dict) -> None:
+        """The last passes, while the user is locked out: what changed since
+        the pre-copy (new messages, flag changes, expunges), or everything
+        when there was no pre-copy."""
+        if self.config.copier:
+            return self.copy_with_command(step)
+        src, dst = self.open_pair()
+        t0 = time.monotonic()
+        totals = self.new_totals()
+        try:
+            # Passes until one finds nothing to do: a delivery that was under
             # way when the state changed is caught by the next pass. Anything
             # later still fails the verification (it stays on the source).
             for n in range(1, self.config.copy_passes + 1):
-                copied_before = totals["messages"]
-                self.copy_pass(src, dst, totals, n)
+                before = self.changes(totals)
+                self.copy_pass(src, dst, totals, n, tolerant=False)
                 totals["passes"] = n
-                if totals["messages"] == copied_before:
+                if self.changes(totals) == before:
                     break
         finally:
             src.close()
@@ -1891,48 +2188,92 @@ class Mover:
         rate = totals["bytes"] / seconds / 1e6 if seconds > 0 else 0.0
         step["throughput_mb_s"] = round(rate, 2)
         self.step_end("copy",
-                      f"{plural(totals['folders'], 'folder')}, {plural(totals['messages'], 'message')}"
-                      f" ({show_bytes(totals['bytes'])}) copied at {rate:.1f} MB/s, "
+                      f"{plural(totals['folders'], 'folder')}: {self.describe_pass(totals)}, "
                       f"{totals['already']} already on the destination; "
                       f"{totals['created']} folders created, {totals['subscribed']} subscriptions "
                       f"added", {"copied": totals})
 
-    def copy_pass(self, src: Imap, dst: Imap, totals: dict, pass_no: int) -> None:
+    def copy_pass(self, src: Imap, dst: Imap, totals: dict, pass_no: int,
+                  tolerant: bool = False) -> None:
+        """One pass over every folder: folders and subscriptions added,
+        messages missing on the destination copied, flags that differ set
+        to the source's, messages no longer on the source expunged from
+        the destination (unless the destination held other mail before the
+        move: journal "expunge_on_destination"). TOLERANT (the pre-copy,
+        the user active): messages expunged while being read are skipped."""
         data = self.journal.data
         progress = data["copy"]
+        expunge_allowed = data.get("expunge_on_destination", False)
         delay = float(os.environ.get(ENV_COPY_DELAY, "0") or 0)
         src_folders = src.folders()
         dst_names = {name for name, _ in dst.folders()}
         sd, dd_ = src.delimiter, dst.delimiter
         folders = [(name, flags) for name, flags in src_folders if selectable(flags)]
         totals["folders"] = len(folders)
+        created = data.setdefault("created_folders", [])
+        added_subs = data.setdefault("added_subscriptions", [])
+        if expunge_allowed:
+            # Folders and subscriptions this move added that the user removed
+            # (or renamed) on the source since go too, children first (never
+            # one the destination had or made itself). Out of any folder
+            # first: CLOSE would expunge, a selected folder may not be
+            # deletable.
+            wanted = {map_name(name, sd, dd_) for name, _ in src_folders}
+            gone = sorted((n for n in dst_names if n not in wanted and n in created),
+                          key=lambda n: (-n.count(dd_ or "/"), n))
+            if gone:
+                dst.examine("INBOX")
+            for name in gone:
+                dst.delete(name)
+                dst_names.discard(name)
+                created.remove(name)
+                totals["deleted_folders"] = totals.get("deleted_folders", 0) + 1
+            wanted_subs = {map_name(name, sd, dd_) for name in src.subscriptions()}
+            for name in sorted(set(dst.subscriptions()) - wanted_subs):
+                if name not in added_subs:
+                    continue
+                dst.unsubscribe(name)
+                added_subs.remove(name)
+                totals["unsubscribed"] = totals.get("unsubscribed", 0) + 1
         for name, _ in folders:
             target = map_name(name, sd, dd_)
             if target not in dst_names and target.upper() != "INBOX":
                 dst.create(target)
                 dst_names.add(target)
+                created.append(target)
                 totals["created"] += 1
         dst_subs = set(dst.subscriptions())
         for name in src.subscriptions():
             target = map_name(name, sd, dd_)
             if target not in dst_subs:
                 dst.subscribe(target)
+                if target not in added_subs:
+                    added_subs.append(target)
                 totals["subscribed"] += 1
         for name, _ in folders:
             target = map_name(name, sd, dd_)
-            src_msgs = src.messages(name, src.examine(name))
-            dst_msgs = dst.messages(target, dst.examine(target))
-            fill_hashes(src, name, src_msgs, self.config.batch_bytes)
-            fill_hashes(dst, target, dst_msgs, self.config.batch_bytes)
-            need = collections.Counter(m.key for m in src_msgs)
-            need.subtract(collections.Counter(m.key for m in dst_msgs))
-            todo = []
-            for m in src_msgs:
-                if need[m.key] > 0:
-                    todo.append(m)
-                    need[m.key] -= 1
+            if not src.changed_since(name, self._synced.get(name)):
+                totals["unchanged"] = totals.get("unchanged", 0) + 1
+                continue
+            self._synced.pop(name, None)
+            src_msgs = src.listing(name)
+            signature = src.last_signature
+            dst_msgs = dst.listing(target, write=True)
+            src_msgs = fill_hashes(src, name, src_msgs, self.config.batch_bytes,
+                                   tolerant=tolerant)
+            dst_msgs = fill_hashes(dst, target, dst_msgs, self.config.batch_bytes)
+            plan = FolderPlan(src_msgs, dst_msgs)
             if pass_no == 1:
-                totals["already"] += len(src_msgs) - len(todo)
+                totals["already"] += plan.already
+            for flags, uids in plan.restore:
+                dst.store_flags(target, uids, flags)
+            totals["flags"] += plan.flag_changes
+            if plan.extra and expunge_allowed:
+                dst.expunge(target, [m.uid for m in plan.extra])
+                totals["expunged"] += len(plan.extra)
+            elif plan.extra:
+                totals["kept_extra"] += len(plan.extra)
+            todo = plan.todo
             folder_progress = progress["folders"].setdefault(name, {"copied": 0, "bytes": 0})
             folder_progress["source"] = len(src_msgs)
             i = 0
@@ -1944,17 +2285,23 @@ class Mover:
                     batch.append(todo[i])
                     size += todo[i].size
                     i += 1
-                bodies = src.bodies(name, [m.uid for m in batch])
-                dst.append(target, [(m, bodies[m.uid]) for m in batch], delay)
-                got = sum(len(bodies[m.uid]) for m in batch)
-                totals["messages"] += len(batch)
+                bodies = src.bodies(name, [m.uid for m in batch], tolerant)
+                items = [(m, bodies[m.uid]) for m in batch if m.uid in bodies]
+                totals["vanished"] += len(batch) - len(items)
+                dst.append(target, items, delay)
+                got = sum(len(body) for _, body in items)
+                totals["messages"] += len(items)
                 totals["bytes"] += got
-                progress["messages"] += len(batch)
+                progress["messages"] += len(items)
                 progress["bytes"] += got
-                folder_progress["copied"] += len(batch)
+                folder_progress["copied"] += len(items)
                 folder_progress["bytes"] += got
                 self.save_progress(name)
             self.save_progress(name, force=True)
+            if signature is not None:
+                # The destination now holds what the source held when it was
+                # listed; the verification checks it all the same.
+                self._synced[name] = signature
 
     def save_progress(self, folder: str, force: bool = False) -> None:
         now = time.monotonic()
@@ -2060,6 +2407,9 @@ class Mover:
         self.journal.save()
         after = directory.after_change(self)
         confirmed = self.confirm(data["to"], "active")
+        data["active_at"] = time.time()
+        if "moving_at" in data:
+            data["interruption_seconds"] = round(data["active_at"] - data["moving_at"], 3)
         self.step_end("switch", f"{what}; {after}; {confirmed}")
 
     def step_report(self, step: dict) -> None:
@@ -2082,9 +2432,22 @@ class Mover:
         self.say(f"    total     {show_seconds(total):>8}")
         verify = steps.get("verify", {})
         self.say(f"  folders {verify.get('folders', '?')}, messages {verify.get('messages', '?')} "
-                 f"({show_bytes(verify.get('bytes', 0))}); copied by the last run: "
-                 f"{copied.get('messages', 0)} messages, {show_bytes(copied.get('bytes', 0))}"
-                 f" at {steps.get('copy', {}).get('throughput_mb_s', 0)} MB/s")
+                 f"({show_bytes(verify.get('bytes', 0))})")
+        precopy = steps.get("precopy", {})
+        passes = precopy.get("passes") or []
+        if passes:
+            self.say(f"  pre-copy, the user active: {show_seconds(precopy.get('copy_seconds'))} "
+                     f"in {plural(len(passes), 'pass', 'passes')} ("
+                     + "; ".join(f"{self.describe_pass(p)} in {show_seconds(p['seconds'])}"
+                                 for p in passes) + ")")
+        else:
+            self.say("  pre-copy: none")
+        interruption = data.get("interruption_seconds")
+        parts = ", ".join(f"{name} {show_seconds(steps.get(name, {}).get('seconds'))}"
+                          for name in INTERRUPTION_STEPS)
+        self.say(f"  interruption (state moving until active on island {data['to']}): "
+                 f"{show_seconds(interruption)} ({parts}); the last copy: "
+                 f"{self.describe_pass(copied) if copied else 'by the external copier'}")
         self.say(f"  the mailbox on island {data['from']} is left in place (delete it once you "
                  f"are satisfied)")
 
@@ -2095,6 +2458,8 @@ class Mover:
         try:
             data["status"] = "rolling-back"
             data["rollback_reason"] = reason
+            if "moving_at" in data:
+                data["interruption_seconds"] = round(time.time() - data["moving_at"], 3)
             self.journal.save()
             directory = self.config.directory
             what = directory.set_state(self.user, "active", data["from"], data)
@@ -2191,9 +2556,11 @@ def build_parser(prog: str = "isthmus_move.py") -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"isthmus_move {VERSION}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     m = sub.add_parser("move", help="move USER to --to ISLAND (or --resume, --abort)",
-                       description="Move USER to ISLAND: state moving, kick, copy, verify, "
-                                   "switch. Run it again (or with --resume) after a failure to "
-                                   "continue where it stopped.",
+                       description="Move USER to ISLAND: pre-copy while the user keeps "
+                                   "working, then state moving, kick, a last copy of what "
+                                   "changed, verify, switch (the user is locked out from "
+                                   "moving to switch only). Run it again (or with --resume) "
+                                   "after a failure to continue where it stopped.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("user", metavar="USER")
     m.add_argument("--to", metavar="ISLAND", help="the destination island")
