@@ -4,7 +4,10 @@
 // Invariants: base64 decoding is strict, so it accepts only canonical text
 // and encode(decode(t)) == t; decode(encode(b)) == b for any bytes; a PLAIN
 // message splits into three NUL-free fields that put back together give
-// the message.
+// the message. OAUTHBEARER / XOAUTH2 messages (RFC 7628): a parsed message
+// names a user without NUL or ^A and a token that is a valid RFC 6750
+// b64token; written back with oauthbearer_message / xoauth2_message it
+// parses to the same user and token.
 
 #include "common/sasl.hpp"
 #include "common/strings.hpp"
@@ -25,6 +28,22 @@ void check_plain(std::string_view message) {
   FUZZ_CHECK(sasl_plain_message(plain->authzid, plain->authcid, plain->password) == message);
 }
 
+void check_bearer(std::string_view message) {
+  if (auto bearer = parse_oauthbearer(message)) {
+    FUZZ_CHECK(valid_bearer_token(bearer->token));
+    FUZZ_CHECK(bearer->user.find('\0') == std::string::npos);
+    auto again = parse_oauthbearer(oauthbearer_message(bearer->user, bearer->token));
+    FUZZ_CHECK(again && again->user == bearer->user && again->token == bearer->token);
+  }
+  if (auto bearer = parse_xoauth2(message)) {
+    FUZZ_CHECK(valid_bearer_token(bearer->token));
+    FUZZ_CHECK(!bearer->user.empty() && bearer->user.find('\0') == std::string::npos);
+    FUZZ_CHECK(bearer->user.find('\x01') == std::string::npos);
+    auto again = parse_xoauth2(xoauth2_message(bearer->user, bearer->token));
+    FUZZ_CHECK(again && again->user == bearer->user && again->token == bearer->token);
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -33,6 +52,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (auto decoded = decode_base64(input)) {
     FUZZ_CHECK(encode_base64(*decoded) == input);
     check_plain(*decoded);
+    check_bearer(*decoded);
   }
   // The input as raw bytes.
   const std::string encoded = encode_base64(input);
@@ -40,5 +60,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto back = decode_base64(encoded);
   FUZZ_CHECK(back.has_value() && *back == input);
   check_plain(input);
+  check_bearer(input);
   return 0;
 }
