@@ -396,9 +396,16 @@ class Endpoint:
         self.name = name
         if isinstance(spec, str):
             spec = {"address": spec}
-        check_keys(spec, {"address", "tls", "ca", "verify", "tls_name"}, where)
+        check_keys(spec, {"address", "tls", "ca", "verify", "tls_name", "managesieve",
+                          "managesieve_tls"}, where)
         self.host, self.port = split_address(want_str(spec, "address", where, required=True),
                                              f"{where}: address")
+        # The node's ManageSieve port, for the user's Sieve scripts (optional).
+        sieve = want_str(spec, "managesieve", where)
+        self.sieve = split_address(sieve, f"{where}: managesieve") if sieve else None
+        self.sieve_tls = spec.get("managesieve_tls", "none")
+        if self.sieve_tls not in ("none", "starttls", "implicit"):
+            raise UsageError(f"{where}: managesieve_tls must be none, starttls or implicit")
         self.tls = spec.get("tls", "none")
         if self.tls not in ("none", "starttls", "implicit"):
             raise UsageError(f"{where}: tls must be none, starttls or implicit")
@@ -1713,6 +1720,53 @@ class Mover:
             raise StepFailed(f"island {island} has no node up")
         return endpoints
 
+    def sieve_connect(self, island: str, node_login: str):
+        """A ManageSieve session on the island's first node that has a
+        managesieve address in move.nodes, as the master user; None when
+        no node of the island has one (scripts are then not moved)."""
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import sieve_copy  # noqa: E402 (next to this file)
+        problems = []
+        endpoints = [e for e in self.candidates(island) if e.sieve]
+        if not endpoints:
+            return None
+        c = self.config
+        for e in endpoints:
+            try:
+                client = sieve_copy.SieveClient(
+                    e.sieve[0], e.sieve[1], tls=e.sieve_tls, context=e.ssl_context(),
+                    tls_name=e.tls_name, timeout=self.config.imap_timeout)
+            except (OSError, sieve_copy.SieveError) as err:
+                problems.append(f"{e.name} ManageSieve: {err}")
+                continue
+            try:
+                client.log_in(node_login, c.master_user, c.master_password,
+                              "dovecot" if c.master_style == "dovecot" else "sasl",
+                              c.separator)
+                return client
+            except (OSError, sieve_copy.SieveError) as err:
+                client.close()
+                problems.append(f"{e.name} ManageSieve: {err}")
+        raise StepFailed(f"no node of island {island} could be used for the Sieve scripts: "
+                         + "; ".join(problems))
+
+    def sieve_pair(self):
+        """(source, destination) ManageSieve sessions, or None when either
+        island has no managesieve address in move.nodes."""
+        data = self.journal.data
+        src = self.sieve_connect(data["from"], data["node_login"])
+        if src is None:
+            return None
+        try:
+            dst = self.sieve_connect(data["to"], data["node_login"])
+        except BaseException:
+            src.close()
+            raise
+        if dst is None:
+            src.close()
+            return None
+        return src, dst
+
     def connect(self, island: str, node_login: str) -> Imap:
         problems = []
         for endpoint in self.candidates(island):
@@ -2187,11 +2241,35 @@ class Mover:
         seconds = time.monotonic() - t0
         rate = totals["bytes"] / seconds / 1e6 if seconds > 0 else 0.0
         step["throughput_mb_s"] = round(rate, 2)
+        sieve = self.copy_sieve()
         self.step_end("copy",
                       f"{plural(totals['folders'], 'folder')}: {self.describe_pass(totals)}, "
                       f"{totals['already']} already on the destination; "
                       f"{totals['created']} folders created, {totals['subscribed']} subscriptions "
-                      f"added", {"copied": totals})
+                      f"added; {sieve['text']}", {"copied": totals, "sieve": sieve})
+
+    def copy_sieve(self) -> dict:
+        """The user's Sieve scripts and the active one, source to
+        destination over ManageSieve (the user is locked out: they do not
+        change meanwhile)."""
+        import sieve_copy  # noqa: E402 (sys.path set by sieve_connect)
+        pair = self.sieve_pair()
+        if pair is None:
+            return {"copied": None, "text": "Sieve scripts not moved (no managesieve address "
+                                            "in move.nodes)"}
+        src, dst = pair
+        try:
+            done = sieve_copy.copy_scripts(src, dst)
+        except (OSError, sieve_copy.SieveError) as e:
+            raise StepFailed(f"copying the Sieve scripts: {e}") from None
+        finally:
+            src.close()
+            dst.close()
+        text = (f"Sieve: {plural(len(done['copied']) + len(done['unchanged']), 'script')} "
+                f"({len(done['copied'])} written), active: {done['active'] or 'none'}")
+        if done["extra"]:
+            text += f", left alone on the destination: {', '.join(done['extra'])}"
+        return dict(done, text=text)
 
     def copy_pass(self, src: Imap, dst: Imap, totals: dict, pass_no: int,
                   tolerant: bool = False) -> None:
@@ -2393,6 +2471,17 @@ class Mover:
         finally:
             src.close()
             dst.close()
+        pair = self.sieve_pair()
+        if pair is not None:
+            import sieve_copy  # noqa: E402
+            try:
+                problems += sieve_copy.same_scripts(*pair)
+                report["sieve"] = "compared"
+            except (OSError, sieve_copy.SieveError) as e:
+                problems.append(f"comparing the Sieve scripts: {e}")
+            finally:
+                pair[0].close()
+                pair[1].close()
         if problems:
             raise VerifyFailed("verification failed: " + "; ".join(problems), report)
         self.step_end("verify", f"{plural(len(report['folders']), 'folder')}, "

@@ -40,7 +40,8 @@ APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "--no-install-recommend
 # What the package must install (and purge must remove).
 INSTALLED = [
     "/usr/sbin/isthmus", "/usr/bin/isthmusctl", "/usr/lib/isthmus/isthmusctl",
-    "/usr/lib/isthmus/isthmus_move.py", "/etc/isthmus/isthmus.json", "/etc/isthmus/users.map",
+    "/usr/lib/isthmus/isthmus_move.py", "/usr/lib/isthmus/sieve_copy.py",
+    "/etc/isthmus/isthmus.json", "/etc/isthmus/users.map",
     "/etc/isthmus/isthmusctl.json", "/usr/share/isthmus/sql/calmail-schema.sql",
     "/usr/share/isthmus/sql/role-store.sql", "/usr/share/isthmus/ldap/isthmus.schema",
     "/usr/share/isthmus/grafana/isthmus.json", "/usr/share/isthmus/prometheus/alerts.yml",

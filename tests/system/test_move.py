@@ -80,7 +80,7 @@ JOURNALS = None
 
 def setUpModule():
     global LAB, DB, IX, PF, SOCKET, CONFIG, JOURNALS
-    LAB = Lab(isthmus_ports={"imap": 0, "lmtp": 0})
+    LAB = Lab(isthmus_ports={"imap": 0, "lmtp": 0}, sieve=True)
     unittest.addModuleCleanup(LAB.close)
     for node in LAB.nodes.values():
         node.users.update(NODE_USERS)
@@ -137,7 +137,8 @@ def write_config(name: str, socket_path: str, directory: dict, instances=None, *
             "directory": directory,
             "login": {"master_user": MASTER_USER, "master_password_file": master_pw,
                       "master_style": "dovecot", "separator": MASTER_SEPARATOR},
-            "nodes": {node.name: f"{node.host}:{node.port('imap')}"
+            "nodes": {node.name: {"address": f"{node.host}:{node.port('imap')}",
+                                  "managesieve": f"{node.host}:{node.port('sieve')}"}
                       for node in LAB.nodes.values()},
             "kick_timeout": "20s",
             "settle": "1s",
@@ -151,6 +152,15 @@ def write_config(name: str, socket_path: str, directory: dict, instances=None, *
 
 
 # -- helpers -----------------------------------------------------------------
+
+def sieve_session(node_name: str, user: str):
+    """A ManageSieve session of USER on node NODE_NAME, as the master user."""
+    import sieve_copy  # noqa: E402 (tools/ is on the path)
+    node = LAB.node(node_name)
+    c = sieve_copy.SieveClient(node.host, node.port("sieve"))
+    c.log_in(user, MASTER_USER, MASTER_PASSWORD)
+    return c
+
 
 def admin(method: str, path: str, body=None, socket_path=None):
     return mv.Instance("lab", socket_path=socket_path or SOCKET, timeout=10).request(
@@ -443,6 +453,15 @@ class Move(unittest.TestCase):
         print(f"seeded {user}: {size / 1e6:.1f} MB in {time.monotonic() - t:.1f}s", flush=True)
         self.assertEqual(where(user), ("a", "active"))
 
+        # Her Sieve filters, one active: they move with the mail.
+        scripts = {"vacation": b'require ["vacation"];\r\nvacation "Away.";\r\n',
+                   "lists": b'require ["fileinto"];\r\nfileinto "Lists";\r\n'}
+        sieve = sieve_session("a-left", user)
+        for name, content in scripts.items():
+            sieve.put_script(name, content)
+        sieve.set_active("vacation")
+        sieve.close()
+
         # An IMAP session of hers, which the move must close.
         m = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=15)
         self.addCleanup(m.shutdown)
@@ -507,6 +526,14 @@ class Move(unittest.TestCase):
         late = [i for i, _ in loop.sent if on_a[i] == 0]
         self.assertEqual(sum(dst["INBOX"].values()) - sum(src["INBOX"].values()), len(late))
         self.assertEqual(on_b["<dup@lab.test>"], 2)   # the duplicate stays a duplicate
+
+        # Her Sieve scripts are on island b, the same one active.
+        self.assertIn("Sieve: 2 scripts (2 written), active: vacation", r.stdout)
+        on_b_sieve = sieve_session("b-left", user)
+        self.assertEqual(on_b_sieve.list_scripts()[1], "vacation")
+        for name, content in scripts.items():
+            self.assertEqual(on_b_sieve.get_script(name), content)
+        on_b_sieve.close()
 
         # Logins go to island b now.
         m = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=15)
