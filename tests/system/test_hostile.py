@@ -101,6 +101,17 @@ class Hostile(unittest.TestCase):
         self.addCleanup(ix.stop)
         wait_for(lambda: os.path.exists(os.path.join(ix.run_dir, "admin.sock")),
                  what="the admin socket")
+
+        # The lab's readiness probes connected to every listener: until
+        # their sessions have ended they hold pre-login slots of 127.0.0.1.
+        def probes_gone():
+            try:
+                text = metrics(ix)
+            except AssertionError:
+                return False
+            return all(float(v) == 0 for v in
+                       re.findall(r"^isthmus_sessions_active\{[^}]*\} (\S+)$", text, re.M))
+        wait_for(probes_gone, what="the readiness probes' sessions to end")
         return ix
 
     def imap(self, ix, user=ALICE, password=PASSWORD) -> imaplib.IMAP4:
