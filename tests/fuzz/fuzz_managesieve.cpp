@@ -9,7 +9,9 @@
 // parentheses) parse to the same items and consume exactly what was
 // written; to_command's arguments are the line's strings; to_response never
 // accepts a line that is not a capability, challenge or OK/NO/BYE; a
-// string_item of any text reads back as that text.
+// string_item of any text reads back as that text; parsing gated by
+// ParseGate (as the sessions do) gives the same lines however the bytes
+// are cut.
 
 #include <vector>
 
@@ -79,16 +81,58 @@ void check_line(std::string_view buffer, const Parsed& parsed) {
   }
 }
 
+// The lines of `input` (up to the first that is incomplete or too long),
+// parsed as a session does: bytes arriving in `chunks`, the buffer parsed
+// again only when the ParseGate says it can give a new answer.
+std::vector<std::vector<Item>> gated_lines(std::string_view input,
+                                           const std::vector<std::size_t>& chunks) {
+  std::vector<std::vector<Item>> lines;
+  std::string buffer;
+  ParseGate gate;
+  std::size_t at = 0;
+  for (auto n : chunks) {
+    buffer.append(input.substr(at, n));
+    at += n;
+    for (;;) {
+      if (!gate.worth_parsing(buffer)) break;
+      Parsed p = parse_line(buffer, kMax);
+      if (p.status == Status::need_more) {
+        gate.waiting(p, buffer.size());
+        break;
+      }
+      if (p.status == Status::too_long) return lines;
+      buffer.erase(0, p.consumed);
+      gate.reset();
+      lines.push_back(p.status == Status::complete ? std::move(p.items) : std::vector<Item>{});
+    }
+  }
+  return lines;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view input = as_view(data, size);
   std::string_view rest = input;
+  std::vector<std::vector<Item>> whole;
   for (int lines = 0; lines < 64 && !rest.empty(); ++lines) {
     const Parsed parsed = parse_line(rest, kMax);
     if (parsed.status == Status::need_more || parsed.status == Status::too_long) break;
     check_line(rest, parsed);
+    whole.push_back(parsed.status == Status::complete ? parsed.items : std::vector<Item>{});
     rest.remove_prefix(parsed.consumed);
+  }
+  // The gate never changes what is parsed, only how often: the same lines
+  // whichever way the bytes arrive (one at a time, random chunks).
+  if (whole.size() < 64) {
+    for (const auto& chunks :
+         {std::vector<std::size_t>(size, 1),
+          isthmus::fuzz::chunk_sizes(size, isthmus::fuzz::hash_bytes(input), 64)}) {
+      const auto gated = gated_lines(input, chunks);
+      FUZZ_CHECK(gated.size() == whole.size());
+      for (std::size_t i = 0; i < gated.size() && i < whole.size(); ++i)
+        FUZZ_CHECK(same(gated[i], whole[i]));
+    }
   }
   // Any text as a string item reads back as itself.
   const std::string text(input.substr(0, std::min<std::size_t>(size, 2 * kMax)));
