@@ -254,4 +254,40 @@ boost::asio::awaitable<bool> Session::hand_over(std::string& to_client, std::str
   co_return ok;
 }
 
+boost::asio::awaitable<LoginOutcome> Session::log_in_island(LoginRequest request,
+                                                            const NodeLoginFn& node_login,
+                                                            Deadline deadline) {
+  set_phase(Phase::login);
+  request.session_id = record_.id;
+  request.client = record_.client;
+  request.client_remote = client_info_.remote;
+  request.client_local = client_info_.local;
+  request.pause = pauser();
+  const auto started = Clock::now();
+  LoginOutcome outcome =
+      co_await log_in_through_island(*runtime_, std::move(request), node_login, deadline);
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
+  record_.user = outcome.user;
+  record_.island = outcome.island;
+  record_.node = outcome.node;
+  if (outcome.failure == Failure::none) {
+    spdlog::info("session={} login ok user={} island={} node={} client={} in {}ms", record_.id,
+                 sanitize(outcome.user, 100), outcome.island, outcome.node, record_.client, ms);
+    node_.emplace(std::move(*outcome.node_connection));
+    outcome.node_connection.reset();
+    lease_ = std::move(outcome.lease);
+    set_phase(Phase::relay);
+    co_return outcome;
+  }
+  const auto& policy = policy_of(outcome.failure);
+  spdlog::log(policy.log_level,
+              "session={} login failed user={} island={} client={} in {}ms: {}: {}", record_.id,
+              outcome.user.empty() ? "-" : sanitize(outcome.user, 100),
+              outcome.island.empty() ? "-" : outcome.island, record_.client, ms,
+              policy.description, outcome.detail);
+  set_phase(Phase::preauth);
+  co_return outcome;
+}
+
 }  // namespace isthmus::proxy

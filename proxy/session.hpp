@@ -14,6 +14,7 @@
 #include "common/transport.hpp"
 #include "config/config.hpp"
 #include "proxy/connection_limits.hpp"
+#include "proxy/login_proxy.hpp"
 #include "proxy/runtime.hpp"
 
 #include <functional>
@@ -172,6 +173,16 @@ class Session {
   // proxy: call again after adopting it). A logged-in session gives its
   // slot back.
   bool take_prelogin_slot(bool forwarded = false);
+
+  // What every protocol's login shares: `request` (protocol, name,
+  // credentials, mechanism, ttl) completed with who the client is, the
+  // island's node logged in to (log_in_through_island), the session record
+  // and the login log line. On success the node connection and its lease
+  // are the session's and the phase is relay; otherwise the phase is back
+  // to preauth. The caller answers the client.
+  boost::asio::awaitable<LoginOutcome> log_in_island(LoginRequest request,
+                                                     const NodeLoginFn& node_login,
+                                                     Deadline deadline);
 
   void set_phase(Phase phase) {
     phase_ = phase;

@@ -195,45 +195,24 @@ asio::awaitable<Pop3Session::Next> Pop3Session::handle_stls() {
 asio::awaitable<Pop3Session::Next> Pop3Session::log_in(std::string user, std::string authzid,
                                                        std::string password,
                                                        SaslMechanism mechanism) {
-  set_phase(Phase::login);
   LoginRequest request;
   request.protocol = config::Protocol::pop3;
-  request.session_id = record_.id;
-  request.client = record_.client;
   request.login_name = std::move(user);
   request.authzid = std::move(authzid);
   request.password = std::move(password);
   request.mechanism = mechanism;
-  request.client_remote = client_info_.remote;
-  request.client_local = client_info_.local;
-  request.pause = pauser();
   const Deadline deadline = Deadline::after(config_.timeouts.login);
-  auto started = Clock::now();
-  LoginOutcome outcome = co_await log_in_through_island(*runtime_, std::move(request),
-                                                        backends::log_in_pop3, deadline);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
-  record_.user = outcome.user;
-  record_.island = outcome.island;
-  record_.node = outcome.node;
+  const auto started = Clock::now();
+  LoginOutcome outcome =
+      co_await log_in_island(std::move(request), backends::log_in_pop3, deadline);
 
   if (outcome.failure == Failure::none) {
-    spdlog::info("session={} login ok user={} island={} node={} client={} in {}ms", record_.id,
-                 sanitize(outcome.user, 100), outcome.island, outcome.node, record_.client, ms);
-    node_.emplace(std::move(*outcome.node_connection));
-    lease_ = std::move(outcome.lease);
     from_node_ = std::move(outcome.node_result.pending);
-    set_phase(Phase::relay);
     bool sent = co_await send("+OK Logged in.\r\n", deadline);
     co_return sent ? Next::logged_in : Next::end;
   }
 
   const auto& policy = policy_of(outcome.failure);
-  spdlog::log(policy.log_level,
-              "session={} login failed user={} island={} client={} in {}ms: {}: {}", record_.id,
-              outcome.user.empty() ? "-" : sanitize(outcome.user, 100),
-              outcome.island.empty() ? "-" : outcome.island, record_.client, ms,
-              policy.description, outcome.detail);
-  set_phase(Phase::preauth);
   std::string text;
   if (policy.answer == ClientAnswer::auth_failed || policy.answer == ClientAnswer::authz_failed) {
     // The same answer, at the same time after the command, for a wrong
