@@ -4,7 +4,8 @@
     run_fuzz.py --bin build/fuzz/bin --seconds 15 [--jobs 2] [--merge]
                 [--report FILE] [TARGET...]
 
-Each target runs for SECONDS of wall time on a scratch copy of its checked-in
+Each target runs for SECONDS of wall time (or, with --cpu-seconds, until it
+has used that much CPU however long it takes at a low priority) on a scratch copy of its checked-in
 corpus (tests/fuzz/corpus/NAME) plus the reproducers of fixed findings
 (tests/fuzz/regressions/NAME), so it starts from what is known and tries new
 inputs from there. A crash, a failed invariant, a sanitizer report, a leak,
@@ -21,6 +22,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +39,40 @@ def targets_from_cmake() -> list[str]:
     text = open(os.path.join(HERE, "targets.cmake")).read()
     body = text[text.index("set(ISTHMUS_FUZZ_TARGETS") + len("set(ISTHMUS_FUZZ_TARGETS"):]
     return body[:body.index(")")].split()
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process (its own, not its children's)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_for_cpu(cmd: list[str], args, env: dict, log) -> tuple[float, int]:
+    """Runs the fuzzer until it has used args.cpu_seconds of CPU (however long
+    that takes on a loaded machine at nice 19), then interrupts it (SIGINT:
+    libFuzzer prints its final stats and exits with its interrupted code, 72)."""
+    cmd = [c for c in cmd if not c.startswith("-max_total_time=")]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=(lambda: os.nice(args.nice)) if args.nice else None)
+    cpu = 0.0
+    interrupted = False
+    while proc.poll() is None:
+        try:
+            cpu = process_cpu(proc.pid)
+        except (OSError, IndexError, ValueError):
+            pass
+        if cpu >= args.cpu_seconds:
+            interrupted = True
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            break
+        time.sleep(1.0)
+    return cpu, 0 if interrupted and proc.returncode == 72 else proc.returncode
 
 
 def run_target(name: str, args) -> dict:
@@ -57,14 +93,18 @@ def run_target(name: str, args) -> dict:
     log_path = os.path.join(out, "fuzz.log")
     before = set(os.listdir(findings))
     started = time.monotonic()
+    cpu = 0.0
     with open(log_path, "w") as log:
-        # /usr/bin/time for this child's own CPU time (targets run in parallel).
-        proc = subprocess.run(["/usr/bin/time", "-f", "cpu %U %S", *(["nice", "-n", str(args.nice)]
-                                                                      if args.nice else []), *cmd],
-                              stdout=log, stderr=subprocess.STDOUT, env=env)
+        if args.cpu_seconds:
+            cpu, rc = run_for_cpu(cmd, args, env, log)
+            proc = subprocess.CompletedProcess(cmd, rc)
+        else:
+            # /usr/bin/time for this child's own CPU time (targets run in parallel).
+            proc = subprocess.run(["/usr/bin/time", "-f", "cpu %U %S",
+                                   *(["nice", "-n", str(args.nice)] if args.nice else []), *cmd],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env)
     wall = time.monotonic() - started
     text = open(log_path, errors="replace").read()
-    cpu = 0.0
     m = re.findall(r"^cpu ([\d.]+) ([\d.]+)$", text, re.M)
     if m:
         cpu = float(m[-1][0]) + float(m[-1][1])
@@ -90,6 +130,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", required=True)
     p.add_argument("--seconds", type=int, default=15)
+    p.add_argument("--cpu-seconds", type=int, default=0,
+                   help="run each target until it used this much CPU (wall time unbounded)")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--nice", type=int, default=0)
     p.add_argument("--merge", action="store_true")
