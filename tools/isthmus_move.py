@@ -26,6 +26,12 @@ A move is a journaled sequence of steps (docs/move.md):
   7 report     durations (the pre-copy, and the interruption: from "moving" to
                "active" on the destination), folders, messages, bytes
 
+With the dsync mover (--mover dsync, or move.mover; Dovecot to Dovecot), the
+pre-copy and the copy are one-way `doveadm sync -1` runs that the source
+node's doveadm HTTP API makes to the destination node's doveadm server: UIDs, UIDVALIDITY,
+flags and modseqs are kept, so clients do not download the mailbox again; the
+verification then also compares UIDVALIDITY and UIDs.
+
 The user is interrupted only from step 2 to step 6. The journal (one JSON file
 per user in move.journal_dir) is rewritten atomically after every step; a
 second run (or --resume) continues with the first step that did not finish (a
@@ -82,6 +88,8 @@ EXIT_VERIFY = 7
 
 DEFAULT_CONFIG = "/etc/isthmus/isthmusctl.json"
 DEFAULT_JOURNAL_DIR = "/var/lib/isthmus/moves"
+
+MOVERS = ("imap", "dsync")
 
 STEPS = ("preflight", "precopy", "moving", "kick", "copy", "verify", "switch", "report")
 STEP_NUMBER = {name: i for i, name in enumerate(STEPS)}
@@ -397,12 +405,31 @@ class Endpoint:
         if isinstance(spec, str):
             spec = {"address": spec}
         check_keys(spec, {"address", "tls", "ca", "verify", "tls_name", "managesieve",
-                          "managesieve_tls"}, where)
+                          "managesieve_tls", "doveadm", "doveadm_http"}, where)
         self.host, self.port = split_address(want_str(spec, "address", where, required=True),
                                              f"{where}: address")
         # The node's ManageSieve port, for the user's Sieve scripts (optional).
         sieve = want_str(spec, "managesieve", where)
         self.sieve = split_address(sieve, f"{where}: managesieve") if sieve else None
+        # The dsync mover (Dovecot nodes): the node's doveadm server (where a
+        # source node's dsync writes, "tcp:HOST:PORT") and its doveadm HTTP
+        # API (http:// or https:// URL, or HOST:PORT for http).
+        doveadm = want_str(spec, "doveadm", where)
+        self.doveadm = split_address(doveadm, f"{where}: doveadm") if doveadm else None
+        self.doveadm_http = None
+        api = want_str(spec, "doveadm_http", where)
+        if api:
+            if "://" not in api:
+                api = "http://" + api
+            url = urllib.parse.urlsplit(api)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise UsageError(f"{where}: doveadm_http must be http://HOST:PORT or "
+                                 f"https://HOST:PORT")
+            try:
+                port = url.port or (443 if url.scheme == "https" else 80)
+            except ValueError:
+                raise UsageError(f"{where}: doveadm_http: bad port") from None
+            self.doveadm_http = (url.scheme, url.hostname, port)
         self.sieve_tls = spec.get("managesieve_tls", "none")
         if self.sieve_tls not in ("none", "starttls", "implicit"):
             raise UsageError(f"{where}: managesieve_tls must be none, starttls or implicit")
@@ -432,7 +459,8 @@ class Config:
     MOVE_KEYS = {"journal_dir", "directory", "login", "source_login", "nodes", "copier",
                  "copier_timeout", "kick_timeout", "settle", "imap_timeout", "confirm_timeout",
                  "copy_passes", "batch_bytes", "batch_messages", "precopy_passes",
-                 "precopy_threshold"}
+                 "precopy_threshold", "mover", "dsync"}
+    DSYNC_KEYS = {"password_file", "api_key_file", "timeout"}
     LOGIN_KEYS = {"master_user", "master_password_file", "master_style", "separator"}
 
     def __init__(self, path: str):
@@ -532,6 +560,33 @@ class Config:
                              f"address, e.g. {{\"a-left\": \"10.0.1.11:143\"}}")
         self.nodes = {name: Endpoint(name, spec, f"{where}: nodes: {name}")
                       for name, spec in nodes.items()}
+
+        # The mover: "imap" (any node; IMAP as the master user, new UIDs) or
+        # "dsync" (Dovecot to Dovecot: the source node's doveadm HTTP API runs
+        # a one-way `doveadm sync` to the destination node; UIDs and UIDVALIDITY kept).
+        self.mover = move.get("mover", "imap")
+        if self.mover not in MOVERS:
+            raise UsageError(f"{where}: mover must be \"imap\" or \"dsync\"")
+        dsync = move.get("dsync", {})
+        dwhere = f"{where}: dsync"
+        if not isinstance(dsync, dict):
+            raise UsageError(f"{dwhere}: expected a JSON object")
+        check_keys(dsync, self.DSYNC_KEYS, dwhere)
+        password_file = want_str(dsync, "password_file", dwhere)
+        api_key_file = want_str(dsync, "api_key_file", dwhere)
+        if password_file and api_key_file:
+            raise UsageError(f"{dwhere}: give password_file (doveadm_password) or api_key_file "
+                             f"(doveadm_api_key), not both")
+        self.doveadm_auth = None
+        if password_file:
+            secret = read_secret(self.resolve(password_file), f"{dwhere}: password_file")
+            self.doveadm_auth = "Basic " + base64.b64encode(
+                b"doveadm:" + secret.encode()).decode()
+        elif api_key_file:
+            secret = read_secret(self.resolve(api_key_file), f"{dwhere}: api_key_file")
+            self.doveadm_auth = "X-Dovecot-API " + base64.b64encode(secret.encode()).decode()
+        # One dsync run (a pass); a hung one must not keep the user locked out.
+        self.dsync_timeout = parse_duration(dsync.get("timeout", "6h"), f"{dwhere}: timeout")
 
         copier = move.get("copier")
         if copier is not None and (not isinstance(copier, list) or not copier
@@ -1077,6 +1132,111 @@ class ListingChanged(ImapError):
     expunged while it was read): read it again."""
 
 
+# ---------------------------------------------------------------- dsync
+
+# doveadm/dsync exit codes (sysexits): 2 = the mailbox changed during the sync
+# (run it again); the others are failures, named for the operator.
+DSYNC_CHANGED = 2
+# A pre-copy pass this short, with no change during it, ends the pre-copy.
+DSYNC_QUICK = 1.0
+DSYNC_CODES = {64: "usage (EX_USAGE)", 65: "data error (EX_DATAERR)",
+               66: "cannot open input (EX_NOINPUT)", 67: "no such user on the node (EX_NOUSER)",
+               68: "unknown host (EX_NOHOST)", 69: "service unavailable (EX_UNAVAILABLE)",
+               70: "internal error (EX_SOFTWARE)", 73: "cannot create (EX_CANTCREAT)",
+               75: "temporary failure, e.g. a lock (EX_TEMPFAIL)",
+               77: "permission denied (EX_NOPERM)", 78: "configuration error (EX_CONFIG)"}
+
+
+class Doveadm:
+    """The doveadm HTTP API of one Dovecot node: the dsync mover asks the
+    source node to run a one-way `doveadm sync` to the destination node's doveadm
+    server (docs/move.md, "The dsync mover")."""
+
+    MAX_ANSWER = 1 << 20   # a node's answer; more is not an answer of doveadm
+
+    def __init__(self, endpoint: Endpoint, config: Config):
+        if endpoint.doveadm_http is None:
+            raise UsageError(f"node {endpoint.name} has no doveadm_http address in move.nodes "
+                             f"(the dsync mover runs dsync on a source node through it)")
+        if config.doveadm_auth is None:
+            raise UsageError("move.dsync: password_file (doveadm_password) or api_key_file "
+                             "(doveadm_api_key) is required by the dsync mover")
+        self.endpoint = endpoint
+        self.auth = config.doveadm_auth
+        self.scheme, self.host, self.port = endpoint.doveadm_http
+
+    def __str__(self):
+        return f"{self.endpoint.name} ({self.scheme}://{self.host}:{self.port})"
+
+    def _request(self, method: str, body, timeout: float):
+        if self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=self.endpoint.ssl_context())
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": self.auth, "Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, "/doveadm/v1", body=payload, headers=headers)
+            r = conn.getresponse()
+            raw = r.read(self.MAX_ANSWER + 1)
+        except (OSError, http.client.HTTPException) as e:
+            raise StepFailed(f"doveadm HTTP API of {self}: {_transport_error(e)}") from None
+        finally:
+            conn.close()
+        if r.status in (401, 403):
+            raise StepFailed(f"doveadm HTTP API of {self} refused the credentials (HTTP "
+                             f"{r.status}): check move.dsync and the node's doveadm_password "
+                             f"/ doveadm_api_key")
+        if len(raw) > self.MAX_ANSWER:
+            raise StepFailed(f"doveadm HTTP API of {self}: an answer over "
+                             f"{show_bytes(self.MAX_ANSWER)}")
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        if r.status != 200 or answer is None:
+            raise StepFailed(f"doveadm HTTP API of {self}: HTTP {r.status}: "
+                             f"{clean(raw[:200].decode('utf-8', 'replace'))}")
+        return answer
+
+    def commands(self, timeout: float) -> set[str]:
+        answer = self._request("GET", None, timeout)
+        if not isinstance(answer, list):
+            raise StepFailed(f"doveadm HTTP API of {self}: the command list is not a list")
+        return {c.get("command") for c in answer if isinstance(c, dict)}
+
+    def run(self, command: str, parameters: dict, timeout: float) -> int:
+        """Runs one command; its exit code (0, or what the node's doveadm
+        reported). Anything else than an answer to it is a StepFailed."""
+        tag = f"isthmus-move-{os.getpid()}"
+        answer = self._request("POST", [[command, parameters, tag]], timeout)
+        try:
+            (kind, result, got_tag), = answer
+        except (TypeError, ValueError):
+            raise StepFailed(f"doveadm HTTP API of {self}: unexpected answer to {command}: "
+                             f"{clean(json.dumps(answer)[:200])}") from None
+        if got_tag != tag:
+            raise StepFailed(f"doveadm HTTP API of {self}: an answer to another request")
+        if kind == "doveadmResponse":
+            return 0
+        if kind == "error" and isinstance(result, dict):
+            code = result.get("exitCode")
+            if isinstance(code, int) and not isinstance(code, bool) and code > 0:
+                return code
+            raise StepFailed(f"doveadm on {self.endpoint.name}: {command} failed: "
+                             f"{clean(json.dumps(result)[:200])}")
+        raise StepFailed(f"doveadm HTTP API of {self}: unexpected answer to {command}: "
+                         f"{clean(json.dumps(answer)[:200])}")
+
+
+def dsync_destination(endpoint: Endpoint) -> str:
+    host, port = endpoint.doveadm
+    return f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
+
+
 class Imap:
     """One master-user session on one node (imaplib underneath)."""
 
@@ -1238,6 +1398,13 @@ class Imap:
         except (TypeError, ValueError, IndexError):
             raise ImapError(f"node {self.endpoint}: EXAMINE {name}: no readable message count "
                             f"(EXISTS) in the answer: {_text(data)}") from None
+
+    def uidvalidity(self) -> int | None:
+        """The UIDVALIDITY of the folder just EXAMINEd or SELECTed."""
+        try:
+            return int(self.m.untagged_responses["UIDVALIDITY"][-1])
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
 
     def select(self, name: str) -> int:
         """SELECT NAME read-write (to change flags or expunge); its EXISTS."""
@@ -1834,7 +2001,8 @@ class Mover:
             self.say(f"no move of {clean(user)} is journaled in {self.config.journal_dir}")
             return EXIT_OK
         self.say(f"move of {clean(user)}: {data.get('from')} -> {data.get('to')}, "
-                 f"{data.get('status')} (journal {journal.path})")
+                 f"{data.get('status')}, {data.get('mover', 'imap')} mover "
+                 f"(journal {journal.path})")
         for name in STEPS:
             step = data["steps"].get(name)
             if not step:
@@ -1844,20 +2012,31 @@ class Mover:
                      f"{step.get('error') or step.get('detail') or ''}")
         return EXIT_OK
 
-    def move(self, raw_user: str, to: str | None, resume: bool, abort: bool, force: bool) -> int:
+    def move(self, raw_user: str, to: str | None, resume: bool, abort: bool, force: bool,
+             mover: str | None = None) -> int:
         entry = self.lookup(raw_user)
         self.user = entry["user"]
         self.journal = Journal(self.config.journal_dir, self.user)
         self.journal.open()
         try:
-            return self._move(entry, to, resume, abort, force)
+            return self._move(entry, to, resume, abort, force, mover)
         finally:
             self.journal.close()
 
-    def _move(self, entry: dict, to, resume: bool, abort: bool, force: bool) -> int:
+    @property
+    def kind(self) -> str:
+        """This move's mover: "imap" or "dsync" (journaled at its start)."""
+        return self.journal.data.get("mover", "imap")
+
+    def _move(self, entry: dict, to, resume: bool, abort: bool, force: bool,
+              mover: str | None = None) -> int:
         data = self.journal.data
         user = self.user
         if data is not None and data.get("status") in ("running", "rolling-back", "aborting"):
+            if mover is not None and mover != data.get("mover", "imap"):
+                raise UsageError(f"the unfinished move of {user} runs with the "
+                                 f"{data.get('mover', 'imap')} mover (journal "
+                                 f"{self.journal.path}): resume it without --mover")
             if to is not None and to != data["to"]:
                 raise UsageError(f"a move of {user} to island {data['to']} is unfinished "
                                  f"(journal {self.journal.path}): "
@@ -1914,17 +2093,20 @@ class Mover:
         if data is not None:
             history = data.pop("history", [])
             history.append({k: data.get(k) for k in ("from", "to", "status", "created",
-                                                     "finished", "error")})
+                                                     "finished", "error", "mover")})
+        mover = mover or self.config.mover
+        if mover == "dsync" and self.config.copier:
+            raise UsageError("the dsync mover and move.copier exclude each other")
         self.journal.data = {
-            "version": 1, "user": user, "from": entry.get("island"), "to": to,
+            "version": 1, "user": user, "from": entry.get("island"), "to": to, "mover": mover,
             "node_login": entry.get("node_login") or user,
             "directory": self.config.directory.kind, "status": "running",
             "created": now_iso(), "pid": os.getpid(), "runs": 1, "force": force,
             "steps": {}, "copy": {"messages": 0, "bytes": 0, "folders": {}},
             "history": history,
         }
-        self.say(f"moving {user} from island {entry.get('island')} to {to} "
-                 f"({self.config.directory.describe()}, "
+        self.say(f"moving {user} from island {entry.get('island')} to {to} with the {mover} "
+                 f"mover ({self.config.directory.describe()}, "
                  f"{plural(len(self.config.instances), 'instance')})")
         return self.run_steps("preflight")
 
@@ -2062,6 +2244,10 @@ class Mover:
                              f"{plural(counts, 'message')} already (a leftover of an earlier "
                              f"move?): remove them, or run again with --force to merge (the "
                              f"verification will then fail on messages not on the source)")
+        if self.kind == "dsync":
+            step["dsync"] = self.dsync_preflight(
+                counts, any(h.get("to") == dest and h.get("mover") == "dsync"
+                            for h in data.get("history", [])))
         # Messages on the destination that are not on the source are removed
         # by the copy passes (they were expunged on the source after being
         # copied), unless the destination held mail of its own before the
@@ -2072,7 +2258,8 @@ class Mover:
         self.step_end("preflight",
                       f"{user} is {state} on island {source}; source {src_nodes[0]}, destination "
                       f"{dst_nodes[0]}; {plural(total, 'message')} to move; destination holds "
-                      f"{plural(counts, 'message')}; {directory}",
+                      f"{plural(counts, 'message')}; {directory}"
+                      + (f"; {step['dsync']}" if "dsync" in step else ""),
                       {"source_messages": total, "destination_messages": counts})
 
     def step_moving(self, step: dict) -> None:
@@ -2170,6 +2357,8 @@ class Mover:
         """Copy while the user keeps working: a full pass, then incremental
         passes until one finds at most precopy_threshold changes. Nothing of
         the user's is touched: the step can simply be run again."""
+        if self.kind == "dsync":
+            return self.dsync_precopy(step)
         if self.config.copier:
             self.step_end("precopy", "none: the external copier runs in step copy, while the "
                           "user is locked out", {"passes": []})
@@ -2220,6 +2409,8 @@ class Mover:
         """The last passes, while the user is locked out: what changed since
         the pre-copy (new messages, flag changes, expunges), or everything
         when there was no pre-copy."""
+        if self.kind == "dsync":
+            return self.dsync_copy(step)
         if self.config.copier:
             return self.copy_with_command(step)
         src, dst = self.open_pair()
@@ -2381,6 +2572,104 @@ class Mover:
                 # listed; the verification checks it all the same.
                 self._synced[name] = signature
 
+    # -- the dsync mover
+
+    def dsync_pair(self) -> tuple[Doveadm, Endpoint]:
+        """The source node whose doveadm runs dsync (the first node of the
+        source island that is up and has doveadm_http: they share the
+        store) and the destination node it writes to (the first node of the
+        destination island that has a doveadm address)."""
+        data = self.journal.data
+        src = next((e for e in self.candidates(data["from"]) if e.doveadm_http), None)
+        if src is None:
+            raise StepFailed(f"no node of island {data['from']} that is up has a doveadm_http "
+                             f"address in move.nodes (the dsync mover needs one)")
+        dst = next((e for e in self.candidates(data["to"]) if e.doveadm), None)
+        if dst is None:
+            raise StepFailed(f"no node of island {data['to']} that is up has a doveadm address "
+                             f"in move.nodes (the dsync mover needs one)")
+        return Doveadm(src, self.config), dst
+
+    def dsync_preflight(self, counts: int, earlier_dsync: bool) -> str:
+        if counts and not earlier_dsync:
+            # Checked: a one-way dsync into a mailbox with messages of its
+            # own (or copied by the IMAP mover) keeps them and gives the
+            # source's messages new UIDs.
+            raise StepFailed(f"the destination mailbox holds {plural(counts, 'message')} that "
+                             f"an earlier dsync move did not put there: the dsync mover keeps "
+                             f"UIDs only into an empty mailbox; empty it, or merge with --mover "
+                             f"imap --force")
+        api, dst = self.dsync_pair()
+        if "sync" not in api.commands(self.config.imap_timeout):
+            raise StepFailed(f"the doveadm HTTP API of {api} offers no sync command")
+        return f"dsync: doveadm sync -1 run by {api} to {dst.name} ({dsync_destination(dst)})"
+
+    def dsync_pass(self, api: Doveadm, dst: Endpoint) -> tuple[int, float]:
+        """One one-way `doveadm sync -1` of the user, source node to
+        destination node (`backup` cannot replace the INBOX the destination
+        creates at the first login: "INBOX can't be deleted"): (DSYNC_CHANGED
+        if the mailbox changed meanwhile else 0, seconds)."""
+        t0 = time.monotonic()
+        code = api.run("sync", {"user": self.journal.data["node_login"], "onewaySync": True,
+                                "destination": [dsync_destination(dst)]},
+                       self.config.dsync_timeout)
+        seconds = round(time.monotonic() - t0, 3)
+        if code not in (0, DSYNC_CHANGED):
+            raise StepFailed(f"doveadm sync on {api.endpoint.name} to {dst.name} exited "
+                             f"{code}: {DSYNC_CODES.get(code, 'see the node log')}")
+        return code, seconds
+
+    def dsync_precopy(self, step: dict) -> None:
+        """Passes while the user keeps working, until one finds the mailbox
+        unchanged during it and takes at most DSYNC_QUICK seconds (dsync
+        says little more about what it copied), at most precopy_passes."""
+        if self.config.precopy_passes == 0:
+            self.step_end("precopy", "none (precopy_passes is 0): the whole dsync runs in step "
+                          "copy, while the user is locked out", {"passes": [], "copy_seconds": 0})
+            return
+        api, dst = self.dsync_pair()
+        passes = []
+        step["passes"] = passes
+        for n in range(1, self.config.precopy_passes + 1):
+            code, seconds = self.dsync_pass(api, dst)
+            passes.append({"seconds": seconds, "changed": code == DSYNC_CHANGED})
+            self.journal.save()
+            self.say(f"      pre-copy pass {n}: doveadm sync -1 {api.endpoint.name} -> {dst.name} "
+                     f"in {show_seconds(seconds)}"
+                     + (" (the mailbox changed meanwhile)" if code == DSYNC_CHANGED else ""))
+            if n == 1:
+                test_pause("pass1")
+            if code == 0 and seconds <= DSYNC_QUICK:
+                break
+        copy_seconds = round(sum(p["seconds"] for p in passes), 3)
+        test_pause("moving")
+        self.step_end("precopy",
+                      f"{plural(len(passes), 'dsync pass', 'dsync passes')} while the user stayed "
+                      f"active ({api.endpoint.name} -> {dst.name}): "
+                      + ", ".join(show_seconds(p["seconds"]) for p in passes),
+                      {"copy_seconds": copy_seconds})
+
+    def dsync_copy(self, step: dict) -> None:
+        """The last passes, the user locked out: until one finds the mailbox
+        unchanged during it (a delivery under way when the state changed),
+        at most copy_passes; then the Sieve scripts (as with IMAP)."""
+        api, dst = self.dsync_pair()
+        t0 = time.monotonic()
+        for n in range(1, self.config.copy_passes + 1):
+            code, _ = self.dsync_pass(api, dst)
+            if code == 0:
+                break
+        else:
+            raise StepFailed(f"the mailbox still changed during each of {n} dsync passes while "
+                             f"the user was locked out")
+        seconds = round(time.monotonic() - t0, 3)
+        sieve = self.copy_sieve()
+        self.step_end("copy", f"{plural(n, 'dsync pass', 'dsync passes')} "
+                      f"({api.endpoint.name} -> {dst.name}) in {show_seconds(seconds)}; "
+                      f"{sieve['text']}",
+                      {"copied": {"mover": "dsync", "passes": n, "seconds": seconds},
+                       "sieve": sieve})
+
     def save_progress(self, folder: str, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_progress_save >= 0.5:
@@ -2444,8 +2733,20 @@ class Mover:
                     problems.append(f"folder {name}: missing on the destination")
                     report["folders"][name] = {"missing_folder": True}
                     continue
-                a = src.messages(name, src.examine(name))
-                b = dst.messages(target, dst.examine(target))
+                a_exists = src.examine(name)
+                a_validity = src.uidvalidity()
+                a = src.messages(name, a_exists)
+                b_exists = dst.examine(target)
+                b_validity = dst.uidvalidity()
+                b = dst.messages(target, b_exists)
+                if self.kind == "dsync":
+                    # dsync keeps UIDs: a client's cache stays valid.
+                    if a_validity != b_validity:
+                        problems.append(f"folder {name}: UIDVALIDITY {a_validity} on the "
+                                        f"source, {b_validity} on the destination")
+                    elif [m.uid for m in a] != [m.uid for m in b]:
+                        problems.append(f"folder {name}: the UIDs differ between the source "
+                                        f"and the destination")
                 fill_hashes(src, name, a, self.config.batch_bytes)
                 fill_hashes(dst, target, b, self.config.batch_bytes)
                 fa, fb = fingerprint(a), fingerprint(b)
@@ -2486,7 +2787,8 @@ class Mover:
             raise VerifyFailed("verification failed: " + "; ".join(problems), report)
         self.step_end("verify", f"{plural(len(report['folders']), 'folder')}, "
                       f"{plural(messages, 'message')} ({show_bytes(size)}) the same on both "
-                      f"islands, subscriptions included",
+                      f"islands, subscriptions included"
+                      + (", UIDVALIDITY and UIDs too" if self.kind == "dsync" else ""),
                       {"messages": messages, "bytes": size, "folders": len(report["folders"])})
 
     def step_switch(self, step: dict) -> None:
@@ -2524,7 +2826,11 @@ class Mover:
                  f"({show_bytes(verify.get('bytes', 0))})")
         precopy = steps.get("precopy", {})
         passes = precopy.get("passes") or []
-        if passes:
+        if self.kind == "dsync":
+            self.say(f"  pre-copy, the user active: {show_seconds(precopy.get('copy_seconds'))} "
+                     f"in {plural(len(passes), 'dsync pass', 'dsync passes')} ("
+                     + "; ".join(show_seconds(p["seconds"]) for p in passes) + ")")
+        elif passes:
             self.say(f"  pre-copy, the user active: {show_seconds(precopy.get('copy_seconds'))} "
                      f"in {plural(len(passes), 'pass', 'passes')} ("
                      + "; ".join(f"{self.describe_pass(p)} in {show_seconds(p['seconds'])}"
@@ -2534,9 +2840,13 @@ class Mover:
         interruption = data.get("interruption_seconds")
         parts = ", ".join(f"{name} {show_seconds(steps.get(name, {}).get('seconds'))}"
                           for name in INTERRUPTION_STEPS)
+        if self.kind == "dsync":
+            last = (f"{plural(copied.get('passes', 0), 'dsync pass', 'dsync passes')} in "
+                    f"{show_seconds(copied.get('seconds'))}; UIDs and UIDVALIDITY kept")
+        else:
+            last = self.describe_pass(copied) if copied else "by the external copier"
         self.say(f"  interruption (state moving until active on island {data['to']}): "
-                 f"{show_seconds(interruption)} ({parts}); the last copy: "
-                 f"{self.describe_pass(copied) if copied else 'by the external copier'}")
+                 f"{show_seconds(interruption)} ({parts}); the last copy: {last}")
         self.say(f"  the mailbox on island {data['from']} is left in place (delete it once you "
                  f"are satisfied)")
 
@@ -2657,6 +2967,10 @@ def build_parser(prog: str = "isthmus_move.py") -> argparse.ArgumentParser:
     m.add_argument("--abort", action="store_true",
                    help="give up an unfinished move before its switch has started: the user is set active "
                         "on the source island again")
+    m.add_argument("--mover", choices=MOVERS,
+                   help="how the mail is copied: imap (any node, new UIDs; the default unless "
+                        "move.mover says otherwise) or dsync (Dovecot nodes: doveadm sync -1 "
+                        "through the source node's doveadm HTTP API; UIDs kept)")
     m.add_argument("--force", action="store_true",
                    help="start even if the user is in state moving already or the "
                         "destination mailbox is not empty")
@@ -2686,7 +3000,8 @@ def main(argv: list[str] | None = None, prog: str = "isthmus_move.py") -> int:
             return mover.status(args.user)
         if args.resume and args.abort:
             raise UsageError("--resume and --abort exclude each other")
-        return mover.move(args.user, args.to, args.resume, args.abort, args.force)
+        return mover.move(args.user, args.to, args.resume, args.abort, args.force,
+                          args.mover)
     except MoveError as e:
         print(f"isthmus-move: {e}", file=sys.stderr, flush=True)
         return e.code

@@ -153,15 +153,16 @@ class Lab:
                  root: Optional[str] = None, separate_index: bool = False,
                  tls: bool = False, require_tls: Iterable[str] = (), sieve: bool = False,
                  oauth2_url: Optional[str] = None, kind: Optional[str] = None,
-                 node_options: Optional[Mapping[str, Any]] = None):
+                 node_options: Optional[Mapping[str, Any]] = None, doveadm: bool = False):
         node_ports = node_ports or {}
         self.kind = kind or node_kind()
         if self.kind not in NODE_KINDS:
             raise ValueError(f"kind must be one of {sorted(NODE_KINDS)}: {self.kind!r}")
         node_class = NODE_KINDS[self.kind]
         options = dict(node_options or {})
-        if (sieve or oauth2_url) and self.kind != "dovecot":
-            raise ValueError("sieve and oauth2_url: Dovecot nodes only (Pigeonhole, oauth2 passdb)")
+        if (sieve or oauth2_url or doveadm) and self.kind != "dovecot":
+            raise ValueError("sieve, oauth2_url and doveadm: Dovecot nodes only (Pigeonhole, "
+                             "oauth2 passdb, dsync)")
         if oauth2_url:
             options["oauth2_url"] = oauth2_url
         require_tls = set(require_tls)
@@ -209,7 +210,8 @@ class Lab:
             for name in names:
                 wanted = node_ports.get(name, {})
                 protos = (("imap", "pop3", "lmtp") + (("imaps", "pop3s") if tls else ())
-                          + (("sieve",) if sieve else ()))
+                          + (("sieve",) if sieve else ())
+                          + (("doveadm", "doveadm_http") if doveadm else ()))
                 ports = {proto: pick(wanted.get(proto)) for proto in protos}
                 cert = None
                 if tls:

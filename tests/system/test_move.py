@@ -49,7 +49,7 @@ import uuid
 from support import Lab, PASSWORD, binary, procs, wait_for, start_lab_and_mariadb
 
 from lab import directory_data as dd  # noqa: E402 (support puts tests/ on sys.path)
-from lab.dovecot import (MASTER_PASSWORD, MASTER_SEPARATOR, MASTER_USER,  # noqa: E402
+from lab.dovecot import (DOVEADM_PASSWORD, MASTER_PASSWORD, MASTER_SEPARATOR, MASTER_USER,  # noqa: E402
                          put_message)
 from lab.postfix import Postfix  # noqa: E402
 from lab.slapd import Slapd  # noqa: E402
@@ -80,7 +80,8 @@ JOURNALS = None
 
 def setUpModule():
     global LAB, DB, IX, PF, SOCKET, CONFIG, JOURNALS
-    LAB = Lab(isthmus_ports={"imap": 0, "lmtp": 0}, sieve=True)
+    # doveadm: each node's doveadm server and HTTP API, for the dsync mover.
+    LAB = Lab(isthmus_ports={"imap": 0, "lmtp": 0}, sieve=True, doveadm=True)
     unittest.addModuleCleanup(LAB.close)
     for node in LAB.nodes.values():
         node.users.update(NODE_USERS)
@@ -129,6 +130,10 @@ def write_config(name: str, socket_path: str, directory: dict, instances=None, *
     with open(master_pw, "w") as f:
         f.write(MASTER_PASSWORD + "\n")
     os.chmod(master_pw, 0o600)
+    doveadm_pw = os.path.join(LAB.root, "doveadm.pw")
+    with open(doveadm_pw, "w") as f:
+        f.write(DOVEADM_PASSWORD + "\n")
+    os.chmod(doveadm_pw, 0o600)
     config = {
         "instances": instances or [{"name": "lab", "socket": socket_path}],
         "timeout": "10s",
@@ -138,8 +143,11 @@ def write_config(name: str, socket_path: str, directory: dict, instances=None, *
             "login": {"master_user": MASTER_USER, "master_password_file": master_pw,
                       "master_style": "dovecot", "separator": MASTER_SEPARATOR},
             "nodes": {node.name: {"address": f"{node.host}:{node.port('imap')}",
-                                  "managesieve": f"{node.host}:{node.port('sieve')}"}
+                                  "managesieve": f"{node.host}:{node.port('sieve')}",
+                                  "doveadm": f"{node.host}:{node.port('doveadm')}",
+                                  "doveadm_http": f"http://{node.host}:{node.port('doveadm_http')}"}
                       for node in LAB.nodes.values()},
+            "dsync": {"password_file": doveadm_pw},
             "kick_timeout": "20s",
             "settle": "1s",
             **move,
@@ -342,6 +350,29 @@ def snapshot(node_name: str, login: str) -> dict:
         out["__subscribed__"] = sorted(mv.imap_parse(r)[2].decode()
                                        for r in mv.imap_responses(data))
         out["__ids__"] = ids
+    finally:
+        m.logout()
+    return out
+
+
+def uid_lists(node_name: str, login: str) -> dict:
+    """{folder: (UIDVALIDITY, [UID, ...])} of LOGIN's mailbox on a node."""
+    m = master(node_name, login)
+    out = {}
+    try:
+        typ, data = m.list('""', '"*"')
+        assert typ == "OK"
+        for resp in mv.imap_responses(data):
+            parsed = mv.imap_parse(resp)
+            if "\\noselect" in [f.decode().lower() for f in parsed[0]]:
+                continue
+            name = parsed[2].decode()
+            typ, data = m.select(mv.imap_quote(name), True)
+            assert typ == "OK", name
+            validity = int(m.untagged_responses["UIDVALIDITY"][-1])
+            typ, data = m.uid("SEARCH", "ALL")
+            assert typ == "OK", name
+            out[name] = (validity, [int(u) for u in data[0].split()])
     finally:
         m.logout()
     return out
@@ -981,6 +1012,118 @@ class Move(unittest.TestCase):
         self.assertEqual(steps["copy"]["copied"]["bytes"], 0)   # an idle user: nothing left
         self.assertLess(steps["copy"]["seconds"] * 3, bulk_seconds)
 
+    def test_9_dsync_mover_keeps_uids(self):
+        """ivan (a -> b, logging in to the nodes as ivan.legacy) with
+        --mover dsync, while Postfix delivers to him, a second client flags,
+        and his client expunges and flags after the first pass: the source
+        node's doveadm runs `doveadm sync -1` to b's doveadm server; nothing
+        lost, duplicated or resurrected, flags equal, and every folder keeps
+        its UIDVALIDITY and every message its UID (a client's cache stays
+        valid: it downloads nothing again)."""
+        user, login = "ivan@example.org", "ivan.legacy@example.org"
+        t = time.monotonic()
+        size = seed(user, login, "a", small=300, big=4, big_size=2_000_000)
+        print(f"seeded {user}: {size / 1e6:.1f} MB in {time.monotonic() - t:.1f}s", flush=True)
+        self.assertEqual(where(user), ("a", "active"))
+        c = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=15)
+        self.addCleanup(c.shutdown)
+        c.login(user, PASSWORD)
+        gate = os.path.join(LAB.root, "ivan-gate")
+        loop = SendLoop(user)
+        loop.start()
+        flagger = Flagger(user, "Sent")
+        flagger.start()
+        p = subprocess.Popen([PYTHON, TOOL, "--config", CONFIG, "move", user, "--to", "b",
+                              "--mover", "dsync"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, **{mv.ENV_PAUSE_AT: gate}))
+        t0 = time.monotonic()
+        try:
+            wait_for(lambda: os.path.exists(gate + ".pass1.waiting"), timeout=120,
+                     what="the first pre-copy pass")
+            # After the bulk copy: the client expunges and flags in INBOX;
+            # the next passes must carry both over.
+            self.assertEqual(c.select("INBOX")[0], "OK")
+            self.assertEqual(c.store("1:5", "+FLAGS", "(\\Deleted)")[0], "OK")
+            self.assertEqual(c.expunge()[0], "OK")
+            self.assertEqual(c.store("1:3", "+FLAGS", "($AfterPass1 \\Flagged)")[0], "OK")
+            c.close()
+            open(gate + ".pass1", "w").close()
+            wait_for(lambda: os.path.exists(gate + ".moving.waiting"), timeout=120,
+                     what="the end of the pre-copy")
+            open(gate + ".moving", "w").close()
+            out = p.communicate(timeout=180)[0]
+            time.sleep(1.0)   # some mail after the switch
+        finally:
+            loop.stop()
+            flagger.halt.set()
+            flagger.join(10)
+            if p.poll() is None:
+                p.kill()
+        print(f"\n$ isthmusctl move {user} --to b --mover dsync  -> exit {p.returncode} in "
+              f"{time.monotonic() - t0:.1f}s\n{out}", flush=True)
+        self.assertEqual(p.returncode, 0, out)
+        r = subprocess.CompletedProcess([], 0, out, "")
+        self.assertIn("UIDVALIDITY and UIDs too", r.stdout)
+        self.assertEqual(where(user), ("b", "active"))
+        self.assertFalse(loop.errors, loop.errors)
+        self.assertIn("kicked", flagger.ended)
+
+        PF.flush()
+        PF.wait_queue_empty(timeout=60)
+        src, dst = snapshot("a-left", login), snapshot("b-left", login)
+        self.assertEqual(folders_of(src), folders_of(dst))
+        self.assertEqual(src["__subscribed__"], dst["__subscribed__"])
+        for folder in folders_of(src):
+            self.assertFalse(src[folder] - dst[folder], folder)   # flags, dates included
+            if folder != "INBOX":
+                self.assertEqual(src[folder], dst[folder], folder)
+        on_b = collections.Counter(i for ids in dst["__ids__"].values() for i in ids)
+        for msgid, _ in loop.sent:   # 0 lost, 0 duplicated
+            self.assertEqual(on_b[msgid], 1, f"{msgid} is on island b {on_b[msgid]} times")
+        # Nothing expunged came back: b's INBOX is a's plus what arrived
+        # after the switch.
+        on_a = collections.Counter(i for ids in src["__ids__"].values() for i in ids)
+        late = [i for i, _ in loop.sent if on_a[i] == 0]
+        self.assertEqual(sum(dst["INBOX"].values()) - sum(src["INBOX"].values()), len(late))
+        a_uids, b_uids = uid_lists("a-left", login), uid_lists("b-left", login)
+        for folder, (validity, uids) in a_uids.items():
+            b_validity, b_list = b_uids[folder]
+            self.assertEqual(b_validity, validity, folder)
+            # Mail that arrived after the switch follows on b.
+            self.assertEqual(b_list[:len(uids)], uids, folder)
+        j = journal(user)
+        self.assertEqual(j["mover"], "dsync")
+        passes = j["steps"]["precopy"]["passes"]
+        print(f"MOVE-BENCH dsync mover, {size / 1e6:.1f} MB, Postfix delivering, a client "
+              f"flagging: pre-copy (the user active) "
+              + ", ".join(f"{p['seconds']:.2f}s" for p in passes)
+              + f"; interruption {j['interruption_seconds']:.2f}s (the last dsync "
+              f"{j['steps']['copy']['copied']['seconds']:.2f}s in "
+              f"{j['steps']['copy']['copied']['passes']} passes); UIDs kept in "
+              f"{len(a_uids)} folders", flush=True)
+        print("MOVE-BENCH steps: " + ", ".join(f"{s} {j['steps'][s]['seconds']:.2f}s"
+                                               for s in mv.STEPS), flush=True)
+
+    def test_9b_dsync_mover_refuses_a_destination_with_mail_of_its_own(self):
+        """A one-way dsync into a mailbox with mail of its own keeps that
+        mail and gives the source's messages new UIDs (checked by hand): the
+        preflight refuses, even with --force, and nothing changed."""
+        user = "carol@example.org"
+        here, _ = where(user)
+        there = "b" if here == "a" else "a"
+        put_message(LAB.store(there), user, message("mail of its own", "x\n"), "INBOX")
+        with open(CONFIG) as f:   # a journal folder of its own: no earlier move there
+            conf = json.load(f)
+        conf["move"]["journal_dir"] = os.path.join(LAB.root, "moves-9b")
+        config = os.path.join(LAB.root, "move-9b.json")
+        with open(config, "w") as f:
+            json.dump(conf, f)
+        # --force would merge into an IMAP move; dsync would delete instead.
+        r = run_move("move", user, "--to", there, "--mover", "dsync", "--force", config=config)
+        self.assertEqual(r.returncode, mv.EXIT_STEP, r.stdout + r.stderr)
+        self.assertIn("keeps UIDs only into an empty mailbox", r.stdout + r.stderr)
+        self.assertEqual(where(user), (here, "active"))
 
 class _FakeImaplib:
     """Just enough of imaplib.IMAP4 for Imap.examine and Imap.messages."""
