@@ -27,6 +27,12 @@ delivering through it.
     a second run then completes the move.
   * bob with a static users.map (his own isthmus): b -> a, the map rewritten
     and every instance reloaded.
+  * grace (logs in to the nodes as grace.node), the dsync mover: the source
+    node's doveadm HTTP API runs `doveadm sync -1` to the destination's
+    doveadm server while Postfix delivers, a second client flags and hers
+    expunges and flags after the first pass: 0 lost, 0 duplicated, flags
+    equal, and every UIDVALIDITY and UID the same on both islands; and the
+    dsync mover refuses a destination with mail of its own (carol).
 
 Run: ISTHMUS_BIN=build/dev/bin/isthmus /usr/bin/python3 -u tests/system/test_move.py
 """
@@ -64,8 +70,10 @@ PYTHON = "/usr/bin/python3"
 SENDER = "sender@example.net"
 # frank: not in the lab's directory data; added to the SQL directory below.
 FRANK = "frank@example.org"
+# grace: moved by the dsync mover; logs in to the nodes as GRACE_NODE.
+GRACE, GRACE_NODE = "grace@example.org", "grace.node@example.org"
 NODE_USERS = {"ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
-              dd.LONG_USER: PASSWORD, FRANK: PASSWORD}
+              dd.LONG_USER: PASSWORD, FRANK: PASSWORD, GRACE_NODE: PASSWORD}
 # The larger benchmark move (dave, island b -> a): its size in MB; 0 skips it.
 BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "200"))
 
@@ -97,6 +105,11 @@ def setUpModule():
                f"SELECT {dd.sql_quote(local)}, d.id, 'active', 'a', "
                f"{dd.sql_quote(dd.HASHES['{SHA512-CRYPT}'])}, NULL FROM domain d "
                f"WHERE d.name = {dd.sql_quote(domain)}")
+    local, _, domain = GRACE.partition("@")
+    DB.execute("INSERT INTO account (localpart, domain_id, state, island, password, node_login) "
+               f"SELECT {dd.sql_quote(local)}, d.id, 'active', 'a', "
+               f"{dd.sql_quote(dd.HASHES['{SHA512-CRYPT}'])}, {dd.sql_quote(GRACE_NODE)} "
+               f"FROM domain d WHERE d.name = {dd.sql_quote(domain)}")
 
     SOCKET = os.path.join(LAB.root, "admin.sock")
     IX = LAB.start_isthmus(
@@ -666,7 +679,7 @@ class Move(unittest.TestCase):
         self.assertGreater(copied["already"] + copied.get("unchanged", 0), 0)   # folders unchanged
 
     def test_3_verification_failure_rolls_back(self):
-        user, login = "ivan@example.org", "ivan.legacy@example.org"
+        user, login = GRACE, GRACE_NODE
         seed(user, login, "a", small=30, big=0, folders=("Archive",))
         self.assertEqual(where(user), ("a", "active"))
         gate = os.path.join(LAB.root, "ivan-verify-gate")
@@ -1013,7 +1026,7 @@ class Move(unittest.TestCase):
         self.assertLess(steps["copy"]["seconds"] * 3, bulk_seconds)
 
     def test_9_dsync_mover_keeps_uids(self):
-        """ivan (a -> b, logging in to the nodes as ivan.legacy) with
+        """grace (a -> b, logging in to the nodes as grace.node) with
         --mover dsync, while Postfix delivers to him, a second client flags,
         and his client expunges and flags after the first pass: the source
         node's doveadm runs `doveadm sync -1` to b's doveadm server; nothing
@@ -1028,7 +1041,7 @@ class Move(unittest.TestCase):
         c = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=15)
         self.addCleanup(c.shutdown)
         c.login(user, PASSWORD)
-        gate = os.path.join(LAB.root, "ivan-gate")
+        gate = os.path.join(LAB.root, "grace-gate")
         loop = SendLoop(user)
         loop.start()
         flagger = Flagger(user, "Sent")
