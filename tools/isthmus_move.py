@@ -1415,15 +1415,16 @@ class Imap:
             raise ImapError(f"node {self.endpoint}: SELECT {name}: no readable message count "
                             f"(EXISTS) in the answer: {_text(data)}") from None
 
-    def listing(self, name: str, write: bool = False, attempts: int = 5) -> list[Msg]:
+    def listing(self, name: str, write: bool = False, attempts: int = 5,
+                cache: dict | None = None) -> list[Msg]:
         """Every message of folder NAME (EXAMINEd, or SELECTed when WRITE),
         listed again when the folder changed while it was read (the user
-        is active during the pre-copy)."""
+        is active during the pre-copy). CACHE: see messages()."""
         for attempt in range(1, attempts + 1):
             exists = self.select(name) if write else self.examine(name)
             self.last_signature = self.signature(exists)
             try:
-                return self.messages(name, exists)
+                return self.messages(name, exists, cache)
             except ListingChanged:
                 if attempt == attempts:
                     raise
@@ -1449,11 +1450,86 @@ class Imap:
             return True
         return self.signature(self.examine(name)) != signature
 
-    def messages(self, name: str, exists: int) -> list[Msg]:
-        """Every message of the EXAMINEd folder NAME, in UID order."""
+    def messages(self, name: str, exists: int, cache: dict | None = None) -> list[Msg]:
+        """Every message of the folder NAME just EXAMINEd or SELECTed, in UID
+        order. CACHE (a dict the caller keeps for the run): with CONDSTORE,
+        a folder this node listed before, with the same UIDVALIDITY, is
+        listed incrementally: its UIDs (UID SEARCH), the flags of the
+        messages changed since that listing's HIGHESTMODSEQ (CHANGEDSINCE,
+        RFC 7162) and the new messages only; sizes, Message-IDs and dates
+        do not change under a UID. So a pass over a large folder that
+        changed a little costs its UID list, not every message's header."""
+        signature = self.signature(exists) if cache is not None else None
+        key = (str(self.endpoint), name)
+        prev = cache.get(key) if cache is not None else None
+        if prev is not None and signature is not None and prev["validity"] == signature[0]:
+            msgs = self._messages_since(name, exists, prev)
+        else:
+            msgs = self._messages_all(name, exists, "1:*")
+        if cache is not None:
+            if signature is not None:
+                cache[key] = {"validity": signature[0], "modseq": signature[2],
+                              "msgs": {m.uid: m for m in msgs}}
+            else:
+                cache.pop(key, None)
+        return msgs
+
+    def _messages_since(self, name: str, exists: int, prev: dict) -> list[Msg]:
         if exists == 0:
             return []
-        data = self.call(f"FETCH in {name}", self.m.uid, "FETCH", "1:*",
+        data = self.call(f"UID SEARCH in {name}", self.m.uid, "SEARCH", "ALL")
+        try:
+            uids = sorted({int(u) for line in data if line for u in line.split()})
+        except (TypeError, ValueError):
+            raise ImapError(f"node {self.endpoint}: UID SEARCH in {name}: an unreadable answer: "
+                            f"{_text(data)}") from None
+        known = prev["msgs"]
+        data = self.call(f"FETCH CHANGEDSINCE in {name}", self.m.uid, "FETCH", "1:*",
+                         "(UID FLAGS)", f"(CHANGEDSINCE {prev['modseq']})")
+        flags_now = {}
+        for resp in imap_responses(data):
+            items = _fetch_items(resp)
+            if "UID" not in items or "FLAGS" not in items:
+                continue   # unsolicited: another session's change, seen by the next listing
+            try:
+                flags_now[int(items["UID"])] = sorted(
+                    f.decode("utf-8", "replace") for f in items["FLAGS"] or []
+                    if f.lower() != b"\\recent")
+            except (TypeError, ValueError):
+                raise ImapError(f"node {self.endpoint}: FETCH in {name}: an unreadable UID: "
+                                f"{_text(resp)}") from None
+        new = [u for u in uids if u not in known]
+        fresh = {m.uid: m for m in self._messages_all(name, len(new), uid_set(new))} \
+            if new else {}
+        out = []
+        for uid in uids:
+            m = fresh.get(uid)
+            if m is None:
+                old = known.get(uid)
+                if old is None:
+                    raise ListingChanged(f"node {self.endpoint}: {name}: message UID {uid} "
+                                         f"went away while it was listed")
+                m = old
+                if uid in flags_now and flags_now[uid] != old.flags:
+                    m = Msg(old.uid, old.size, old.msgid, flags_now[uid], old.date)
+                    m.sha = old.sha
+            out.append(m)
+        counts = (self.m.untagged_responses.get("EXISTS") or [None])
+        try:
+            exists = int(counts[-1])
+        except (TypeError, ValueError):
+            pass
+        if len(out) != exists:
+            raise ListingChanged(f"node {self.endpoint}: {name}: {len(out)} UIDs, but the "
+                                 f"folder holds {exists} (EXISTS): the listing is incomplete")
+        return out
+
+    def _messages_all(self, name: str, exists: int, uids: str) -> list[Msg]:
+        """The messages UIDS ("1:*": all of them; then there must be
+        EXISTS of them)."""
+        if exists == 0:
+            return []
+        data = self.call(f"FETCH in {name}", self.m.uid, "FETCH", uids,
                          "(UID RFC822.SIZE FLAGS INTERNALDATE "
                          "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
         out = {}
@@ -1476,6 +1552,11 @@ class Imap:
             date = items.get("INTERNALDATE")
             out[uid] = Msg(uid, size, message_id_of(header), flags,
                            date.decode("latin-1") if isinstance(date, bytes) else None)
+        if uids != "1:*":
+            if len(out) != exists:
+                raise ListingChanged(f"node {self.endpoint}: FETCH in {name}: {len(out)} of "
+                                     f"{exists} new messages read: some went away meanwhile")
+            return [out[u] for u in sorted(out)]
         # The folder's count now (an EXISTS during the FETCH updates it).
         counts = (self.m.untagged_responses.get("EXISTS") or [None])
         try:
@@ -1779,6 +1860,12 @@ class Mover:
         # signature (Imap.signature) then. Not journaled: a resumed run
         # lists every folder again.
         self._synced: dict[str, tuple] = {}
+        # Folders found the same on both sides before the switch (precheck).
+        self._checked: dict[str, dict] = {}
+        self._precheck_seconds = 0.0
+        # Folder listings of this run, per (node, folder): later passes and
+        # the verification list incrementally (Imap.messages). Not journaled.
+        self._listed: dict[tuple, dict] = {}
 
     # -- output
 
@@ -2391,6 +2478,7 @@ class Mover:
         first = passes[0]
         later = {k: sum(p[k] for p in passes[1:]) for k in ("messages", "bytes", "flags",
                                                               "expunged")}
+        checked = self.try_precheck()
         test_pause("moving")
         self.step_end("precopy",
                       f"{plural(len(passes), 'pass', 'passes')} while the user stayed active: "
@@ -2400,10 +2488,11 @@ class Mover:
                       f"{plural(later['messages'], 'message')}, "
                       f"{plural(later['flags'], 'flag change')}, "
                       f"{plural(later['expunged'], 'expunge')}; "
-                      f"{show_seconds(copy_seconds)} copying",
+                      f"{show_seconds(copy_seconds)} copying; {checked}",
                       {"copy_seconds": copy_seconds,
                        "messages": sum(p["messages"] for p in passes),
-                       "bytes": sum(p["bytes"] for p in passes)})
+                       "bytes": sum(p["bytes"] for p in passes),
+                       "precheck_seconds": self._precheck_seconds})
 
     def step_copy(self, step: dict) -> None:
         """The last passes, while the user is locked out: what changed since
@@ -2525,9 +2614,9 @@ class Mover:
                 totals["unchanged"] = totals.get("unchanged", 0) + 1
                 continue
             self._synced.pop(name, None)
-            src_msgs = src.listing(name)
+            src_msgs = src.listing(name, cache=self._listed)
             signature = src.last_signature
-            dst_msgs = dst.listing(target, write=True)
+            dst_msgs = dst.listing(target, write=True, cache=self._listed)
             src_msgs = fill_hashes(src, name, src_msgs, self.config.batch_bytes,
                                    tolerant=tolerant)
             dst_msgs = fill_hashes(dst, target, dst_msgs, self.config.batch_bytes)
@@ -2642,12 +2731,13 @@ class Mover:
             if code == 0 and seconds <= DSYNC_QUICK:
                 break
         copy_seconds = round(sum(p["seconds"] for p in passes), 3)
+        checked = self.try_precheck()
         test_pause("moving")
         self.step_end("precopy",
                       f"{plural(len(passes), 'dsync pass', 'dsync passes')} while the user stayed "
                       f"active ({api.endpoint.name} -> {dst.name}): "
-                      + ", ".join(show_seconds(p["seconds"]) for p in passes),
-                      {"copy_seconds": copy_seconds})
+                      + ", ".join(show_seconds(p["seconds"]) for p in passes) + f"; {checked}",
+                      {"copy_seconds": copy_seconds, "precheck_seconds": self._precheck_seconds})
 
     def dsync_copy(self, step: dict) -> None:
         """The last passes, the user locked out: until one finds the mailbox
@@ -2705,6 +2795,93 @@ class Mover:
         self.step_end("copy", f"the copier {os.path.basename(argv[0])} finished "
                       f"({src.name} -> {dst.name})", {"copier": argv})
 
+    def compare_folder(self, src: Imap, dst: Imap, name: str, target: str):
+        """Lists folder NAME on the source and TARGET on the destination and
+        compares them: (problems, report entry, the source's bytes, the
+        (source, destination) signatures taken before the listings)."""
+        problems = []
+        a_exists = src.examine(name)
+        a_validity = src.uidvalidity()
+        a_signature = src.signature(a_exists)
+        a = src.messages(name, a_exists, self._listed)
+        b_exists = dst.examine(target)
+        b_validity = dst.uidvalidity()
+        b_signature = dst.signature(b_exists)
+        b = dst.messages(target, b_exists, self._listed)
+        if self.kind == "dsync":
+            # dsync keeps UIDs: a client's cache stays valid.
+            if a_validity != b_validity:
+                problems.append(f"folder {name}: UIDVALIDITY {a_validity} on the "
+                                f"source, {b_validity} on the destination")
+            elif [m.uid for m in a] != [m.uid for m in b]:
+                problems.append(f"folder {name}: the UIDs differ between the source "
+                                f"and the destination")
+        fill_hashes(src, name, a, self.config.batch_bytes)
+        fill_hashes(dst, target, b, self.config.batch_bytes)
+        fa, fb = fingerprint(a), fingerprint(b)
+        missing = fa - fb
+        extra = fb - fa
+        entry = {"source": len(a), "destination": len(b), "missing": sum(missing.values()),
+                 "extra": sum(extra.values())}
+        if missing or extra:
+            example = next(iter(missing or extra))
+            problems.append(
+                f"folder {name}: {len(a)} on the source, {len(b)} on the destination, "
+                f"{sum(missing.values())} missing or different there, "
+                f"{sum(extra.values())} extra (e.g. size+id {example[0]!r}, flags "
+                f"{example[1]!r})")
+        return problems, entry, sum(m.size for m in a), (a_signature, b_signature)
+
+    def precheck(self) -> str:
+        """Before the switch, the user still active: compares every folder
+        as the verification does and remembers, for each folder found the
+        same, both sides' CONDSTORE signatures. The verification (the user
+        locked out) then lists again only the folders whose signature
+        changed on either side since, so the interruption does not grow
+        with the mailbox. Needs CONDSTORE on both sides; a folder the user
+        changed while it was compared is simply not remembered. Not
+        journaled: a resumed run verifies every folder."""
+        self._checked = {}
+        self._precheck_seconds = 0.0
+        src, dst = self.open_pair()
+        t0 = time.monotonic()
+        try:
+            if not (src.condstore and dst.condstore):
+                return "no check before the switch (a node without CONDSTORE)"
+            sd, dd_ = src.delimiter, dst.delimiter
+            dst_folders = {name for name, flags in dst.folders() if selectable(flags)}
+            total = 0
+            for name, flags in src.folders():
+                if not selectable(flags):
+                    continue
+                total += 1
+                target = map_name(name, sd, dd_)
+                if target not in dst_folders:
+                    continue
+                try:
+                    found, entry, nbytes, signatures = self.compare_folder(src, dst, name,
+                                                                           target)
+                except ListingChanged:
+                    continue   # the user changed it meanwhile: verified in full later
+                if not found and None not in signatures:
+                    self._checked[name] = {"signatures": signatures, "entry": entry,
+                                           "bytes": nbytes}
+        finally:
+            src.close()
+            dst.close()
+        seconds = time.monotonic() - t0
+        self._precheck_seconds = round(seconds, 3)
+        return (f"checked before the switch: {len(self._checked)} of {plural(total, 'folder')} "
+                f"the same on both sides ({show_seconds(seconds)})")
+
+    def try_precheck(self) -> str:
+        """precheck(), whose failure only means a full verification later."""
+        try:
+            return self.precheck()
+        except (ImapError, StepFailed) as e:
+            self._checked = {}
+            return f"no check before the switch ({e}): every folder is verified"
+
     def step_verify(self, step: dict) -> None:
         pause = os.environ.get(ENV_PAUSE_BEFORE_VERIFY)
         if pause:
@@ -2721,7 +2898,7 @@ class Mover:
             src.close()
             raise
         problems, report = [], {"folders": {}}
-        messages = size = 0
+        messages = size = skipped = 0
         try:
             sd, dd_ = src.delimiter, dst.delimiter
             dst_folders = {name for name, flags in dst.folders() if selectable(flags)}
@@ -2733,37 +2910,23 @@ class Mover:
                     problems.append(f"folder {name}: missing on the destination")
                     report["folders"][name] = {"missing_folder": True}
                     continue
-                a_exists = src.examine(name)
-                a_validity = src.uidvalidity()
-                a = src.messages(name, a_exists)
-                b_exists = dst.examine(target)
-                b_validity = dst.uidvalidity()
-                b = dst.messages(target, b_exists)
-                if self.kind == "dsync":
-                    # dsync keeps UIDs: a client's cache stays valid.
-                    if a_validity != b_validity:
-                        problems.append(f"folder {name}: UIDVALIDITY {a_validity} on the "
-                                        f"source, {b_validity} on the destination")
-                    elif [m.uid for m in a] != [m.uid for m in b]:
-                        problems.append(f"folder {name}: the UIDs differ between the source "
-                                        f"and the destination")
-                fill_hashes(src, name, a, self.config.batch_bytes)
-                fill_hashes(dst, target, b, self.config.batch_bytes)
-                fa, fb = fingerprint(a), fingerprint(b)
-                missing = fa - fb
-                extra = fb - fa
-                report["folders"][name] = {"source": len(a), "destination": len(b),
-                                           "missing": sum(missing.values()),
-                                           "extra": sum(extra.values())}
-                messages += len(a)
-                size += sum(m.size for m in a)
-                if missing or extra:
-                    example = next(iter(missing or extra))
-                    problems.append(
-                        f"folder {name}: {len(a)} on the source, {len(b)} on the destination, "
-                        f"{sum(missing.values())} missing or different there, "
-                        f"{sum(extra.values())} extra (e.g. size+id {example[0]!r}, flags "
-                        f"{example[1]!r})")
+                known = self._checked.get(name)
+                if known is not None:
+                    # Found the same on both sides before the switch, and
+                    # neither side changed since (CONDSTORE signatures).
+                    now = (src.signature(src.examine(name)),
+                           dst.signature(dst.examine(target)))
+                    if None not in now and now == known["signatures"]:
+                        report["folders"][name] = dict(known["entry"], unchanged=True)
+                        messages += known["entry"]["source"]
+                        size += known["bytes"]
+                        skipped += 1
+                        continue
+                found, entry, nbytes, _ = self.compare_folder(src, dst, name, target)
+                problems += found
+                report["folders"][name] = entry
+                messages += entry["source"]
+                size += nbytes
             missing_subs = ({map_name(n, sd, dd_) for n in src.subscriptions()}
                             - set(dst.subscriptions()))
             if missing_subs:
@@ -2788,8 +2951,11 @@ class Mover:
         self.step_end("verify", f"{plural(len(report['folders']), 'folder')}, "
                       f"{plural(messages, 'message')} ({show_bytes(size)}) the same on both "
                       f"islands, subscriptions included"
-                      + (", UIDVALIDITY and UIDs too" if self.kind == "dsync" else ""),
-                      {"messages": messages, "bytes": size, "folders": len(report["folders"])})
+                      + (", UIDVALIDITY and UIDs too" if self.kind == "dsync" else "")
+                      + (f" ({skipped} unchanged since the check before the switch, on both "
+                         f"sides)" if skipped else ""),
+                      {"messages": messages, "bytes": size, "folders": len(report["folders"]),
+                       "unchanged": skipped})
 
     def step_switch(self, step: dict) -> None:
         data = self.journal.data

@@ -1233,6 +1233,53 @@ class Parsing(unittest.TestCase):
         self.assertTrue(imap.changed_since("INBOX", sig))
         self.assertIsNone(imap.signature(3))
 
+    def test_a_folder_listed_before_is_listed_incrementally(self):
+        """With CONDSTORE and a cache, the second listing asks for the UIDs,
+        the flags changed since the first listing's HIGHESTMODSEQ and the
+        new messages only: flag changes, expunges and new mail are seen,
+        and no header of a known message is fetched again."""
+        imap = _fake_imap(b"2", [])
+        imap.condstore = True
+        codes = {"UIDVALIDITY": [b"7"], "UIDNEXT": [b"7"], "HIGHESTMODSEQ": [b"50"],
+                 "EXISTS": [b"2"]}
+        asked = []
+
+        def select(name, readonly):
+            imap.m.untagged_responses = dict(codes)
+            return "OK", codes["EXISTS"]
+
+        def uid(command, *args):
+            asked.append((command,) + args)
+            if command == "SEARCH":
+                return "OK", [b"6 9"]
+            if args[-1].startswith("(CHANGEDSINCE"):
+                return "OK", [b'1 (UID 6 FLAGS (\\Flagged) MODSEQ (51))']
+            if args[0] == "1:*":
+                return "OK", [self.LINE, b")", self.SECOND]
+            return "OK", [b'2 (UID 9 FLAGS () RFC822.SIZE 3 INTERNALDATE '
+                          b'" 2-Jan-2020 10:00:00 +0000")']
+
+        imap.m.select, imap.m.uid = select, uid
+        cache = {}
+        first = imap.listing("INBOX", cache=cache)
+        self.assertEqual([(m.uid, m.flags) for m in first], [(5, ["\\Seen", "foo[bar"]), (6, [])])
+        # UID 5 expunged, UID 6 flagged, UID 9 new: the folder changed.
+        codes.update({"UIDNEXT": [b"10"], "HIGHESTMODSEQ": [b"52"]})
+        asked.clear()
+        second = imap.listing("INBOX", cache=cache)
+        self.assertEqual([(m.uid, m.size, m.flags) for m in second],
+                         [(6, 7, ["\\Flagged"]), (9, 3, [])])
+        self.assertEqual(asked, [("SEARCH", "ALL"), ("FETCH", "1:*", "(UID FLAGS)",
+                                                     "(CHANGEDSINCE 50)"),
+                                 ("FETCH", "9", "(UID RFC822.SIZE FLAGS INTERNALDATE "
+                                                "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")])
+        self.assertEqual(first[1].flags, [])   # the earlier listing is not changed
+        # A new UIDVALIDITY (the folder was recreated): listed in full again.
+        codes["UIDVALIDITY"] = [b"8"]
+        asked.clear()
+        imap.listing("INBOX", cache=cache)
+        self.assertEqual([a[1] for a in asked], ["1:*"])
+
     def test_a_body_expunged_meanwhile(self):
         body = (b'1 (UID 5 BODY[] {5}', b"hello")
         imap = _fake_imap(b"2", [body, b")"])
