@@ -453,20 +453,27 @@ class Islands(unittest.TestCase):
         sent = dict(load.sent)
         records = [r for r in self.postfix.deliveries() if r["to"] in ISLAND_OF]
         deferred = {r["queue_id"] for r in records if r["status"] == "deferred"}
+        deferred_b = [r for r in records if r["status"] == "deferred" and ISLAND_OF[r["to"]] == "b"]
+        reasons = sorted({(r.get("dsn", "?"), re.sub(r"\d+\.\d+\.\d+\.\d+\[[^]]*\]:\d+", "ISTHMUS",
+                                                    r["reply"] or "")[:120])
+                          for r in records if r["status"] == "deferred"})
         delivered = [r for r in records if r["status"] == "sent"]
 
-        # The logins, split at the kill and at the end of the window.
-        def figures(proto):
-            tried = load.logins(proto)
-            before = [a for a in tried if a["start"] < killed_at + window]
-            after = [a for a in tried if a["start"] >= killed_at + window]
-            failed = lambda xs: [a for a in xs if not a["ok"]]  # noqa: E731
-            return tried, before, after, failed
+        # The sessions (login and the commands after it), split by when
+        # they started: before the kill, in the window, after it.
+        def failed(attempts):
+            return [a for a in attempts if not a["ok"]]
         text = []
         problems = []
         for proto in ("imap", "pop3"):
-            tried, before, after, failed = figures(proto)
-            text.append(f"{proto} {len(before)} tried/{len(failed(before))} failed before, "
+            tried = load.logins(proto)
+            before = [a for a in tried if a["start"] < killed_at]
+            during = [a for a in tried if killed_at <= a["start"] < killed_at + window]
+            after = [a for a in tried if a["start"] >= killed_at + window]
+            late = [a for a in failed(during) if a["start"] >= detected_at]
+            text.append(f"{proto} {len(before)} tried/{len(failed(before))} failed before the "
+                        f"kill, {len(during)}/{len(failed(during))} in the window ({len(late)} "
+                        f"of those failures started after detection), "
                         f"{len(after)}/{len(failed(after))} after")
             if failed(after):
                 problems.append(f"{proto} failures after the window: {failed(after)[:5]}")
@@ -478,6 +485,8 @@ class Islands(unittest.TestCase):
                 problems.append(f"{proto} failures of island b: {b_failed[:5]}")
             if len(after) < 8:
                 problems.append(f"{proto}: only {len(after)} attempts after the window")
+        if deferred_b:
+            problems.append(f"mail to island b deferred: {deferred_b[:5]}")
         smtp_failed = [a for a in load.logins("smtp") if not a["ok"]]
         if smtp_failed:
             problems.append(f"Postfix refused submissions: {smtp_failed[:5]}")
@@ -503,6 +512,8 @@ class Islands(unittest.TestCase):
               f"{len(delivered)} delivered, {len(lost)} lost, {len(duplicated)} duplicated, "
               f"{len(misplaced)} on a wrong island; queue empty {emptied:.2f}s after the flush",
               flush=True)
+        if reasons:
+            print(f"ISLANDS deferrals: {reasons}", flush=True)
         self.assertEqual(problems, [])
         self.assertLess(detection, DETECTION_BOUND)
         self.assertGreater(len(sent), 20)
