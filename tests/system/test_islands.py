@@ -154,8 +154,8 @@ class Sides:
 
 class Load:
     """IMAP, POP3 and SMTP clients in threads until stop(); every attempt
-    recorded as a dict: proto, user, island, start, end (time.time()), ok,
-    error, and for SMTP the Message-ID."""
+    recorded as a dict: proto, user (for SMTP the recipient), start, end
+    (time.time()), ok, error, and for SMTP the Message-ID."""
 
     def __init__(self, instances, postfix: Postfix, run_tag: str):
         self.instances = instances
