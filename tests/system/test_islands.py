@@ -118,7 +118,8 @@ class Sides:
         self.remove_stale()
         procs.register_cleanup(self.close)
         for name in self.names.values():
-            for argv in (["ip", "netns", "add", name], ["ip", "-n", name, "link", "set", "lo", "up"]):
+            for argv in (["ip", "netns", "add", name],
+                         ["ip", "-n", name, "link", "set", "lo", "up"]):
                 r = run(argv)
                 if r.returncode != 0:
                     raise AssertionError(
@@ -541,7 +542,8 @@ class Islands(unittest.TestCase):
                  timeout=10, what="the hook's outcome in a log")
         logs = [ix.log_text() for ix in self.instances]
         self.assertEqual(sum(len(hook_line.findall(text)) for text in logs), 1, logs)
-        self.assertEqual(sum(text.count("role hook: island") for text in logs), 2)  # running + exited
+        # "running" and "exited": two lines, one run.
+        self.assertEqual(sum(text.count("role hook: island") for text in logs), 2)
         self.assertNotIn("role hook: island b", "".join(logs))
         self.assertEqual(self.sides.addresses("left"), [SERVICE_ADDRESS["b"]])
         self.assertEqual(self.sides.addresses("right"), [SERVICE_ADDRESS["a"]])
