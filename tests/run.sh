@@ -52,11 +52,13 @@ test_suite() {
   # at a time (RESOURCE_LOCK); unit tests run alongside.
   local rc=0
   (cd "$dir" && ctest --output-on-failure --timeout 900 -j "$jobs" "$@") || rc=$?
-  # The package test (build/ci only) builds and installs the .deb: its
-  # figures (build time, size, security score) are worth seeing in CI's log.
+  # Figures worth seeing in CI's log: the package test's (build/ci only:
+  # build time, size, security score) and the two topologies' (CalMail's
+  # delivery delays, the DBMail islands' failover: test_islands.py).
+  local figures='^(package: |CALMAIL |ISLANDS )'
   if [ -f "$dir/Testing/Temporary/LastTest.log" ] &&
-     grep -q '^package: ' "$dir/Testing/Temporary/LastTest.log"; then
-    grep '^package: ' "$dir/Testing/Temporary/LastTest.log" >&2 || true
+     grep -Eq "$figures" "$dir/Testing/Temporary/LastTest.log"; then
+    grep -E "$figures" "$dir/Testing/Temporary/LastTest.log" >&2 || true
   fi
   return $rc
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Runs after every system test (a ctest fixture cleanup): the suite must
-leave no process behind — no Dovecot node, no isthmus, no fake node."""
+leave no process behind — no Dovecot node, no isthmus, no fake node — and
+no network namespace of the islands test (isthmus-islands-*)."""
 import os
 import sys
 
@@ -28,8 +29,17 @@ def leftovers():
     return found
 
 
+def leftover_namespaces():
+    """Network namespaces test_islands.py made and did not remove."""
+    try:
+        names = os.listdir("/run/netns")
+    except OSError:
+        return []
+    return [f"network namespace {n}" for n in sorted(names) if n.startswith("isthmus-islands-")]
+
+
 if __name__ == "__main__":
-    left = leftovers()
+    left = leftovers() + leftover_namespaces()
     for line in left:
         print("left behind:", line)
     sys.exit(1 if left else 0)
