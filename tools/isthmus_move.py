@@ -1514,15 +1514,20 @@ class Imap:
                     m = Msg(old.uid, old.size, old.msgid, flags_now[uid], old.date)
                     m.sha = old.sha
             out.append(m)
-        counts = (self.m.untagged_responses.get("EXISTS") or [None])
-        try:
-            exists = int(counts[-1])
-        except (TypeError, ValueError):
-            pass
+        exists = self.exists_now(exists)
         if len(out) != exists:
             raise ListingChanged(f"node {self.endpoint}: {name}: {len(out)} UIDs, but the "
                                  f"folder holds {exists} (EXISTS): the listing is incomplete")
         return out
+
+    def exists_now(self, exists: int) -> int:
+        """The selected folder's message count now: the last EXISTS the
+        server sent (one during a FETCH updates it), else EXISTS."""
+        counts = (self.m.untagged_responses.get("EXISTS") or [None])
+        try:
+            return int(counts[-1])
+        except (TypeError, ValueError):
+            return exists
 
     def _messages_all(self, name: str, exists: int, uids: str) -> list[Msg]:
         """The messages UIDS ("1:*": all of them; then there must be
@@ -1557,12 +1562,7 @@ class Imap:
                 raise ListingChanged(f"node {self.endpoint}: FETCH in {name}: {len(out)} of "
                                      f"{exists} new messages read: some went away meanwhile")
             return [out[u] for u in sorted(out)]
-        # The folder's count now (an EXISTS during the FETCH updates it).
-        counts = (self.m.untagged_responses.get("EXISTS") or [None])
-        try:
-            exists = int(counts[-1])
-        except (TypeError, ValueError):
-            pass
+        exists = self.exists_now(exists)
         if len(out) != exists:
             raise ListingChanged(f"node {self.endpoint}: FETCH in {name}: {len(out)} messages "
                                  f"read, but the folder holds {exists} (EXISTS): the listing "
