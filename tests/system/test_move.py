@@ -1437,5 +1437,87 @@ class AbortRules(unittest.TestCase):
             m._move({"island": "a", "state": "moving"}, None, True, False, False)
 
 
+class DsyncPieces(unittest.TestCase):
+    """The dsync mover's config and its doveadm HTTP API client, without
+    Dovecot: a scripted API for the answers a real one does not give."""
+
+    def config(self, **move) -> "mv.Config":
+        import tempfile
+        tmp = tempfile.mkdtemp(prefix="move-config-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for name in ("master.pw", "doveadm.pw", "api.key"):
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write("secret\n")
+        conf = {"instances": [{"name": "x", "socket": "/nonexistent"}],
+                "move": {"directory": {"type": "static", "file": "users.map"},
+                         "login": {"master_user": "m", "master_password_file": "master.pw"},
+                         "nodes": {"a-left": {"address": "127.0.0.1:143",
+                                              "doveadm_http": "127.0.0.1:8080"}},
+                         **move}}
+        path = os.path.join(tmp, "c.json")
+        with open(path, "w") as f:
+            json.dump(conf, f)
+        return mv.Config(path)
+
+    def test_config(self):
+        c = self.config(mover="dsync", dsync={"password_file": "doveadm.pw"})
+        self.assertEqual(c.mover, "dsync")
+        self.assertEqual(c.doveadm_auth, "Basic " + base64.b64encode(b"doveadm:secret").decode())
+        self.assertEqual(c.nodes["a-left"].doveadm_http, ("http", "127.0.0.1", 8080))
+        c = self.config(dsync={"api_key_file": "api.key"})
+        self.assertEqual(c.mover, "imap")
+        self.assertEqual(c.doveadm_auth, "X-Dovecot-API " + base64.b64encode(b"secret").decode())
+        with self.assertRaisesRegex(mv.UsageError, "not both"):
+            self.config(dsync={"password_file": "doveadm.pw", "api_key_file": "api.key"})
+        with self.assertRaisesRegex(mv.UsageError, "mover must be"):
+            self.config(mover="rsync")
+        with self.assertRaisesRegex(mv.UsageError, "unknown key"):
+            self.config(dsync={"passwd_file": "doveadm.pw"})
+
+    def api(self, status: int, body: bytes):
+        """A doveadm HTTP API on loopback answering STATUS and BODY once
+        (BODY may hold TAG, replaced by the request's tag)."""
+        import http.server
+        seen = {}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                seen["request"], seen["auth"] = request, self.headers["Authorization"]
+                answer = body.replace(b"TAG", request[0][2].encode())
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.handle_request, daemon=True).start()
+        self.addCleanup(server.server_close)
+        c = self.config(dsync={"password_file": "doveadm.pw"})
+        c.nodes["a-left"].doveadm_http = ("http", "127.0.0.1", server.server_address[1])
+        return mv.Doveadm(c.nodes["a-left"], c), seen
+
+    def test_answers(self):
+        api, seen = self.api(200, b'[["doveadmResponse",[],"TAG"]]')
+        self.assertEqual(api.run("sync", {"user": "u"}, 5), 0)
+        self.assertEqual(seen["request"][0][:2], ["sync", {"user": "u"}])
+        self.assertTrue(seen["auth"].startswith("Basic "))
+        api, _ = self.api(200, b'[["error",{"type":"exitCode", "exitCode":2},"TAG"]]')
+        self.assertEqual(api.run("sync", {}, 5), 2)
+        for status, body, error in (
+                (401, b"", "refused the credentials"),
+                (200, b'[["error",{"type":"unknownUser"},"TAG"]]', "sync failed"),
+                (200, b'[["doveadmResponse",[],"another"]]', "another request"),
+                (200, b"not json", "HTTP 200"),
+                (500, b"[]", "HTTP 500"),
+                (200, b'[' + b' ' * (mv.Doveadm.MAX_ANSWER + 1) + b']', "an answer over")):
+            api, _ = self.api(status, body)
+            with self.assertRaisesRegex(mv.StepFailed, error):
+                api.run("sync", {}, 5)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
