@@ -709,7 +709,7 @@ class Move(unittest.TestCase):
         self.assertGreater(copied["already"] + copied.get("unchanged", 0), 0)   # folders unchanged
 
     def test_3_verification_failure_rolls_back(self):
-        user, login = GRACE, GRACE_NODE
+        user, login = "ivan@example.org", "ivan.legacy@example.org"
         seed(user, login, "a", small=30, big=0, folders=("Archive",))
         self.assertEqual(where(user), ("a", "active"))
         gate = os.path.join(LAB.root, "ivan-verify-gate")
