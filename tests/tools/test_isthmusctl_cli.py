@@ -1,10 +1,12 @@
-"""tools/isthmusctl against a fake admin API: argument handling, tables,
+"""isthmusctl against a fake admin API: argument handling, tables,
 --json, exit codes.
 
 Two fake Isthmus instances serve canned JSON: i1 on a unix socket (no
 token), i2 on 127.0.0.1 over TCP (bearer token required). They record every
 request, so the tests check what was sent where as well as what was
-printed. Nothing else is needed: stdlib only, no isthmus binary.
+printed. Nothing else is needed: stdlib only, no isthmus binary; the
+isthmusctl program is found as tests/lab/isthmusctl.py says
+($ISTHMUSCTL_BIN, else build/ci/bin/isthmusctl).
 
 usage: python3 -u tests/tools/test_isthmusctl_cli.py [-v]
 """
@@ -25,7 +27,10 @@ import threading
 import time
 import unittest
 
-TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "isthmusctl"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from lab.isthmusctl import isthmusctl_path  # noqa: E402
+
+TOOL = isthmusctl_path()
 TOKEN = "s3cret-token-7f1d"
 WRONG_TOKEN = "wrong-token-0000"
 USER = "alice@example.org"
@@ -182,6 +187,8 @@ class IsthmusctlCli(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
+        if TOOL is None:
+            raise RuntimeError("isthmusctl is not built (target isthmusctl; or set ISTHMUSCTL_BIN)")
         cls.dir = tempfile.mkdtemp(prefix="isthmusctl-test-")
         cls.sock_path = os.path.join(cls.dir, "admin.sock")
         cls.i1 = FakeAdmin("i1", token=None)
@@ -241,7 +248,7 @@ class IsthmusctlCli(unittest.TestCase):
     def ctl(self, *args, config=None, expect=None):
         """Run isthmusctl; returns (exit code, stdout, stderr)."""
         env = {k: v for k, v in os.environ.items() if k != "ISTHMUSCTL_CONFIG"}
-        cmd = [sys.executable, str(TOOL)]
+        cmd = [TOOL]
         if config is not False:
             cmd += ["--config", config or self.config]
         proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=30, env=env)
