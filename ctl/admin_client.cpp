@@ -239,7 +239,7 @@ asio::awaitable<Reply> fetch(const Instance& inst, const AdminRequest& request) 
 // deeper than any answer of ours (printing it back must not recurse without
 // bound).
 Json parse_answer(std::string_view text) {
-  constexpr int kMaxDepth = 64;
+  constexpr int kMaxDepth = 100;
   bool too_deep = false;
   Json::parser_callback_t watch = [&too_deep](int depth, Json::parse_event_t, Json&) {
     too_deep |= depth > kMaxDepth;
@@ -289,13 +289,21 @@ Json Reply::as_json() const {
 }
 
 Reply classify_answer(const Instance& inst, const AdminRequest& request, int status,
-                      std::string_view reason, std::string_view body) {
+                      std::string_view reason, std::string_view raw_body) {
+  // Read as UTF-8, a broken sequence as U+FFFD (JSON must be UTF-8, and a
+  // name with a stray byte still shows).
+  std::string repaired;
+  std::string_view body = raw_body;
+  if (!valid_utf8(raw_body)) {
+    repaired = repair_utf8(raw_body);
+    body = repaired;
+  }
   Reply reply;
   reply.instance = &inst;
   reply.status = status;
   if (status >= 200 && status < 300) {
     if (!request.want_json) {
-      reply.body = std::string(body);  // printed as it came, like Prometheus would
+      reply.body = std::string(body);
       return reply;
     }
     Json parsed = parse_answer(body);

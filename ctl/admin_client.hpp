@@ -55,6 +55,6 @@ std::vector<Reply> ask_all(const std::vector<const Instance*>& instances,
 // The reply an HTTP answer makes (status, reason phrase, body): pure, for
 // tests and for ask().
 Reply classify_answer(const Instance& instance, const AdminRequest& request, int status,
-                      std::string_view reason, std::string_view body);
+                      std::string_view reason, std::string_view raw_body);
 
 }  // namespace isthmus::ctl

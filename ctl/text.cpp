@@ -100,6 +100,22 @@ bool valid_utf8(std::string_view text) {
   return true;
 }
 
+std::string repair_utf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  std::size_t i = 0;
+  while (i < text.size()) {
+    std::size_t start = i;
+    if (next_code_point(text, i)) {
+      out.append(text.substr(start, i - start));
+    } else {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  return out;
+}
+
 std::string cell(const Json& value) {
   switch (value.type()) {
     case Json::value_t::null:

@@ -31,6 +31,10 @@ std::string clean(std::string_view text);
 // Whether `text` is well-formed UTF-8.
 bool valid_utf8(std::string_view text);
 
+// `text` with each byte that is not part of valid UTF-8 replaced by U+FFFD
+// (as Python's decode(errors="replace") does).
+std::string repair_utf8(std::string_view text);
+
 // A JSON value as a table cell: null "-", true "yes", false "no", a string
 // cleaned, a number as Python prints it (3, 2.0, 3725.5).
 std::string cell(const Json& value);
