@@ -357,9 +357,13 @@ std::vector<Reply> ask_all(const std::vector<const Instance*>& instances,
                             const AdminRequest& request) {
   asio::io_context context;
   std::vector<Reply> replies(instances.size());
+  std::size_t pending = instances.size();
   for (std::size_t i = 0; i < instances.size(); ++i) {
     const Instance& inst = *instances[i];
-    auto done = [&replies, &inst, i](std::exception_ptr error, Reply reply) {
+    auto done = [&replies, &inst, &pending, &context, i](std::exception_ptr error, Reply reply) {
+      // The deadline wheel's coarse timer (common/deadline.hpp) would keep
+      // run() going until its next tick: stop once every answer is in.
+      if (--pending == 0) context.stop();
       if (!error) {
         replies[i] = std::move(reply);
         return;
