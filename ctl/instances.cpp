@@ -8,10 +8,11 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 namespace isthmus::ctl {
 
@@ -20,20 +21,30 @@ namespace {
 const std::set<std::string> kConfigKeys = {"instances", "timeout", "move"};  // "move": isthmus_move.py
 const std::set<std::string> kInstanceKeys = {"name", "socket", "url", "token_file", "timeout"};
 
-// The whole of a (small) file, or the errno of the failure.
+// The whole of a small file (the config, a token), or the errno of the
+// failure: EISDIR for a folder, EFBIG past 16 MiB (not a config: /dev/zero).
 std::optional<std::string> read_file(const std::string& path, int& error) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  constexpr std::size_t kMaxFile = 16 * 1024 * 1024;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
     error = errno;
     return std::nullopt;
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) {
-    error = errno ? errno : EIO;
-    return std::nullopt;
+  std::string text;
+  char buffer[8192];
+  while (true) {
+    ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 || text.size() + static_cast<std::size_t>(n) > kMaxFile) {
+      error = n < 0 ? errno : EFBIG;
+      ::close(fd);
+      return std::nullopt;
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<std::size_t>(n));
   }
-  return text.str();
+  ::close(fd);
+  return text;
 }
 
 std::string describe_errno(int error) { return std::strerror(error); }
