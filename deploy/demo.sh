@@ -32,7 +32,7 @@ deploy/install-deps.sh
 
 if [ "$build" = 1 ]; then
   cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release
-  cmake --build build/release --target isthmus
+  cmake --build build/release --target isthmus isthmusctl
 fi
 
 if [ -z "$binary" ]; then

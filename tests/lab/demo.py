@@ -46,8 +46,10 @@ if __package__ in (None, ""):
     from lab.dovecot import MASTER_PASSWORD, MASTER_USER, make_message  # noqa: E402
     from lab import cyrus  # noqa: E402
     from lab import directory_data as dd  # noqa: E402
+    from lab.isthmusctl import isthmusctl_path  # noqa: E402
 else:
     from . import procs
+    from .isthmusctl import isthmusctl_path
     from .cluster import (DEMO_ISTHMUS_PORTS, DEMO_NODE_PORTS, HOME_ISLAND, ISLANDS,
                           PASSWORD, Lab)
     from .dovecot import MASTER_PASSWORD, MASTER_USER, make_message
@@ -277,9 +279,11 @@ def main() -> int:
         print_instructions(lab, args.port, with_isthmus)
         if with_isthmus:
             admin_socket = os.path.join(lab.root, "admin.sock")
-            repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            # isthmusctl is built beside the daemon (target isthmusctl).
+            beside = os.path.join(os.path.dirname(os.path.abspath(args.binary)), "isthmusctl")
+            ctl = beside if os.path.exists(beside) else (isthmusctl_path() or "isthmusctl")
             print(f"Admin API: curl --unix-socket {admin_socket} http://isthmus/v1/nodes\n"
-                  f"           {os.path.join(repo, 'tools', 'isthmusctl')} --instance "
+                  f"           {ctl} --instance "
                   f"{admin_socket} nodes   (docs/operations.md)", flush=True)
         if directory_server is not None:
             print(f"Directory: {args.directory} on 127.0.0.1:{DIRECTORY_PORTS[args.directory]}"

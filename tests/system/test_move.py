@@ -58,16 +58,17 @@ from support import Lab, PASSWORD, binary, procs, wait_for, start_lab_and_mariad
 from lab import directory_data as dd  # noqa: E402 (support puts tests/ on sys.path)
 from lab.dovecot import (DOVEADM_PASSWORD, MASTER_PASSWORD, MASTER_SEPARATOR, MASTER_USER,  # noqa: E402
                          put_message)
+from lab.isthmusctl import isthmusctl_path  # noqa: E402
 from lab.postfix import Postfix  # noqa: E402
 from lab.slapd import Slapd  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The operator's command: isthmusctl hands "move" to tools/isthmus_move.py.
-TOOL = os.path.join(REPO, "tools", "isthmusctl")
+# The operator's command: isthmusctl (the C++ program, found as
+# tests/lab/isthmusctl.py says) hands "move" to tools/isthmus_move.py.
+TOOL = isthmusctl_path()
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import isthmus_move as mv  # noqa: E402
 
-PYTHON = "/usr/bin/python3"
 SENDER = "sender@example.net"
 # frank: not in the lab's directory data; added to the SQL directory below.
 FRANK = "frank@example.org"
@@ -89,6 +90,8 @@ JOURNALS = None
 
 def setUpModule():
     global LAB, DB, IX, PF, SOCKET, CONFIG, JOURNALS
+    if TOOL is None:
+        raise unittest.SkipTest("isthmusctl is not built (target isthmusctl; or set ISTHMUSCTL_BIN)")
     # doveadm: each node's doveadm server and HTTP API, for the dsync mover.
     LAB = Lab(isthmus_ports={"imap": 0, "lmtp": 0}, sieve=True, doveadm=True)
     unittest.addModuleCleanup(LAB.close)
@@ -215,7 +218,7 @@ def master(node_name: str, login: str) -> imaplib.IMAP4:
 
 
 def run_move(*args, config=None, env=None, timeout=150) -> subprocess.CompletedProcess:
-    argv = [PYTHON, TOOL, "--config", config or CONFIG, *args]
+    argv = [TOOL, "--config", config or CONFIG, *args]
     t = time.monotonic()
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                        env=dict(os.environ, **(env or {})))
@@ -638,7 +641,7 @@ class Move(unittest.TestCase):
         config = write_config("move-small-batches.json", SOCKET, directory, batch_messages=10)
 
         def kill_during_precopy(args, at_least):
-            p = subprocess.Popen([PYTHON, TOOL, "--config", config, *args],
+            p = subprocess.Popen([TOOL, "--config", config, *args],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                  env=dict(os.environ, **{mv.ENV_COPY_DELAY: "0.02"}))
 
@@ -675,7 +678,7 @@ class Move(unittest.TestCase):
         # Killed again once the user is locked out (state moving, the last
         # copy done): the user stays locked out until a run finishes.
         gate = os.path.join(LAB.root, "carol-verify-gate")
-        p = subprocess.Popen([PYTHON, TOOL, "--config", config, "move", user, "--resume"],
+        p = subprocess.Popen([TOOL, "--config", config, "move", user, "--resume"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
         try:
@@ -713,7 +716,7 @@ class Move(unittest.TestCase):
         seed(user, login, "a", small=30, big=0, folders=("Archive",))
         self.assertEqual(where(user), ("a", "active"))
         gate = os.path.join(LAB.root, "ivan-verify-gate")
-        p = subprocess.Popen([PYTHON, TOOL, "--config", CONFIG, "move", user, "--to", "b"],
+        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", user, "--to", "b"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
         try:
@@ -797,7 +800,7 @@ class Move(unittest.TestCase):
         self.assertIn("gone", r.stderr)
         self.assertEqual(where(user), ("b", "active"))
         gate = os.path.join(LAB.root, "zoe-verify-gate")
-        p = subprocess.Popen([PYTHON, TOOL, "--config", CONFIG, "move", user, "--to", "a"],
+        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", user, "--to", "a"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
         try:
@@ -887,7 +890,7 @@ class Move(unittest.TestCase):
         loop.start()
         flagger = Flagger(user, "Sent")   # a second client, busy during the passes
         flagger.start()
-        p = subprocess.Popen([PYTHON, TOOL, "--config", CONFIG, "move", user, "--to", "b"],
+        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", user, "--to", "b"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_AT: gate}))
         try:
@@ -1090,7 +1093,7 @@ class Move(unittest.TestCase):
         loop.start()
         flagger = Flagger(user, "Sent")
         flagger.start()
-        p = subprocess.Popen([PYTHON, TOOL, "--config", CONFIG, "move", user, "--to", dest,
+        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", user, "--to", dest,
                               "--mover", mover], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_AT: gate}))

@@ -1,10 +1,12 @@
-"""tools/isthmusctl against a fake admin API: argument handling, tables,
+"""isthmusctl against a fake admin API: argument handling, tables,
 --json, exit codes.
 
 Two fake Isthmus instances serve canned JSON: i1 on a unix socket (no
 token), i2 on 127.0.0.1 over TCP (bearer token required). They record every
 request, so the tests check what was sent where as well as what was
-printed. Nothing else is needed: stdlib only, no isthmus binary.
+printed. Nothing else is needed: stdlib only, no isthmus binary; the
+isthmusctl program is found as tests/lab/isthmusctl.py says
+($ISTHMUSCTL_BIN, else build/ci/bin/isthmusctl).
 
 usage: python3 -u tests/tools/test_isthmusctl_cli.py [-v]
 """
@@ -25,7 +27,10 @@ import threading
 import time
 import unittest
 
-TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "isthmusctl"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from lab.isthmusctl import isthmusctl_path  # noqa: E402
+
+TOOL = isthmusctl_path()
 TOKEN = "s3cret-token-7f1d"
 WRONG_TOKEN = "wrong-token-0000"
 USER = "alice@example.org"
@@ -182,6 +187,8 @@ class IsthmusctlCli(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
+        if TOOL is None:
+            raise RuntimeError("isthmusctl is not built (target isthmusctl; or set ISTHMUSCTL_BIN)")
         cls.dir = tempfile.mkdtemp(prefix="isthmusctl-test-")
         cls.sock_path = os.path.join(cls.dir, "admin.sock")
         cls.i1 = FakeAdmin("i1", token=None)
@@ -241,7 +248,7 @@ class IsthmusctlCli(unittest.TestCase):
     def ctl(self, *args, config=None, expect=None):
         """Run isthmusctl; returns (exit code, stdout, stderr)."""
         env = {k: v for k, v in os.environ.items() if k != "ISTHMUSCTL_CONFIG"}
-        cmd = [sys.executable, str(TOOL)]
+        cmd = [TOOL]
         if config is not False:
             cmd += ["--config", config or self.config]
         proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=30, env=env)
@@ -651,6 +658,71 @@ class IsthmusctlCli(unittest.TestCase):
         rc, out, err = self.ctl("nodes", "--instance", "i1", expect=0)
         self.assertNotIn("\x1b", out)
         self.assertIn("evil\\x1b[31mnode", out)
+
+
+    # -- untrusted answers: never a crash or a hang
+
+    def test_garbage_huge_and_slow_answers_fail_cleanly(self):
+        """An instance that is no admin API: each answer is an error of its
+        own (exit 2), in time, and the other instance still answers."""
+        request_end = b"\r\n\r\n"
+        body_nested = b"[" * 100000 + b"]" * 100000
+
+        def huge(c):
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+            for _ in range(1600):
+                c.sendall(b"x" * 65536)
+
+        def trickle(c):
+            c.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(100):
+                c.sendall(b"X-Slow: yes\r\n")
+                time.sleep(0.1)
+
+        behaviours = {
+            "garbage": (lambda c: c.sendall(b"\x00\x01garbage\xff\r\n\r\n"),
+                        "did not answer HTTP"),
+            "silent close": (lambda c: None, "closed the connection without answering"),
+            "huge": (huge, "answered with more than 32 MiB"),
+            "nested": (lambda c: c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+                                           % len(body_nested) + body_nested),
+                       "not JSON"),
+            "slow": (trickle, "no answer within 1.0s"),
+        }
+        for name, (behaviour, message) in behaviours.items():
+            with self.subTest(name):
+                server = socket.socket()
+                server.bind(("127.0.0.1", 0))
+                server.listen(4)
+
+                def serve(server=server, behaviour=behaviour):
+                    conn, _ = server.accept()
+                    with conn:
+                        data = b""
+                        while request_end not in data:
+                            chunk = conn.recv(4096)
+                            if not chunk:
+                                return
+                            data += chunk
+                        try:
+                            behaviour(conn)
+                        except OSError:
+                            pass
+
+                thread = threading.Thread(target=serve, daemon=True)
+                thread.start()
+                url = f"http://127.0.0.1:{server.getsockname()[1]}"
+                config = self.write_config("garbage.json", [
+                    {"name": "bad", "url": url}, {"name": "i1", "socket": self.sock_path}],
+                    timeout="1s")
+                started = time.monotonic()
+                rc, out, err = self.ctl("nodes", config=config, expect=2)
+                self.assertLess(time.monotonic() - started, 5)
+                self.assertIn(f"isthmusctl: bad ({url}): ", err)
+                self.assertIn(message, err)
+                self.assertRegex(out, r"a-left +a +i1")
+                server.close()
+                thread.join(timeout=15)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ command and option of `isthmusctl --help` (and of each command's --help) is
 in isthmusctl(8) and every command documented there exists. The pages
 render without a groff warning.
 
-Environment: ISTHMUS_BIN (the daemon), ISTHMUS_MAN_DIR (the built pages).
+Environment: ISTHMUS_BIN (the daemon), ISTHMUSCTL_BIN (isthmusctl, else
+found as tests/lab/isthmusctl.py says), ISTHMUS_MAN_DIR (the built pages).
 """
 import os
 import pathlib
@@ -15,8 +16,10 @@ import sys
 import unittest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-ISTHMUSCTL = REPO / "tools" / "isthmusctl"
-PY = "/usr/bin/python3"
+sys.path.insert(0, str(REPO / "tests"))
+from lab.isthmusctl import isthmusctl_path  # noqa: E402
+
+ISTHMUSCTL = isthmusctl_path()
 
 
 def run(argv):
@@ -81,7 +84,8 @@ class ManPages(unittest.TestCase):
             self.assertTrue((self.man_dir / f"{ref[0]}.{ref[1]}").exists(), ref)
 
     def test_isthmusctl_help_matches_its_man_page(self):
-        help_text = run([PY, str(ISTHMUSCTL), "--help"])
+        self.assertIsNotNone(ISTHMUSCTL, "isthmusctl is not built (or set ISTHMUSCTL_BIN)")
+        help_text = run([ISTHMUSCTL, "--help"])
         commands = re.findall(r"^    ([a-z][a-z-]+)\s", help_text, re.M)
         self.assertIn("reload", commands)
         page = self.page("isthmusctl.8")
@@ -91,7 +95,7 @@ class ManPages(unittest.TestCase):
             headed |= set(re.findall(r"`([a-z][a-z-]+)", heading))
         for command in commands:
             self.assertIn(command, headed, f"isthmusctl(8) has no section for `{command}`")
-            sub_help = run([PY, str(ISTHMUSCTL), command, "--help"])
+            sub_help = run([ISTHMUSCTL, command, "--help"])
             for option in set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", sub_help)) - {"--help"}:
                 self.assertTrue(option in page, f"isthmusctl(8) does not mention {command} {option}")
         documented_commands = {c for c in headed if not c.startswith("-")} - {"instance"}
