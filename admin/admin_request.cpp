@@ -104,6 +104,8 @@ AdminRequest route_admin_request(bool get, bool post, std::string_view target,
     r.action = A::sessions;
   else if (get && p.size() == 3 && what == "users")
     r.action = A::user;
+  else if (post && p.size() == 4 && what == "users" && p[3] == "account")
+    r.action = A::account;
   else if (post && p.size() == 2 && what == "kick")
     r.action = A::kick;
   else if (post && p.size() == 4 && what == "nodes" && p[3] == "drain")

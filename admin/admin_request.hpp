@@ -20,6 +20,7 @@ enum class AdminAction : std::uint8_t {
   islands,           // GET /v1/islands
   sessions,          // GET /v1/sessions?user=&node=&island=
   user,              // GET /v1/users/NAME (parts[2])
+  account,           // POST /v1/users/NAME/account {"island": ..., "state": ...} (parts[2])
   kick,              // POST /v1/kick {"user"|"node"|"island": ...}
   drain,             // POST /v1/nodes/NODE/drain (parts[2])
   undrain,           // POST /v1/nodes/NODE/undrain (parts[2])

@@ -263,6 +263,8 @@ struct AdminServer::Impl {
     }
     if (action == AdminAction::user)
       co_return co_await user(request, *runtime, parts[2]);
+    if (action == AdminAction::account)
+      co_return co_await account(request, *runtime, parts[2], routed.body, peer);
     if (action == AdminAction::kick) {
       proxy::SessionFilter filter{text("user"), text("node"), text("island")};
       if (filter.user.empty() && filter.node.empty() && filter.island.empty())
@@ -415,6 +417,97 @@ struct AdminServer::Impl {
                          {"node_login", found.entry.node_login.empty() ? *normal
                                                                        : found.entry.node_login},
                          {"sessions", sessions_json(context.server->sessions(filter))}});
+  }
+
+  // POST /v1/users/NAME/account: writes the user's island and/or state in
+  // the directory (directory.sql.writes / directory.ldap.writes), reads
+  // them back past the cache, and drops this instance's cached entry.
+  // What `isthmusctl move` uses (docs/move.md); other instances' caches
+  // are the caller's to drop (POST /v1/cache/invalidate).
+  asio::awaitable<Response> account(const Request& request, const proxy::Runtime& runtime,
+                                    const std::string& raw, const json& body,
+                                    const std::string& peer) {
+    auto normal = director::normalise_login(raw, runtime.config->login_names);
+    if (!normal)
+      co_return error(request, http::status::bad_request,
+                      fmt::format("\"{}\" is not an acceptable login name", sanitize(raw, 100)));
+    director::AccountChange change;
+    for (const auto& [key, value] : body.items()) {
+      if (key != "island" && key != "state")
+        co_return error(request, http::status::bad_request,
+                        fmt::format("unknown key \"{}\" (known: island, state)",
+                                    sanitize(key, 40)));
+      if (!value.is_string())
+        co_return error(request, http::status::bad_request,
+                        fmt::format("\"{}\" must be a string", key));
+    }
+    if (auto it = body.find("island"); it != body.end()) {
+      const auto name = it->get<std::string>();
+      bool known = false;
+      for (const auto& island : runtime.topology->islands()) known = known || island.name == name;
+      if (!known)
+        co_return error(request, http::status::bad_request,
+                        fmt::format("no island \"{}\" in this instance's config",
+                                    sanitize(name, 100)));
+      change.island = name;
+    }
+    if (auto it = body.find("state"); it != body.end()) {
+      change.state = director::account_state_from(it->get<std::string>());
+      if (!change.state)
+        co_return error(request, http::status::bad_request,
+                        "\"state\" must be active, disabled or moving");
+    }
+    if (!change.island && !change.state)
+      co_return error(request, http::status::bad_request,
+                      "say what to write: {\"island\": ...} and/or {\"state\": ...}");
+    auto directory = runtime.directory;
+    // Past the cache: the entry as the directory holds it now.
+    std::shared_ptr<director::Directory> source = directory;
+    if (auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(directory))
+      source = cache->inner();
+    auto found = co_await source->lookup(*normal);
+    if (found.status == director::LookupStatus::unavailable)
+      co_return error(request, http::status::service_unavailable,
+                      "the directory could not answer: " + found.detail);
+    if (found.status == director::LookupStatus::not_found)
+      co_return error(request, http::status::not_found,
+                      fmt::format("the directory does not know {}", sanitize(*normal, 100)));
+    const std::string what = sanitize(body.dump(), 200);
+    auto written = co_await directory->write_account(*normal, found.entry, change);
+    if (written.status != director::WriteStatus::written) {
+      log_action(peer, request, "refused: " + written.detail);
+      co_return error(request,
+                      written.status == director::WriteStatus::unsupported
+                          ? http::status::conflict
+                          : http::status::bad_gateway,
+                      written.detail);
+    }
+    auto now = co_await source->lookup(*normal);
+    if (auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(directory))
+      cache->invalidate(*normal);
+    const bool same = now.status == director::LookupStatus::found &&
+                      (!change.island || now.entry.island == *change.island) &&
+                      (!change.state || now.entry.state == *change.state);
+    if (!same) {
+      std::string answer = now.status == director::LookupStatus::found
+                               ? fmt::format("island {}, state {}", sanitize(now.entry.island, 100),
+                                             director::name_of(now.entry.state))
+                               : now.detail;
+      log_action(peer, request,
+                 fmt::format("{} written ({}), but the directory now answers {}", what,
+                             written.detail, answer));
+      co_return error(request, http::status::bad_gateway,
+                      fmt::format("written ({}), but the directory now answers {} (does the "
+                                  "write statement match the lookup?)",
+                                  written.detail, answer));
+    }
+    log_action(peer, request, fmt::format("{} of {}: {}", what, sanitize(*normal, 100),
+                                          written.detail));
+    co_return reply(request, http::status::ok,
+                    json{{"user", *normal},
+                         {"island", now.entry.island},
+                         {"state", director::name_of(now.entry.state)},
+                         {"written", written.detail}});
   }
 
   Response promote(const Request& request, const proxy::Runtime& runtime,

@@ -142,6 +142,12 @@ struct LdapDirectory {
   Duration timeout = std::chrono::seconds(3);              // one lookup, all retries
   Duration connect_timeout = std::chrono::seconds(2);      // one server, TCP + TLS + bind
   Duration max_backoff = std::chrono::seconds(30);         // between reconnects to a failing server
+  // Account writes (the admin API's POST /v1/users/NAME/account, used by
+  // `isthmusctl move`): the island and state attributes of the user's entry
+  // are replaced, bound as this DN. Empty: no writes.
+  std::string write_bind_dn;
+  std::filesystem::path write_bind_password_file;
+  std::string write_bind_password;
   bool operator==(const LdapDirectory&) const = default;
 };
 
@@ -167,6 +173,16 @@ struct SqlDirectory : SqlConnection {
   // %{user}, %{localpart}, %{domain} become ? parameters. Columns by
   // position: island, state, password hash (may be NULL), node login (may be NULL).
   std::string query;     // default: default_sql_query()
+  // Account writes (POST /v1/users/NAME/account, used by `isthmusctl
+  // move`): UPDATE statements with %{value} (the new state or island) and
+  // %{user}, %{localpart}, %{domain}; both empty: no writes. They run with
+  // write_user / its password when set, else with the lookups' account.
+  std::string set_state;
+  std::string set_island;
+  std::string write_user;
+  std::filesystem::path write_password_file;
+  std::string write_password;
+  bool writes() const { return !set_state.empty() || !set_island.empty(); }
   bool operator==(const SqlDirectory&) const = default;
 };
 std::string_view default_sql_query();

@@ -331,11 +331,12 @@ void read_directory_tls(Object& o, std::string_view key, DirectoryTls& tls,
   }
 }
 
-bool has_placeholders_only(std::string_view text, std::string& bad) {
+bool has_placeholders_only(std::string_view text, std::string& bad, bool value = false) {
   for (std::size_t at = text.find("%{"); at != std::string_view::npos; at = text.find("%{", at + 2)) {
     auto end = text.find('}', at);
     auto name = text.substr(at + 2, end == std::string_view::npos ? 0 : end - at - 2);
-    if (end == std::string_view::npos || (name != "user" && name != "localpart" && name != "domain")) {
+    if (end == std::string_view::npos ||
+        (name != "user" && name != "localpart" && name != "domain" && !(value && name == "value"))) {
       bad = std::string(text.substr(at, end == std::string_view::npos ? 2 : end - at + 1));
       return false;
     }
@@ -383,6 +384,14 @@ void read_ldap_directory(Object& l, LdapDirectory& ldap, const std::filesystem::
   l.read_duration("timeout", ldap.timeout);
   l.read_duration("connect_timeout", ldap.connect_timeout);
   l.read_duration("max_backoff", ldap.max_backoff);
+  if (const json* writes = l.take("writes")) {
+    Object w(*writes, l.pointer_of("writes"), problems);
+    w.read_string("bind_dn", ldap.write_bind_dn, true);
+    read_secret_file(w, "bind_password_file", ldap.write_bind_password_file,
+                     ldap.write_bind_password, base);
+    if (!ldap.write_bind_dn.empty() && ldap.write_bind_password_file.empty())
+      problems.add(w.pointer_of("bind_dn"), "a bind DN needs \"bind_password_file\"");
+  }
 }
 
 void read_sql_connection(Object& q, SqlConnection& sql, const std::filesystem::path& base) {
@@ -422,6 +431,29 @@ void read_sql_directory(Object& q, SqlDirectory& sql, const std::filesystem::pat
     problems.add(q.pointer_of("query"), "must contain %{user}, %{localpart} or %{domain}");
   if (sql.query.find('?') != std::string::npos)
     problems.add(q.pointer_of("query"), "use %{user}, %{localpart} and %{domain}, not ?");
+  if (const json* writes = q.take("writes")) {
+    Object w(*writes, q.pointer_of("writes"), problems);
+    for (auto [key, statement] : {std::pair{"set_state", &sql.set_state},
+                                  std::pair{"set_island", &sql.set_island}}) {
+      w.read_string(key, *statement, true);
+      if (statement->empty()) continue;  // missing: said; empty: no writes at all
+      if (!has_placeholders_only(*statement, bad, true))
+        problems.add(w.pointer_of(key), fmt::format("unknown placeholder \"{}\" (use %{{value}}, "
+                                                    "%{{user}}, %{{localpart}} or %{{domain}})",
+                                                    bad));
+      else if (statement->find("%{value}") == std::string::npos)
+        problems.add(w.pointer_of(key), "must contain %{value} (the new value)");
+      else if (statement->find("%{user}") == std::string::npos &&
+               statement->find("%{localpart}") == std::string::npos)
+        problems.add(w.pointer_of(key), "must name the user: %{user} or %{localpart}");
+      if (statement->find('?') != std::string::npos)
+        problems.add(w.pointer_of(key), "use %{value}, %{user}, %{localpart} and %{domain}, not ?");
+    }
+    w.read_string("user", sql.write_user);
+    read_secret_file(w, "password_file", sql.write_password_file, sql.write_password, base);
+    if (!sql.write_user.empty() && sql.write_password_file.empty())
+      problems.add(w.pointer_of("user"), "a user needs \"password_file\"");
+  }
 }
 
 void read_roles(Object& r, Roles& roles, const std::filesystem::path& base) {

@@ -288,6 +288,14 @@ void CachingDirectory::observe_island_changes(IslandChangeObserver observer) {
   state_->observer = std::move(observer);
 }
 
+asio::awaitable<WriteResult> CachingDirectory::write_account(std::string user, UserEntry entry,
+                                                              AccountChange change) {
+  WriteResult result = co_await state_->inner->write_account(user, std::move(entry),
+                                                             std::move(change));
+  invalidate(user);
+  co_return result;
+}
+
 void CachingDirectory::invalidate(std::string_view user) {
   std::string key(user);
   auto& shard = state_->shard_for(key);

@@ -43,6 +43,10 @@ class CachingDirectory final : public Directory,
   boost::asio::awaitable<PasswordCheck> check_password(const UserEntry& entry,
                                                        std::string password) override;
 
+  // Writes through to the inner directory, then drops the user's entry.
+  boost::asio::awaitable<WriteResult> write_account(std::string user, UserEntry entry,
+                                                    AccountChange change) override;
+
   // Drops one user's entry (after an operator changed it in the directory).
   void invalidate(std::string_view user);
 

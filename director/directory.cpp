@@ -3,6 +3,8 @@
 #include "common/strings.hpp"
 #include "director/password_hash.hpp"
 
+#include <fmt/format.h>
+
 namespace isthmus::director {
 
 std::string_view name_of(AccountState state) {
@@ -35,6 +37,13 @@ boost::asio::awaitable<PasswordCheck> Directory::check_password(const UserEntry&
                                                                 std::string password) {
   if (entry.password_hash.empty()) co_return PasswordCheck::unsupported;
   co_return co_await verify_password_hash_async(entry.password_hash, std::move(password));
+}
+
+boost::asio::awaitable<WriteResult> Directory::write_account(std::string /*user*/,
+                                                             UserEntry /*entry*/,
+                                                             AccountChange /*change*/) {
+  co_return WriteResult{WriteStatus::unsupported,
+                        fmt::format("the {} directory takes no writes", kind())};
 }
 
 LookupResult unavailable_result(std::string detail) {
@@ -79,6 +88,7 @@ std::vector<TemplatePiece> parse_template(std::string_view text) {
     Field field = name == "user"        ? Field::user
                   : name == "localpart" ? Field::localpart
                   : name == "domain"    ? Field::domain
+                  : name == "value"     ? Field::value
                                         : Field::none;
     if (field == Field::none) {  // not ours: literal text
       current.text.append(text.substr(0, end + 1));
@@ -100,6 +110,7 @@ const std::string& value_of(const LoginParts& parts, TemplatePiece::Field field)
     case TemplatePiece::Field::user: return parts.user;
     case TemplatePiece::Field::localpart: return parts.localpart;
     case TemplatePiece::Field::domain: return parts.domain;
+    case TemplatePiece::Field::value: return parts.value;
     case TemplatePiece::Field::none: break;
   }
   return empty;

@@ -51,11 +51,13 @@ LookupResult not_found_result(std::string detail);
 
 // A login name cut for query templates: %{user} is the whole normalised
 // name, %{localpart} what comes before its last '@', %{domain} what comes
-// after (empty for a name without '@').
+// after (empty for a name without '@'). %{value}: the value a write
+// template sets (directory.sql.writes), empty for lookups.
 struct LoginParts {
   std::string user;
   std::string localpart;
   std::string domain;
+  std::string value;
 };
 LoginParts split_login(std::string_view user);
 
@@ -63,7 +65,7 @@ LoginParts split_login(std::string_view user);
 // renders the values its own safe way: RFC 4515 escaping for LDAP, bound
 // parameters for SQL. The config loader has rejected unknown placeholders.
 struct TemplatePiece {
-  enum class Field : std::uint8_t { none, user, localpart, domain };
+  enum class Field : std::uint8_t { none, user, localpart, domain, value };
   std::string text;          // literal text before the field
   Field field = Field::none; // none only for the last piece
 };
@@ -80,6 +82,22 @@ enum class PasswordCheck : std::uint8_t {
 };
 std::string_view name_of(PasswordCheck check);
 
+// A change of a user's account in the directory: what `isthmusctl move`
+// writes (docs/move.md). Either or both; the island is written first.
+struct AccountChange {
+  std::optional<std::string> island;
+  std::optional<AccountState> state;
+};
+enum class WriteStatus : std::uint8_t {
+  written,      // the directory took the change
+  unsupported,  // this directory (or its config) has no writes
+  failed,       // the directory refused it or could not be reached: `detail` says
+};
+struct WriteResult {
+  WriteStatus status = WriteStatus::failed;
+  std::string detail;  // for the operator and the log
+};
+
 class Directory {
  public:
   virtual ~Directory() = default;
@@ -92,6 +110,13 @@ class Directory {
   // (password_hash.hpp); the LDAP directory binds as entry.dn instead.
   virtual boost::asio::awaitable<PasswordCheck> check_password(const UserEntry& entry,
                                                                std::string password);
+
+  // Writes `change` for `user` (normalised), whose entry a lookup has just
+  // returned (`entry`: its DN for LDAP). With the directory's write
+  // settings (directory.sql.writes, directory.ldap.writes); the default:
+  // unsupported. Never throws for a directory's trouble.
+  virtual boost::asio::awaitable<WriteResult> write_account(std::string user, UserEntry entry,
+                                                            AccountChange change);
 };
 
 }  // namespace isthmus::director

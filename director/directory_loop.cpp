@@ -38,6 +38,23 @@ void DirectoryLoop::stop() {
   thread_.join();
 }
 
+asio::awaitable<WriteResult> LoopDirectory::write_account(std::string user, UserEntry entry,
+                                                           AccountChange change) {
+  try {
+    co_return co_await asio::co_spawn(
+        loop_.executor(), write_in_loop(std::move(user), std::move(entry), std::move(change)),
+        asio::use_awaitable);
+  } catch (const std::exception& e) {
+    co_return WriteResult{WriteStatus::failed, std::string(kind()) + " directory: " + e.what()};
+  }
+}
+
+asio::awaitable<WriteResult> LoopDirectory::write_in_loop(std::string user, UserEntry entry,
+                                                          AccountChange change) {
+  co_return co_await Directory::write_account(std::move(user), std::move(entry),
+                                              std::move(change));
+}
+
 asio::awaitable<LookupResult> LoopDirectory::lookup(std::string user) {
   try {
     co_return co_await asio::co_spawn(loop_.executor(), lookup_in_loop(std::move(user)),

@@ -47,6 +47,8 @@ class DirectoryLoop {
 class LoopDirectory : public Directory {
  public:
   boost::asio::awaitable<LookupResult> lookup(std::string user) final;
+  boost::asio::awaitable<WriteResult> write_account(std::string user, UserEntry entry,
+                                                    AccountChange change) final;
 
  protected:
   explicit LoopDirectory(std::string thread_name) : loop_(std::move(thread_name)) {}
@@ -54,6 +56,10 @@ class LoopDirectory : public Directory {
   // Runs on the loop thread. Bounds itself by the directory's own timeout
   // and reports every failure as LookupStatus::unavailable; never throws.
   virtual boost::asio::awaitable<LookupResult> lookup_in_loop(std::string user) = 0;
+  // Runs on the loop thread, bounded by the directory's timeout; never
+  // throws. The default: no writes.
+  virtual boost::asio::awaitable<WriteResult> write_in_loop(std::string user, UserEntry entry,
+                                                            AccountChange change);
 
   DirectoryLoop& loop() { return loop_; }
   void stop_loop() { loop_.stop(); }

@@ -212,6 +212,34 @@ class LdapDirectory final : public LoopDirectory {
     co_return interpret_ldap_search(settings_, result, user);
   }
 
+  // One modify of the user's entry: the island and/or state attribute
+  // replaced (atomic for the entry), bound as directory.ldap.writes.bind_dn.
+  asio::awaitable<WriteResult> write_in_loop(std::string user, UserEntry entry,
+                                             AccountChange change) override {
+    if (settings_.write_bind_dn.empty())
+      co_return WriteResult{WriteStatus::unsupported,
+                            "directory.ldap.writes is not configured (a bind DN that may change "
+                            "the island and state attributes)"};
+    if (change.state && settings_.state_attribute.empty())
+      co_return WriteResult{WriteStatus::unsupported,
+                            "directory.ldap.attributes.state is empty: no state to write"};
+    std::vector<ldap::Replacement> changes;
+    if (change.island) changes.push_back({settings_.island_attribute, {*change.island}});
+    if (change.state)
+      changes.push_back({settings_.state_attribute, {std::string(name_of(*change.state))}});
+    const Deadline deadline = Deadline::after(settings_.timeout);
+    ldap::ModifyResult done = co_await client_->modify(entry.dn, std::move(changes),
+                                                       settings_.write_bind_dn,
+                                                       settings_.write_bind_password, deadline);
+    if (!done.ok)
+      co_return WriteResult{WriteStatus::failed,
+                            fmt::format("ldap: modify of {} ({}): {}", sanitize(entry.dn, 200),
+                                        sanitize(user, 100), done.detail)};
+    co_return WriteResult{WriteStatus::written,
+                          fmt::format("ldap: {} modified ({})", sanitize(entry.dn, 200),
+                                      done.detail)};
+  }
+
  private:
   asio::awaitable<PasswordCheck> check_in_loop(std::string dn, std::string password) {
     const Deadline deadline = Deadline::after(settings_.timeout);

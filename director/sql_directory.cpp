@@ -5,8 +5,10 @@
 #include "sql/config_settings.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include <stdexcept>
 
 namespace isthmus::director {
@@ -27,9 +29,19 @@ class SqlDirectory final : public LoopDirectory {
   explicit SqlDirectory(const config::SqlDirectory& settings)
       : LoopDirectory("isthmus-sql"),
         statement_(sql_statement_from_template(settings.query)),
+        set_state_(sql_statement_from_template(settings.set_state)),
+        set_island_(sql_statement_from_template(settings.set_island)),
         timeout_(settings.timeout),
         client_(loop().executor(), sql::client_settings(settings, "sql directory")) {
     client_.warm_up();
+    if (!settings.write_user.empty()) {
+      config::SqlDirectory writer = settings;
+      writer.user = settings.write_user;
+      writer.password = settings.write_password;
+      writer.pool = 1;
+      write_client_.emplace(loop().executor(),
+                            sql::client_settings(writer, "sql directory (writes)"));
+    }
   }
 
   // Nothing of ours may run while the members go away.
@@ -48,6 +60,38 @@ class SqlDirectory final : public LoopDirectory {
     co_return lookup_result_from_rows(rows);
   }
 
+  // The island first, then the state: a failure in between leaves the
+  // user on the new island in the old state (a move's switch sets
+  // "active" last, so never active on an island half-written).
+  asio::awaitable<WriteResult> write_in_loop(std::string user, UserEntry /*entry*/,
+                                             AccountChange change) override {
+    if ((change.island && set_island_.text.empty()) || (change.state && set_state_.text.empty()))
+      co_return WriteResult{WriteStatus::unsupported,
+                            "directory.sql.writes is not configured (set_state and set_island)"};
+    sql::Client& client = write_client_ ? *write_client_ : client_;
+    const Deadline deadline = Deadline::after(timeout_);
+    std::vector<std::string> done;
+    for (auto [statement, value] :
+         {std::pair{&set_island_, change.island},
+          std::pair{&set_state_, change.state ? std::optional<std::string>(
+                                                    std::string(name_of(*change.state)))
+                                              : std::nullopt}}) {
+      if (!value) continue;
+      auto params = sql_parameters(*statement, user, *value);
+      sql::QueryResult result = co_await client.execute(statement->text, std::move(params), deadline);
+      if (result.status != sql::QueryStatus::ok)
+        co_return WriteResult{WriteStatus::failed,
+                              fmt::format("sql directory: {} of {}: {}{}",
+                                          statement == &set_island_ ? "set_island" : "set_state",
+                                          sanitize(user, 100), result.error,
+                                          done.empty() ? "" : " (after " + done.front() + ")")};
+      done.push_back(fmt::format("{} ({} row(s) changed on {})",
+                                 statement == &set_island_ ? "set_island" : "set_state",
+                                 result.affected_rows, result.server));
+    }
+    co_return WriteResult{WriteStatus::written, fmt::format("sql directory: {}", fmt::join(done, ", "))};
+  }
+
  private:
   // A query the server refuses fails every lookup: say so loudly, but not
   // once per login.
@@ -62,9 +106,12 @@ class SqlDirectory final : public LoopDirectory {
   }
 
   SqlStatement statement_;
+  SqlStatement set_state_;
+  SqlStatement set_island_;
   Clock::duration timeout_;
   Clock::time_point last_rejected_log_{};
   sql::Client client_;
+  std::optional<sql::Client> write_client_;  // directory.sql.writes.user, when set
 };
 
 }  // namespace
@@ -81,8 +128,10 @@ SqlStatement sql_statement_from_template(std::string_view query) {
   return statement;
 }
 
-std::vector<std::string> sql_parameters(const SqlStatement& statement, std::string_view user) {
+std::vector<std::string> sql_parameters(const SqlStatement& statement, std::string_view user,
+                                        std::string_view value) {
   auto parts = split_login(user);
+  parts.value = std::string(value);
   std::vector<std::string> values;
   values.reserve(statement.parameters.size());
   for (auto field : statement.parameters) values.push_back(value_of(parts, field));

@@ -30,7 +30,9 @@ struct SqlStatement {
 SqlStatement sql_statement_from_template(std::string_view query);
 
 // The values to bind for `user` (a normalised login name), in order.
-std::vector<std::string> sql_parameters(const SqlStatement& statement, std::string_view user);
+// `value`: what %{value} stands for (write statements; empty for lookups).
+std::vector<std::string> sql_parameters(const SqlStatement& statement, std::string_view user,
+                                        std::string_view value = {});
 
 // The lookup's answer from what the query returned.
 LookupResult lookup_result_from_rows(const sql::QueryResult& result);

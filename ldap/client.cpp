@@ -981,6 +981,97 @@ struct Client::Impl {
     co_return result;
   }
 
+  asio::awaitable<ModifyResult> modify(std::string dn, std::vector<Replacement> changes,
+                                       std::string bind_dn, std::string password,
+                                       Deadline deadline) {
+    ModifyResult result;
+    if (dn.empty() || bind_dn.empty() || password.empty()) {
+      result.detail = "no entry DN, write bind DN or password";
+      co_return result;
+    }
+    std::vector<std::string> failures;
+    const std::size_t attempts = auth_pool_.size + servers_.size() + 1;
+    for (std::size_t n = 0; n < attempts && !deadline.expired(); ++n) {
+      Lease lease(*this, auth_pool_);
+      co_await acquire(lease, deadline);
+      if (!lease.connection) {
+        failures.push_back(lease.error);
+        break;
+      }
+      const std::size_t server = lease.connection->server();
+      int code = LDAP_OTHER;
+      Attempt attempt = co_await simple_bind(*lease.connection, bind_dn, password, deadline, code);
+      if (attempt.kind == Attempt::Kind::answered && code != LDAP_SUCCESS) {
+        release(lease);
+        result.detail = servers_[server].uri + ": the write bind DN's bind: " + attempt.error;
+        co_return result;
+      }
+      if (attempt.kind == Attempt::Kind::answered)
+        attempt = co_await send_modify(*lease.connection, dn, changes, deadline, code);
+      if (attempt.kind == Attempt::Kind::answered) {
+        release(lease);
+        result.ok = code == LDAP_SUCCESS;
+        result.detail = servers_[server].uri + ": " + attempt.error;
+        co_return result;
+      }
+      if (!lease.reused || attempt.kind != Attempt::Kind::broken)
+        server_failed(server, "modify: " + attempt.error);
+      failures.push_back(servers_[server].uri + ": " + attempt.error);
+      discard(lease.pool, std::move(lease.connection));
+    }
+    for (std::size_t i = 0; i < failures.size(); ++i)
+      result.detail += (i ? "; " : "") + failures[i];
+    if (result.detail.empty()) result.detail = "no answer in time";
+    co_return result;
+  }
+
+  // One modify request on a bound connection; `code` is the server's result.
+  asio::awaitable<Attempt> send_modify(Connection& connection, const std::string& dn,
+                                       const std::vector<Replacement>& changes,
+                                       Deadline deadline, int& code) {
+    Attempt attempt;
+    LDAP* ld = connection.handle();
+    // libldap takes char* arrays: point into `changes`, which outlives the call.
+    std::vector<std::vector<char*>> values(changes.size());
+    std::vector<LDAPMod> mods(changes.size());
+    std::vector<LDAPMod*> list;
+    for (std::size_t i = 0; i < changes.size(); ++i) {
+      for (const auto& v : changes[i].values) values[i].push_back(const_cast<char*>(v.c_str()));
+      values[i].push_back(nullptr);
+      mods[i].mod_op = LDAP_MOD_REPLACE;
+      mods[i].mod_type = const_cast<char*>(changes[i].attribute.c_str());
+      mods[i].mod_values = values[i].data();
+      list.push_back(&mods[i]);
+    }
+    list.push_back(nullptr);
+    int msgid = 0;
+    const int rc = ldap_modify_ext(ld, dn.c_str(), list.data(), nullptr, nullptr, &msgid);
+    if (rc != LDAP_SUCCESS) {
+      attempt.error = describe(ld, rc);
+      co_return attempt;
+    }
+    Reply reply = co_await await_result(connection, msgid, deadline);
+    if (!reply.message) {
+      attempt.kind = reply.timed_out ? Attempt::Kind::timed_out : Attempt::Kind::broken;
+      attempt.error = reply.error;
+      co_return attempt;
+    }
+    code = LDAP_OTHER;
+    char* text = nullptr;
+    const int parsed =
+        ldap_parse_result(ld, reply.message.get(), &code, nullptr, &text, nullptr, nullptr, 0);
+    std::string server_text = text ? sanitize(text, 200) : "";
+    if (text) ldap_memfree(text);
+    if (parsed != LDAP_SUCCESS) {
+      attempt.error = "cannot parse the modify result: " + describe(ld, parsed);
+      co_return attempt;
+    }
+    attempt.error = fmt::format("{} ({}){}{}", ldap_err2string(code), code,
+                                server_text.empty() ? "" : ": ", server_text);
+    attempt.kind = Attempt::Kind::answered;
+    co_return attempt;
+  }
+
   void close() {
     closed_ = true;
     auto live = search_live_;
@@ -1021,6 +1112,15 @@ asio::awaitable<BindResult> Client::check_password(std::string dn, std::string p
                                                    Deadline deadline) {
   auto self = shared_from_this();
   BindResult result = co_await impl_->check_password(std::move(dn), std::move(password), deadline);
+  co_return result;
+}
+
+asio::awaitable<ModifyResult> Client::modify(std::string dn, std::vector<Replacement> changes,
+                                             std::string bind_dn, std::string password,
+                                             Deadline deadline) {
+  auto self = shared_from_this();
+  ModifyResult result = co_await impl_->modify(std::move(dn), std::move(changes),
+                                               std::move(bind_dn), std::move(password), deadline);
   co_return result;
 }
 

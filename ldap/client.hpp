@@ -113,6 +113,17 @@ struct BindResult {
   std::string detail;  // for the log (never the password)
 };
 
+// One attribute of an entry replaced by these values (LDAP_MOD_REPLACE).
+struct Replacement {
+  std::string attribute;
+  std::vector<std::string> values;
+};
+
+struct ModifyResult {
+  bool ok = false;
+  std::string detail;  // the server's answer or why there was none (never the password)
+};
+
 struct ClientStats {
   std::uint64_t connects = 0;         // connections set up (TCP, TLS, bind)
   std::uint64_t connect_failures = 0;
@@ -139,6 +150,14 @@ class Client : public std::enable_shared_from_this<Client> {
   // empty password is an anonymous bind that "succeeds" (RFC 4513 5.1.2).
   boost::asio::awaitable<BindResult> check_password(std::string dn, std::string password,
                                                     Deadline deadline);
+
+  // Replaces attributes of the entry `dn` in one modify operation (atomic
+  // for the entry, RFC 4511 4.6), bound as `bind_dn` with `password` on a
+  // connection of the password checks' pool. Retried on another connection
+  // or server only when no answer came; a server's refusal is final.
+  boost::asio::awaitable<ModifyResult> modify(std::string dn, std::vector<Replacement> changes,
+                                              std::string bind_dn, std::string password,
+                                              Deadline deadline);
 
   // See "Lifetime" above. On the owner's thread, with the loop stopped.
   void close();

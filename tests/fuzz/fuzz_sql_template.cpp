@@ -3,7 +3,8 @@
 // parameter order: sql_statement_from_template, sql_parameters) and the
 // LDAP directory into a filter (render_ldap_filter, RFC 4515 escaping).
 //
-// Input: a template, a NUL, a login name.
+// Input: a template, a NUL, a login name (then, optionally, a NUL and the
+// value a write statement sets: %{value}).
 //
 // Invariants:
 // - the pieces put back together are the template (nothing lost or added);
@@ -33,6 +34,8 @@ std::string placeholder(Field f) {
       return "%{localpart}";
     case Field::domain:
       return "%{domain}";
+    case Field::value:
+      return "%{value}";
     case Field::none:
       break;
   }
@@ -58,7 +61,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view input = as_view(data, size);
   const auto nul = input.find('\0');
   const std::string_view tmpl = input.substr(0, nul);
-  const std::string_view user = nul == std::string_view::npos ? "" : input.substr(nul + 1);
+  std::string_view user = nul == std::string_view::npos ? "" : input.substr(nul + 1);
+  std::string_view value;
+  if (const auto second = user.find('\0'); second != std::string_view::npos) {
+    value = user.substr(second + 1);
+    user = user.substr(0, second);
+  }
 
   const auto pieces = parse_template(tmpl);
   FUZZ_CHECK(!pieces.empty() && pieces.back().field == Field::none);
@@ -88,9 +96,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   for (const auto& p : parse_template(s.text)) FUZZ_CHECK(p.field == Field::none);
 
-  const auto values = sql_parameters(s, user);
+  const auto values = sql_parameters(s, user, value);
   FUZZ_CHECK(values.size() == s.parameters.size());
-  const LoginParts parts = split_login(user);
+  LoginParts parts = split_login(user);
+  FUZZ_CHECK(parts.value.empty());
+  parts.value = std::string(value);
   FUZZ_CHECK(parts.user == user);
   if (user.find('@') != std::string_view::npos)
     FUZZ_CHECK(parts.localpart + "@" + parts.domain == user);

@@ -77,6 +77,22 @@ def start_lab_and_mariadb(lab, add_cleanup, used: set | None = None):
     return db
 
 
+def curl(args: list[str], *, unix: str = "", token: str = "") -> tuple[int, str]:
+    """(HTTP status, body) of one curl call (a real HTTP client for the
+    admin API: on its unix socket with UNIX, over TCP with a bearer TOKEN)."""
+    import subprocess
+    argv = ["curl", "-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"]
+    if unix:
+        argv += ["--unix-socket", unix]
+    if token:
+        argv += ["-H", f"Authorization: Bearer {token}"]
+    out = subprocess.run(argv + args, capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise AssertionError(f"curl {args}: {out.stderr}")
+    body, _, status = out.stdout.rpartition("\n")
+    return int(status), body
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

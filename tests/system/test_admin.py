@@ -7,27 +7,12 @@ import imaplib
 import json
 import os
 import re
-import subprocess
 import unittest
 
-from support import Lab, PASSWORD, binary, wait_for
+from support import Lab, PASSWORD, binary, curl, wait_for
 
 USER = "alice@example.org"  # island a
 TOKEN = "s3cret-token-for-the-admin-api"
-
-
-def curl(args: list[str], *, unix: str = "", token: str = "") -> tuple[int, str]:
-    """(HTTP status, body) of one curl call."""
-    argv = ["curl", "-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"]
-    if unix:
-        argv += ["--unix-socket", unix]
-    if token:
-        argv += ["-H", f"Authorization: Bearer {token}"]
-    out = subprocess.run(argv + args, capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        raise AssertionError(f"curl {args}: {out.stderr}")
-    body, _, status = out.stdout.rpartition("\n")
-    return int(status), body
 
 
 class AdminApi(unittest.TestCase):
@@ -170,6 +155,24 @@ class AdminApi(unittest.TestCase):
         self.assertEqual(body["config_generation"], before["config_generation"] + 1)
         status, body = self.api("POST", "/v1/cache/invalidate", {"user": USER})
         self.assertEqual(status, 409)  # the static directory has no cache
+
+    def test_account_writes_are_checked_before_the_directory_is_asked(self):
+        path = f"/v1/users/{USER}/account"
+        for body, status, error in (
+                ({"state": "moving"}, 409, "the static directory takes no writes"),
+                ({"island": "zz"}, 400, 'no island "zz"'),
+                ({"state": "gone"}, 400, "must be active, disabled or moving"),
+                ({}, 400, "say what to write"),
+                ({"colour": "blue"}, 400, 'unknown key "colour"'),
+                ({"island": 7}, 400, '"island" must be a string')):
+            got, answer = self.api("POST", path, body)
+            self.assertEqual((got, error in answer.get("error", "")), (status, True),
+                             (body, answer))
+        got, answer = self.api("POST", "/v1/users/nobody@example.org/account",
+                               {"state": "active"})
+        self.assertEqual((got, "does not know" in answer["error"]), (404, True), answer)
+        status, body = self.api("GET", f"/v1/users/{USER}")
+        self.assertEqual((body["island"], body["state"]), ("a", "active"))
 
     def test_metrics_parse_and_count(self):
         from prometheus_client.parser import text_string_to_metric_families

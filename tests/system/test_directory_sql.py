@@ -12,6 +12,7 @@ stop or freeze it start it again in their cleanup. Tests that need an
 empty cache start an isthmus of their own.
 """
 import imaplib
+import json
 import os
 import poplib
 import re
@@ -20,7 +21,8 @@ import time
 import unittest
 import uuid
 
-from support import Lab, PASSWORD, binary, make_message, procs, wait_for, start_lab_and_mariadb
+from support import (Lab, PASSWORD, binary, curl, make_message, procs, wait_for,
+                     start_lab_and_mariadb)
 
 from lab import directory_data as dd  # noqa: E402 (support puts tests/ on sys.path)
 from lab.dovecot import user_maildir  # noqa: E402
@@ -288,6 +290,70 @@ class Routing(unittest.TestCase):
             self.assertEqual(users, {"alice@example.org"})
         finally:
             ix.stop()
+
+    def test_account_writes_through_the_admin_api(self):
+        """POST /v1/users/NAME/account (what `isthmusctl move` uses) writes
+        the state and island with directory.sql.writes, reads them back past
+        the cache and drops the cached entry: the next login sees the new
+        state at once. A statement that matches no row is reported, not
+        taken for done."""
+        where = "WHERE a.localpart = %{localpart} AND d.name = %{domain}"
+        writes = {"set_state": "UPDATE account a JOIN domain d ON d.id = a.domain_id "
+                               "SET a.state = %{value} " + where,
+                  "set_island": "UPDATE account a JOIN domain d ON d.id = a.domain_id "
+                                "SET a.island = %{value} " + where}
+        sock = os.path.join(LAB.root, "admin-writes.sock")
+        directory = sql_directory(writes=writes)
+        directory["cache"]["positive_ttl"] = "5m"   # only the write drops it
+        ix = LAB.start_isthmus(binary(), listeners=[{"name": "imap", "protocol": "imap",
+                                                     "address": "127.0.0.1",
+                                                     "port": procs.free_port()}],
+                               directory=directory, admin={"socket": sock})
+        self.addCleanup(ix.stop)
+        self.addCleanup(DB.execute, "UPDATE account SET island = 'a', state = 'active' "
+                                    "WHERE localpart = 'carol'")
+        wait_for(lambda: os.path.exists(sock), timeout=10, what="the admin socket")
+
+        def post(user, body):
+            status, text = curl(["-X", "POST", "-H", "Content-Type: application/json",
+                                 "--data", json.dumps(body),
+                                 f"http://isthmus/v1/users/{user}/account"], unix=sock)
+            return status, json.loads(text)
+
+        user = "carol@example.org"
+        self.assertEqual(imap_login(ix, user)[0], "OK")          # cached: active on a
+        status, body = post(user, {"state": "moving"})
+        self.assertEqual(status, 200, body)
+        self.assertEqual((body["island"], body["state"]), ("a", "moving"))
+        self.assertIn("set_state (1 row(s) changed", body["written"])
+        self.assertIn("[UNAVAILABLE]", imap_login(ix, user)[1])   # at once, not in 5 minutes
+        status, body = post(user, {"island": "b", "state": "active"})
+        self.assertEqual(status, 200, body)
+        self.assertEqual((body["island"], body["state"]), ("b", "active"))
+        self.assertEqual(DB.query("SELECT island, state FROM account WHERE localpart = 'carol'"),
+                         [("b", "active")])
+        self.assertEqual(imap_login(ix, user)[0], "OK")
+        self.assertIn("island=b", ix.log_text().rsplit("login ok user=carol", 1)[1][:80])
+        self.assertRegex(ix.log_text(), r"POST /v1/users/carol@example\.org/account.*set_island")
+
+        status, body = post("nobody@example.org", {"state": "moving"})
+        self.assertEqual(status, 404, body)
+        # Written to no row: the directory still says otherwise.
+        ix.stop()
+        writes["set_state"] = writes["set_state"].replace("%{localpart}",
+                                                          "CONCAT(%{localpart}, '-x')")
+        ix2 = LAB.start_isthmus(binary(), listeners=[{"name": "imap", "protocol": "imap",
+                                                      "address": "127.0.0.1",
+                                                      "port": procs.free_port()}],
+                                directory=sql_directory(writes=writes),
+                                admin={"socket": sock + "2"})
+        self.addCleanup(ix2.stop)
+        sock += "2"
+        wait_for(lambda: os.path.exists(sock), timeout=10, what="the admin socket")
+        status, body = post(user, {"state": "moving"})
+        self.assertEqual(status, 502, body)
+        self.assertIn("set_state (0 row(s) changed", body["error"])
+        self.assertIn("the directory now answers island b, state active", body["error"])
 
     def test_an_island_value_with_a_line_break_is_escaped_and_temporary(self):
         DB.execute("UPDATE account SET island = 'a\\r\\n2099-01-01 FORGED critical' "

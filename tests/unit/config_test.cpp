@@ -193,6 +193,33 @@ TEST_CASE("an SQL directory: the CalMail query by default, placeholders checked"
   CHECK(e.find("/directory/sql/query: must contain %{user}") != std::string::npos);
 }
 
+TEST_CASE("directory writes: SQL statements with %{value} and the user, an LDAP bind DN") {
+  auto c = parse_config(with_directory(R"({ "type": "sql", "sql": {
+      "servers": ["db:3306"], "database": "mail", "user": "isthmus",
+      "writes": { "set_state": "UPDATE a SET state = %{value} WHERE l = %{localpart}",
+                  "set_island": "UPDATE a SET island = %{value} WHERE u = %{user}" } } })"),
+                        "t.json", "/etc");
+  CHECK(c.directory.sql.writes());
+  CHECK(c.directory.sql.write_user.empty());
+  CHECK(!parse_config(with_directory(R"({ "type": "sql", "sql": { "servers": ["db:3306"],
+      "database": "mail", "user": "u" } })"), "t.json", "/etc").directory.sql.writes());
+  auto e = error_of(with_directory(R"({ "type": "sql", "sql": { "servers": ["db:3306"],
+      "database": "mail", "user": "u", "writes": {
+      "set_state": "UPDATE a SET state = 'moving' WHERE l = %{localpart}",
+      "set_island": "UPDATE a SET island = %{value}", "user": "writer" } } })"));
+  CHECK(e.find("/directory/sql/writes/set_state: must contain %{value}") != std::string::npos);
+  CHECK(e.find("/directory/sql/writes/set_island: must name the user") != std::string::npos);
+  CHECK(e.find("/directory/sql/writes/user: a user needs \"password_file\"") !=
+        std::string::npos);
+  e = error_of(with_directory(R"({ "type": "sql", "sql": { "servers": ["db:3306"],
+      "database": "mail", "user": "u", "query": "SELECT i FROM t WHERE u = %{value}" } })"));
+  CHECK(e.find("/directory/sql/query: unknown placeholder \"%{value}\"") != std::string::npos);
+  e = error_of(with_directory(R"({ "type": "ldap", "ldap": { "uris": ["ldap://x"],
+      "base": "o=x", "writes": { "bind_dn": "cn=writer" } } })"));
+  CHECK(e.find("/directory/ldap/writes/bind_dn: a bind DN needs \"bind_password_file\"") !=
+        std::string::npos);
+}
+
 TEST_CASE("directory and auth errors name their place") {
   auto e = error_of(with_directory(R"({ "type": "ldap", "ldap": { "uris": ["http://x"],
       "bind_dn": "cn=x", "filter": "uid=x" } })"));

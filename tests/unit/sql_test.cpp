@@ -51,6 +51,17 @@ TEST_CASE("SQL template: placeholders become ? and parameters keep their order")
   CHECK(s.parameters == std::vector<Field>{Field::localpart, Field::domain});
 }
 
+TEST_CASE("SQL write template: %{value} is bound like the login name's parts") {
+  auto s = director::sql_statement_from_template(
+      "UPDATE account SET state = %{value} WHERE localpart = %{localpart} AND d = %{domain}");
+  CHECK(s.text == "UPDATE account SET state = ? WHERE localpart = ? AND d = ?");
+  CHECK(s.parameters == std::vector<Field>{Field::value, Field::localpart, Field::domain});
+  auto v = director::sql_parameters(s, "bob@example.org", "moving'; DROP TABLE account; --");
+  CHECK(v == std::vector<std::string>{"moving'; DROP TABLE account; --", "bob", "example.org"});
+  // A lookup binds no value.
+  CHECK(director::sql_parameters(s, "bob@example.org")[0].empty());
+}
+
 TEST_CASE("SQL template: values are bound as they are, never quoted or escaped") {
   auto s = director::sql_statement_from_template(
       "SELECT i FROM t WHERE l = %{localpart} AND d = %{domain} AND u = "
