@@ -607,12 +607,15 @@ class Config:
         dwhere = f"{where}: directory"
         if kind == "static":
             self.directory = StaticDirectory(directory, dwhere, self)
+        elif kind == "isthmus":
+            self.directory = InstanceDirectory(directory, dwhere, self)
         elif kind == "sql":
             self.directory = SqlDirectory(directory, dwhere, self)
         elif kind == "ldap":
             self.directory = LdapDirectory(directory, dwhere, self)
         else:
-            raise UsageError(f"{dwhere}: type must be \"static\", \"sql\" or \"ldap\"")
+            raise UsageError(f"{dwhere}: type must be \"isthmus\", \"static\", \"sql\" or "
+                             f"\"ldap\"")
 
     def resolve(self, path: str) -> str:
         return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
@@ -738,6 +741,58 @@ class SqlDirectory:
                         self.render(self.set_state_sql, user, "active"), "SELECT ROW_COUNT()",
                         "COMMIT"])
         return f"island {island} and state active in one transaction ({_rows(out)})"
+
+    def after_change(self, mover: "Mover") -> str:
+        return mover.invalidate_everywhere()
+
+
+class InstanceDirectory:
+    """Writes through an instance's admin API (POST /v1/users/NAME/account):
+    the daemon's own LDAP or SQL client and credentials (its
+    directory.ldap.writes / directory.sql.writes) change the user's state and
+    island and read them back; no command-line tools, no passwords here."""
+
+    kind = "isthmus"
+    KEYS = {"type", "instance"}
+
+    def __init__(self, conf: dict, where: str, config: Config):
+        check_keys(conf, self.KEYS, where)
+        name = want_str(conf, "instance", where)
+        names = [i.name for i in config.instances]
+        if name is not None and name not in names:
+            raise UsageError(f"{where}: instance {name!r} is not in \"instances\" "
+                             f"({', '.join(names)})")
+        self.instance = next(i for i in config.instances if name in (None, i.name))
+
+    def describe(self) -> str:
+        return f"the directory of instance {self.instance.name}, written through its admin API"
+
+    def _write(self, user: str, body: dict) -> str:
+        path = "/v1/users/" + urllib.parse.quote(user, safe="@") + "/account"
+        status, answer = self.instance.request("POST", path, body)
+        if status != 200:
+            raise StepFailed(f"instance {self.instance.name} did not write {json.dumps(body)} "
+                             f"for {user} (HTTP {status}): {clean(answer.get('error', ''))}")
+        return clean(answer.get("written", ""))
+
+    def preflight(self, user: str) -> str:
+        # Writes what the directory holds now (a no-op): the instance can
+        # write (directory.*.writes configured, the rights granted) before
+        # anyone is locked out.
+        status, now = self.instance.request("GET", "/v1/users/" +
+                                            urllib.parse.quote(user, safe="@"))
+        if status != 200:
+            raise StepFailed(f"instance {self.instance.name} cannot look {user} up (HTTP "
+                             f"{status}): {clean(now.get('error', ''))}")
+        self._write(user, {"state": now.get("state"), "island": now.get("island")})
+        return f"instance {self.instance.name} can write the directory"
+
+    def set_state(self, user: str, state: str, island: str, journal: dict) -> str:
+        return f"state {state} ({self._write(user, {'state': state})})"
+
+    def switch(self, user: str, island: str, journal: dict) -> str:
+        return (f"island {island} and state active "
+                f"({self._write(user, {'island': island, 'state': 'active'})})")
 
     def after_change(self, mover: "Mover") -> str:
         return mover.invalidate_everywhere()

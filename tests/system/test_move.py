@@ -84,12 +84,17 @@ DB = None
 IX = None
 PF = None
 SOCKET = None
-CONFIG = None       # the move config (SQL directory)
+CONFIG = None       # the move config: the directory written through isthmus' admin API
+CONFIG_CLI = None   # the same, the SQL directory written with the mariadb client
+SET_STATE = ("UPDATE account a JOIN domain d ON d.id = a.domain_id "
+             "SET a.state = %{value} WHERE a.localpart = %{localpart} AND d.name = %{domain}")
+SET_ISLAND = ("UPDATE account a JOIN domain d ON d.id = a.domain_id "
+              "SET a.island = %{value} WHERE a.localpart = %{localpart} AND d.name = %{domain}")
 JOURNALS = None
 
 
 def setUpModule():
-    global LAB, DB, IX, PF, SOCKET, CONFIG, JOURNALS
+    global LAB, DB, IX, PF, SOCKET, CONFIG, CONFIG_CLI, JOURNALS
     if TOOL is None:
         raise unittest.SkipTest("isthmusctl is not built (target isthmusctl; or set ISTHMUSCTL_BIN)")
     # doveadm: each node's doveadm server and HTTP API, for the dsync mover.
@@ -121,7 +126,8 @@ def setUpModule():
         directory={"type": "sql", "file": None,
                    "sql": {"servers": [f"127.0.0.1:{DB.port}"], "database": dd.SQL_DATABASE,
                            "user": dd.SQL_USER, "password_file": DB.password_path, "pool": 2,
-                           "timeout": "2s", "connect_timeout": "1s"},
+                           "timeout": "2s", "connect_timeout": "1s",
+                           "writes": {"set_state": SET_STATE, "set_island": SET_ISLAND}},
                    # The default TTL: a move must drop cached entries itself.
                    "cache": {"positive_ttl": "5m", "negative_ttl": "60s"}})
     wait_for(lambda: admin_answers(SOCKET), timeout=10, what="the admin socket")
@@ -132,14 +138,11 @@ def setUpModule():
     unittest.addModuleCleanup(PF.stop)
 
     JOURNALS = os.path.join(LAB.root, "moves")
-    CONFIG = write_config("move.json", SOCKET, {
+    CONFIG = write_config("move.json", SOCKET, {"type": "isthmus"})
+    CONFIG_CLI = write_config("move-cli.json", SOCKET, {
         "type": "sql", "server": f"127.0.0.1:{DB.port}", "database": dd.SQL_DATABASE,
         "user": dd.SQL_USER, "password_file": DB.password_path,
-        "set_state": "UPDATE account a JOIN domain d ON d.id = a.domain_id "
-                     "SET a.state = %{value} WHERE a.localpart = %{localpart} AND d.name = %{domain}",
-        "set_island": "UPDATE account a JOIN domain d ON d.id = a.domain_id "
-                      "SET a.island = %{value} WHERE a.localpart = %{localpart} AND d.name = %{domain}",
-    })
+        "set_state": SET_STATE, "set_island": SET_ISLAND})
 
 
 def write_config(name: str, socket_path: str, directory: dict, instances=None, **move) -> str:
@@ -716,7 +719,8 @@ class Move(unittest.TestCase):
         seed(user, login, "a", small=30, big=0, folders=("Archive",))
         self.assertEqual(where(user), ("a", "active"))
         gate = os.path.join(LAB.root, "ivan-verify-gate")
-        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", user, "--to", "b"],
+        # The SQL directory written by the mariadb client (the others: isthmus).
+        p = subprocess.Popen([TOOL, "--config", CONFIG_CLI, "move", user, "--to", "b"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
         try:
@@ -749,7 +753,7 @@ class Move(unittest.TestCase):
         self.assertRegex(IX.log_text(), rf"login ok user={user} island=a ")
 
         # Trying again copies what is missing and completes.
-        r = run_move("move", user, "--to", "b")
+        r = run_move("move", user, "--to", "b", config=CONFIG_CLI)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(where(user), ("b", "active"))
         src, dst = snapshot("a-left", login), snapshot("b-left", login)
@@ -988,9 +992,10 @@ class Move(unittest.TestCase):
 
     def test_7_ldap_directory(self):
         """A non-ASCII user (UTF-8 local part) moved b -> a in an LDAP
-        directory, with a cached entry to drop. The lab's service account
-        only reads: the move binds as the rootdn here (in production, an
-        account allowed to write the two attributes)."""
+        directory, with a cached entry to drop, the entry written by
+        isthmus (POST /v1/users/NAME/account). The lab's service account
+        only reads: isthmus writes as the rootdn here (directory.ldap.writes;
+        in production, an account allowed to write the two attributes)."""
         user = dd.LONG_USER
         seed(user, user, "b", small=8, big=0, folders=("Archive",))
         slapd = Slapd(os.path.join(LAB.root, "slapd"), procs.free_port())
@@ -1005,12 +1010,15 @@ class Move(unittest.TestCase):
                        "ldap": {"uris": [slapd.url], "bind_dn": dd.SERVICE_DN,
                                 "bind_password_file": slapd.service_pw_path,
                                 "base": dd.PEOPLE_DN, "scope": "sub",
-                                "filter": "(&(objectClass=mailIslandUser)(uid=%{user}))"},
+                                "filter": "(&(objectClass=mailIslandUser)(uid=%{user}))",
+                                "writes": {"bind_dn": dd.ADMIN_DN,
+                                           "bind_password_file": slapd.admin_pw_path}},
                        "cache": {"positive_ttl": "5m"}})
         wait_for(lambda: admin_answers(sock), timeout=10, what="the admin socket")
-        config = write_config("move-ldap.json", sock, {
-            "type": "ldap", "uri": slapd.url, "bind_dn": dd.ADMIN_DN,
-            "bind_password_file": slapd.admin_pw_path, "base": dd.PEOPLE_DN})
+        # The entry is written by isthmus' own LDAP client (a modify bound
+        # as the write DN); the ldapmodify path of the mover stays
+        # available (type "ldap") but is no longer what is tested.
+        config = write_config("move-ldap.json", sock, {"type": "isthmus"})
         quoted = urllib.parse.quote(user, safe="")
         status, body = admin("GET", "/v1/users/" + quoted, socket_path=sock)
         self.assertEqual((body["island"], body["state"]), ("b", "active"))
