@@ -13,6 +13,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
@@ -342,7 +343,8 @@ struct AdminServer::Impl {
               {"config_file", runtime.config->path.string()},
               {"uptime_seconds", std::chrono::duration<double>(Clock::now() - started).count()},
               {"sessions", sessions},
-              {"directory", runtime.directory ? std::string(runtime.directory->kind()) : "-"}};
+              {"directory", runtime.directory ? std::string(runtime.directory->kind()) : "-"},
+              {"directory_writes", runtime.directory && runtime.directory->takes_writes()}};
     if (auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(runtime.directory)) {
       auto stats = cache->stats();
       body["cache"] = json{{"entries", stats.entries}, {"hits", stats.hits},
@@ -422,92 +424,105 @@ struct AdminServer::Impl {
   // POST /v1/users/NAME/account: writes the user's island and/or state in
   // the directory (directory.sql.writes / directory.ldap.writes), reads
   // them back past the cache, and drops this instance's cached entry.
-  // What `isthmusctl move` uses (docs/move.md); other instances' caches
-  // are the caller's to drop (POST /v1/cache/invalidate).
+  // Both: the island first, read back, and only then the state, so that a
+  // write that did not take the island never makes the user active where
+  // they were. What `isthmusctl move` uses (docs/move.md); other
+  // instances' caches are the caller's to drop (POST /v1/cache/invalidate).
+  // Every answer, refusals included, is logged.
   asio::awaitable<Response> account(const Request& request, const proxy::Runtime& runtime,
                                     const std::string& raw, const json& body,
                                     const std::string& peer) {
+    auto refuse = [&](http::status status, const std::string& why) {
+      log_action(peer, request, "refused: " + why);
+      return error(request, status, why);
+    };
     auto normal = director::normalise_login(raw, runtime.config->login_names);
     if (!normal)
-      co_return error(request, http::status::bad_request,
-                      fmt::format("\"{}\" is not an acceptable login name", sanitize(raw, 100)));
+      co_return refuse(http::status::bad_request,
+                       fmt::format("\"{}\" is not an acceptable login name", sanitize(raw, 100)));
     director::AccountChange change;
     for (const auto& [key, value] : body.items()) {
       if (key != "island" && key != "state")
-        co_return error(request, http::status::bad_request,
-                        fmt::format("unknown key \"{}\" (known: island, state)",
-                                    sanitize(key, 40)));
+        co_return refuse(http::status::bad_request,
+                         fmt::format("unknown key \"{}\" (known: island, state)",
+                                     sanitize(key, 40)));
       if (!value.is_string())
-        co_return error(request, http::status::bad_request,
-                        fmt::format("\"{}\" must be a string", key));
+        co_return refuse(http::status::bad_request, fmt::format("\"{}\" must be a string", key));
     }
     if (auto it = body.find("island"); it != body.end()) {
       const auto name = it->get<std::string>();
       bool known = false;
       for (const auto& island : runtime.topology->islands()) known = known || island.name == name;
       if (!known)
-        co_return error(request, http::status::bad_request,
-                        fmt::format("no island \"{}\" in this instance's config",
-                                    sanitize(name, 100)));
+        co_return refuse(http::status::bad_request,
+                         fmt::format("no island \"{}\" in this instance's config",
+                                     sanitize(name, 100)));
       change.island = name;
     }
     if (auto it = body.find("state"); it != body.end()) {
       change.state = director::account_state_from(it->get<std::string>());
       if (!change.state)
-        co_return error(request, http::status::bad_request,
-                        "\"state\" must be active, disabled or moving");
+        co_return refuse(http::status::bad_request,
+                         "\"state\" must be active, disabled or moving");
     }
     if (!change.island && !change.state)
-      co_return error(request, http::status::bad_request,
-                      "say what to write: {\"island\": ...} and/or {\"state\": ...}");
+      co_return refuse(http::status::bad_request,
+                       "say what to write: {\"island\": ...} and/or {\"state\": ...}");
     auto directory = runtime.directory;
+    auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(directory);
     // Past the cache: the entry as the directory holds it now.
-    std::shared_ptr<director::Directory> source = directory;
-    if (auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(directory))
-      source = cache->inner();
+    std::shared_ptr<director::Directory> source = cache ? cache->inner() : directory;
     auto found = co_await source->lookup(*normal);
     if (found.status == director::LookupStatus::unavailable)
-      co_return error(request, http::status::service_unavailable,
-                      "the directory could not answer: " + found.detail);
+      co_return refuse(http::status::service_unavailable,
+                       "the directory could not answer: " + found.detail);
     if (found.status == director::LookupStatus::not_found)
-      co_return error(request, http::status::not_found,
-                      fmt::format("the directory does not know {}", sanitize(*normal, 100)));
-    const std::string what = sanitize(body.dump(), 200);
-    auto written = co_await directory->write_account(*normal, found.entry, change);
-    if (written.status != director::WriteStatus::written) {
-      log_action(peer, request, "refused: " + written.detail);
-      co_return error(request,
-                      written.status == director::WriteStatus::unsupported
-                          ? http::status::conflict
-                          : http::status::bad_gateway,
-                      written.detail);
+      co_return refuse(http::status::not_found,
+                       fmt::format("the directory does not know {}", sanitize(*normal, 100)));
+    std::vector<director::AccountChange> steps;
+    if (change.island && change.state) {
+      steps.push_back({change.island, std::nullopt});
+      steps.push_back({std::nullopt, change.state});
+    } else {
+      steps.push_back(change);
     }
-    auto now = co_await source->lookup(*normal);
-    if (auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(directory))
-      cache->invalidate(*normal);
-    const bool same = now.status == director::LookupStatus::found &&
-                      (!change.island || now.entry.island == *change.island) &&
-                      (!change.state || now.entry.state == *change.state);
-    if (!same) {
-      std::string answer = now.status == director::LookupStatus::found
-                               ? fmt::format("island {}, state {}", sanitize(now.entry.island, 100),
-                                             director::name_of(now.entry.state))
-                               : now.detail;
-      log_action(peer, request,
-                 fmt::format("{} written ({}), but the directory now answers {}", what,
-                             written.detail, answer));
-      co_return error(request, http::status::bad_gateway,
-                      fmt::format("written ({}), but the directory now answers {} (does the "
-                                  "write statement match the lookup?)",
-                                  written.detail, answer));
+    std::vector<std::string> done;
+    for (const auto& step : steps) {
+      auto written = co_await directory->write_account(*normal, found.entry, step);
+      if (written.status != director::WriteStatus::written)
+        co_return refuse(written.status == director::WriteStatus::unsupported
+                             ? http::status::conflict
+                             : http::status::bad_gateway,
+                         written.detail + (done.empty() ? "" : " (after " + done.back() + ")"));
+      auto now = co_await source->lookup(*normal);
+      if (cache) cache->invalidate(*normal);
+      const bool same = now.status == director::LookupStatus::found &&
+                        (!step.island || now.entry.island == *step.island) &&
+                        (!step.state || now.entry.state == *step.state);
+      if (!same) {
+        std::string answer =
+            now.status == director::LookupStatus::found
+                ? fmt::format("island {}, state {}", sanitize(now.entry.island, 100),
+                              director::name_of(now.entry.state))
+                : now.detail;
+        co_return refuse(http::status::bad_gateway,
+                         fmt::format("written ({}), but the directory now answers {} (does the "
+                                     "write statement match the lookup?){}",
+                                     written.detail, answer,
+                                     steps.size() > 1 && !step.state
+                                         ? "; the state was not written"
+                                         : ""));
+      }
+      done.push_back(written.detail);
+      found = std::move(now);
     }
-    log_action(peer, request, fmt::format("{} of {}: {}", what, sanitize(*normal, 100),
-                                          written.detail));
+    log_action(peer, request, fmt::format("{} of {}: {}", sanitize(body.dump(), 200),
+                                          sanitize(*normal, 100), fmt::join(done, "; ")));
     co_return reply(request, http::status::ok,
                     json{{"user", *normal},
-                         {"island", now.entry.island},
-                         {"state", director::name_of(now.entry.state)},
-                         {"written", written.detail}});
+                         {"island", found.entry.island},
+                         {"state", director::name_of(found.entry.state)},
+                         {"written", fmt::format("{}", fmt::join(done, "; "))}});
   }
 
   Response promote(const Request& request, const proxy::Runtime& runtime,

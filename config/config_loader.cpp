@@ -391,6 +391,9 @@ void read_ldap_directory(Object& l, LdapDirectory& ldap, const std::filesystem::
                      ldap.write_bind_password, base);
     if (!ldap.write_bind_dn.empty() && ldap.write_bind_password_file.empty())
       problems.add(w.pointer_of("bind_dn"), "a bind DN needs \"bind_password_file\"");
+    else if (!ldap.write_bind_password_file.empty() && ldap.write_bind_password.empty())
+      problems.add(w.pointer_of("bind_password_file"),
+                   "is empty (a simple bind without a password is anonymous)");
   }
 }
 
@@ -444,8 +447,10 @@ void read_sql_directory(Object& q, SqlDirectory& sql, const std::filesystem::pat
       else if (statement->find("%{value}") == std::string::npos)
         problems.add(w.pointer_of(key), "must contain %{value} (the new value)");
       else if (statement->find("%{user}") == std::string::npos &&
-               statement->find("%{localpart}") == std::string::npos)
-        problems.add(w.pointer_of(key), "must name the user: %{user} or %{localpart}");
+               (statement->find("%{localpart}") == std::string::npos ||
+                statement->find("%{domain}") == std::string::npos))
+        problems.add(w.pointer_of(key),
+                     "must name the whole user: %{user}, or %{localpart} and %{domain}");
       if (statement->find('?') != std::string::npos)
         problems.add(w.pointer_of(key), "use %{value}, %{user}, %{localpart} and %{domain}, not ?");
     }
@@ -453,6 +458,8 @@ void read_sql_directory(Object& q, SqlDirectory& sql, const std::filesystem::pat
     read_secret_file(w, "password_file", sql.write_password_file, sql.write_password, base);
     if (!sql.write_user.empty() && sql.write_password_file.empty())
       problems.add(w.pointer_of("user"), "a user needs \"password_file\"");
+    if (sql.write_user.empty() && !sql.write_password_file.empty())
+      problems.add(w.pointer_of("password_file"), "only with \"user\" (the writes' account)");
   }
 }
 

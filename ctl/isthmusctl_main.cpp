@@ -232,7 +232,16 @@ std::optional<int> hand_over_move(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "move" || arg == "move-status") {
-      std::filesystem::path mover = own_directory() / "isthmus_move.py";
+      const std::filesystem::path own = own_directory();
+      if (own.empty() || !own.is_absolute()) {
+        // Never a relative path: that would run (and import) whatever
+        // isthmus_move.py the current directory holds.
+        std::fputs("isthmusctl: cannot tell where isthmusctl is installed (/proc/self/exe), "
+                   "so not where isthmus_move.py is\n",
+                   stderr);
+        return kExitUsage;
+      }
+      std::filesystem::path mover = own / "isthmus_move.py";
       std::vector<std::string> args = {kPython, "-P", "-c",
 R"(import os, sys
 path = sys.argv.pop(1)

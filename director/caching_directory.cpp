@@ -296,6 +296,8 @@ asio::awaitable<WriteResult> CachingDirectory::write_account(std::string user, U
   co_return result;
 }
 
+bool CachingDirectory::takes_writes() const { return state_->inner->takes_writes(); }
+
 void CachingDirectory::invalidate(std::string_view user) {
   std::string key(user);
   auto& shard = state_->shard_for(key);

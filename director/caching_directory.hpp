@@ -46,6 +46,7 @@ class CachingDirectory final : public Directory,
   // Writes through to the inner directory, then drops the user's entry.
   boost::asio::awaitable<WriteResult> write_account(std::string user, UserEntry entry,
                                                     AccountChange change) override;
+  bool takes_writes() const override;
 
   // Drops one user's entry (after an operator changed it in the directory).
   void invalidate(std::string_view user);

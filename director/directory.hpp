@@ -117,6 +117,8 @@ class Directory {
   // unsupported. Never throws for a directory's trouble.
   virtual boost::asio::awaitable<WriteResult> write_account(std::string user, UserEntry entry,
                                                             AccountChange change);
+  // Whether write_account() is configured at all (GET /v1/status says it).
+  virtual bool takes_writes() const { return false; }
 };
 
 }  // namespace isthmus::director

@@ -184,6 +184,7 @@ class LdapDirectory final : public LoopDirectory {
   }
 
   std::string_view kind() const override { return "ldap"; }
+  bool takes_writes() const override { return !settings_.write_bind_dn.empty(); }
 
   asio::awaitable<PasswordCheck> check_password(const UserEntry& entry,
                                                 std::string password) override {

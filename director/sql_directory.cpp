@@ -32,6 +32,7 @@ class SqlDirectory final : public LoopDirectory {
         set_state_(sql_statement_from_template(settings.set_state)),
         set_island_(sql_statement_from_template(settings.set_island)),
         timeout_(settings.timeout),
+        writes_(settings.writes()),
         client_(loop().executor(), sql::client_settings(settings, "sql directory")) {
     client_.warm_up();
     if (!settings.write_user.empty()) {
@@ -48,6 +49,7 @@ class SqlDirectory final : public LoopDirectory {
   ~SqlDirectory() override { stop_loop(); }
 
   std::string_view kind() const override { return "sql"; }
+  bool takes_writes() const override { return writes_; }
 
  protected:
   asio::awaitable<LookupResult> lookup_in_loop(std::string user) override {
@@ -60,9 +62,8 @@ class SqlDirectory final : public LoopDirectory {
     co_return lookup_result_from_rows(rows);
   }
 
-  // The island first, then the state: a failure in between leaves the
-  // user on the new island in the old state (a move's switch sets
-  // "active" last, so never active on an island half-written).
+  // The island first, then the state. (The admin API writes them one at
+  // a time, reading the island back before it writes the state.)
   asio::awaitable<WriteResult> write_in_loop(std::string user, UserEntry /*entry*/,
                                              AccountChange change) override {
     if ((change.island && set_island_.text.empty()) || (change.state && set_state_.text.empty()))
@@ -85,6 +86,19 @@ class SqlDirectory final : public LoopDirectory {
                                           statement == &set_island_ ? "set_island" : "set_state",
                                           sanitize(user, 100), result.error,
                                           done.empty() ? "" : " (after " + done.front() + ")")};
+      // One user is one row: more means the statement's WHERE is wider than
+      // the lookup's (the config loader asks for the whole name).
+      if (result.affected_rows > 1) {
+        spdlog::error("sql directory: {} for {} changed {} rows on {}: check "
+                      "/directory/sql/writes",
+                      statement == &set_island_ ? "set_island" : "set_state", sanitize(user, 100),
+                      result.affected_rows, result.server);
+        co_return WriteResult{WriteStatus::failed,
+                              fmt::format("sql directory: {} changed {} rows for one user on {} "
+                                          "(its WHERE matches more than the user's row)",
+                                          statement == &set_island_ ? "set_island" : "set_state",
+                                          result.affected_rows, result.server)};
+      }
       done.push_back(fmt::format("{} ({} row(s) changed on {})",
                                  statement == &set_island_ ? "set_island" : "set_state",
                                  result.affected_rows, result.server));
@@ -109,6 +123,7 @@ class SqlDirectory final : public LoopDirectory {
   SqlStatement set_state_;
   SqlStatement set_island_;
   Clock::duration timeout_;
+  bool writes_ = false;
   Clock::time_point last_rejected_log_{};
   sql::Client client_;
   std::optional<sql::Client> write_client_;  // directory.sql.writes.user, when set

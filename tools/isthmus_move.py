@@ -460,7 +460,7 @@ class Config:
                  "copier_timeout", "kick_timeout", "settle", "imap_timeout", "confirm_timeout",
                  "copy_passes", "batch_bytes", "batch_messages", "precopy_passes",
                  "precopy_threshold", "mover", "dsync"}
-    DSYNC_KEYS = {"password_file", "api_key_file", "timeout"}
+    DSYNC_KEYS = {"password_file", "api_key_file", "timeout", "copy_timeout"}
     LOGIN_KEYS = {"master_user", "master_password_file", "master_style", "separator"}
 
     def __init__(self, path: str):
@@ -585,8 +585,12 @@ class Config:
         elif api_key_file:
             secret = read_secret(self.resolve(api_key_file), f"{dwhere}: api_key_file")
             self.doveadm_auth = "X-Dovecot-API " + base64.b64encode(secret.encode()).decode()
-        # One dsync run (a pass); a hung one must not keep the user locked out.
+        # One dsync pass while the user works (the bulk copy may take hours),
+        # and one while the user is locked out (what changed since: short;
+        # a hung one must not keep the user locked out for hours).
         self.dsync_timeout = parse_duration(dsync.get("timeout", "6h"), f"{dwhere}: timeout")
+        self.dsync_copy_timeout = parse_duration(dsync.get("copy_timeout", "10m"),
+                                                 f"{dwhere}: copy_timeout")
 
         copier = move.get("copier")
         if copier is not None and (not isinstance(copier, list) or not copier
@@ -762,7 +766,12 @@ class InstanceDirectory:
         if name is not None and name not in names:
             raise UsageError(f"{where}: instance {name!r} is not in \"instances\" "
                              f"({', '.join(names)})")
-        self.instance = next(i for i in config.instances if name in (None, i.name))
+        found = next(i for i in config.instances if name in (None, i.name))
+        # A write does up to three directory round trips on the instance
+        # (look up, write, read back; twice for the switch): more time than
+        # a read.
+        self.instance = Instance(found.name, socket_path=found.socket_path, url=found.url,
+                                 token=found.token, timeout=max(found.timeout, 30.0))
 
     def describe(self) -> str:
         return f"the directory of instance {self.instance.name}, written through its admin API"
@@ -776,16 +785,20 @@ class InstanceDirectory:
         return clean(answer.get("written", ""))
 
     def preflight(self, user: str) -> str:
-        # Writes what the directory holds now (a no-op): the instance can
-        # write (directory.*.writes configured, the rights granted) before
-        # anyone is locked out.
-        status, now = self.instance.request("GET", "/v1/users/" +
-                                            urllib.parse.quote(user, safe="@"))
+        # Nothing is written here (a "no-op" write of what a cache says
+        # could undo a change made in the directory meanwhile): the first
+        # write, state moving, is where a missing right shows, and the user
+        # then stays active where they are.
+        status, body = self.instance.request("GET", "/v1/status")
         if status != 200:
-            raise StepFailed(f"instance {self.instance.name} cannot look {user} up (HTTP "
-                             f"{status}): {clean(now.get('error', ''))}")
-        self._write(user, {"state": now.get("state"), "island": now.get("island")})
-        return f"instance {self.instance.name} can write the directory"
+            raise StepFailed(f"instance {self.instance.name}: GET /v1/status answered HTTP "
+                             f"{status}")
+        if not body.get("directory_writes"):
+            raise StepFailed(f"instance {self.instance.name} does not write its "
+                             f"{body.get('directory', '?')} directory (configure "
+                             f"directory.sql.writes or directory.ldap.writes there, or use "
+                             f"another directory type here)")
+        return f"instance {self.instance.name} writes its {body.get('directory')} directory"
 
     def set_state(self, user: str, state: str, island: str, journal: dict) -> str:
         return f"state {state} ({self._write(user, {'state': state})})"
@@ -1505,7 +1518,8 @@ class Imap:
             return True
         return self.signature(self.examine(name)) != signature
 
-    def messages(self, name: str, exists: int, cache: dict | None = None) -> list[Msg]:
+    def messages(self, name: str, exists: int, cache: dict | None = None,
+                 all_flags: bool = False) -> list[Msg]:
         """Every message of the folder NAME just EXAMINEd or SELECTed, in UID
         order. CACHE (a dict the caller keeps for the run): with CONDSTORE,
         a folder this node listed before, with the same UIDVALIDITY, is
@@ -1513,12 +1527,17 @@ class Imap:
         messages changed since that listing's HIGHESTMODSEQ (CHANGEDSINCE,
         RFC 7162) and the new messages only; sizes, Message-IDs and dates
         do not change under a UID. So a pass over a large folder that
-        changed a little costs its UID list, not every message's header."""
+        changed a little costs its UID list, not every message's header.
+        ALL_FLAGS (the verification): every message's flags are read anew
+        (UID FETCH 1:* (UID FLAGS), no headers), not only the changed ones'."""
         signature = self.signature(exists) if cache is not None else None
         key = (str(self.endpoint), name)
         prev = cache.get(key) if cache is not None else None
-        if prev is not None and signature is not None and prev["validity"] == signature[0]:
-            msgs = self._messages_since(name, exists, prev)
+        # A HIGHESTMODSEQ lower than the last listing's (an index rebuilt
+        # under the same UIDVALIDITY) makes CHANGEDSINCE blind: list in full.
+        if (prev is not None and signature is not None and prev["validity"] == signature[0]
+                and signature[2] >= prev["modseq"]):
+            msgs = self._messages_since(name, exists, prev, all_flags)
         else:
             msgs = self._messages_all(name, exists, "1:*")
         if cache is not None:
@@ -1529,7 +1548,8 @@ class Imap:
                 cache.pop(key, None)
         return msgs
 
-    def _messages_since(self, name: str, exists: int, prev: dict) -> list[Msg]:
+    def _messages_since(self, name: str, exists: int, prev: dict,
+                        all_flags: bool = False) -> list[Msg]:
         if exists == 0:
             return []
         data = self.call(f"UID SEARCH in {name}", self.m.uid, "SEARCH", "ALL")
@@ -1539,8 +1559,11 @@ class Imap:
             raise ImapError(f"node {self.endpoint}: UID SEARCH in {name}: an unreadable answer: "
                             f"{_text(data)}") from None
         known = prev["msgs"]
-        data = self.call(f"FETCH CHANGEDSINCE in {name}", self.m.uid, "FETCH", "1:*",
-                         "(UID FLAGS)", f"(CHANGEDSINCE {prev['modseq']})")
+        if all_flags:
+            data = self.call(f"FETCH FLAGS in {name}", self.m.uid, "FETCH", "1:*", "(UID FLAGS)")
+        else:
+            data = self.call(f"FETCH CHANGEDSINCE in {name}", self.m.uid, "FETCH", "1:*",
+                             "(UID FLAGS)", f"(CHANGEDSINCE {prev['modseq']})")
         flags_now = {}
         for resp in imap_responses(data):
             items = _fetch_items(resp)
@@ -2387,9 +2410,7 @@ class Mover:
                              f"move?): remove them, or run again with --force to merge (the "
                              f"verification will then fail on messages not on the source)")
         if self.kind == "dsync":
-            step["dsync"] = self.dsync_preflight(
-                counts, any(h.get("to") == dest and h.get("mover") == "dsync"
-                            for h in data.get("history", [])))
+            step["dsync"] = self.dsync_preflight(counts)
         # Messages on the destination that are not on the source are removed
         # by the copy passes (they were expunged on the source after being
         # copied), unless the destination held mail of its own before the
@@ -2734,29 +2755,39 @@ class Mover:
                              f"in move.nodes (the dsync mover needs one)")
         return Doveadm(src, self.config), dst
 
-    def dsync_preflight(self, counts: int, earlier_dsync: bool) -> str:
-        if counts and not earlier_dsync:
+    def dsync_preflight(self, counts: int) -> str:
+        if counts:
             # Checked: a one-way dsync into a mailbox with messages of its
-            # own (or copied by the IMAP mover) keeps them and gives the
-            # source's messages new UIDs.
-            raise StepFailed(f"the destination mailbox holds {plural(counts, 'message')} that "
-                             f"an earlier dsync move did not put there: the dsync mover keeps "
-                             f"UIDs only into an empty mailbox; empty it, or merge with --mover "
-                             f"imap --force")
+            # own (or copied by the IMAP mover, or left by an earlier move
+            # and since changed on the source) keeps them and gives the
+            # source's messages new UIDs. (A resumed move does not come
+            # back here.)
+            raise StepFailed(f"the destination mailbox holds {plural(counts, 'message')}: the "
+                             f"dsync mover keeps UIDs only into an empty mailbox; empty it (a "
+                             f"leftover of an earlier move?), or merge with --mover imap "
+                             f"--force")
         api, dst = self.dsync_pair()
         if "sync" not in api.commands(self.config.imap_timeout):
             raise StepFailed(f"the doveadm HTTP API of {api} offers no sync command")
         return f"dsync: doveadm sync -1 run by {api} to {dst.name} ({dsync_destination(dst)})"
 
-    def dsync_pass(self, api: Doveadm, dst: Endpoint) -> tuple[int, float]:
+    def dsync_pass(self, api: Doveadm, dst: Endpoint,
+                   timeout: float | None = None) -> tuple[int, float]:
         """One one-way `doveadm sync -1` of the user, source node to
         destination node (`backup` cannot replace the INBOX the destination
         creates at the first login: "INBOX can't be deleted"): (DSYNC_CHANGED
         if the mailbox changed meanwhile else 0, seconds)."""
         t0 = time.monotonic()
-        code = api.run("sync", {"user": self.journal.data["node_login"], "onewaySync": True,
-                                "destination": [dsync_destination(dst)]},
-                       self.config.dsync_timeout)
+        timeout = timeout or self.config.dsync_timeout
+        try:
+            code = api.run("sync", {"user": self.journal.data["node_login"], "onewaySync": True,
+                                    "destination": [dsync_destination(dst)]}, timeout)
+        except StepFailed as e:
+            if "no answer in time" in str(e):
+                raise StepFailed(f"{e} after {show_seconds(timeout)}: the dsync may still be "
+                                 f"running on {api.endpoint.name} (see its log) before this "
+                                 f"step is resumed") from None
+            raise
         seconds = round(time.monotonic() - t0, 3)
         if code not in (0, DSYNC_CHANGED):
             raise StepFailed(f"doveadm sync on {api.endpoint.name} to {dst.name} exited "
@@ -2801,7 +2832,7 @@ class Mover:
         api, dst = self.dsync_pair()
         t0 = time.monotonic()
         for n in range(1, self.config.copy_passes + 1):
-            code, _ = self.dsync_pass(api, dst)
+            code, _ = self.dsync_pass(api, dst, self.config.dsync_copy_timeout)
             if code == 0:
                 break
         else:
@@ -2858,11 +2889,11 @@ class Mover:
         a_exists = src.examine(name)
         a_validity = src.uidvalidity()
         a_signature = src.signature(a_exists)
-        a = src.messages(name, a_exists, self._listed)
+        a = src.messages(name, a_exists, self._listed, all_flags=True)
         b_exists = dst.examine(target)
         b_validity = dst.uidvalidity()
         b_signature = dst.signature(b_exists)
-        b = dst.messages(target, b_exists, self._listed)
+        b = dst.messages(target, b_exists, self._listed, all_flags=True)
         if self.kind == "dsync":
             # dsync keeps UIDs: a client's cache stays valid.
             if a_validity != b_validity:
@@ -2920,7 +2951,8 @@ class Mover:
                     continue   # the user changed it meanwhile: verified in full later
                 if not found and None not in signatures:
                     self._checked[name] = {"signatures": signatures, "entry": entry,
-                                           "bytes": nbytes}
+                                           "bytes": nbytes,
+                                           "nodes": (str(src.endpoint), str(dst.endpoint))}
         finally:
             src.close()
             dst.close()
@@ -2966,7 +2998,8 @@ class Mover:
                     report["folders"][name] = {"missing_folder": True}
                     continue
                 known = self._checked.get(name)
-                if known is not None:
+                if known is not None and known["nodes"] == (str(src.endpoint),
+                                                            str(dst.endpoint)):
                     # Found the same on both sides before the switch, and
                     # neither side changed since (CONDSTORE signatures).
                     now = (src.signature(src.examine(name)),

@@ -173,6 +173,8 @@ class AdminApi(unittest.TestCase):
         self.assertEqual((got, "does not know" in answer["error"]), (404, True), answer)
         status, body = self.api("GET", f"/v1/users/{USER}")
         self.assertEqual((body["island"], body["state"]), ("a", "active"))
+        status, body = self.api("GET", "/v1/status")
+        self.assertIs(body["directory_writes"], False)
 
     def test_metrics_parse_and_count(self):
         from prometheus_client.parser import text_string_to_metric_families

@@ -338,10 +338,13 @@ class Routing(unittest.TestCase):
 
         status, body = post("nobody@example.org", {"state": "moving"})
         self.assertEqual(status, 404, body)
-        # Written to no row: the directory still says otherwise.
+        status, text = curl(["http://isthmus/v1/status"], unix=sock)
+        self.assertTrue(json.loads(text)["directory_writes"])
+        # An island written to no row: refused, and the state not written
+        # at all (never active where the mail is not).
         ix.stop()
-        writes["set_state"] = writes["set_state"].replace("%{localpart}",
-                                                          "CONCAT(%{localpart}, '-x')")
+        writes["set_island"] = writes["set_island"].replace("%{localpart}",
+                                                            "CONCAT(%{localpart}, '-x')")
         ix2 = LAB.start_isthmus(binary(), listeners=[{"name": "imap", "protocol": "imap",
                                                       "address": "127.0.0.1",
                                                       "port": procs.free_port()}],
@@ -350,10 +353,14 @@ class Routing(unittest.TestCase):
         self.addCleanup(ix2.stop)
         sock += "2"
         wait_for(lambda: os.path.exists(sock), timeout=10, what="the admin socket")
-        status, body = post(user, {"state": "moving"})
+        status, body = post(user, {"island": "a", "state": "moving"})
         self.assertEqual(status, 502, body)
-        self.assertIn("set_state (0 row(s) changed", body["error"])
+        self.assertIn("set_island (0 row(s) changed", body["error"])
         self.assertIn("the directory now answers island b, state active", body["error"])
+        self.assertIn("the state was not written", body["error"])
+        self.assertEqual(DB.query("SELECT island, state FROM account WHERE localpart = 'carol'"),
+                         [("b", "active")])
+        self.assertRegex(ix2.log_text(), r"POST /v1/users/carol@example\.org/account.*refused")
 
     def test_an_island_value_with_a_line_break_is_escaped_and_temporary(self):
         DB.execute("UPDATE account SET island = 'a\\r\\n2099-01-01 FORGED critical' "

@@ -1339,6 +1339,19 @@ class Parsing(unittest.TestCase):
                                  ("FETCH", "9", "(UID RFC822.SIZE FLAGS INTERNALDATE "
                                                 "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")])
         self.assertEqual(first[1].flags, [])   # the earlier listing is not changed
+        # The verification reads every flag anew (no CHANGEDSINCE), headers
+        # still only for new messages.
+        asked.clear()
+        imap.m.select("INBOX", True)
+        imap.messages("INBOX", 2, cache, all_flags=True)
+        self.assertEqual(asked[1], ("FETCH", "1:*", "(UID FLAGS)"))
+        # A HIGHESTMODSEQ below the last listing's (an index rebuilt):
+        # CHANGEDSINCE would miss changes, so the folder is listed in full.
+        codes["HIGHESTMODSEQ"] = [b"3"]
+        asked.clear()
+        imap.listing("INBOX", cache=cache)
+        self.assertEqual([a[1] for a in asked], ["1:*"])
+        self.assertEqual(len(asked[0]), 3)   # the full FETCH, with headers
         # A new UIDVALIDITY (the folder was recreated): listed in full again.
         codes["UIDVALIDITY"] = [b"8"]
         asked.clear()

@@ -196,11 +196,17 @@ TEST_CASE("an SQL directory: the CalMail query by default, placeholders checked"
 TEST_CASE("directory writes: SQL statements with %{value} and the user, an LDAP bind DN") {
   auto c = parse_config(with_directory(R"({ "type": "sql", "sql": {
       "servers": ["db:3306"], "database": "mail", "user": "isthmus",
-      "writes": { "set_state": "UPDATE a SET state = %{value} WHERE l = %{localpart}",
+      "writes": { "set_state": "UPDATE a SET state = %{value} WHERE l = %{localpart} AND d = %{domain}",
                   "set_island": "UPDATE a SET island = %{value} WHERE u = %{user}" } } })"),
                         "t.json", "/etc");
   CHECK(c.directory.sql.writes());
   CHECK(c.directory.sql.write_user.empty());
+  c = parse_config(with_directory(R"({ "type": "sql", "sql": {
+      "servers": ["db:3306"], "database": "mail", "user": "isthmus",
+      "writes": { "set_state": "UPDATE a SET state = %{value} WHERE l = %{localpart} AND d = %{domain}",
+                  "set_island": "UPDATE a SET island = %{value} WHERE u = %{user}" } } })"),
+                   "t.json", "/etc");
+  CHECK(c.directory.sql.writes());
   CHECK(!parse_config(with_directory(R"({ "type": "sql", "sql": { "servers": ["db:3306"],
       "database": "mail", "user": "u" } })"), "t.json", "/etc").directory.sql.writes());
   auto e = error_of(with_directory(R"({ "type": "sql", "sql": { "servers": ["db:3306"],
@@ -208,9 +214,18 @@ TEST_CASE("directory writes: SQL statements with %{value} and the user, an LDAP 
       "set_state": "UPDATE a SET state = 'moving' WHERE l = %{localpart}",
       "set_island": "UPDATE a SET island = %{value}", "user": "writer" } } })"));
   CHECK(e.find("/directory/sql/writes/set_state: must contain %{value}") != std::string::npos);
-  CHECK(e.find("/directory/sql/writes/set_island: must name the user") != std::string::npos);
+  CHECK(e.find("/directory/sql/writes/set_island: must name the whole user") !=
+        std::string::npos);
   CHECK(e.find("/directory/sql/writes/user: a user needs \"password_file\"") !=
         std::string::npos);
+  e = error_of(with_directory(R"({ "type": "sql", "sql": { "servers": ["db:3306"],
+      "database": "mail", "user": "u", "writes": {
+      "set_state": "UPDATE a SET state = %{value} WHERE l = %{localpart}",
+      "set_island": "UPDATE a SET island = %{value} WHERE l = %{localpart} AND d = %{domain}" }
+      } })"));
+  CHECK(e.find("/directory/sql/writes/set_state: must name the whole user") !=
+        std::string::npos);
+  CHECK(e.find("set_island") == std::string::npos);
   e = error_of(with_directory(R"({ "type": "sql", "sql": { "servers": ["db:3306"],
       "database": "mail", "user": "u", "query": "SELECT i FROM t WHERE u = %{value}" } })"));
   CHECK(e.find("/directory/sql/query: unknown placeholder \"%{value}\"") != std::string::npos);
