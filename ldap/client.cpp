@@ -625,6 +625,17 @@ struct Client::Impl {
       attempt.error = describe(ld, rc);
       co_return attempt;
     }
+    co_return co_await await_answer(connection, msgid, deadline, code, "bind");
+  }
+
+  // The result of the single-answer operation `msgid` (a bind, a modify):
+  // `code` is the server's result code when it answered; busy/unavailable
+  // counts as the server's trouble (try another), any other code as its
+  // answer.
+  asio::awaitable<Attempt> await_answer(Connection& connection, int msgid, Deadline deadline,
+                                        int& code, const char* what) {
+    Attempt attempt;
+    LDAP* ld = connection.handle();
     Reply reply = co_await await_result(connection, msgid, deadline);
     if (!reply.message) {
       attempt.kind = reply.timed_out ? Attempt::Kind::timed_out : Attempt::Kind::broken;
@@ -638,7 +649,7 @@ struct Client::Impl {
     std::string server_text = text ? sanitize(text, 200) : "";
     if (text) ldap_memfree(text);
     if (parsed != LDAP_SUCCESS) {
-      attempt.error = "cannot parse the bind result: " + describe(ld, parsed);
+      attempt.error = fmt::format("cannot parse the {} result: {}", what, describe(ld, parsed));
       co_return attempt;
     }
     attempt.error = fmt::format("{} ({}){}{}", ldap_err2string(code), code,
@@ -1050,26 +1061,7 @@ struct Client::Impl {
       attempt.error = describe(ld, rc);
       co_return attempt;
     }
-    Reply reply = co_await await_result(connection, msgid, deadline);
-    if (!reply.message) {
-      attempt.kind = reply.timed_out ? Attempt::Kind::timed_out : Attempt::Kind::broken;
-      attempt.error = reply.error;
-      co_return attempt;
-    }
-    code = LDAP_OTHER;
-    char* text = nullptr;
-    const int parsed =
-        ldap_parse_result(ld, reply.message.get(), &code, nullptr, &text, nullptr, nullptr, 0);
-    std::string server_text = text ? sanitize(text, 200) : "";
-    if (text) ldap_memfree(text);
-    if (parsed != LDAP_SUCCESS) {
-      attempt.error = "cannot parse the modify result: " + describe(ld, parsed);
-      co_return attempt;
-    }
-    attempt.error = fmt::format("{} ({}){}{}", ldap_err2string(code), code,
-                                server_text.empty() ? "" : ": ", server_text);
-    attempt.kind = Attempt::Kind::answered;
-    co_return attempt;
+    co_return co_await await_answer(connection, msgid, deadline, code, "modify");
   }
 
   void close() {
