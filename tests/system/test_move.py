@@ -790,6 +790,46 @@ class Move(unittest.TestCase):
         self.assertRegex(ix.log_text(), rf"login ok user={user} island=a ")
         self.assertIn("POST /v1/reload", ix.log_text())
 
+    def test_4b_events_for_the_daemon(self):
+        """`isthmus_move.py move --events --journal-file` (as the daemon's
+        move job runs it): JSON lines only, every step started and done in
+        order, copy progress, the journal, finished last."""
+        user, login = "ivan@example.org", "ivan.legacy@example.org"
+        seed(user, login, "a", small=20, big=1, big_size=200_000, folders=("Archive",))
+        journal_file = os.path.join(LAB.root, "job-4b", "journal.json")
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "isthmus_move.py"),
+                            "--config", CONFIG, "move", user, "--to", "b", "--events",
+                            "--journal-file", journal_file],
+                           capture_output=True, timeout=150)
+        print(r.stdout.decode("utf-8", "replace")[-3000:], r.stderr.decode("utf-8", "replace"),
+              flush=True)
+        self.assertEqual(r.returncode, 0)
+        lines = r.stdout.decode("utf-8").splitlines()
+        self.assertTrue(all(len(line.encode()) < 64 * 1024 for line in lines))
+        events = [json.loads(line) for line in lines]
+        self.assertEqual(events[0]["event"], "started")
+        self.assertEqual((events[0]["user"], events[0]["from"], events[0]["to"],
+                          events[0]["resume"]), (user, "a", "b", False))
+        steps = [(e["number"], e["name"], e["status"]) for e in events if e["event"] == "step"]
+        self.assertEqual(steps, [(n, name, status) for n, name in enumerate(mv.STEPS)
+                                 for status in ("started", "done")])
+        self.assertTrue(any(e["event"] == "progress" and e["step"] == "precopy"
+                            and e["bytes"] > 0 and e["bytes_total"] >= e["bytes"]
+                            for e in events))
+        journals = [e["data"] for e in events if e["event"] == "journal"]
+        self.assertTrue(journals)
+        with open(journal_file) as f:
+            self.assertEqual(journals[-1], json.load(f))
+        self.assertEqual(journals[-1]["status"], "done")
+        self.assertFalse(os.path.exists(os.path.join(JOURNALS, user + ".json")))
+        self.assertTrue(any(e["event"] == "say" and e["text"].startswith("moved ")
+                            for e in events))
+        last = events[-1]
+        self.assertEqual((last["event"], last["exit"]), ("finished", 0))
+        self.assertEqual(last["text"], f"moved {user} from island a to b")
+        self.assertIsInstance(last["interruption_seconds"], float)
+        self.assertEqual(where(user), ("b", "active"))
+
     def test_5_abort_puts_the_user_back(self):
         user = "zoe@other.test"
         seed(user, user, "b", small=10, big=0, folders=("Archive",))
