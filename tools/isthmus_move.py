@@ -46,7 +46,7 @@ the verification always lists every folder.
 
 Python 3.11 standard library only, plus the ``mariadb`` client for an SQL
 directory and ``ldapsearch``/``ldapmodify`` for an LDAP one. Also a module:
-``main(argv) -> int`` is what ``isthmusctl move`` calls.
+``main(argv) -> int`` is what ``isthmusctl move --local`` calls.
 
 Exit codes: 0 done (or nothing to do), 1 usage or config, 2 an instance could
 not be reached, 3 a step failed (the journal says which; resume with --resume;
@@ -3374,10 +3374,10 @@ exit codes:
 config: the isthmusctl config file with a "move" section (docs/move.md).
 
 examples:
-  isthmusctl move alice@example.org --to b
-  isthmusctl move alice@example.org --resume     # after a failure or Ctrl-C
-  isthmusctl move alice@example.org --abort      # back to active on the source
-                                                 # (only before the switch started)
+  isthmusctl move --local alice@example.org --to b
+  isthmusctl move --local alice@example.org --resume   # after a failure or Ctrl-C
+  isthmusctl move --local alice@example.org --abort    # back to active on the source
+                                                       # (only before the switch started)
   isthmusctl move-status alice@example.org"""
 
 
