@@ -340,6 +340,7 @@ Reply classify_answer(const Instance& inst, const AdminRequest& request, int sta
   Json parsed = parse_answer(body);
   if (parsed.is_object() && parsed.contains("error") && parsed["error"].is_string())
     message = std::string(trim(parsed["error"].get_ref<const std::string&>()));
+  if (parsed.is_object()) reply.body = parsed;  // e.g. the "id" of a 409 of POST /v1/moves
   if (message.empty()) {
     std::string snippet = snippet_of(body);
     message = fmt::format("HTTP {} {}", status, reason) + (snippet.empty() ? "" : ": " + snippet);

@@ -33,7 +33,8 @@ struct AdminRequest {
 struct Reply {
   const Instance* instance = nullptr;
   std::optional<int> status;
-  Json body;                     // the JSON object, or the text (want_json false)
+  Json body;                     // the JSON object, or the text (want_json false); for an
+                                 // error, the JSON object the instance answered, if any
   std::string error;             // the whole message for stderr
   ReplyKind kind = ReplyKind::ok;
   std::optional<std::string> message;  // the server's own "error" text, if any

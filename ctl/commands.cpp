@@ -1,6 +1,7 @@
 #include "ctl/commands.hpp"
 
 #include "common/strings.hpp"
+#include "ctl/move_jobs.hpp"
 #include "ctl/text.hpp"
 
 #include <fmt/format.h>
@@ -778,6 +779,19 @@ void cmd_cache_invalidate(const Command& command, const std::vector<Instance>& i
   run.emit("cache-invalidate", data, text);
 }
 
+void check_move(const Command& command) {
+  bool user = command.user && !command.user->empty();
+  if (command.job && (user || command.island || command.mover || command.detach))
+    throw UsageError("move: --follow ID follows a move job; it takes no USER, --to, --mover or "
+                     "--detach");
+  if (!command.job && !user)
+    throw UsageError("move: name the USER to move (with --to ISLAND), or --follow ID");
+  if (!command.job && !command.island)
+    throw UsageError("move: say where to: --to ISLAND");
+  if (command.mover && *command.mover != "imap" && *command.mover != "dsync")
+    throw UsageError("move: --mover is imap or dsync");
+}
+
 }  // namespace
 
 int run_command(const Command& command, const std::string& environment_config) {
@@ -785,12 +799,15 @@ int run_command(const Command& command, const std::string& environment_config) {
   try {
     if (command.name == "sessions") check_sessions(command);
     if (command.name == "kick") check_kick(command);
-    if (command.name == "move" || command.name == "move-status")
+    if (command.name == "move-status")
       // Reached only when the hand-over to isthmus_move.py did not see the
       // command (it always should): say so rather than pretend.
-      throw UsageError("move: run it as `isthmusctl [--config FILE] move USER --to ISLAND`");
+      throw UsageError("move-status: run it as `isthmusctl [--config FILE] move-status USER`");
+    if (command.name == "move") check_move(command);
     auto instances = select_instances(command.selection, environment_config);
     const std::string& name = command.name;
+    if (name == "move" || name == "moves" || name == "move-abort" || name == "move-resume")
+      return run_move_job(command, instances);
     if (name == "status") cmd_status(command, instances, run);
     else if (name == "nodes") cmd_nodes(command, instances, run);
     else if (name == "islands") cmd_islands(command, instances, run);

@@ -30,7 +30,10 @@ struct Command {
   Selection selection;
   std::optional<std::string> user;    // where, kick, sessions, cache-invalidate
   std::optional<std::string> node;    // kick, sessions, drain, undrain, promote
-  std::optional<std::string> island;  // kick, sessions, promote
+  std::optional<std::string> island;  // kick, sessions, promote; move --to
+  std::optional<std::string> mover;   // move --mover
+  std::optional<std::string> job;     // move --follow, move-abort, move-resume
+  bool detach = false;                // move --detach
 };
 
 // Checks the arguments, picks the instances, runs the command, prints;

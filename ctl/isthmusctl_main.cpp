@@ -2,9 +2,10 @@
 //
 // Talks to the admin API of one or more running instances (a unix socket,
 // or HTTP with a bearer token) and prints what they say as plain tables, or
-// as JSON with --json. `move` and `move-status` are handed over to
-// tools/isthmus_move.py (installed next to this program) until the daemon
-// has a move job of its own. Reference: docs/isthmusctl.md.
+// as JSON with --json. `move` starts and follows the daemon's move jobs;
+// `move --local` and `move-status` are handed over to tools/isthmus_move.py
+// (installed next to this program), which runs the move right here.
+// Reference: docs/isthmusctl.md.
 
 #include "ctl/commands.hpp"
 #include "ctl/text.hpp"
@@ -38,6 +39,8 @@ const char* const kExitCodesHelp = R"(exit codes:
   4  not found (HTTP 404): no such user, node or island
   5  instances disagree (islands: holder/epoch, or an island missing)
   6  authentication failed (HTTP 401): missing or wrong token
+  7  move: the verification failed (the user is active on the source again)
+  130  move: Ctrl-C while following (the move job goes on)
   When several apply, the first of 1, 6, 2, 3, 4, 5 is returned.)";
 
 const char* const kMainHelp = R"(Operate running Isthmus instances through their admin API: where a user
@@ -222,15 +225,28 @@ std::filesystem::path own_directory() {
   return self.parent_path();
 }
 
-// `isthmusctl [--config FILE] move ...` and `move-status USER` run
+// Whether `move` at argv[i] asks for the local mover: --local among its
+// arguments (before a "--").
+bool asks_local(int argc, char** argv, int i) {
+  for (int k = i + 1; k < argc; ++k) {
+    std::string arg = argv[k];
+    if (arg == "--") return false;
+    if (arg == "--local") return true;
+  }
+  return false;
+}
+
+// `isthmusctl [--config FILE] move --local ...` and `move-status USER` run
 // isthmus_move.py (the same config file, its "move" section) as the Python
-// isthmusctl did: its main() with the same arguments and environment, and
-// "isthmusctl" as the program name in its messages. Returns only when this
-// is another command, or when the mover cannot be started (exit 1).
+// isthmusctl did: its main() with the same arguments (--local dropped) and
+// environment, and "isthmusctl" as the program name in its messages.
+// Returns only when this is another command, or when the mover cannot be
+// started (exit 1).
 std::optional<int> hand_over_move(int argc, char** argv) {
   std::vector<std::string> config;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
+    if (arg == "move" && !asks_local(argc, argv, i)) return std::nullopt;  // a move job
     if (arg == "move" || arg == "move-status") {
       const std::filesystem::path own = own_directory();
       if (own.empty() || !own.is_absolute()) {
@@ -259,7 +275,14 @@ sys.exit(code)
 )",
                                        mover.string()};
       args.insert(args.end(), config.begin(), config.end());
-      for (int k = i; k < argc; ++k) args.emplace_back(argv[k]);
+      bool dropped = false;
+      for (int k = i; k < argc; ++k) {
+        if (!dropped && arg == "move" && std::string(argv[k]) == "--local") {
+          dropped = true;  // the first one (asks_local saw it before any "--")
+          continue;
+        }
+        args.emplace_back(argv[k]);
+      }
       if (!std::filesystem::exists(mover)) {
         std::string message = fmt::format(
             "isthmusctl: {}: cannot find {} (installed next to isthmusctl)\n", arg, mover.string());
@@ -370,14 +393,41 @@ const CommandSpec kCommands[] = {
      "on every instance, so the next login looks the user up afresh. Open\n"
      "sessions are not touched (kick them to re-route them).",
      "  isthmusctl cache-invalidate alice@example.org"},
+    {"move", "move a user to another island (a move job of the daemon)",
+     "Start a move job of USER to ISLAND on the first instance that answers\n"
+     "(POST /v1/moves) and follow it: every second the job's new history lines\n"
+     "and, on a terminal, one progress line (step, bytes, rate, ETA). The job\n"
+     "goes on without isthmusctl: --detach only starts it, Ctrl-C only stops\n"
+     "following (exit 130), and --follow ID follows it again, from another\n"
+     "instance if need be (a job whose owner died is taken over). Ends with the\n"
+     "job: exit 0 done, 7 the verification failed (the user is active on the\n"
+     "source again), 3 failed or aborted.\n\n"
+     "--local runs the mover here instead, without the daemon's move job\n"
+     "(tools/isthmus_move.py: `isthmusctl move --local --help` for --resume,\n"
+     "--abort, --force; docs/move.md).",
+     "  isthmusctl move alice@example.org --to b\n"
+     "  isthmusctl move alice@example.org --to b --mover dsync --detach\n"
+     "  isthmusctl move --follow 20261203T225500Z-3f2a9c\n"
+     "  isthmusctl move --local alice@example.org --to b"},
+    {"moves", "list the daemon's move jobs, newest first",
+     "List the move jobs (GET /v1/moves on the first instance that answers):\n"
+     "state, step, progress (percent of the bytes to copy), the instance that\n"
+     "runs it (owner) and when it last changed.",
+     "  isthmusctl moves\n  isthmusctl moves --json"},
+    {"move-abort", "abort a move job (only before its switch started)",
+     "Ask for the abort of move job ID: the user is set active on the source\n"
+     "island again. Exit 3 when the job has finished or its switch has started\n"
+     "(it can then only be resumed).",
+     "  isthmusctl move-abort 20261203T225500Z-3f2a9c"},
+    {"move-resume", "resume a failed or interrupted move job",
+     "Ask the daemon to run move job ID again from where it stopped. Exit 3\n"
+     "when it cannot be resumed (e.g. it has finished).",
+     "  isthmusctl move-resume 20261203T225500Z-3f2a9c"},
     // Handed over to isthmus_move.py (hand_over_move); listed for --help.
-    {"move", "move a user to another island, journaled and resumable",
-     "State moving, kick, copy, verify, switch: docs/move.md. See\n"
-     "`isthmusctl move --help` for --resume, --abort, --force; and\n"
-     "`isthmusctl move-status USER` for the journal.",
-     "  isthmusctl move alice@example.org --to b"},
-    {"move-status", "show the journal of a user's move (docs/move.md)",
-     "The steps done, their times, and what is left.", "  isthmusctl move-status alice@example.org"},
+    {"move-status", "show the journal of a local move (docs/move.md)",
+     "The steps done, their times, and what is left, from the journal of\n"
+     "`isthmusctl move --local` (move.journal_dir).",
+     "  isthmusctl move-status alice@example.org"},
 };
 
 int usage_error(const std::string& message) {
@@ -424,7 +474,7 @@ int run(int argc, char** argv) {
   user(subs["where"], "the login name, as the user types it", true);
   user(subs["kick"], "the user whose sessions to close", false);
   user(subs["cache-invalidate"], "the user (default: every entry)", false);
-  user(subs["move"], "the user to move", true);
+  user(subs["move"], "the user to move", false);
   user(subs["move-status"], "the user whose move to show", true);
   subs["sessions"]->add_option("--user", command.user, "only this user's sessions")
       ->type_name("USER");
@@ -448,6 +498,23 @@ int run(int argc, char** argv) {
       ->required();
   subs["move"]->add_option("--to", command.island, "the island to move the user to")
       ->type_name("ISLAND");
+  subs["move"]->add_option("--mover", command.mover,
+                           "how the mail is copied: imap or dsync (default: the daemon's "
+                           "moves.mover)")
+      ->type_name("imap|dsync");
+  subs["move"]->add_flag("--detach", command.detach,
+                         "start the move job and return (follow it later with --follow ID)");
+  subs["move"]->add_option("--follow", command.job,
+                           "follow move job ID (started earlier, or by someone else)")
+      ->type_name("ID");
+  bool local = false;  // never true here: hand_over_move() ran the mover
+  subs["move"]->add_flag("--local", local,
+                         "run the mover here (tools/isthmus_move.py), not as a daemon move job: "
+                         "see isthmusctl move --local --help");
+  for (const char* verb : {"move-abort", "move-resume"})
+    subs[verb]->add_option("ID", command.job, "the move job's id (isthmusctl moves)")
+        ->type_name("")
+        ->required();
   app.require_subcommand(0, 1);
 
   // argparse's messages for a missing or unknown command.
@@ -464,6 +531,17 @@ int run(int argc, char** argv) {
                                    repr(word), choices));
   if (word.empty() && !asks_help)
     return usage_error("the following arguments are required: COMMAND");
+  if (word == "move")
+    for (int i = 1; i < argc; ++i) {
+      std::string arg = argv[i];
+      if (arg == "--") break;
+      if (arg == "--resume" || arg == "--abort" || arg == "--force")
+        return usage_error(fmt::format(
+            "move: {} is an option of the local mover (isthmusctl move --local USER {}); a move "
+            "job of the daemon is resumed or aborted with isthmusctl move-resume ID or "
+            "move-abort ID",
+            arg, arg));
+    }
 
   try {
     app.parse(argc, argv);

@@ -46,7 +46,7 @@ the verification always lists every folder.
 
 Python 3.11 standard library only, plus the ``mariadb`` client for an SQL
 directory and ``ldapsearch``/``ldapmodify`` for an LDAP one. Also a module:
-``main(argv) -> int`` is what ``isthmusctl move`` calls.
+``main(argv) -> int`` is what ``isthmusctl move --local`` calls.
 
 Exit codes: 0 done (or nothing to do), 1 usage or config, 2 an instance could
 not be reached, 3 a step failed (the journal says which; resume with --resume;
@@ -1873,16 +1873,108 @@ def fingerprint(msgs: list[Msg]) -> collections.Counter:
                                for m in msgs)
 
 
+# ---------------------------------------------------------------- machine-readable events
+
+# `move --events`: one JSON object per line on stdout instead of the text, for
+# the daemon's move job (which runs `move USER --to ISLAND --events
+# --journal-file PATH`, or `--resume` after a take-over). Each line is UTF-8,
+# shorter than EVENT_LINE_MAX bytes and flushed. "event" is one of:
+#   started   user, from ("" if none), to, mover, resume (and abort: true)
+#   step      number, name (STEPS), status started|done|failed, text (the
+#             line text mode prints: "[1/7] precopy: ..."), seconds
+#   say       text: every other line text mode prints; "stream": "stderr"
+#             for the lines text mode writes to stderr (also written there)
+#   progress  step, pass, folders_done, folders, messages, bytes (copied so
+#             far in this pass), bytes_total (what the folders listed so far
+#             in this pass have to copy); at most two a second, and one at
+#             the end of each pass (dsync: one at the start and end, zeros)
+#   journal   data: the journal as just saved (see encode_event for a big one)
+#   finished  exit (the exit code), text (what the run came to),
+#             interruption_seconds (null until the switch): always the last
+EVENT_LINE_MAX = 64 * 1024
+EVENT_TEXT_MAX = 8 * 1024  # characters of one "text"
+# Journal keys left out of a journal event, in this order, while the line is
+# too long: progress detail and reports, never what a resume needs.
+EVENT_JOURNAL_SHEDDABLE = (("copy", "folders"), ("verify_report",), ("history",))
+PROGRESS_INTERVAL = 0.5  # seconds between progress events of a pass
+
+
+def bounded_text(text) -> str:
+    text = str(text)
+    return text if len(text) <= EVENT_TEXT_MAX else text[:EVENT_TEXT_MAX - 3] + "..."
+
+
+def encode_event(event: dict) -> bytes:
+    """EVENT as one line (with its newline), shorter than EVENT_LINE_MAX:
+    texts cut to EVENT_TEXT_MAX characters; a journal too big loses the keys
+    of EVENT_JOURNAL_SHEDDABLE (named in "shed"), or else its data (null,
+    "too_large": its size)."""
+    event = dict(event)
+    if "text" in event and event["text"] is not None:
+        event["text"] = bounded_text(event["text"])
+
+    def line(obj) -> bytes:
+        return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
+            "utf-8", errors="replace")
+
+    out = line(event)
+    if len(out) < EVENT_LINE_MAX or event.get("event") != "journal":
+        return out if len(out) < EVENT_LINE_MAX else line(
+            {"event": event.get("event"), "too_large": len(out)})
+    data = json.loads(json.dumps(event.get("data")))  # a copy to shed from
+    shed = []
+    for path in EVENT_JOURNAL_SHEDDABLE:
+        holder = data
+        for key in path[:-1]:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and path[-1] in holder:
+            del holder[path[-1]]
+            shed.append(".".join(path))
+            out = line(dict(event, data=data, shed=shed))
+            if len(out) < EVENT_LINE_MAX:
+                return out
+    return line({"event": "journal", "data": None, "too_large": len(line(event))})
+
+
+class Events:
+    """Writes the events of one run to OUT (a binary stream)."""
+
+    def __init__(self, out):
+        self.out = out
+        self.finished = False
+
+    def emit(self, event: dict) -> None:
+        self.out.write(encode_event(event))
+        self.out.flush()
+
+    def finish(self, code: int, text: str, interruption) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.emit({"event": "finished", "exit": code, "text": text,
+                   "interruption_seconds": interruption})
+
+
 # ---------------------------------------------------------------- the journal
 
 class Journal:
-    def __init__(self, directory: str, user: str):
-        self.directory = directory
-        safe = urllib.parse.quote(user, safe="@.-_+")
-        self.path = os.path.join(directory, safe + ".json")
-        self.lock_path = os.path.join(directory, safe + ".lock")
+    """The journal of USER's move: DIRECTORY/USER.json (locked through
+    USER.lock next to it), or the file PATH (and PATH.lock) when given
+    (--journal-file: the daemon keeps one per move job)."""
+
+    def __init__(self, directory: str, user: str, path: str | None = None):
+        if path is not None:
+            self.directory = os.path.dirname(os.path.abspath(path))
+            self.path = path
+            self.lock_path = path + ".lock"
+        else:
+            self.directory = directory
+            safe = urllib.parse.quote(user, safe="@.-_+")
+            self.path = os.path.join(directory, safe + ".json")
+            self.lock_path = os.path.join(directory, safe + ".lock")
         self.data: dict | None = None
         self._lock_fd = None
+        self.on_save = None  # called with the data after each save (--events)
 
     def open(self) -> None:
         try:
@@ -1916,6 +2008,8 @@ class Journal:
         self.data["updated"] = now_iso()
         write_atomic(self.path, (json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
                      .encode("utf-8"))
+        if self.on_save is not None:
+            self.on_save(self.data)
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -1926,10 +2020,15 @@ class Journal:
 # ---------------------------------------------------------------- the move
 
 class Mover:
-    def __init__(self, config: Config, out=sys.stdout, err=sys.stderr):
+    def __init__(self, config: Config, out=sys.stdout, err=sys.stderr,
+                 events: Events | None = None):
         self.config = config
         self.out = out
         self.err = err
+        self.events = events
+        # The line finished.text carries (--events): what the run came to.
+        self.summary: str | None = None
+        self._last_progress_event = 0.0
         self.journal: Journal | None = None
         self.user = None
         self._last_progress_save = 0.0
@@ -1948,7 +2047,46 @@ class Mover:
     # -- output
 
     def say(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
+        if self.events is not None:
+            self.events.emit({"event": "say", "text": text})
+        else:
+            print(text, file=self.out, flush=True)
+
+    def complain(self, text: str) -> None:
+        """TEXT (lines starting "isthmus-move: ") on stderr; with --events
+        each line a say event too ("stream": "stderr"), the first one the
+        summary."""
+        print(text, file=self.err, flush=True)
+        if self.events is not None:
+            for line in text.split("\n"):
+                self.events.emit({"event": "say", "text": line, "stream": "stderr"})
+        self.summary = text.split("\n")[0].removeprefix("isthmus-move: ")
+
+    def event(self, event: dict) -> None:
+        if self.events is not None:
+            self.events.emit(event)
+
+    def announce(self, resume: bool, **extra) -> None:
+        """The started event of this run (--events)."""
+        data = self.journal.data
+        self.event(dict({"event": "started", "user": self.user, "from": data.get("from") or "",
+                         "to": data.get("to"), "mover": data.get("mover", "imap"),
+                         "resume": resume}, **extra))
+
+    def progress(self, pass_no: int, folders_done: int, folders: int, messages: int,
+                 size: int, size_total: int, last: bool = False) -> None:
+        """A progress event of a copy pass (--events): at most one per
+        PROGRESS_INTERVAL, and the LAST one of the pass always."""
+        if self.events is None:
+            return
+        now = time.monotonic()
+        if not last and now - self._last_progress_event < PROGRESS_INTERVAL:
+            return
+        self._last_progress_event = now
+        self.events.emit({"event": "progress",
+                          "step": self.journal.data.get("current_step"), "pass": pass_no,
+                          "folders_done": folders_done, "folders": folders,
+                          "messages": messages, "bytes": size, "bytes_total": size_total})
 
     # -- instances
 
@@ -2121,6 +2259,9 @@ class Mover:
         self._t0[name] = time.monotonic()
         self.journal.data["current_step"] = name
         self.journal.save()
+        self.event({"event": "step", "number": STEP_NUMBER[name], "name": name,
+                    "status": "started", "text": f"[{STEP_NUMBER[name]}/{LAST_STEP}] {name}",
+                    "seconds": 0.0})
         return step
 
     def step_end(self, name: str, detail: str, extra: dict | None = None) -> None:
@@ -2133,7 +2274,12 @@ class Mover:
             step.update(extra)
         self.journal.save()
         n = STEP_NUMBER[name]
-        self.say(f"[{n}/{LAST_STEP}] {name}: {detail} ({show_seconds(step['seconds'])})")
+        text = f"[{n}/{LAST_STEP}] {name}: {detail} ({show_seconds(step['seconds'])})"
+        if self.events is not None:
+            self.events.emit({"event": "step", "number": n, "name": name, "status": "done",
+                              "text": text, "seconds": step["seconds"]})
+        else:
+            self.say(text)
 
     def step_fail(self, name: str, error: str) -> None:
         step = self.journal.data["steps"].get(name, {})
@@ -2143,6 +2289,10 @@ class Mover:
             step["seconds"] = round(time.monotonic() - self._t0.pop(name), 3)
         step["error"] = error
         self.journal.save()
+        self.event({"event": "step", "number": STEP_NUMBER[name], "name": name,
+                    "status": "failed",
+                    "text": f"[{STEP_NUMBER[name]}/{LAST_STEP}] {name}: FAILED: {error}",
+                    "seconds": step.get("seconds", 0.0)})
 
     # -- entry points
 
@@ -2178,11 +2328,19 @@ class Mover:
         return EXIT_OK
 
     def move(self, raw_user: str, to: str | None, resume: bool, abort: bool, force: bool,
-             mover: str | None = None) -> int:
+             mover: str | None = None, journal_file: str | None = None) -> int:
         entry = self.lookup(raw_user)
         self.user = entry["user"]
-        self.journal = Journal(self.config.journal_dir, self.user)
+        self.journal = Journal(self.config.journal_dir, self.user, journal_file)
+        if self.events is not None:
+            self.journal.on_save = lambda data: self.events.emit({"event": "journal",
+                                                                  "data": data})
         self.journal.open()
+        data = self.journal.data
+        if journal_file is not None and data is not None and data.get("user") != self.user:
+            self.journal.close()
+            raise UsageError(f"the journal {journal_file} is of a move of "
+                             f"{clean(data.get('user'))}, not of {self.user}")
         try:
             return self._move(entry, to, resume, abort, force, mover)
         finally:
@@ -2215,16 +2373,20 @@ class Mover:
                                      f"did not finish): it cannot be resumed; finish the abort "
                                      f"with --abort, then start a new move with --to "
                                      f"{data['to']} (journal {self.journal.path})")
+                self.announce(resume, abort=True)
                 self.say(f"finishing the abort of the move of {user} "
                          f"(journal {self.journal.path})")
                 return self.abort()
             if abort:
+                self.announce(False, abort=True)
                 return self.abort()
             if data["status"] == "rolling-back":
+                self.announce(True)
                 self.say(f"finishing the rollback of the move of {user} "
                          f"(journal {self.journal.path})")
                 return self.rollback(data.get("rollback_reason", "an earlier run"))
             first = next(s for s in STEPS if data["steps"].get(s, {}).get("status") != "done")
+            self.announce(True)
             self.say(f"resuming the move of {user} from island {data['from']} to {data['to']} at "
                      f"step {first} (journal {self.journal.path})")
             data["runs"] = data.get("runs", 1) + 1
@@ -2240,8 +2402,9 @@ class Mover:
                              + (f" (the last one is {data['status']})" if data else ""))
         if data is not None and data.get("status") == "done" and (to is None or to == data["to"]):
             if entry.get("island") == data["to"] and entry.get("state") == "active":
-                self.say(f"{user} was moved to island {data['to']} already (finished "
-                         f"{data.get('finished', '?')}): nothing to do")
+                self.summary = (f"{user} was moved to island {data['to']} already (finished "
+                                f"{data.get('finished', '?')}): nothing to do")
+                self.say(self.summary)
                 return EXIT_OK
         if resume:
             if data is None:
@@ -2252,7 +2415,8 @@ class Mover:
         if to is None:
             raise UsageError("say where to: --to ISLAND")
         if entry.get("island") == to and entry.get("state") == "active":
-            self.say(f"{user} is on island {to} already: nothing to do")
+            self.summary = f"{user} is on island {to} already: nothing to do"
+            self.say(self.summary)
             return EXIT_OK
         history = []
         if data is not None:
@@ -2270,6 +2434,7 @@ class Mover:
             "steps": {}, "copy": {"messages": 0, "bytes": 0, "folders": {}},
             "history": history,
         }
+        self.announce(False)
         self.say(f"moving {user} from island {entry.get('island')} to {to} with the {mover} "
                  f"mover ({self.config.directory.describe()}, "
                  f"{plural(len(self.config.instances), 'instance')})")
@@ -2289,7 +2454,8 @@ class Mover:
             except VerifyFailed as e:
                 self.step_fail(name, str(e))
                 data["verify_report"] = e.report
-                self.say(f"[{STEP_NUMBER[name]}/{LAST_STEP}] {name}: FAILED: {e}")
+                if self.events is None:  # else the failed step event carries it
+                    self.say(f"[{STEP_NUMBER[name]}/{LAST_STEP}] {name}: FAILED: {e}")
                 return self.rollback(str(e))
             except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - journaled, reported
                 if isinstance(e, KeyboardInterrupt):
@@ -2323,8 +2489,7 @@ class Mover:
                 self.journal.save()
             except Exception:  # noqa: BLE001
                 pass
-            print(f"isthmus-move: preflight failed, nothing was changed: {error}",
-                  file=self.err, flush=True)
+            self.complain(f"isthmus-move: preflight failed, nothing was changed: {error}")
             return
         user, source, dest = self.user, data["from"], data["to"]
         if not self.abortable():
@@ -2343,8 +2508,8 @@ class Mover:
             where = (f"{user} stays in state moving on island {source} (logins refused, mail "
                      f"queued): fix the cause and run again with --resume, or --abort to put "
                      f"the user back (active on island {source})")
-        print(f"isthmus-move: step {name} failed: {error}\n"
-              f"isthmus-move: {where}; journal {self.journal.path}", file=self.err, flush=True)
+        self.complain(f"isthmus-move: step {name} failed: {error}\n"
+                      f"isthmus-move: {where}; journal {self.journal.path}")
 
     def reassert_moving(self) -> None:
         """On a resumed run: state moving on the source confirmed by every
@@ -2684,7 +2849,12 @@ class Mover:
                 if target not in added_subs:
                     added_subs.append(target)
                 totals["subscribed"] += 1
-        for name, _ in folders:
+        # Progress events (--events): what this pass copied, and what the
+        # folders listed so far have to copy (bytes_total grows as folders
+        # are listed: each is listed just before it is copied).
+        pass_messages = pass_bytes = pass_total = 0
+        for done, (name, _) in enumerate(folders):
+            self.progress(pass_no, done, len(folders), pass_messages, pass_bytes, pass_total)
             target = map_name(name, sd, dd_)
             if not src.changed_since(name, self._synced.get(name)):
                 totals["unchanged"] = totals.get("unchanged", 0) + 1
@@ -2708,6 +2878,7 @@ class Mover:
             elif plan.extra:
                 totals["kept_extra"] += len(plan.extra)
             todo = plan.todo
+            pass_total += sum(m.size or 0 for m in todo)
             folder_progress = progress["folders"].setdefault(name, {"copied": 0, "bytes": 0})
             folder_progress["source"] = len(src_msgs)
             i = 0
@@ -2730,12 +2901,17 @@ class Mover:
                 progress["bytes"] += got
                 folder_progress["copied"] += len(items)
                 folder_progress["bytes"] += got
+                pass_messages += len(items)
+                pass_bytes += got
                 self.save_progress(name)
+                self.progress(pass_no, done, len(folders), pass_messages, pass_bytes, pass_total)
             self.save_progress(name, force=True)
             if signature is not None:
                 # The destination now holds what the source held when it was
                 # listed; the verification checks it all the same.
                 self._synced[name] = signature
+        self.progress(pass_no, len(folders), len(folders), pass_messages, pass_bytes, pass_total,
+                      last=True)
 
     # -- the dsync mover
 
@@ -2771,14 +2947,15 @@ class Mover:
             raise StepFailed(f"the doveadm HTTP API of {api} offers no sync command")
         return f"dsync: doveadm sync -1 run by {api} to {dst.name} ({dsync_destination(dst)})"
 
-    def dsync_pass(self, api: Doveadm, dst: Endpoint,
-                   timeout: float | None = None) -> tuple[int, float]:
+    def dsync_pass(self, api: Doveadm, dst: Endpoint, timeout: float | None = None,
+                   pass_no: int = 1) -> tuple[int, float]:
         """One one-way `doveadm sync -1` of the user, source node to
         destination node (`backup` cannot replace the INBOX the destination
         creates at the first login: "INBOX can't be deleted"): (DSYNC_CHANGED
         if the mailbox changed meanwhile else 0, seconds)."""
         t0 = time.monotonic()
         timeout = timeout or self.config.dsync_timeout
+        self.progress(pass_no, 0, 0, 0, 0, 0, last=True)
         try:
             code = api.run("sync", {"user": self.journal.data["node_login"], "onewaySync": True,
                                     "destination": [dsync_destination(dst)]}, timeout)
@@ -2792,6 +2969,7 @@ class Mover:
         if code not in (0, DSYNC_CHANGED):
             raise StepFailed(f"doveadm sync on {api.endpoint.name} to {dst.name} exited "
                              f"{code}: {DSYNC_CODES.get(code, 'see the node log')}")
+        self.progress(pass_no, 0, 0, 0, 0, 0, last=True)  # dsync tells no more
         return code, seconds
 
     def dsync_precopy(self, step: dict) -> None:
@@ -2806,7 +2984,7 @@ class Mover:
         passes = []
         step["passes"] = passes
         for n in range(1, self.config.precopy_passes + 1):
-            code, seconds = self.dsync_pass(api, dst)
+            code, seconds = self.dsync_pass(api, dst, pass_no=n)
             passes.append({"seconds": seconds, "changed": code == DSYNC_CHANGED})
             self.journal.save()
             self.say(f"      pre-copy pass {n}: doveadm sync -1 {api.endpoint.name} -> {dst.name} "
@@ -2832,7 +3010,7 @@ class Mover:
         api, dst = self.dsync_pair()
         t0 = time.monotonic()
         for n in range(1, self.config.copy_passes + 1):
-            code, _ = self.dsync_pass(api, dst, self.config.dsync_copy_timeout)
+            code, _ = self.dsync_pass(api, dst, self.config.dsync_copy_timeout, pass_no=n)
             if code == 0:
                 break
         else:
@@ -3066,7 +3244,8 @@ class Mover:
         data.pop("current_step", None)
         self.step_end("report", f"{self.user} is on island {data['to']}")
         self.say("")
-        self.say(f"moved {self.user} from island {data['from']} to {data['to']}")
+        self.summary = f"moved {self.user} from island {data['from']} to {data['to']}"
+        self.say(self.summary)
         total = 0.0
         for name in STEPS:
             s = steps.get(name, {})
@@ -3123,20 +3302,21 @@ class Mover:
             problem = str(e) if isinstance(e, MoveError) else (
                 "interrupted" if isinstance(e, KeyboardInterrupt)
                 else f"unexpected {type(e).__name__}: {e}")
-            print(f"isthmus-move: {reason}\nisthmus-move: the rollback failed too: {problem}\n"
-                  f"isthmus-move: {self.user} may still be in state moving on island "
-                  f"{data['from']} (logins refused, mail queued); run again with --resume (or "
-                  f"--abort) to finish the rollback; journal {self.journal.path}",
-                  file=self.err, flush=True)
+            self.complain(f"isthmus-move: {reason}\nisthmus-move: the rollback failed too: "
+                          f"{problem}\n"
+                          f"isthmus-move: {self.user} may still be in state moving on island "
+                          f"{data['from']} (logins refused, mail queued); run again with "
+                          f"--resume (or --abort) to finish the rollback; journal "
+                          f"{self.journal.path}")
             return e.code if isinstance(e, Unreachable) else EXIT_STEP
         data["status"] = "failed"
         data["error"] = reason
         data["finished"] = now_iso()
         self.journal.save()
         self.say(f"rolled back: {what}; {after}; {confirmed}")
-        print(f"isthmus-move: {reason}\nisthmus-move: nothing was switched: {self.user} is active "
-              f"on island {data['from']} again; the partial copy on island {data['to']} is left "
-              f"there; journal {self.journal.path}", file=self.err, flush=True)
+        self.complain(f"isthmus-move: {reason}\nisthmus-move: nothing was switched: {self.user} "
+                      f"is active on island {data['from']} again; the partial copy on island "
+                      f"{data['to']} is left there; journal {self.journal.path}")
         return EXIT_VERIFY
 
     def abort(self) -> int:
@@ -3164,15 +3344,17 @@ class Mover:
             problem = str(e) if isinstance(e, MoveError) else (
                 "interrupted" if isinstance(e, KeyboardInterrupt)
                 else f"unexpected {type(e).__name__}: {e}")
-            print(f"isthmus-move: the abort of the move of {self.user} failed: {problem}\n"
-                  f"isthmus-move: {self.user} may still be in state moving on island "
-                  f"{data['from']} (logins refused, mail queued); run --abort again to finish "
-                  f"the abort; journal {self.journal.path}", file=self.err, flush=True)
+            self.complain(f"isthmus-move: the abort of the move of {self.user} failed: "
+                          f"{problem}\n"
+                          f"isthmus-move: {self.user} may still be in state moving on island "
+                          f"{data['from']} (logins refused, mail queued); run --abort again to "
+                          f"finish the abort; journal {self.journal.path}")
             return e.code if isinstance(e, MoveError) else EXIT_STEP
         data["status"] = "aborted"
         data["finished"] = now_iso()
         self.journal.save()
-        self.say(f"aborted the move of {self.user}: {what}; {after}; {confirmed}")
+        self.summary = f"aborted the move of {self.user}: {what}; {after}; {confirmed}"
+        self.say(self.summary)
         return EXIT_OK
 
 
@@ -3192,10 +3374,10 @@ exit codes:
 config: the isthmusctl config file with a "move" section (docs/move.md).
 
 examples:
-  isthmusctl move alice@example.org --to b
-  isthmusctl move alice@example.org --resume     # after a failure or Ctrl-C
-  isthmusctl move alice@example.org --abort      # back to active on the source
-                                                 # (only before the switch started)
+  isthmusctl move --local alice@example.org --to b
+  isthmusctl move --local alice@example.org --resume   # after a failure or Ctrl-C
+  isthmusctl move --local alice@example.org --abort    # back to active on the source
+                                                       # (only before the switch started)
   isthmusctl move-status alice@example.org"""
 
 
@@ -3228,6 +3410,11 @@ def build_parser(prog: str = "isthmus_move.py") -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true",
                    help="start even if the user is in state moving already or the "
                         "destination mailbox is not empty")
+    m.add_argument("--events", action="store_true",
+                   help="write one JSON object per line (events) instead of the text, for "
+                        "the daemon's move job")
+    m.add_argument("--journal-file", metavar="PATH",
+                   help="the journal file of this move (default: move.journal_dir/USER.json)")
     m.add_argument("--config", metavar="FILE", dest="sub_config", help=argparse.SUPPRESS)
     s = sub.add_parser("status", aliases=["move-status"], prog=f"{prog} move-status",
                        help="show the journal of USER's move")
@@ -3247,26 +3434,43 @@ def main(argv: list[str] | None = None, prog: str = "isthmus_move.py") -> int:
         return EXIT_USAGE
     path = (getattr(args, "sub_config", None) or args.config
             or os.environ.get("ISTHMUSCTL_CONFIG") or DEFAULT_CONFIG)
+    events = Events(sys.stdout.buffer) if getattr(args, "events", False) else None
+    mover = None
+
+    def finish(code: int, problem: str | None = None) -> int:
+        """Says PROBLEM on stderr (and as a say event); with --events the
+        finished event last."""
+        if problem is not None:
+            print(f"isthmus-move: {problem}", file=sys.stderr, flush=True)
+            if events is not None:
+                events.emit({"event": "say", "text": f"isthmus-move: {problem}",
+                             "stream": "stderr"})
+        if events is not None:
+            journal = mover.journal.data if mover is not None and mover.journal else None
+            interruption = (journal or {}).get("interruption_seconds")
+            text = problem or (mover.summary if mover is not None else None)
+            if text is None:
+                text = "done" if code == EXIT_OK else f"exit {code}"
+            events.finish(code, text, interruption)
+        return code
+
     try:
         config = Config(path)
-        mover = Mover(config)
+        mover = Mover(config, events=events)
         if args.command in ("status", "move-status"):
             return mover.status(args.user)
         if args.resume and args.abort:
             raise UsageError("--resume and --abort exclude each other")
-        return mover.move(args.user, args.to, args.resume, args.abort, args.force,
-                          args.mover)
+        return finish(mover.move(args.user, args.to, args.resume, args.abort, args.force,
+                                 args.mover, args.journal_file))
     except MoveError as e:
-        print(f"isthmus-move: {e}", file=sys.stderr, flush=True)
-        return e.code
+        return finish(e.code, str(e))
     except KeyboardInterrupt:
-        print(f"isthmus-move: interrupted; `{prog} move-status USER` shows where the move "
-              f"stands", file=sys.stderr, flush=True)
-        return EXIT_STEP
+        return finish(EXIT_STEP, f"interrupted; `{prog} move-status USER` shows where the move "
+                                 f"stands")
     except Exception as e:  # noqa: BLE001 - a message, not a traceback
-        print(f"isthmus-move: unexpected {type(e).__name__}: {e}; `{prog} move-status USER` "
-              f"shows where the move stands", file=sys.stderr, flush=True)
-        return EXIT_STEP
+        return finish(EXIT_STEP, f"unexpected {type(e).__name__}: {e}; `{prog} move-status "
+                                 f"USER` shows where the move stands")
 
 
 if __name__ == "__main__":

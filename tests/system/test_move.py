@@ -64,7 +64,7 @@ from lab.slapd import Slapd  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The operator's command: isthmusctl (the C++ program, found as
-# tests/lab/isthmusctl.py says) hands "move" to tools/isthmus_move.py.
+# tests/lab/isthmusctl.py says) hands "move --local" to tools/isthmus_move.py.
 TOOL = isthmusctl_path()
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import isthmus_move as mv  # noqa: E402
@@ -221,6 +221,10 @@ def master(node_name: str, login: str) -> imaplib.IMAP4:
 
 
 def run_move(*args, config=None, env=None, timeout=150) -> subprocess.CompletedProcess:
+    """isthmusctl ARGS; `move` with --local (the mover run here, not a
+    daemon move job)."""
+    if args and args[0] == "move":
+        args = ("move", "--local", *args[1:])
     argv = [TOOL, "--config", config or CONFIG, *args]
     t = time.monotonic()
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
@@ -669,19 +673,19 @@ class Move(unittest.TestCase):
             self.assertNotIn("moving", j["steps"])
             return j["copy"]["messages"]
 
-        first = kill_during_precopy(["move", user, "--to", "b"], 20)
+        first = kill_during_precopy(["move", "--local", user, "--to", "b"], 20)
         # A killed pre-copy does not lock the user out: still active on a.
         self.assertEqual(where(user), ("a", "active"))
         m = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=15)
         m.login(user, PASSWORD)
         m.logout()
-        second = kill_during_precopy(["move", user, "--resume"], first + 20)
+        second = kill_during_precopy(["move", "--local", user, "--resume"], first + 20)
         self.assertGreater(second, first)
 
         # Killed again once the user is locked out (state moving, the last
         # copy done): the user stays locked out until a run finishes.
         gate = os.path.join(LAB.root, "carol-verify-gate")
-        p = subprocess.Popen([TOOL, "--config", config, "move", user, "--resume"],
+        p = subprocess.Popen([TOOL, "--config", config, "move", "--local", user, "--resume"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
         try:
@@ -720,7 +724,7 @@ class Move(unittest.TestCase):
         self.assertEqual(where(user), ("a", "active"))
         gate = os.path.join(LAB.root, "ivan-verify-gate")
         # The SQL directory written by the mariadb client (the others: isthmus).
-        p = subprocess.Popen([TOOL, "--config", CONFIG_CLI, "move", user, "--to", "b"],
+        p = subprocess.Popen([TOOL, "--config", CONFIG_CLI, "move", "--local", user, "--to", "b"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
         try:
@@ -790,6 +794,46 @@ class Move(unittest.TestCase):
         self.assertRegex(ix.log_text(), rf"login ok user={user} island=a ")
         self.assertIn("POST /v1/reload", ix.log_text())
 
+    def test_4b_events_for_the_daemon(self):
+        """`isthmus_move.py move --events --journal-file` (as the daemon's
+        move job runs it): JSON lines only, every step started and done in
+        order, copy progress, the journal, finished last."""
+        user, login = "ivan@example.org", "ivan.legacy@example.org"
+        seed(user, login, "a", small=20, big=1, big_size=200_000, folders=("Archive",))
+        journal_file = os.path.join(LAB.root, "job-4b", "journal.json")
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "isthmus_move.py"),
+                            "--config", CONFIG, "move", user, "--to", "b", "--events",
+                            "--journal-file", journal_file],
+                           capture_output=True, timeout=150)
+        print(r.stdout.decode("utf-8", "replace")[-3000:], r.stderr.decode("utf-8", "replace"),
+              flush=True)
+        self.assertEqual(r.returncode, 0)
+        lines = r.stdout.decode("utf-8").splitlines()
+        self.assertTrue(all(len(line.encode()) < 64 * 1024 for line in lines))
+        events = [json.loads(line) for line in lines]
+        self.assertEqual(events[0]["event"], "started")
+        self.assertEqual((events[0]["user"], events[0]["from"], events[0]["to"],
+                          events[0]["resume"]), (user, "a", "b", False))
+        steps = [(e["number"], e["name"], e["status"]) for e in events if e["event"] == "step"]
+        self.assertEqual(steps, [(n, name, status) for n, name in enumerate(mv.STEPS)
+                                 for status in ("started", "done")])
+        self.assertTrue(any(e["event"] == "progress" and e["step"] == "precopy"
+                            and e["bytes"] > 0 and e["bytes_total"] >= e["bytes"]
+                            for e in events))
+        journals = [e["data"] for e in events if e["event"] == "journal"]
+        self.assertTrue(journals)
+        with open(journal_file) as f:
+            self.assertEqual(journals[-1], json.load(f))
+        self.assertEqual(journals[-1]["status"], "done")
+        self.assertFalse(os.path.exists(os.path.join(JOURNALS, user + ".json")))
+        self.assertTrue(any(e["event"] == "say" and e["text"].startswith("moved ")
+                            for e in events))
+        last = events[-1]
+        self.assertEqual((last["event"], last["exit"]), ("finished", 0))
+        self.assertEqual(last["text"], f"moved {user} from island a to b")
+        self.assertIsInstance(last["interruption_seconds"], float)
+        self.assertEqual(where(user), ("b", "active"))
+
     def test_5_abort_puts_the_user_back(self):
         user = "zoe@other.test"
         seed(user, user, "b", small=10, big=0, folders=("Archive",))
@@ -804,7 +848,7 @@ class Move(unittest.TestCase):
         self.assertIn("gone", r.stderr)
         self.assertEqual(where(user), ("b", "active"))
         gate = os.path.join(LAB.root, "zoe-verify-gate")
-        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", user, "--to", "a"],
+        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", "--local", user, "--to", "a"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
         try:
@@ -894,7 +938,7 @@ class Move(unittest.TestCase):
         loop.start()
         flagger = Flagger(user, "Sent")   # a second client, busy during the passes
         flagger.start()
-        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", user, "--to", "b"],
+        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", "--local", user, "--to", "b"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_AT: gate}))
         try:
@@ -1101,7 +1145,7 @@ class Move(unittest.TestCase):
         loop.start()
         flagger = Flagger(user, "Sent")
         flagger.start()
-        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", user, "--to", dest,
+        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", "--local", user, "--to", dest,
                               "--mover", mover], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_AT: gate}))

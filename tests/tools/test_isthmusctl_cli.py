@@ -12,17 +12,22 @@ usage: python3 -u tests/tools/test_isthmusctl_cli.py [-v]
 """
 import concurrent.futures
 import copy
+import fcntl
 import http.server
 import json
 import os
 import pathlib
+import pty
 import re
 import shutil
+import signal
 import socket
 import socketserver
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 import unittest
@@ -97,6 +102,34 @@ def routes_for(name: str, sessions: list) -> dict:
     }
 
 
+MOVE_ID = "20261203T225500Z-3f2a9c"
+
+
+def job(state="running", step="precopy", number=1, history=(), **extra):
+    """A move job as GET /v1/moves/ID answers it."""
+    out = {"id": MOVE_ID, "user": USER, "from": "a", "to": "b", "mover": "imap",
+           "state": state, "step": step, "step_number": number, "steps": 7,
+           "owner": "isthmus-1", "epoch": 1, "created": "2026-12-03T22:55:00Z",
+           "updated": "2026-12-03T22:55:04Z", "finished": None,
+           "progress": {"pass": 1, "folders_done": 2, "folders": 5, "messages": 120,
+                        "bytes": 250000, "bytes_total": 1000000, "rate": 50000,
+                        "eta_seconds": 15},
+           "exit_code": None, "result": "", "interruption_seconds": None,
+           "history": [{"at": f"2026-12-03T22:55:0{i}Z", "text": text}
+                       for i, text in enumerate(history)]}
+    out.update(extra)
+    return out
+
+
+def answers(*replies):
+    """A route answering REPLIES in turn, then the last one again."""
+    left = list(replies)
+
+    def route():
+        return left.pop(0) if len(left) > 1 else left[0]
+    return route
+
+
 # ---------------------------------------------------------------- the fake admin API
 
 class FakeAdmin:
@@ -144,6 +177,8 @@ class FakeAdmin:
                     route = fake.routes.get((self.command, self.path))
                     if route is None and self.path.startswith("/v1/sessions?"):
                         route = (200, {"sessions": []})  # a filter nobody matches
+                    if callable(route):  # a scripted sequence (answers())
+                        route = route()
                 if fake.token is not None and auth != f"Bearer {fake.token}":
                     status, payload = 401, {"error": "missing or wrong bearer token"}
                 elif route is None:
@@ -302,7 +337,8 @@ class IsthmusctlCli(unittest.TestCase):
 
     def test_help_everywhere(self):
         commands = ("where", "kick", "nodes", "islands", "drain", "undrain", "promote", "reload",
-                    "status", "metrics", "move", "sessions", "cache-invalidate")
+                    "status", "metrics", "move", "sessions", "cache-invalidate", "moves",
+                    "move-abort", "move-resume")
         results = self.ctl_many([{"args": ("--help",), "config": False, "expect": 0}] +
                                 [{"args": (cmd, "--help"), "config": False, "expect": 0}
                                  for cmd in commands])
@@ -613,14 +649,163 @@ class IsthmusctlCli(unittest.TestCase):
 
     # -- the rest
 
-    def test_move_goes_to_the_move_tool_which_needs_its_config_section(self):
+    def test_move_local_goes_to_the_move_tool_which_needs_its_config_section(self):
         # tools/isthmus_move.py does the move (tests/system/test_move.py);
         # without a "move" section it refuses before asking any instance.
-        rc, out, err = self.ctl("move", USER, "--to", "b", expect=1)
+        rc, out, err = self.ctl("move", "--local", USER, "--to", "b", expect=1)
         self.assertIn("move", err)
         self.assertEqual(self.i1.seen() + self.i2.seen(), [])
-        rc, out, err = self.ctl("move", "--help", expect=0)
+        rc, out, err = self.ctl("move", "--local", "--help", expect=0)
         self.assertIn("--resume", out)
+        rc, out, err = self.ctl("move", USER, "--resume", expect=1)  # a local mover's option
+        self.assertIn("move --local", err)
+        self.assertIn("move-resume ID", err)
+        rc, out, err = self.ctl("move", USER, expect=1)
+        self.assertIn("--to ISLAND", err)
+        rc, out, err = self.ctl("move", "--follow", MOVE_ID, USER, expect=1)
+        self.assertEqual(self.i1.seen() + self.i2.seen(), [])
+
+    # -- move jobs of the daemon
+
+    def test_move_starts_a_job_and_follows_it_to_the_end(self):
+        self.i1.routes[("POST", "/v1/moves")] = (202, job(history=["created"]))
+        self.i1.routes[("GET", f"/v1/moves/{MOVE_ID}")] = answers(
+            (200, job(history=["created", "[0/7] preflight: ok"])),
+            (200, job(state="done", step="report", number=7, result="moved alice to b",
+                      history=["created", "[0/7] preflight: ok", "evil \x1b[2J", "done"],
+                      finished="2026-12-03T22:56:00Z")))
+        started = time.monotonic()
+        rc, out, err = self.ctl("move", USER, "--to", "b", expect=0)
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(out.splitlines(), [
+            f"move {MOVE_ID} started on i1",
+            "2026-12-03T22:55:00Z  created",
+            "2026-12-03T22:55:01Z  [0/7] preflight: ok",
+            "2026-12-03T22:55:02Z  evil \\x1b[2J",
+            "2026-12-03T22:55:03Z  done",
+            f"move {MOVE_ID} done: moved alice to b"])
+        self.assertNotIn("\r", out)  # not a terminal: no progress line
+        self.assertEqual(self.i1.seen(), [("POST", "/v1/moves", {"user": USER, "to": "b"}),
+                                          ("GET", f"/v1/moves/{MOVE_ID}", None),
+                                          ("GET", f"/v1/moves/{MOVE_ID}", None)])
+
+    def test_move_verify_failed_exit_7_json_and_mover(self):
+        self.i1.routes[("POST", "/v1/moves")] = (202, job())
+        final = job(state="verify_failed", step="verify", number=5, result="rolled back",
+                    exit_code=7, finished="2026-12-03T22:56:00Z")
+        self.i1.routes[("GET", f"/v1/moves/{MOVE_ID}")] = (200, final)
+        rc, out, err = self.ctl("--json", "move", USER, "--to", "b", "--mover", "dsync",
+                                expect=7)
+        self.assertEqual(json.loads(out), final)
+        self.assertEqual(self.i1.seen()[0],
+                         ("POST", "/v1/moves", {"user": USER, "to": "b", "mover": "dsync"}))
+        self.ctl("move", USER, "--to", "b", "--mover", "rsync", expect=1)
+
+    def test_move_detach_and_failed_or_aborted_exit_3(self):
+        self.i1.routes[("POST", "/v1/moves")] = (202, job())
+        rc, out, err = self.ctl("move", USER, "--to", "b", "--detach", expect=0)
+        self.assertIn(f"move {MOVE_ID} started on i1", out)
+        self.assertIn(f"isthmusctl move --follow {MOVE_ID}", out)
+        self.assertEqual([r[0] for r in self.i1.seen()], ["POST"])
+        for state in ("failed", "aborted"):
+            self.i1.routes[("GET", f"/v1/moves/{MOVE_ID}")] = (200, job(state=state,
+                                                                         result="step failed"))
+            rc, out, err = self.ctl("move", "--follow", MOVE_ID, expect=3)
+            self.assertIn(f"move {MOVE_ID} {state}: step failed", out)
+
+    def test_follow_goes_to_another_instance_and_sees_a_take_over(self):
+        self.i1.routes[("GET", f"/v1/moves/{MOVE_ID}")] = answers(
+            (200, job(history=["created"])), (500, "gone"))
+        self.i2.routes[("GET", f"/v1/moves/{MOVE_ID}")] = (200, job(
+            state="done", owner="isthmus-2", epoch=2, result="moved",
+            history=["created", "taken over by isthmus-2"]))
+        rc, out, err = self.ctl("move", "--follow", MOVE_ID, expect=0)
+        self.assertEqual(out.splitlines(), ["2026-12-03T22:55:00Z  created",
+                                            "2026-12-03T22:55:01Z  taken over by isthmus-2",
+                                            f"move {MOVE_ID} done: moved"])
+        self.assertIn("taken over by isthmus-2 (epoch 2)", err)
+        self.assertIn("through i2", err)
+
+    def test_follow_ctrl_c_detaches_and_never_aborts(self):
+        self.i1.routes[("GET", f"/v1/moves/{MOVE_ID}")] = (200, job(history=["created"]))
+        env = {k: v for k, v in os.environ.items() if k != "ISTHMUSCTL_CONFIG"}
+        proc = subprocess.Popen([TOOL, "--config", self.config, "move", "--follow", MOVE_ID],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.assertIn("created", proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertIn(f"re-attach: isthmusctl move --follow {MOVE_ID}", err)
+        self.assertTrue(all(method == "GET" for method, _, _ in self.i1.seen()))
+
+    def test_follow_on_a_terminal_draws_one_progress_line(self):
+        self.i1.routes[("GET", f"/v1/moves/{MOVE_ID}")] = answers(
+            (200, job(history=["created"])),
+            (200, job(state="done", result="moved", history=["created", "done"])))
+        primary, secondary = pty.openpty()
+        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k != "ISTHMUSCTL_CONFIG"}
+        proc = subprocess.Popen([TOOL, "--config", self.config, "move", "--follow", MOVE_ID],
+                                stdout=secondary, stderr=subprocess.DEVNULL, env=env)
+        os.close(secondary)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the program has closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(primary)
+        self.assertEqual(proc.wait(timeout=10), 0)
+        text = out.decode()
+        self.assertIn("\r\x1b[K[1/7] precopy [#####---------------] 25% 250.0 kB/1.0 MB "
+                      "pass 1 2/5 folders 50.0 kB/s ETA 15s", text)
+        self.assertTrue(text.endswith("\r\x1b[K2026-12-03T22:55:01Z  done\r\n"
+                                      f"move {MOVE_ID} done: moved\r\n"), text)
+
+    def test_move_refusals(self):
+        self.i1.routes[("POST", "/v1/moves")] = (
+            409, {"error": "alice@example.org has a move running", "id": MOVE_ID})
+        rc, out, err = self.ctl("move", USER, "--to", "b", expect=3)
+        self.assertIn("has a move running", err)
+        self.assertIn(f"isthmusctl move --follow {MOVE_ID}", err)
+        self.i1.routes[("POST", "/v1/moves")] = (503, {"error": "moves are not configured"})
+        rc, out, err = self.ctl("move", USER, "--to", "b", expect=1)
+        self.assertIn("moves are not configured", err)
+        self.assertIn('configure "moves"', err)
+        self.assertIn("isthmusctl move --local", err)
+        self.assertEqual(self.i2.seen(), [])  # a 503 with the daemon's error is an answer
+        rc, out, err = self.ctl("move", "--follow", "nope", expect=4)
+
+    def test_moves_table_and_json(self):
+        listing = [{k: v for k, v in job().items() if k != "history"},
+                   dict(job(state="done", step="report", number=7), id="20261202T100000Z-aaaaaa",
+                        progress=None, user="evil\x1bname")]
+        self.i1.routes[("GET", "/v1/moves")] = (200, {"moves": listing})
+        rc, out, err = self.ctl("moves", expect=0)
+        self.assertAligned(out, "ID ")
+        self.assertRegex(out, rf"{MOVE_ID} +{re.escape(USER)} +a +b +imap +running +precopy "
+                              rf"+25% +isthmus-1 +2026-12-03T22:55:04Z")
+        self.assertRegex(out, r"evil\\x1bname .* done +report +- ")
+        data = json.loads(self.ctl("--json", "moves", expect=0)[1])
+        self.assertEqual(data["moves"], listing)
+        self.i1.routes[("GET", "/v1/moves")] = (200, {"moves": []})
+        self.assertEqual(self.ctl("moves", expect=0)[1], "no moves\n")
+
+    def test_move_abort_and_resume(self):
+        path = f"/v1/moves/{MOVE_ID}"
+        self.i1.routes[("POST", path + "/abort")] = (202, job(state="aborting"))
+        rc, out, err = self.ctl("move-abort", MOVE_ID, expect=0)
+        self.assertIn("abort asked", out)
+        self.assertIn("state aborting", out)
+        self.i1.routes[("POST", path + "/resume")] = (
+            409, {"error": "the move has finished"})
+        rc, out, err = self.ctl("move-resume", MOVE_ID, expect=3)
+        self.assertIn("the move has finished", err)
+        self.ctl("move-abort", "other", expect=4)
+        self.ctl("move-abort", expect=1)
 
     def test_metrics(self):
         rc, out, err = self.ctl("metrics", expect=0)
