@@ -118,6 +118,16 @@ AdminRequest route_admin_request(bool get, bool post, std::string_view target,
     r.action = A::reload;
   else if (post && p.size() == 3 && what == "cache" && p[2] == "invalidate")
     r.action = A::cache_invalidate;
+  else if (get && p.size() == 2 && what == "moves")
+    r.action = A::moves;
+  else if (post && p.size() == 2 && what == "moves")
+    r.action = A::move_start;
+  else if (get && p.size() == 3 && what == "moves")
+    r.action = A::move;
+  else if (post && p.size() == 4 && what == "moves" && p[3] == "abort")
+    r.action = A::move_abort;
+  else if (post && p.size() == 4 && what == "moves" && p[3] == "resume")
+    r.action = A::move_resume;
   else
     r.action = A::not_found;
   return r;

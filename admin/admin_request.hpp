@@ -27,6 +27,11 @@ enum class AdminAction : std::uint8_t {
   promote,           // POST /v1/islands/ISLAND/promote {"node": ...} (parts[2])
   reload,            // POST /v1/reload
   cache_invalidate,  // POST /v1/cache/invalidate {"user": ...}
+  moves,             // GET /v1/moves
+  move_start,        // POST /v1/moves {"user": ..., "to": ..., "mover": ...}
+  move,              // GET /v1/moves/ID (parts[2])
+  move_abort,        // POST /v1/moves/ID/abort (parts[2])
+  move_resume,       // POST /v1/moves/ID/resume (parts[2])
   malformed_path,    // 400: a bad percent escape
   not_v1,            // 404: not under /v1 (nor /metrics)
   bad_body,          // 400: a POST body that is not a JSON object

@@ -324,9 +324,73 @@ struct AdminServer::Impl {
                               : "cached entry of " + sanitize(user, 100) + " dropped");
       co_return reply(request, http::status::ok, json{{"invalidated", true}});
     }
+    if (action == AdminAction::moves || action == AdminAction::move_start ||
+        action == AdminAction::move || action == AdminAction::move_abort ||
+        action == AdminAction::move_resume)
+      co_return co_await moves(request, *runtime, routed, peer);
     co_return error(request, http::status::not_found,
                     fmt::format("no such resource: {} {}", std::string(request.method_string()),
                                 sanitize(request.target(), 200)));
+  }
+
+  // The move jobs (docs/move.md, "Moves as jobs of the daemon"). Every
+  // start, abort and resume is logged; a refused start too.
+  asio::awaitable<Response> moves(const Request& request, const proxy::Runtime& runtime,
+                                  const AdminRequest& routed, const std::string& peer) {
+    if (!context.moves)
+      co_return error(request, http::status::service_unavailable,
+                      "moves are not configured on this instance (\"moves\" in its config, "
+                      "docs/move.md)");
+    auto answer_of = [&](const moves::MoveAnswer& answer, bool log) {
+      if (log)
+        log_action(peer, request,
+                   answer.status < 300
+                       ? fmt::format("{} {}", answer.status,
+                                     sanitize(answer.body.value("id", std::string()), 80))
+                       : fmt::format("refused ({}): {}", answer.status,
+                                     sanitize(answer.body.value("error", std::string()), 300)));
+      return reply(request, static_cast<http::status>(answer.status), answer.body);
+    };
+    const auto& parts = routed.parts;
+    switch (routed.action) {
+      case AdminAction::moves:
+        co_return answer_of(co_await context.moves->list(), false);
+      case AdminAction::move:
+        co_return answer_of(co_await context.moves->get(parts[2]), false);
+      case AdminAction::move_abort:
+        co_return answer_of(co_await context.moves->abort(parts[2]), true);
+      case AdminAction::move_resume:
+        co_return answer_of(co_await context.moves->resume(parts[2]), true);
+      default:
+        break;
+    }
+    auto refuse = [&](const std::string& why) {
+      log_action(peer, request, "refused: " + why);
+      return error(request, http::status::bad_request, why);
+    };
+    for (const auto& [key, value] : routed.body.items()) {
+      if (key != "user" && key != "to" && key != "mover")
+        co_return refuse(fmt::format("unknown key \"{}\" (known: user, to, mover)",
+                                     sanitize(key, 40)));
+      if (!value.is_string()) co_return refuse(fmt::format("\"{}\" must be a string", key));
+    }
+    moves::MoveRequest move;
+    auto normal = director::normalise_login(routed.text("user"), runtime.config->login_names);
+    if (!normal)
+      co_return refuse(fmt::format("\"{}\" is not an acceptable login name",
+                                   sanitize(routed.text("user"), 100)));
+    move.user = *normal;
+    move.to = routed.text("to");
+    bool known = false;
+    for (const auto& island : runtime.topology->islands()) known = known || island.name == move.to;
+    if (!known)
+      co_return refuse(fmt::format("no island \"{}\" in this instance's config",
+                                   sanitize(move.to, 100)));
+    move.mover = routed.text("mover");
+    if (!move.mover.empty() && move.mover != "imap" && move.mover != "dsync")
+      co_return refuse("\"mover\" must be \"imap\" or \"dsync\"");
+    auto answer = co_await context.moves->start(std::move(move));
+    co_return answer_of(answer, true);
   }
 
   Response status(const Request& request, const proxy::Runtime& runtime) {
@@ -344,7 +408,8 @@ struct AdminServer::Impl {
               {"uptime_seconds", std::chrono::duration<double>(Clock::now() - started).count()},
               {"sessions", sessions},
               {"directory", runtime.directory ? std::string(runtime.directory->kind()) : "-"},
-              {"directory_writes", runtime.directory && runtime.directory->takes_writes()}};
+              {"directory_writes", runtime.directory && runtime.directory->takes_writes()},
+              {"moves", context.moves ? context.moves->status() : json(nullptr)}};
     if (auto cache = std::dynamic_pointer_cast<director::CachingDirectory>(runtime.directory)) {
       auto stats = cache->stats();
       body["cache"] = json{{"entries", stats.entries}, {"hits", stats.hits},

@@ -8,6 +8,7 @@
 // (reload). GET /metrics is Prometheus' text format.
 
 #include "config/config.hpp"
+#include "moves/move_jobs.hpp"
 #include "proxy/runtime.hpp"
 #include "proxy/server.hpp"
 
@@ -24,6 +25,8 @@ struct AdminContext {
   // "" and the new generation, or the problems (the old config stays).
   std::function<std::string(std::uint64_t& generation)> reload;
   std::string version;
+  // Move jobs (POST/GET /v1/moves); null when the config has no "moves".
+  moves::MoveJobs* moves = nullptr;
 };
 
 class AdminServer {

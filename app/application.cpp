@@ -8,6 +8,7 @@
 #include "director/ldap_directory.hpp"
 #include "director/sql_directory.hpp"
 #include "director/static_directory.hpp"
+#include "moves/move_jobs.hpp"
 #include "proxy/server.hpp"
 #include "proxy/tls_contexts.hpp"
 
@@ -206,6 +207,8 @@ void warn_about_restart_only_changes(const config::Config& old_config,
     spdlog::warn("reload: a new log file takes effect only after a restart");
   if (old_config.admin != new_config.admin)
     spdlog::warn("reload: admin API changes take effect only after a restart");
+  if (old_config.moves != new_config.moves)
+    spdlog::warn("reload: changes to \"moves\" take effect only after a restart");
   auto roles_without_spread = [](config::Roles roles) {
     roles.close_spread = {};
     return roles;
@@ -421,12 +424,25 @@ int run(const std::filesystem::path& config_file) {
   }
   spdlog::info("isthmus {} ready: instance {}, {} islands, config generation {}", kVersion,
                config->instance, config->islands.size(), holder.current()->generation);
+  // Move jobs: before the admin API that starts them, stopped after it.
+  std::unique_ptr<moves::MoveJobs> move_jobs;
+  if (config->moves.enabled) {
+    try {
+      move_jobs = std::make_unique<moves::MoveJobs>(*config);
+    } catch (const std::exception& e) {
+      spdlog::error("cannot start: {}", e.what());
+      server.begin_shutdown();
+      server.close_all_sessions();
+      return 1;
+    }
+  }
   std::unique_ptr<admin::AdminServer> admin_server;
   if (!config->admin.socket.empty() || !config->admin.listen.empty()) {
     admin::AdminContext context;
     context.holder = &holder;
     context.server = &server;
     context.version = kVersion;
+    context.moves = move_jobs.get();
     context.reload = [&lifecycle](std::uint64_t& generation) {
       return lifecycle.reload_from_elsewhere(generation);
     };
@@ -474,6 +490,7 @@ int run(const std::filesystem::path& config_file) {
                  lifecycle);
   io.run();
   if (admin_server) admin_server->stop();
+  if (move_jobs) move_jobs->stop();
   server.join();
   if (auto health = holder.current()->health) health->stop();
   spdlog::info("stopped");

@@ -372,6 +372,27 @@ struct Roles {
   bool operator==(const Roles&) const = default;
 };
 
+// Moves as jobs of the daemon (moves/move_jobs.hpp, docs/move.md "Moves
+// as jobs"): present when the config has a "moves" section.
+enum class MoveStoreKind : std::uint8_t { file, sql };
+struct Moves {
+  bool enabled = false;
+  // The mover the job runs, and its config (isthmusctl.json's "instances"
+  // and "move" sections).
+  std::filesystem::path mover = "/usr/lib/isthmus/isthmus_move.py";
+  std::filesystem::path mover_config;
+  // sql: the jobs in the role store's database (roles.sql), so every
+  // instance sees them and takes over a dead instance's move; file: in
+  // `dir`, this instance's alone. Default: sql when roles.store is sql.
+  MoveStoreKind store = MoveStoreKind::file;
+  std::filesystem::path dir = "/var/lib/isthmus/moves";  // journals (and file jobs)
+  Duration lease = std::chrono::seconds(30);  // a job unrenewed this long is taken over
+  Duration poll_interval = std::chrono::seconds(1);
+  Duration keep = std::chrono::hours(24 * 7);  // finished jobs are kept this long
+  unsigned max_running = 2;                    // jobs this instance runs at once
+  bool operator==(const Moves&) const = default;
+};
+
 // The admin API (admin/admin_server.hpp, docs/operations.md).
 struct Admin {
   std::filesystem::path socket;  // a unix socket (mode 0660); empty: none
@@ -390,6 +411,7 @@ struct Config {
   std::vector<Island> islands;
   Health health;  // the defaults; each island holds its effective settings
   Roles roles;
+  Moves moves;
   Admin admin;
   DirectoryConfig directory;
   Auth auth;

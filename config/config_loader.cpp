@@ -496,6 +496,32 @@ void read_roles(Object& r, Roles& roles, const std::filesystem::path& base) {
   r.read_duration("close_spread", roles.close_spread);
 }
 
+void read_moves(Object& m, Moves& moves, const Roles& roles, const std::filesystem::path& base) {
+  auto& problems = m.problems();
+  moves.enabled = true;
+  m.read_path("mover", moves.mover, base);
+  m.read_path("mover_config", moves.mover_config, base, true);
+  std::string store = roles.store == RoleStoreKind::sql ? "sql" : "file";
+  m.read_string("store", store);
+  if (store == "sql") moves.store = MoveStoreKind::sql;
+  else if (store == "file") moves.store = MoveStoreKind::file;
+  else problems.add(m.pointer_of("store"), "must be \"sql\" or \"file\"");
+  if (moves.store == MoveStoreKind::sql && roles.store != RoleStoreKind::sql)
+    problems.add(m.pointer_of("store"),
+                 "\"sql\" keeps the jobs in the role store's database: needs roles.store \"sql\"");
+  m.read_path("dir", moves.dir, base);
+  m.read_duration("lease", moves.lease);
+  m.read_duration("poll_interval", moves.poll_interval);
+  m.read_duration("keep", moves.keep);
+  m.read_uint("max_running", moves.max_running, 1, 64);
+  if (moves.poll_interval < std::chrono::milliseconds(100))
+    problems.add(m.pointer_of("poll_interval"), "must be at least 100ms");
+  if (moves.lease < 3 * moves.poll_interval)
+    problems.add(m.pointer_of("lease"), "must be at least three times poll_interval");
+  if (moves.keep < std::chrono::minutes(1))
+    problems.add(m.pointer_of("keep"), "must be at least 1m");
+}
+
 void read_directory(Object& d, DirectoryConfig& directory, const std::filesystem::path& base) {
   auto& problems = d.problems();
   d.read_string("type", directory.type, true);
@@ -838,6 +864,10 @@ Config parse_config(std::string_view text, const std::string& source,
     if (const json* roles = o.take("roles")) {
       Object r(*roles, "/roles", problems);
       read_roles(r, config.roles, base_dir);
+    }
+    if (const json* moves = o.take("moves")) {
+      Object m(*moves, "/moves", problems);
+      read_moves(m, config.moves, config.roles, base_dir);
     }
     if (const json* directory = o.take("directory", true)) {
       Object d(*directory, "/directory", problems);

@@ -228,6 +228,9 @@ class MariaDB:
             f"TO '{self.user}'@'{host}';\n"
             for host in ("127.0.0.1", "localhost")
             for table in ("isthmus_roles", "isthmus_instances", "isthmus_node_views"))
+        grants += "".join(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{self.database}`.isthmus_moves "
+            f"TO '{self.user}'@'{host}';\n" for host in ("127.0.0.1", "localhost"))
         self.execute(schema + "\n" + grants)
 
     def stop(self, timeout: float = 15.0) -> Optional[int]:

@@ -74,7 +74,10 @@ SENDER = "sender@example.net"
 FRANK = "frank@example.org"
 # grace: moved by the dsync mover; logs in to the nodes as GRACE_NODE.
 GRACE, GRACE_NODE = "grace@example.org", "grace.node@example.org"
-NODE_USERS = {"ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
+# judy: moved by a daemon move job taken over by a second instance.
+# kate: a daemon move job aborted.
+JUDY, KATE = "judy@example.org", "kate@example.org"
+NODE_USERS = {JUDY: PASSWORD, KATE: PASSWORD, "ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
               dd.LONG_USER: PASSWORD, FRANK: PASSWORD, GRACE_NODE: PASSWORD}
 # The large move (dave, b -> a by IMAP, back by dsync): its size in MB; 0 skips it.
 BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "1000"))
@@ -109,11 +112,12 @@ def setUpModule():
     # The Dovecot nodes and MariaDB start at the same time.
     DB = start_lab_and_mariadb(LAB, unittest.addModuleCleanup)
 
-    local, _, domain = FRANK.partition("@")
-    DB.execute("INSERT INTO account (localpart, domain_id, state, island, password, node_login) "
-               f"SELECT {dd.sql_quote(local)}, d.id, 'active', 'a', "
-               f"{dd.sql_quote(dd.HASHES['{SHA512-CRYPT}'])}, NULL FROM domain d "
-               f"WHERE d.name = {dd.sql_quote(domain)}")
+    for user in (FRANK, JUDY, KATE):
+        local, _, domain = user.partition("@")
+        DB.execute("INSERT INTO account (localpart, domain_id, state, island, password, "
+                   f"node_login) SELECT {dd.sql_quote(local)}, d.id, 'active', 'a', "
+                   f"{dd.sql_quote(dd.HASHES['{SHA512-CRYPT}'])}, NULL FROM domain d "
+                   f"WHERE d.name = {dd.sql_quote(domain)}")
     local, _, domain = GRACE.partition("@")
     DB.execute("INSERT INTO account (localpart, domain_id, state, island, password, node_login) "
                f"SELECT {dd.sql_quote(local)}, d.id, 'active', 'a', "
@@ -123,13 +127,7 @@ def setUpModule():
     SOCKET = os.path.join(LAB.root, "admin.sock")
     IX = LAB.start_isthmus(
         binary(), lmtp={"hostname": "isthmus.lab.test"}, admin={"socket": SOCKET},
-        directory={"type": "sql", "file": None,
-                   "sql": {"servers": [f"127.0.0.1:{DB.port}"], "database": dd.SQL_DATABASE,
-                           "user": dd.SQL_USER, "password_file": DB.password_path, "pool": 2,
-                           "timeout": "2s", "connect_timeout": "1s",
-                           "writes": {"set_state": SET_STATE, "set_island": SET_ISLAND}},
-                   # The default TTL: a move must drop cached entries itself.
-                   "cache": {"positive_ttl": "5m", "negative_ttl": "60s"}})
+        directory=sql_directory())
     wait_for(lambda: admin_answers(SOCKET), timeout=10, what="the admin socket")
 
     PF = Postfix(os.path.join(LAB.root, "postfix"), procs.free_port(),
@@ -143,6 +141,17 @@ def setUpModule():
         "type": "sql", "server": f"127.0.0.1:{DB.port}", "database": dd.SQL_DATABASE,
         "user": dd.SQL_USER, "password_file": DB.password_path,
         "set_state": SET_STATE, "set_island": SET_ISLAND})
+
+
+def sql_directory() -> dict:
+    """The lab instances' directory: the SQL directory in MariaDB, with writes."""
+    return {"type": "sql", "file": None,
+            "sql": {"servers": [f"127.0.0.1:{DB.port}"], "database": dd.SQL_DATABASE,
+                    "user": dd.SQL_USER, "password_file": DB.password_path, "pool": 2,
+                    "timeout": "2s", "connect_timeout": "1s",
+                    "writes": {"set_state": SET_STATE, "set_island": SET_ISLAND}},
+            # The default TTL: a move must drop cached entries itself.
+            "cache": {"positive_ttl": "5m", "negative_ttl": "60s"}}
 
 
 def write_config(name: str, socket_path: str, directory: dict, instances=None, **move) -> str:
@@ -1246,6 +1255,146 @@ class Move(unittest.TestCase):
         self.assertEqual(r.returncode, mv.EXIT_STEP, r.stdout + r.stderr)
         self.assertIn("keeps UIDs only into an empty mailbox", r.stdout + r.stderr)
         self.assertEqual(where(user), (here, "active"))
+    def test_9c_daemon_job_taken_over_by_another_instance(self):
+        """A move as a job of the daemon (POST /v1/moves), its jobs in the
+        role store's database with a 3 s lease: the instance running it is
+        SIGKILLed during the pre-copy, its mover dies with it, the second
+        instance takes the job over (epoch 2) from the journal the store
+        holds and finishes it; isthmusctl follows the job and lists it."""
+        user = JUDY
+        seed(user, user, "a", small=160, big=2, big_size=300_000)
+        before = snapshot("a-left", user)
+        DB.install_role_store()
+        sockets = [os.path.join(LAB.root, f"mv-{n}.sock") for n in (1, 2)]
+        # The mover asks these instances to drop caches and kick sessions
+        # (a dead one would stop it: the killed mv-1 is not listed).
+        mover_config = write_config(
+            "move-daemon.json", SOCKET, {"type": "isthmus"}, batch_messages=10,
+            instances=[{"name": "lab", "socket": SOCKET}, {"name": "mv-2", "socket": sockets[1]}])
+        ctl_config = os.path.join(LAB.root, "ctl-daemon.json")
+        with open(ctl_config, "w") as f:
+            json.dump({"instances": [{"name": f"mv-{n}", "socket": sockets[n - 1]}
+                                     for n in (1, 2)], "timeout": "5s"}, f)
+
+        def start(n: int, env: dict):
+            saved = dict(os.environ)
+            os.environ.update(env)   # the mover inherits the instance's environment
+            try:
+                listeners = [{"name": "imap", "protocol": "imap", "address": "127.0.0.1",
+                              "port": procs.free_port()}]
+                ix = LAB.start_isthmus(
+                    binary(), instance=f"mv-{n}", admin={"socket": sockets[n - 1]},
+                    listeners=listeners, directory=sql_directory(),
+                    roles={"store": "sql", "poll_interval": "250ms", "instance_timeout": "1s",
+                           "sql": {"servers": [f"127.0.0.1:{DB.port}"],
+                                   "database": DB.database, "user": DB.user,
+                                   "password_file": DB.password_path, "timeout": "1s",
+                                   "connect_timeout": "500ms", "max_backoff": "1s"}},
+                    moves={"mover": os.path.join(REPO, "tools", "isthmus_move.py"),
+                           "mover_config": mover_config,
+                           "dir": os.path.join(LAB.root, f"mv-{n}-moves"),
+                           "lease": "3s", "poll_interval": "250ms"})
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+            wait_for(lambda: admin_answers(sockets[n - 1]), timeout=10, what=f"mv-{n}'s admin")
+            return ix
+
+        first = start(1, {mv.ENV_COPY_DELAY: "0.03"})
+        second = start(2, {})
+        status, body = admin("POST", "/v1/moves", {"user": user.upper(), "to": "b"},
+                             socket_path=sockets[0])
+        self.assertEqual(status, 202, body)
+        job = body["id"]
+        self.assertEqual((body["user"], body["to"], body["owner"], body["epoch"], body["state"]),
+                         (user, "b", "mv-1", 1, "running"))
+        # A second move of the same user is refused, on either instance.
+        status, body = admin("POST", "/v1/moves", {"user": user, "to": "b"},
+                             socket_path=sockets[1])
+        self.assertEqual((status, body.get("id")), (409, job), body)
+        status, body = admin("POST", "/v1/moves", {"user": user, "to": "nowhere"},
+                             socket_path=sockets[1])
+        self.assertEqual(status, 400, body)
+
+        def job_on(n: int) -> dict:
+            status, body = admin("GET", "/v1/moves/" + job, socket_path=sockets[n - 1])
+            self.assertEqual(status, 200, body)
+            return body
+
+        wait_for(lambda: job_on(2)["step"] == "precopy" and job_on(2)["progress"]["messages"] >= 20,
+                 timeout=60, interval=0.1, what="the pre-copy under way (seen from mv-2)")
+        def runs_job(pid: str) -> bool:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    return job.encode() in f.read()
+            except OSError:
+                return False
+
+        movers = [pid for pid in os.listdir("/proc") if pid.isdigit() and runs_job(pid)]
+        self.assertTrue(movers, "the job's mover process")
+        first.kill()
+        first.stop(check=False)   # killed on purpose
+        wait_for(lambda: not any(runs_job(pid) for pid in movers),
+                 timeout=5, interval=0.05, what="the killed instance's mover to die with it")
+        self.assertEqual(where(user), ("a", "active"))   # a killed pre-copy locks nobody out
+        killed_at = time.monotonic()
+        wait_for(lambda: job_on(2)["owner"] == "mv-2", timeout=15, interval=0.1,
+                 what="mv-2 to take the job over")
+        taken_after = time.monotonic() - killed_at
+        # isthmusctl follows the job (mv-1 does not answer: it asks mv-2).
+        r = subprocess.run([TOOL, "--config", ctl_config, "move", "--follow", job],
+                           capture_output=True, text=True, timeout=180)
+        print(f"\n$ isthmusctl move --follow {job}  -> exit {r.returncode}\n{r.stdout}{r.stderr}",
+              flush=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        done = job_on(2)
+        print(f"DAEMON-JOB taken over after {taken_after:.1f}s (lease 3s); "
+              f"interruption {done['interruption_seconds']}", flush=True)
+        self.assertEqual((done["state"], done["owner"], done["epoch"], done["exit_code"]),
+                         ("done", "mv-2", 2, 0))
+        texts = [line["text"] for line in done["history"]]
+        self.assertTrue(any("taken over by mv-2 from mv-1" in t for t in texts), texts)
+        self.assertEqual(where(user), ("b", "active"))
+        after = snapshot("b-left", user)
+        for folder in folders_of(before):
+            self.assertEqual(before[folder], after[folder], f"{folder} differs after the take-over")
+        self.assertEqual(before["__subscribed__"], after["__subscribed__"])
+        # The job in the list, and in the database (one row, released).
+        listed = json.loads(subprocess.run([TOOL, "--config", ctl_config, "--json", "moves"],
+                                           capture_output=True, text=True, timeout=30).stdout)
+        self.assertIn(job, [m["id"] for m in listed["moves"]])
+        rows = DB.query(f"SELECT state, owner, epoch, active_user FROM isthmus_moves "
+                        f"WHERE id = '{job}'")
+        self.assertEqual([tuple(r) for r in rows], [("done", "mv-2", "2", None)])
+        # Finished jobs cannot be aborted or resumed.
+        self.assertEqual(admin("POST", f"/v1/moves/{job}/abort", socket_path=sockets[1])[0], 409)
+        self.assertEqual(admin("POST", f"/v1/moves/{job}/resume", socket_path=sockets[1])[0], 409)
+
+        # kate's move through mv-1 (restarted, still slow), aborted through
+        # mv-2 during the pre-copy: mv-1 sees the request, stops its mover
+        # and runs the mover's abort; kate stays on a, active.
+        user = KATE
+        seed(user, user, "a", small=80, big=0, folders=("Archive",))
+        first = start(1, {mv.ENV_COPY_DELAY: "0.03"})
+        status, body = admin("POST", "/v1/moves", {"user": user, "to": "b"},
+                             socket_path=sockets[0])
+        self.assertEqual(status, 202, body)
+        back = body["id"]
+        wait_for(lambda: admin("GET", "/v1/moves/" + back, socket_path=sockets[1])[1]
+                 ["progress"]["messages"] >= 10, timeout=60, interval=0.1,
+                 what="kate's move under way")
+        status, body = admin("POST", f"/v1/moves/{back}/abort", socket_path=sockets[1])
+        self.assertEqual(status, 202, body)
+        self.assertTrue(body["abort_requested"])
+        wait_for(lambda: admin("GET", "/v1/moves/" + back, socket_path=sockets[1])[1]["state"]
+                 in ("aborted", "failed"), timeout=60, what="the abort")
+        aborted = admin("GET", "/v1/moves/" + back, socket_path=sockets[1])[1]
+        print("\n".join(line["text"] for line in aborted["history"]), flush=True)
+        self.assertEqual((aborted["state"], aborted["owner"]), ("aborted", "mv-1"))
+        self.assertEqual(where(user), ("a", "active"))
+        for ix in (first, second):
+            ix.stop()
+
 
 class _FakeImaplib:
     """Just enough of imaplib.IMAP4 for Imap.examine and Imap.messages."""

@@ -453,3 +453,30 @@ TEST_CASE("a node's tls per protocol: IMAP over STARTTLS, LMTP in clear") {
   e = error_of(with_tls(R"({ "smtp": "starttls" })"));
   CHECK(e.find("/islands/0/nodes/1/tls/smtp: unknown key") != std::string::npos);
 }
+
+TEST_CASE("moves config: off without the section; the store follows roles; timings checked") {
+  CHECK_FALSE(parse_config(kGood, "t.json", "/etc").moves.enabled);
+  auto moves = [](const std::string& keys, const std::string& roles = "") {
+    return with("\"instance\": \"t1\",",
+                "\"instance\": \"t1\", " + roles + "\"moves\": {" + keys + "},");
+  };
+  auto c = parse_config(moves("\"mover_config\": \"isthmusctl.json\""), "t.json", "/etc/isthmus");
+  CHECK(c.moves.enabled);
+  CHECK(c.moves.store == MoveStoreKind::file);
+  CHECK(c.moves.mover_config == "/etc/isthmus/isthmusctl.json");
+  CHECK(c.moves.mover == "/usr/lib/isthmus/isthmus_move.py");
+  CHECK(c.moves.lease == std::chrono::seconds(30));
+  c = parse_config(moves("\"mover_config\": \"/etc/m.json\", \"lease\": \"10s\"",
+                         "\"roles\": {\"store\": \"sql\", \"sql\": { \"servers\": "
+                         "[\"10.0.0.5:3306\"], \"database\": \"mail\", \"user\": \"i\" }}, "),
+                   "t.json", "/etc");
+  CHECK(c.moves.store == MoveStoreKind::sql);
+  CHECK(error_of(moves("")) == "test.json: /moves: missing required key \"mover_config\"");
+  CHECK(error_of(moves("\"mover_config\": \"m.json\", \"store\": \"sql\"")).find(
+            "/moves/store: \"sql\" keeps the jobs in the role store's database") !=
+        std::string::npos);
+  CHECK(error_of(moves("\"mover_config\": \"m.json\", \"lease\": \"1s\"")) ==
+        "test.json: /moves/lease: must be at least three times poll_interval");
+  CHECK(error_of(moves("\"mover_config\": \"m.json\", \"max_running\": 0")).find(
+            "/moves/max_running") != std::string::npos);
+}

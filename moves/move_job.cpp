@@ -1,0 +1,257 @@
+#include "moves/move_job.hpp"
+
+#include "common/log.hpp"
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <openssl/rand.h>
+
+#include <array>
+#include <chrono>
+
+namespace isthmus::moves {
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr std::array kTerminal = {"done", "failed", "verify_failed", "aborted"};
+constexpr std::array kStates = {"running", "waiting", "aborting", "done",
+                                "failed",  "verify_failed", "aborted"};
+constexpr std::size_t kMaxText = 2000;  // one history line, sanitized
+constexpr int kMaxDepth = 64;
+
+// The mover's line as JSON, or discarded: nesting deeper than kMaxDepth is
+// refused before the recursive parser sees it.
+json parse_bounded(std::string_view text) {
+  int level = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++level > kMaxDepth) return json(json::value_t::discarded);
+    } else if (c == ']' || c == '}') {
+      --level;
+    }
+  }
+  return json::parse(text.begin(), text.end(), nullptr, false);
+}
+
+std::string string_of(const json& o, const char* key) {
+  auto it = o.find(key);
+  return it != o.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+std::uint64_t count_of(const json& o, const char* key) {
+  auto it = o.find(key);
+  if (it == o.end()) return 0;
+  if (it->is_number_unsigned()) return it->get<std::uint64_t>();
+  if (it->is_number_integer()) return static_cast<std::uint64_t>(std::max<std::int64_t>(0, it->get<std::int64_t>()));
+  return 0;
+}
+
+std::optional<double> number_of(const json& o, const char* key) {
+  auto it = o.find(key);
+  if (it == o.end() || !it->is_number()) return std::nullopt;
+  return it->get<double>();
+}
+
+json progress_json(const Progress& p) {
+  json eta = p.eta_seconds ? json(*p.eta_seconds) : json(nullptr);
+  return json{{"pass", p.pass},
+              {"folders_done", p.folders_done},
+              {"folders", p.folders},
+              {"messages", p.messages},
+              {"bytes", p.bytes},
+              {"bytes_total", p.bytes_total},
+              {"rate", p.rate},
+              {"eta_seconds", eta}};
+}
+
+}  // namespace
+
+bool is_terminal(std::string_view state) {
+  for (auto s : kTerminal)
+    if (state == s) return true;
+  return false;
+}
+
+bool is_known_state(std::string_view state) {
+  for (auto s : kStates)
+    if (state == s) return true;
+  return false;
+}
+
+void Job::say(std::string at, std::string text) {
+  history.push_back({std::move(at), sanitize(text, kMaxText)});
+  while (history.size() > kMaxHistory) history.pop_front();
+}
+
+json to_api_json(const Job& job, bool with_history) {
+  json out{{"id", job.id},
+           {"user", job.user},
+           {"from", job.from},
+           {"to", job.to},
+           {"mover", job.mover.empty() ? json(nullptr) : json(job.mover)},
+           {"state", job.state},
+           {"step", job.step},
+           {"step_number", job.step_number},
+           {"steps", kSteps},
+           {"owner", job.owner},
+           {"epoch", job.epoch},
+           {"created", job.created},
+           {"updated", job.updated},
+           {"finished", job.finished.empty() ? json(nullptr) : json(job.finished)},
+           {"progress", progress_json(job.progress)},
+           {"exit_code", job.exit_code ? json(*job.exit_code) : json(nullptr)},
+           {"result", job.result},
+           {"interruption_seconds",
+            job.interruption_seconds ? json(*job.interruption_seconds) : json(nullptr)},
+           {"abort_requested", job.abort_requested}};
+  if (with_history) {
+    json lines = json::array();
+    for (const auto& line : job.history) lines.push_back({{"at", line.at}, {"text", line.text}});
+    out["history"] = std::move(lines);
+  }
+  return out;
+}
+
+json to_stored_json(const Job& job) {
+  json out = to_api_json(job, true);
+  out["journal"] = job.journal;
+  return out;
+}
+
+std::optional<Job> from_stored_json(const json& doc) {
+  if (!doc.is_object()) return std::nullopt;
+  Job job;
+  job.id = string_of(doc, "id");
+  job.user = string_of(doc, "user");
+  job.to = string_of(doc, "to");
+  job.state = string_of(doc, "state");
+  if (job.id.empty() || job.user.empty() || job.to.empty() || !is_known_state(job.state))
+    return std::nullopt;
+  job.from = string_of(doc, "from");
+  job.mover = string_of(doc, "mover");
+  job.step = string_of(doc, "step");
+  if (auto n = number_of(doc, "step_number"); n && *n >= -1 && *n <= kSteps)
+    job.step_number = static_cast<int>(*n);
+  job.owner = string_of(doc, "owner");
+  job.epoch = count_of(doc, "epoch");
+  job.created = string_of(doc, "created");
+  job.updated = string_of(doc, "updated");
+  job.finished = string_of(doc, "finished");
+  if (auto it = doc.find("progress"); it != doc.end() && it->is_object()) {
+    auto& p = job.progress;
+    p.pass = count_of(*it, "pass");
+    p.folders_done = count_of(*it, "folders_done");
+    p.folders = count_of(*it, "folders");
+    p.messages = count_of(*it, "messages");
+    p.bytes = count_of(*it, "bytes");
+    p.bytes_total = count_of(*it, "bytes_total");
+    p.rate = number_of(*it, "rate").value_or(0);
+    p.eta_seconds = number_of(*it, "eta_seconds");
+  }
+  if (auto n = number_of(doc, "exit_code")) job.exit_code = static_cast<int>(*n);
+  job.result = string_of(doc, "result");
+  job.interruption_seconds = number_of(doc, "interruption_seconds");
+  if (auto it = doc.find("history"); it != doc.end() && it->is_array()) {
+    for (const auto& line : *it) {
+      if (line.is_object()) job.say(string_of(line, "at"), string_of(line, "text"));
+    }
+  }
+  if (auto it = doc.find("journal"); it != doc.end() && it->is_object()) job.journal = *it;
+  if (auto it = doc.find("abort_requested"); it != doc.end() && it->is_boolean())
+    job.abort_requested = it->get<bool>();
+  return job;
+}
+
+std::string now_iso() {
+  return fmt::format("{:%Y-%m-%dT%H:%M:%SZ}",
+                     std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now()));
+}
+
+std::string new_job_id() {
+  std::array<unsigned char, 3> random{};
+  if (RAND_bytes(random.data(), static_cast<int>(random.size())) != 1)
+    throw std::runtime_error("RAND_bytes failed");
+  return fmt::format("{:%Y%m%dT%H%M%SZ}-{:02x}{:02x}{:02x}",
+                     std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now()),
+                     random[0], random[1], random[2]);
+}
+
+bool apply_mover_line(Job& job, std::string_view line, Clock::time_point now, PassClock& clock) {
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
+  if (line.empty()) return false;
+  const json event = line.front() == '{' ? parse_bounded(line) : json(json::value_t::discarded);
+  const std::string kind = event.is_object() ? string_of(event, "event") : std::string();
+  if (kind.empty()) {
+    job.say(now_iso(), "mover: " + std::string(line.substr(0, kMaxText)));
+    return true;
+  }
+  if (kind == "progress") {
+    auto& p = job.progress;
+    const auto pass = count_of(event, "pass");
+    const auto step = string_of(event, "step");
+    if (pass != clock.pass || step != clock.step) clock = {pass, step, now};
+    p.pass = pass;
+    p.folders_done = count_of(event, "folders_done");
+    p.folders = count_of(event, "folders");
+    p.messages = count_of(event, "messages");
+    p.bytes = count_of(event, "bytes");
+    p.bytes_total = count_of(event, "bytes_total");
+    const double seconds = std::chrono::duration<double>(now - clock.started).count();
+    p.rate = seconds > 0.5 ? static_cast<double>(p.bytes) / seconds : 0;
+    if (p.rate > 0 && p.bytes_total >= p.bytes)
+      p.eta_seconds = static_cast<double>(p.bytes_total - p.bytes) / p.rate;
+    else
+      p.eta_seconds.reset();
+    return false;
+  }
+  if (kind == "started") {
+    if (auto from = string_of(event, "from"); !from.empty()) job.from = sanitize(from, 128);
+    if (auto mover = string_of(event, "mover"); mover == "imap" || mover == "dsync")
+      job.mover = mover;
+    return true;
+  }
+  if (kind == "step") {
+    const auto name = string_of(event, "name");
+    const auto status = string_of(event, "status");
+    if (auto n = number_of(event, "number"); n && *n >= 0 && *n <= kSteps) {
+      job.step_number = static_cast<int>(*n);
+      job.step = sanitize(name, 32);
+    }
+    if (status == "started") job.progress = Progress{};
+    if (auto text = string_of(event, "text"); !text.empty()) job.say(now_iso(), text);
+    return true;
+  }
+  if (kind == "say") {
+    job.say(now_iso(), string_of(event, "text"));
+    return true;
+  }
+  if (kind == "journal") {
+    if (auto it = event.find("data"); it != event.end() && it->is_object()) job.journal = *it;
+    return true;
+  }
+  if (kind == "finished") {
+    if (auto n = number_of(event, "exit")) job.exit_code = static_cast<int>(*n);
+    if (auto text = string_of(event, "text"); !text.empty()) job.result = sanitize(text, kMaxText);
+    if (auto seconds = number_of(event, "interruption_seconds")) job.interruption_seconds = seconds;
+    return true;
+  }
+  job.say(now_iso(), fmt::format("mover: an event of an unknown kind: {}", sanitize(kind, 40)));
+  return true;
+}
+
+std::string state_after_exit(int exit_code) {
+  if (exit_code == 0) return "done";
+  if (exit_code == 7) return "verify_failed";
+  return "failed";
+}
+
+}  // namespace isthmus::moves
