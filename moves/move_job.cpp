@@ -61,6 +61,26 @@ std::optional<double> number_of(const json& o, const char* key) {
   return it->get<double>();
 }
 
+// History and result text: the mover's UTF-8 kept (folder names are often
+// not ASCII), ASCII control characters replaced by spaces, cut at `max`
+// bytes on a character boundary. Idempotent, so a job read back from the
+// store and written again is the same. (What is printed to a terminal is
+// escaped again by isthmusctl; invalid UTF-8 is replaced when the job is
+// serialised.)
+std::string clean_text(std::string_view text, std::size_t max) {
+  if (text.size() > max) {
+    std::size_t cut = max;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+    text = text.substr(0, cut);
+  }
+  std::string out(text);
+  for (char& c : out) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) c = ' ';
+  }
+  return out;
+}
+
 json progress_json(const Progress& p) {
   json eta = p.eta_seconds ? json(*p.eta_seconds) : json(nullptr);
   return json{{"pass", p.pass},
@@ -88,7 +108,7 @@ bool is_known_state(std::string_view state) {
 }
 
 void Job::say(std::string at, std::string text) {
-  history.push_back({std::move(at), sanitize(text, kMaxText)});
+  history.push_back({clean_text(at, 40), clean_text(text, kMaxText)});
   while (history.size() > kMaxHistory) history.pop_front();
 }
 
@@ -158,7 +178,7 @@ std::optional<Job> from_stored_json(const json& doc) {
     p.eta_seconds = number_of(*it, "eta_seconds");
   }
   if (auto n = number_of(doc, "exit_code")) job.exit_code = static_cast<int>(*n);
-  job.result = string_of(doc, "result");
+  job.result = clean_text(string_of(doc, "result"), kMaxText);
   job.interruption_seconds = number_of(doc, "interruption_seconds");
   if (auto it = doc.find("history"); it != doc.end() && it->is_array()) {
     for (const auto& line : *it) {
@@ -214,7 +234,7 @@ bool apply_mover_line(Job& job, std::string_view line, Clock::time_point now, Pa
     return false;
   }
   if (kind == "started") {
-    if (auto from = string_of(event, "from"); !from.empty()) job.from = sanitize(from, 128);
+    if (auto from = string_of(event, "from"); !from.empty()) job.from = clean_text(from, 128);
     if (auto mover = string_of(event, "mover"); mover == "imap" || mover == "dsync")
       job.mover = mover;
     return true;
@@ -224,7 +244,7 @@ bool apply_mover_line(Job& job, std::string_view line, Clock::time_point now, Pa
     const auto status = string_of(event, "status");
     if (auto n = number_of(event, "number"); n && *n >= 0 && *n <= kSteps) {
       job.step_number = static_cast<int>(*n);
-      job.step = sanitize(name, 32);
+      job.step = clean_text(name, 32);
     }
     if (status == "started") job.progress = Progress{};
     if (auto text = string_of(event, "text"); !text.empty()) job.say(now_iso(), text);
@@ -240,11 +260,11 @@ bool apply_mover_line(Job& job, std::string_view line, Clock::time_point now, Pa
   }
   if (kind == "finished") {
     if (auto n = number_of(event, "exit")) job.exit_code = static_cast<int>(*n);
-    if (auto text = string_of(event, "text"); !text.empty()) job.result = sanitize(text, kMaxText);
+    if (auto text = string_of(event, "text"); !text.empty()) job.result = clean_text(text, kMaxText);
     if (auto seconds = number_of(event, "interruption_seconds")) job.interruption_seconds = seconds;
     return true;
   }
-  job.say(now_iso(), fmt::format("mover: an event of an unknown kind: {}", sanitize(kind, 40)));
+  job.say(now_iso(), fmt::format("mover: an event of an unknown kind: {}", clean_text(kind, 40)));
   return true;
 }
 

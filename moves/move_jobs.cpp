@@ -347,10 +347,13 @@ struct MoveJobs::Impl {
       l->dirty = false;
       l->job.updated = now_iso();
       Job snapshot = l->job;
+      // The lease counts from when the write was sent (the database adds
+      // moves.lease to its clock when it runs it): conservative here.
+      const auto sent = Clock::now();
       auto answer = co_await store->update(snapshot);
       if (!current(l)) break;
       if (answer.status == StoreStatus::ok) {
-        l->renewed = Clock::now();
+        l->renewed = sent;
         if (is_terminal(snapshot.state)) {
           local.erase(snapshot.id);
           running_here = local.size();

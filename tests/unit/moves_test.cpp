@@ -120,10 +120,15 @@ TEST_CASE("moves: a stored job reads back the same; a document that is not a job
   job.progress.bytes = 123;
   job.exit_code = 3;
   job.say("2026-12-03T00:00:00Z", "hello");
+  job.say("2026-12-03T00:00:01Z", "folder Entw\xc3\xbcrfe copied \\ 3 \x1b[2J");
+  CHECK(job.history.back().text == "folder Entw\xc3\xbcrfe copied \\ 3  [2J");
   job.journal = nlohmann::json{{"status", "running"}};
   auto back = from_stored_json(to_stored_json(job));
   REQUIRE(back);
-  CHECK(to_stored_json(*back) == to_stored_json(job));
+  CHECK(to_stored_json(*back) == to_stored_json(job));  // read back and written again: the same
+  auto again = from_stored_json(nlohmann::json::parse(to_stored_json(*back).dump()));
+  REQUIRE(again);
+  CHECK(to_stored_json(*again) == to_stored_json(job));
   CHECK_FALSE(to_api_json(job, true).contains("journal"));
   CHECK_FALSE(to_api_json(job, false).contains("history"));
   CHECK_FALSE(from_stored_json(nlohmann::json{{"id", "x"}}));
