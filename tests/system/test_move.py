@@ -1376,9 +1376,11 @@ class Move(unittest.TestCase):
         user = KATE
         seed(user, user, "a", small=80, big=0, folders=("Archive",))
         first = start(1, {mv.ENV_COPY_DELAY: "0.03"})
-        status, body = admin("POST", "/v1/moves", {"user": user, "to": "b"},
-                             socket_path=sockets[0])
-        self.assertEqual(status, 202, body)
+        r = subprocess.run([TOOL, "--config", ctl_config, "--json", "move", user, "--to", "b",
+                            "--detach"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        body = json.loads(r.stdout)
+        self.assertEqual((body["owner"], body["state"]), ("mv-1", "running"))
         back = body["id"]
         wait_for(lambda: admin("GET", "/v1/moves/" + back, socket_path=sockets[1])[1]
                  ["progress"]["messages"] >= 10, timeout=60, interval=0.1,
