@@ -21,9 +21,9 @@ constexpr std::array kStates = {"running", "waiting", "aborting", "done",
 constexpr std::size_t kMaxText = 2000;  // one history line, sanitized
 constexpr int kMaxDepth = 64;
 
-// The mover's line as JSON, or discarded: nesting deeper than kMaxDepth is
-// refused before the recursive parser sees it.
-json parse_bounded(std::string_view text) {
+}  // namespace
+
+json parse_bounded_json(std::string_view text) {
   int level = 0;
   bool in_string = false;
   for (std::size_t i = 0; i < text.size(); ++i) {
@@ -41,6 +41,20 @@ json parse_bounded(std::string_view text) {
   }
   return json::parse(text.begin(), text.end(), nullptr, false);
 }
+
+bool valid_job_id(std::string_view id) {
+  // 20261203T225500Z-3f2a9c
+  if (id.size() != 23 || id[8] != 'T' || id[15] != 'Z' || id[16] != '-') return false;
+  for (std::size_t i = 0; i < id.size(); ++i) {
+    if (i == 8 || i == 15 || i == 16) continue;
+    const char c = id[i];
+    const bool digit = c >= '0' && c <= '9';
+    if (i < 16 ? !digit : !(digit || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+namespace {
 
 std::string string_of(const json& o, const char* key) {
   auto it = o.find(key);
@@ -154,7 +168,17 @@ std::optional<Job> from_stored_json(const json& doc) {
   job.user = string_of(doc, "user");
   job.to = string_of(doc, "to");
   job.state = string_of(doc, "state");
-  if (job.id.empty() || job.user.empty() || job.to.empty() || !is_known_state(job.state))
+  // The id names files; the user and island go into the mover's arguments.
+  auto plain = [](const std::string& text, std::size_t max) {
+    if (text.empty() || text.size() > max || text.front() == '-') return false;
+    for (char c : text) {
+      const auto u = static_cast<unsigned char>(c);
+      if (u < 0x20 || u == 0x7f) return false;
+    }
+    return true;
+  };
+  if (!valid_job_id(job.id) || !plain(job.user, 320) || !plain(job.to, 128) ||
+      !is_known_state(job.state))
     return std::nullopt;
   job.from = string_of(doc, "from");
   job.mover = string_of(doc, "mover");
@@ -177,7 +201,8 @@ std::optional<Job> from_stored_json(const json& doc) {
     p.rate = number_of(*it, "rate").value_or(0);
     p.eta_seconds = number_of(*it, "eta_seconds");
   }
-  if (auto n = number_of(doc, "exit_code")) job.exit_code = static_cast<int>(*n);
+  if (auto n = number_of(doc, "exit_code"); n && *n >= -1 && *n <= 255)
+    job.exit_code = static_cast<int>(*n);
   job.result = clean_text(string_of(doc, "result"), kMaxText);
   job.interruption_seconds = number_of(doc, "interruption_seconds");
   if (auto it = doc.find("history"); it != doc.end() && it->is_array()) {
@@ -208,7 +233,7 @@ std::string new_job_id() {
 bool apply_mover_line(Job& job, std::string_view line, Clock::time_point now, PassClock& clock) {
   while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
   if (line.empty()) return false;
-  const json event = line.front() == '{' ? parse_bounded(line) : json(json::value_t::discarded);
+  const json event = line.front() == '{' ? parse_bounded_json(line) : json(json::value_t::discarded);
   const std::string kind = event.is_object() ? string_of(event, "event") : std::string();
   if (kind.empty()) {
     job.say(now_iso(), "mover: " + std::string(line.substr(0, kMaxText)));
@@ -218,7 +243,11 @@ bool apply_mover_line(Job& job, std::string_view line, Clock::time_point now, Pa
     auto& p = job.progress;
     const auto pass = count_of(event, "pass");
     const auto step = string_of(event, "step");
-    if (pass != clock.pass || step != clock.step) clock = {pass, step, now};
+    if (pass != clock.pass || step != clock.step) {
+      clock.pass = pass;
+      clock.step = step;
+      clock.started = now;
+    }
     p.pass = pass;
     p.folders_done = count_of(event, "folders_done");
     p.folders = count_of(event, "folders");
@@ -255,11 +284,17 @@ bool apply_mover_line(Job& job, std::string_view line, Clock::time_point now, Pa
     return true;
   }
   if (kind == "journal") {
-    if (auto it = event.find("data"); it != event.end() && it->is_object()) job.journal = *it;
+    if (auto it = event.find("data"); it != event.end() && it->is_object()) {
+      job.journal = *it;
+      ++clock.journal_events;
+    } else {
+      clock.journal_unusable = true;
+    }
     return true;
   }
   if (kind == "finished") {
-    if (auto n = number_of(event, "exit")) job.exit_code = static_cast<int>(*n);
+    if (auto n = number_of(event, "exit"); n && *n >= -1 && *n <= 255)
+      job.exit_code = static_cast<int>(*n);
     if (auto text = string_of(event, "text"); !text.empty()) job.result = clean_text(text, kMaxText);
     if (auto seconds = number_of(event, "interruption_seconds")) job.interruption_seconds = seconds;
     return true;

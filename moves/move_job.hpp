@@ -75,6 +75,13 @@ nlohmann::json to_api_json(const Job& job, bool with_history);
 nlohmann::json to_stored_json(const Job& job);
 std::optional<Job> from_stored_json(const nlohmann::json& doc);
 
+// A JSON text parsed with its nesting bounded (deeper: discarded), so that
+// neither the mover's lines nor a stored document can exhaust the stack.
+nlohmann::json parse_bounded_json(std::string_view text);
+
+// Whether `id` has the shape new_job_id() gives (it names files).
+bool valid_job_id(std::string_view id);
+
 // "2026-12-03T22:55:00Z" for now.
 std::string now_iso();
 // A new job's id: "20261203T225500Z-" and 6 random hex digits.
@@ -89,6 +96,8 @@ struct PassClock {
   std::uint64_t pass = 0;
   std::string step;
   Clock::time_point started{};
+  std::uint64_t journal_events = 0;  // journal events with a journal (to acknowledge)
+  bool journal_unusable = false;     // a journal event came without one (too large)
 };
 bool apply_mover_line(Job& job, std::string_view line, Clock::time_point now, PassClock& clock);
 

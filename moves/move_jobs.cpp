@@ -19,6 +19,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <list>
 #include <map>
 #include <thread>
@@ -49,19 +50,38 @@ class Child {
   using LineHandler = std::function<void(std::string)>;
   using ExitHandler = std::function<void(int code, std::string why)>;
 
-  Child(std::vector<std::string> argv, LineHandler on_line, ExitHandler on_exit)
-      : argv_(std::move(argv)), on_line_(std::move(on_line)), on_exit_(std::move(on_exit)) {
+  Child(std::string job, std::vector<std::string> argv, LineHandler on_line, ExitHandler on_exit)
+      : job_(std::move(job)),
+        argv_(std::move(argv)),
+        on_line_(std::move(on_line)),
+        on_exit_(std::move(on_exit)) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) == 0) {
+      stdin_read_ = fds[0];
+      stdin_write_ = fds[1];
+      ::fcntl(stdin_write_, F_SETFL, O_NONBLOCK);
+    }
     thread_ = std::thread([this] { run(); });
   }
   ~Child() {
     stop();
     if (thread_.joinable()) thread_.join();
+    if (stdin_write_ >= 0) ::close(stdin_write_);
   }
   Child(const Child&) = delete;
   Child& operator=(const Child&) = delete;
 
-  void stop() { stop_ = true; }
+  const std::string& job() const { return job_; }
+  void stop() { stop_ = true; }       // SIGTERM, SIGKILL kKillGrace later
+  void kill_now() { kill_ = true; }   // SIGKILL at once (the job is someone else's)
   bool finished() const { return finished_; }
+  // A line to the mover's standard input ("stored" after its journal is in
+  // the store). Never blocks: the mover reads one line per journal event.
+  void send(std::string_view line) {
+    if (stdin_write_ < 0) return;
+    auto n = ::write(stdin_write_, line.data(), line.size());
+    (void)n;  // the mover is gone (EPIPE): its exit is on its way
+  }
 
  private:
   void run() {
@@ -69,7 +89,7 @@ class Child {
     for (auto& a : argv_) args.push_back(a.data());
     args.push_back(nullptr);
     int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) {
+    if (stdin_read_ < 0 || ::pipe2(fds, O_CLOEXEC) != 0) {
       finish(-1, std::string("pipe: ") + std::strerror(errno));
       return;
     }
@@ -86,8 +106,7 @@ class Child {
       struct sigaction dfl {};
       dfl.sa_handler = SIG_DFL;
       for (int s : {SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGCHLD}) ::sigaction(s, &dfl, nullptr);
-      int null = ::open("/dev/null", O_RDONLY);
-      if (null >= 0) ::dup2(null, 0);
+      ::dup2(stdin_read_, 0);
       ::dup2(fds[1], 1);
       ::dup2(fds[1], 2);
       ::close_range(3, ~0U, 0);
@@ -95,6 +114,9 @@ class Child {
       ::_exit(127);
     }
     ::close(fds[1]);
+    ::close(stdin_read_);
+    stdin_read_ = -1;
+    if (pid > 0) ::setpgid(pid, pid);  // also here: a kill(-pid) right away must find it
     if (pid < 0) {
       ::close(fds[0]);
       finish(-1, std::string("fork: ") + std::strerror(errno));
@@ -134,7 +156,12 @@ class Child {
       }
       return n > 0;
     };
+    bool killed = false;
     while (!exited) {
+      if (kill_ && !killed) {
+        ::kill(-pid, SIGKILL);
+        killed = true;
+      }
       if (stop_ && !terminated) {
         ::kill(-pid, SIGTERM);
         terminated = true;
@@ -167,10 +194,14 @@ class Child {
     finished_ = true;
   }
 
+  std::string job_;
   std::vector<std::string> argv_;
   LineHandler on_line_;
   ExitHandler on_exit_;
+  int stdin_read_ = -1;   // the mover's standard input (closed here once it runs)
+  int stdin_write_ = -1;  // ours
   std::atomic<bool> stop_{false};
+  std::atomic<bool> kill_{false};
   std::atomic<bool> finished_{false};
   std::thread thread_;
 };
@@ -189,8 +220,11 @@ struct MoveJobs::Impl {
     PassClock clock;
     bool writing = false;
     bool dirty = false;
-    bool terminal_written = false;
-    Clock::time_point renewed = Clock::now();
+    std::uint64_t acked = 0;      // journal events acknowledged to the mover
+    bool abort_refused = false;   // asked after the switch started: said once
+    std::string fatal;            // why this instance stopped the mover itself
+    std::string problem;          // the store's last error, for the log
+    Clock::time_point renewed = Clock::now();  // the last renewed lease (when its write was sent)
   };
 
   config::Moves settings;
@@ -227,9 +261,16 @@ struct MoveJobs::Impl {
     auto& job = l->job;
     const auto journal = journal_path(job.id);
     if (mode != Mode::fresh && job.journal.is_object()) {
-      // The journal as the store holds it (another instance may have written it).
-      std::ofstream out(journal, std::ios::trunc);
-      out << job.journal.dump(-1, ' ', false, json::error_handler_t::replace);
+      // The journal as the store holds it (another instance may have written
+      // it). The mover waited for each journal to be stored before acting on
+      // it, so this one is not behind what any run did.
+      const auto temporary = journal.string() + ".tmp";
+      {
+        std::ofstream out(temporary, std::ios::trunc);
+        out << job.journal.dump(-1, ' ', false, json::error_handler_t::replace);
+      }
+      std::error_code ec;
+      std::filesystem::rename(temporary, journal, ec);
     } else if (mode == Mode::resume) {
       mode = Mode::fresh;  // the mover had not saved a journal: start again
     } else if (mode == Mode::abort) {
@@ -244,14 +285,17 @@ struct MoveJobs::Impl {
     }
     l->mode = mode;
     std::vector<std::string> argv{settings.mover.string(), "--config",
-                                  settings.mover_config.string(), "move", job.user};
+                                  settings.mover_config.string(), "move"};
     if (mode == Mode::fresh) {
       argv.insert(argv.end(), {"--to", job.to});
       if (!job.mover.empty()) argv.insert(argv.end(), {"--mover", job.mover});
     } else {
       argv.push_back(mode == Mode::abort ? "--abort" : "--resume");
     }
-    argv.insert(argv.end(), {"--events", "--journal-file", journal.string()});
+    argv.insert(argv.end(),
+                {"--events", "--events-ack", "--journal-file", journal.string(), "--", job.user});
+    l->acked = 0;
+    l->clock = PassClock{};
     const char* what = mode == Mode::fresh ? "started" : mode == Mode::resume ? "resumed" : "abort run";
     job.say(now_iso(), fmt::format("{} on {} (epoch {})", what, instance, job.epoch));
     spdlog::info("move {} of {}: mover {} on {} (epoch {}): {}", job.id, sanitize(job.user, 100),
@@ -262,7 +306,8 @@ struct MoveJobs::Impl {
     auto on_exit = [this, l](int code, std::string why) {
       asio::post(io, [this, l, code, why = std::move(why)] { mover_exit(l, code, why); });
     };
-    l->child = std::make_unique<Child>(std::move(argv), std::move(on_line), std::move(on_exit));
+    l->child =
+        std::make_unique<Child>(job.id, std::move(argv), std::move(on_line), std::move(on_exit));
     running_here = local.size();
   }
 
@@ -278,6 +323,14 @@ struct MoveJobs::Impl {
     if (l->job.step_number != step)
       spdlog::info("move {} of {}: step {} {}", l->job.id, sanitize(l->job.user, 100),
                    l->job.step_number, l->job.step);
+    if (l->clock.journal_unusable && l->fatal.empty()) {
+      // It waits for a "stored" this instance cannot give: a take-over would
+      // resume from an older journal than what it does next.
+      l->fatal = "the mover's journal no longer fits in an event line; finish the move by hand "
+                 "(isthmusctl move --local USER --resume, with the journal " +
+                 journal_path(l->job.id).string() + ")";
+      if (l->child) l->child->kill_now();
+    }
     if (important) persist(l);
   }
 
@@ -285,12 +338,15 @@ struct MoveJobs::Impl {
     if (!current(l)) return;
     auto& job = l->job;
     retire(l);
-    if (job.state == "aborting" && l->mode != Mode::abort) {
+    if (job.state == "aborting" && l->mode != Mode::abort && code != 0 && l->fatal.empty()) {
       launch(l, Mode::abort);  // the mover stopped: now undo what it did
       persist(l);
       return;
     }
+    if (job.state == "aborting" && l->mode != Mode::abort && code == 0)
+      job.say(now_iso(), "the move finished before the abort reached it");
     job.exit_code = code;
+    if (!l->fatal.empty()) job.result = l->fatal;
     if (l->mode == Mode::abort) {
       job.state = code == 0 ? "aborted" : "failed";
       if (code != 0 && job.result.empty())
@@ -326,7 +382,9 @@ struct MoveJobs::Impl {
     if (!current(l)) return;
     spdlog::error("move {} of {}: stopping its mover here: {}", l->job.id,
                   sanitize(l->job.user, 100), why);
+    if (l->child) l->child->kill_now();
     retire(l);
+    store->release(l->job.id);
     local.erase(l->job.id);
     running_here = local.size();
   }
@@ -347,6 +405,7 @@ struct MoveJobs::Impl {
       l->dirty = false;
       l->job.updated = now_iso();
       Job snapshot = l->job;
+      const auto journals = l->clock.journal_events;
       // The lease counts from when the write was sent (the database adds
       // moves.lease to its clock when it runs it): conservative here.
       const auto sent = Clock::now();
@@ -354,6 +413,10 @@ struct MoveJobs::Impl {
       if (!current(l)) break;
       if (answer.status == StoreStatus::ok) {
         l->renewed = sent;
+        // The journals this write stored: the mover may act on them now.
+        if (l->child) {
+          for (; l->acked < journals; ++l->acked) l->child->send("stored\n");
+        }
         if (is_terminal(snapshot.state)) {
           local.erase(snapshot.id);
           running_here = local.size();
@@ -364,19 +427,11 @@ struct MoveJobs::Impl {
       } else if (answer.status == StoreStatus::lost || answer.status == StoreStatus::not_found) {
         let_go(l, "the job was taken over by another instance (its epoch changed)");
         break;
-      } else if (Clock::now() - l->renewed > settings.lease * 2 / 3) {
-        if (is_terminal(snapshot.state)) {
-          // Finished, but unsaid: keep trying (the mover is done).
-          spdlog::warn("move {}: the store does not answer ({}); the job's end is not written yet",
-                       snapshot.id, sanitize(answer.detail, 300));
-        } else {
-          let_go(l, fmt::format("the lease could not be renewed for {}s ({}); another instance "
-                                "may take the job over",
-                                std::chrono::duration_cast<std::chrono::seconds>(
-                                    Clock::now() - l->renewed).count(),
-                                sanitize(answer.detail, 300)));
-          break;
-        }
+      } else {
+        // The store did not answer: the next poll writes again; fence()
+        // stops the mover before the lease can run out.
+        l->problem = answer.detail;
+        break;
       }
     } while (l->dirty);
     l->writing = false;
@@ -392,11 +447,34 @@ struct MoveJobs::Impl {
     }
   }
 
+  // Runs on its own timer, not behind the store's answers: a mover whose
+  // lease was last renewed two thirds of moves.lease ago is killed, so it is
+  // gone before another instance may take the job (poll_interval <= lease/3).
+  asio::awaitable<void> fence_loop() {
+    asio::steady_timer timer(io);
+    while (!stopped) {
+      timer.expires_after(settings.poll_interval / 2);
+      auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+      if (ec || stopped) break;
+      std::vector<std::shared_ptr<Local>> late;
+      for (auto& [id, l] : local) {
+        if (!is_terminal(l->job.state) && Clock::now() - l->renewed > settings.lease * 2 / 3)
+          late.push_back(l);
+      }
+      for (auto& l : late)
+        let_go(l, fmt::format("its lease could not be renewed for {}s ({}); another instance may "
+                              "take the job over",
+                              std::chrono::duration_cast<std::chrono::seconds>(
+                                  Clock::now() - l->renewed).count(),
+                              sanitize(l->problem.empty() ? "no answer" : l->problem, 300)));
+    }
+  }
+
   asio::awaitable<void> tick() {
     std::vector<std::shared_ptr<Local>> mine;
     for (auto& [id, l] : local) mine.push_back(l);
     for (auto& l : mine) persist(l);  // renews the lease
-    auto listed = co_await store->list("");
+    auto listed = co_await store->open_jobs();
     if (listed.status != StoreStatus::ok || stopped) co_return;
     for (auto& stored : listed.jobs) {
       auto& job = stored.job;
@@ -404,7 +482,7 @@ struct MoveJobs::Impl {
         if (job.abort_requested && it->second->job.state == "running") begin_abort(it->second);
         continue;
       }
-      if (is_terminal(job.state) || local.size() >= settings.max_running) continue;
+      if (is_terminal(job.state) || local.size() >= settings.max_running || stopped) continue;
       // Our own unfinished job at start (this instance was stopped or
       // killed): ours again at once. Anyone's whose lease ran out: taken over.
       const bool own = !started_up && job.owner == instance;
@@ -418,12 +496,17 @@ struct MoveJobs::Impl {
     }
   }
 
-  asio::awaitable<bool> take_over(Job job, bool any_lease) {
+  asio::awaitable<bool> take_over(Job job, bool any_lease, bool abort_it = false) {
+    // Never while a mover of this job still runs here (let go, dying).
+    for (const auto& child : retired) {
+      if (child->job() == job.id && !child->finished()) co_return false;
+    }
+    const std::string was = job.state;
     Job next = job;
     const std::string before = job.owner;
     next.owner = instance;
     next.epoch = job.epoch + 1;
-    const bool abort = job.state == "aborting" || job.abort_requested;
+    const bool abort = abort_it || job.state == "aborting" || job.abort_requested;
     next.state = abort ? "aborting" : "running";
     next.abort_requested = false;
     next.updated = now_iso();
@@ -431,8 +514,9 @@ struct MoveJobs::Impl {
                                ? fmt::format("resumed by {} after its restart", instance)
                                : fmt::format("taken over by {} from {} (its lease ran out)",
                                              instance, before.empty() ? "nobody" : before));
-    auto answer = co_await store->take(next, any_lease);
+    auto answer = co_await store->take(next, was, any_lease);
     if (answer.status != StoreStatus::ok) co_return false;  // someone else was quicker
+    if (stopped || local.count(next.id)) co_return false;   // its lease runs out; taken later
     spdlog::warn("move {} of {}: {} (epoch {})", next.id, sanitize(next.user, 100),
                  next.history.back().text, next.epoch);
     auto l = std::make_shared<Local>();
@@ -443,6 +527,14 @@ struct MoveJobs::Impl {
   }
 
   void begin_abort(const std::shared_ptr<Local>& l) {
+    if (l->job.step_number >= kSwitchStep) {
+      if (!l->abort_refused) {
+        l->abort_refused = true;
+        l->job.say(now_iso(), "abort refused: the switch has started; the move finishes");
+        persist(l);
+      }
+      return;
+    }
     l->job.state = "aborting";
     l->job.say(now_iso(), "abort asked: stopping the mover, then undoing what it did");
     spdlog::info("move {} of {}: aborting", l->job.id, sanitize(l->job.user, 100));
@@ -477,12 +569,16 @@ struct MoveJobs::Impl {
     job.created = job.updated = now_iso();
     auto answer = co_await store->insert(job);
     if (answer.status == StoreStatus::conflict)
-      co_return MoveAnswer{409, json{{"error", fmt::format("{} has a move under way: {}",
+      co_return MoveAnswer{409, json{{"error", fmt::format("{} has a move that is not done with: "
+                                                           "{} (follow it, or resume or abort "
+                                                           "it if it failed)",
                                                            job.user, answer.other_id)},
                                      {"id", answer.other_id}}};
     if (answer.status != StoreStatus::ok)
       co_return MoveAnswer{503, error_body("the move store did not take the job: " +
                                            sanitize(answer.detail, 300))};
+    if (stopped)  // recorded, not started: taken over once its lease runs out
+      co_return MoveAnswer{503, error_body("the instance is stopping; the move starts elsewhere")};
     local[job.id] = l;
     launch(l, Mode::fresh);
     co_return MoveAnswer{202, to_api_json(job, true)};
@@ -537,8 +633,7 @@ struct MoveJobs::Impl {
       // Nobody runs it: this instance runs the abort.
       if (local.size() >= settings.max_running)
         co_return MoveAnswer{503, error_body("this instance runs its maximum of moves")};
-      job.state = "aborting";
-      const bool taken = co_await take_over(job, failed);
+      const bool taken = co_await take_over(job, failed, true);
       if (!taken)
         co_return MoveAnswer{409, error_body("the job changed meanwhile; ask again")};
       co_return MoveAnswer{202, to_api_json(local[id]->job, true)};
@@ -584,6 +679,7 @@ MoveJobs::MoveJobs(const config::Config& config) : impl_(std::make_shared<Impl>(
   spdlog::info("moves: jobs in the {} store; mover {} with {}", impl->store->describe(),
                impl->settings.mover.string(), impl->settings.mover_config.string());
   asio::co_spawn(impl->io, impl->poll_loop(), asio::detached);
+  asio::co_spawn(impl->io, impl->fence_loop(), asio::detached);
   impl->thread = std::thread([impl] {
     try {
       impl->io.run();
@@ -599,7 +695,8 @@ void MoveJobs::stop() {
   if (!impl_ || impl_->stopped) return;
   auto* impl = impl_.get();
   std::promise<void> done;
-  asio::post(impl->io, [impl, &done] {
+  std::list<std::unique_ptr<Child>> children;
+  asio::post(impl->io, [impl, &done, &children] {
     impl->stopped = true;
     for (auto& [id, l] : impl->local) {
       if (l->child) {
@@ -611,12 +708,15 @@ void MoveJobs::stop() {
       }
     }
     impl->local.clear();
+    children.swap(impl->retired);
     done.set_value();
   });
-  done.get_future().wait();
-  impl->retired.clear();  // joins: each mover gets kKillGrace after SIGTERM
+  if (done.get_future().wait_for(std::chrono::seconds(30)) != std::future_status::ready)
+    spdlog::error("moves: the jobs' thread does not answer; stopping without it");
+  impl->stopped = true;
   impl->io.stop();
   if (impl->thread.joinable()) impl->thread.join();
+  children.clear();  // joins: each mover gets kKillGrace after SIGTERM
 }
 
 // Each runs on the jobs' thread; the caller resumes on its own executor.

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 namespace isthmus::moves {
@@ -22,6 +23,13 @@ namespace asio = boost::asio;
 using json = nlohmann::json;
 
 namespace {
+
+// A job keeps its user from other moves until it is done with: done,
+// aborted, verify_failed (the mover put the user back). A failed job may
+// have left the user in state moving: resume it or abort it first.
+bool holds_user(const Job& job) {
+  return job.state != "done" && job.state != "aborted" && job.state != "verify_failed";
+}
 
 // ---------------------------------------------------------------- file
 
@@ -32,12 +40,19 @@ class FileStore final : public Store {
     std::error_code ec;
     std::filesystem::create_directories(dir_, ec);
     if (ec) throw std::runtime_error(fmt::format("moves: cannot create {}: {}", dir_.string(), ec.message()));
+    // One process per folder: a second would run the same jobs.
+    const auto lock = (dir_ / ".lock").string();
+    lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd_ < 0 || ::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0)
+      throw std::runtime_error(fmt::format(
+          "moves: {} is in use by another process (each instance needs its own moves.dir)",
+          dir_.string()));
     for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
       if (entry.path().extension() != ".json") continue;
       std::ifstream in(entry.path());
       std::stringstream text;
       text << in.rdbuf();
-      auto doc = json::parse(text.str(), nullptr, false);
+      auto doc = parse_bounded_json(text.str());
       auto job = from_stored_json(doc);
       if (!job) {
         spdlog::warn("moves: {} is not a move job; ignored", entry.path().string());
@@ -47,11 +62,17 @@ class FileStore final : public Store {
     }
   }
 
+  ~FileStore() override {
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+  }
+  FileStore(const FileStore&) = delete;
+  FileStore& operator=(const FileStore&) = delete;
+
   std::string describe() const override { return "file (" + dir_.string() + ")"; }
 
   asio::awaitable<StoreAnswer> insert(const Job& job) override {
     for (const auto& [id, other] : jobs_) {
-      if (other.user == job.user && !is_terminal(other.state))
+      if (other.user == job.user && holds_user(other))
         co_return StoreAnswer{StoreStatus::conflict, "", id};
     }
     co_return save(job);
@@ -68,23 +89,36 @@ class FileStore final : public Store {
     co_return save(copy);
   }
 
-  asio::awaitable<StoreAnswer> take(const Job& next, bool any_lease) override {
+  asio::awaitable<StoreAnswer> take(const Job& next, std::string was, bool any_lease) override {
     auto it = jobs_.find(next.id);
     if (it == jobs_.end()) co_return StoreAnswer{StoreStatus::not_found, "no such job", ""};
-    if (it->second.epoch + 1 != next.epoch || (!any_lease && live_.count(next.id)))
+    if (it->second.epoch + 1 != next.epoch || it->second.state != was ||
+        (!any_lease && live_.count(next.id)))
       co_return StoreAnswer{StoreStatus::lost, "held by someone else", ""};
-    if (!is_terminal(next.state)) {
+    if (holds_user(next)) {
       for (const auto& [id, other] : jobs_) {
-        if (id != next.id && other.user == next.user && !is_terminal(other.state))
+        if (id != next.id && other.user == next.user && holds_user(other))
           co_return StoreAnswer{StoreStatus::conflict, "", id};
       }
     }
     co_return save(next);
   }
 
+  asio::awaitable<ListAnswer> open_jobs() override {
+    ListAnswer answer{StoreStatus::ok, {}, ""};
+    for (const auto& [key, job] : jobs_) {
+      if (holds_user(job)) answer.jobs.push_back({job, !is_terminal(job.state) && !live_.count(key)});
+    }
+    co_return answer;
+  }
+
+  void release(const std::string& id) override { live_.erase(id); }
+
   asio::awaitable<StoreAnswer> request_abort(const std::string& id) override {
     auto it = jobs_.find(id);
     if (it == jobs_.end()) co_return StoreAnswer{StoreStatus::not_found, "no such job", ""};
+    if (is_terminal(it->second.state))
+      co_return StoreAnswer{StoreStatus::lost, "finished already", ""};
     Job copy = it->second;
     copy.abort_requested = true;
     co_return save(copy);
@@ -149,6 +183,7 @@ class FileStore final : public Store {
 
   std::filesystem::path dir_;
   std::string instance_;
+  int lock_fd_ = -1;  // held while the store lives
   std::map<std::string, Job> jobs_;
   std::set<std::string> live_;  // jobs this process owns
 };
@@ -162,29 +197,33 @@ std::string microseconds(Clock::duration d) {
 constexpr std::string_view kInsert =
     "INSERT INTO isthmus_moves (id, user_name, active_user, state, owner, epoch, lease_until, "
     "abort_requested, doc, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, "
-    "NOW(6) + INTERVAL ? MICROSECOND, 0, ?, NOW(6), NOW(6))";
+    "UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, 0, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))";
 constexpr std::string_view kActiveOf = "SELECT id FROM isthmus_moves WHERE active_user = ?";
 // The owner's write; a terminal job releases the user (active_user NULL)
 // and its lease.
 constexpr std::string_view kUpdate =
-    "UPDATE isthmus_moves SET state = ?, active_user = IF(? = 1, NULL, user_name), doc = ?, "
-    "lease_until = IF(? = 1, NOW(6), NOW(6) + INTERVAL ? MICROSECOND), updated_at = NOW(6) "
-    "WHERE id = ? AND epoch = ? AND owner = ?";
+    "UPDATE isthmus_moves SET state = ?, active_user = IF(? = 1, user_name, NULL), doc = ?, "
+    "lease_until = IF(? = 1, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), "
+    "updated_at = UTC_TIMESTAMP(6) WHERE id = ? AND epoch = ? AND owner = ?";
 constexpr std::string_view kTake =
     "UPDATE isthmus_moves SET state = ?, owner = ?, epoch = epoch + 1, "
-    "active_user = IF(? = 1, NULL, user_name), abort_requested = 0, doc = ?, "
-    "lease_until = NOW(6) + INTERVAL ? MICROSECOND, updated_at = NOW(6) "
-    "WHERE id = ? AND epoch = ? AND (? = 1 OR lease_until < NOW(6))";
+    "active_user = IF(? = 1, user_name, NULL), abort_requested = 0, doc = ?, "
+    "lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, updated_at = UTC_TIMESTAMP(6) "
+    "WHERE id = ? AND epoch = ? AND state = ? AND (? = 1 OR lease_until < UTC_TIMESTAMP(6))";
 constexpr std::string_view kRequestAbort =
-    "UPDATE isthmus_moves SET abort_requested = 1 WHERE id = ? AND active_user IS NOT NULL";
+    "UPDATE isthmus_moves SET abort_requested = 1, updated_at = UTC_TIMESTAMP(6) "
+    "WHERE id = ? AND state IN ('running', 'waiting', 'aborting')";
 constexpr std::string_view kList =
-    "SELECT doc, owner, epoch, state, abort_requested, lease_until < NOW(6) FROM isthmus_moves "
-    "ORDER BY created_at DESC, id DESC LIMIT 500";
+    "SELECT doc, owner, epoch, state, abort_requested, lease_until < UTC_TIMESTAMP(6), id "
+    "FROM isthmus_moves ORDER BY created_at DESC, id DESC LIMIT 500";
+constexpr std::string_view kOpen =
+    "SELECT doc, owner, epoch, state, abort_requested, lease_until < UTC_TIMESTAMP(6), id "
+    "FROM isthmus_moves WHERE active_user IS NOT NULL ORDER BY created_at, id LIMIT 500";
 constexpr std::string_view kListOne =
-    "SELECT doc, owner, epoch, state, abort_requested, lease_until < NOW(6) FROM isthmus_moves "
-    "WHERE id = ?";
+    "SELECT doc, owner, epoch, state, abort_requested, lease_until < UTC_TIMESTAMP(6), id "
+    "FROM isthmus_moves WHERE id = ?";
 constexpr std::string_view kForget =
-    "DELETE FROM isthmus_moves WHERE active_user IS NULL AND updated_at < NOW(6) - INTERVAL ? "
+    "DELETE FROM isthmus_moves WHERE active_user IS NULL AND updated_at < UTC_TIMESTAMP(6) - INTERVAL ? "
     "MICROSECOND";
 
 class SqlStore final : public Store {
@@ -209,23 +248,29 @@ class SqlStore final : public Store {
     // unfinished job?
     std::vector<std::string> other_params{job.user};
     auto other = co_await client_.query(std::string(kActiveOf), std::move(other_params), deadline(), 1);
-    if (other.status == sql::QueryStatus::ok && !other.rows.empty() && other.rows[0][0])
+    if (other.status == sql::QueryStatus::ok && !other.rows.empty() && other.rows[0][0]) {
+      // Our own row: the insert went through and its answer was lost (the
+      // client ran it again on another connection).
+      if (*other.rows[0][0] == job.id) co_return StoreAnswer{StoreStatus::ok, "", ""};
       co_return StoreAnswer{StoreStatus::conflict, "", *other.rows[0][0]};
+    }
     co_return StoreAnswer{StoreStatus::unavailable, r.error, ""};
   }
 
   asio::awaitable<StoreAnswer> update(const Job& job) override {
+    const std::string holds = holds_user(job) ? "1" : "0";
     const std::string terminal = is_terminal(job.state) ? "1" : "0";
-    std::vector<std::string> r_params{job.state, terminal, dump(job), terminal,
+    std::vector<std::string> r_params{job.state, holds, dump(job), terminal,
                                        microseconds(lease_), job.id, std::to_string(job.epoch),
                                        job.owner};
     auto r = co_await client_.execute(std::string(kUpdate), std::move(r_params), deadline());
     co_return changed(r);
   }
 
-  asio::awaitable<StoreAnswer> take(const Job& next, bool any_lease) override {
-    std::vector<std::string> r_params{next.state, next.owner, is_terminal(next.state) ? "1" : "0", dump(next),
-         microseconds(lease_), next.id, std::to_string(next.epoch - 1), any_lease ? "1" : "0"};
+  asio::awaitable<StoreAnswer> take(const Job& next, std::string was, bool any_lease) override {
+    std::vector<std::string> r_params{next.state, next.owner, holds_user(next) ? "1" : "0",
+                                      dump(next), microseconds(lease_), next.id,
+                                      std::to_string(next.epoch - 1), was, any_lease ? "1" : "0"};
     auto r = co_await client_.execute(std::string(kTake), std::move(r_params), deadline());
     if (r.status == sql::QueryStatus::rejected) {
       // The unique key: the user has another unfinished job.
@@ -251,16 +296,31 @@ class SqlStore final : public Store {
     if (!id.empty()) params.push_back(id);
     auto r = co_await client_.query(std::string(id.empty() ? kList : kListOne), std::move(params),
                                     deadline(), kMaxListed);
+    auto answer = jobs_of(r);
+    if (!id.empty() && answer.status == StoreStatus::ok && answer.jobs.empty())
+      answer.status = StoreStatus::not_found;
+    co_return answer;
+  }
+
+  asio::awaitable<ListAnswer> open_jobs() override {
+    std::vector<std::string> none;
+    auto r = co_await client_.query(std::string(kOpen), std::move(none), deadline(), kMaxListed);
+    co_return jobs_of(r);
+  }
+
+  void release(const std::string&) override {}
+
+  static ListAnswer jobs_of(const sql::QueryResult& r) {
     ListAnswer answer;
     if (r.status != sql::QueryStatus::ok) {
       answer.detail = r.error;
-      co_return answer;
+      return answer;
     }
     answer.status = StoreStatus::ok;
     for (const auto& row : r.rows) {
-      if (row.size() < 6 || !row[0]) continue;
-      auto job = from_stored_json(json::parse(*row[0], nullptr, false));
-      if (!job) {
+      if (row.size() < 7 || !row[0]) continue;
+      auto job = from_stored_json(parse_bounded_json(*row[0]));
+      if (!job || job->id != row[6].value_or("")) {
         spdlog::warn("moves: a row of isthmus_moves is not a move job; ignored");
         continue;
       }
@@ -275,8 +335,7 @@ class SqlStore final : public Store {
       job->abort_requested = row[4].value_or("0") == "1";
       answer.jobs.push_back({std::move(*job), row[5].value_or("0") == "1"});
     }
-    if (!id.empty() && answer.jobs.empty()) answer.status = StoreStatus::not_found;
-    co_return answer;
+    return answer;
   }
 
   asio::awaitable<void> forget_finished(Clock::duration keep) override {

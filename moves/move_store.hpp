@@ -9,7 +9,9 @@
 //   (UPDATE ... SET epoch = epoch + 1 WHERE id = ? AND epoch = ? AND
 //   lease_until < NOW(6)): of two instances trying at once one wins, and
 //   the old owner's next write finds the epoch changed and stops its mover.
-//   One unfinished job per user (a unique key on active_user).
+//   One open job per user (a unique key on active_user, set until the job
+//   is done, aborted or verify_failed: a failed job keeps it, the user may
+//   be in state moving). Times are the database's UTC_TIMESTAMP(6).
 // - `file`: one JSON file per job in moves.dir/jobs, this instance's alone;
 //   its unfinished jobs are resumed when the instance starts again.
 //
@@ -62,12 +64,19 @@ class Store {
   // when the job is terminal). lost: another instance has it now.
   virtual boost::asio::awaitable<StoreAnswer> update(const Job& job) = 0;
   // `next` (owner, state, epoch already raised by one) replaces the job at
-  // epoch next.epoch - 1, if its lease ran out or `any_lease`.
-  virtual boost::asio::awaitable<StoreAnswer> take(const Job& next, bool any_lease) = 0;
+  // epoch next.epoch - 1 and in state `was` (as listed), if its lease ran
+  // out or `any_lease`.
+  virtual boost::asio::awaitable<StoreAnswer> take(const Job& next, std::string was,
+                                                   bool any_lease) = 0;
   // Asks the owner of a running job to abort it (it reads the flag).
   virtual boost::asio::awaitable<StoreAnswer> request_abort(const std::string& id) = 0;
   // Every job (at most kMaxListed, newest first), or one.
   virtual boost::asio::awaitable<ListAnswer> list(std::string id) = 0;
+  // The jobs not done with (unfinished, or failed: the user may be in
+  // state moving), for the poll: at most kMaxListed, oldest first.
+  virtual boost::asio::awaitable<ListAnswer> open_jobs() = 0;
+  // This process no longer runs the job (file store: its lease is free).
+  virtual void release(const std::string& id) = 0;
   // Forgets finished jobs older than `keep`.
   virtual boost::asio::awaitable<void> forget_finished(Clock::duration keep) = 0;
 };

@@ -1891,12 +1891,18 @@ def fingerprint(msgs: list[Msg]) -> collections.Counter:
 #   journal   data: the journal as just saved (see encode_event for a big one)
 #   finished  exit (the exit code), text (what the run came to),
 #             interruption_seconds (null until the switch): always the last
+# With --events-ack (what the daemon passes), after each journal event the
+# mover waits for one line on its standard input: the daemon writes it once
+# the journal is in the move store, so that whoever takes the move over
+# never resumes from a journal older than what this run has done. No line
+# within ACK_TIMEOUT, or end of input: the step fails (exit 3).
 EVENT_LINE_MAX = 64 * 1024
 EVENT_TEXT_MAX = 8 * 1024  # characters of one "text"
 # Journal keys left out of a journal event, in this order, while the line is
 # too long: progress detail and reports, never what a resume needs.
 EVENT_JOURNAL_SHEDDABLE = (("copy", "folders"), ("verify_report",), ("history",))
 PROGRESS_INTERVAL = 0.5  # seconds between progress events of a pass
+ACK_TIMEOUT = 600.0  # seconds a journal event waits for the daemon's "stored"
 
 
 def bounded_text(text) -> str:
@@ -1939,13 +1945,55 @@ def encode_event(event: dict) -> bytes:
 class Events:
     """Writes the events of one run to OUT (a binary stream)."""
 
-    def __init__(self, out):
+    def __init__(self, out, ack_in=None):
+        import threading
         self.out = out
+        # --events-ack: the file descriptor with one line per journal event,
+        # read unbuffered (select must see what is not read yet).
+        self.ack_fd = ack_in.fileno() if ack_in is not None else None
+        self._ack_buffer = b""
+        # Saves may come from the copy's worker threads: one journal event
+        # and its answer at a time.
+        self._journal_lock = threading.Lock()
+        self._emit_lock = threading.Lock()
         self.finished = False
 
     def emit(self, event: dict) -> None:
-        self.out.write(encode_event(event))
-        self.out.flush()
+        line = encode_event(event)
+        with self._emit_lock:
+            self.out.write(line)
+            self.out.flush()
+
+    def journal_saved(self, data: dict) -> None:
+        """The journal event; with --events-ack, waits until the daemon
+        says it has stored it."""
+        with self._journal_lock:
+            self.emit({"event": "journal", "data": data})
+            if self.ack_fd is not None:
+                self._wait_for_ack()
+
+    def _wait_for_ack(self) -> None:
+        import select
+        deadline = time.monotonic() + ACK_TIMEOUT
+        why = ""
+        while b"\n" not in self._ack_buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = "no answer in " + show_seconds(ACK_TIMEOUT)
+                break
+            ready, _, _ = select.select([self.ack_fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self.ack_fd, 4096)
+            if not chunk:
+                why = "its input ended"
+                break
+            self._ack_buffer += chunk
+        line, _, self._ack_buffer = self._ack_buffer.partition(b"\n")
+        if why or not line.startswith(b"stored"):
+            raise StepFailed("the daemon did not confirm that it stored the journal "
+                             f"({why or 'it answered something else'}); stopping here so that "
+                             "a take-over resumes from where this run is")
 
     def finish(self, code: int, text: str, interruption) -> None:
         if self.finished:
@@ -2333,8 +2381,7 @@ class Mover:
         self.user = entry["user"]
         self.journal = Journal(self.config.journal_dir, self.user, journal_file)
         if self.events is not None:
-            self.journal.on_save = lambda data: self.events.emit({"event": "journal",
-                                                                  "data": data})
+            self.journal.on_save = self.events.journal_saved
         self.journal.open()
         data = self.journal.data
         if journal_file is not None and data is not None and data.get("user") != self.user:
@@ -3413,6 +3460,9 @@ def build_parser(prog: str = "isthmus_move.py") -> argparse.ArgumentParser:
     m.add_argument("--events", action="store_true",
                    help="write one JSON object per line (events) instead of the text, for "
                         "the daemon's move job")
+    m.add_argument("--events-ack", action="store_true",
+                   help="with --events: after each journal event wait for a line "
+                        "\"stored\" on standard input (the daemon's move job)")
     m.add_argument("--journal-file", metavar="PATH",
                    help="the journal file of this move (default: move.journal_dir/USER.json)")
     m.add_argument("--config", metavar="FILE", dest="sub_config", help=argparse.SUPPRESS)
@@ -3434,7 +3484,9 @@ def main(argv: list[str] | None = None, prog: str = "isthmus_move.py") -> int:
         return EXIT_USAGE
     path = (getattr(args, "sub_config", None) or args.config
             or os.environ.get("ISTHMUSCTL_CONFIG") or DEFAULT_CONFIG)
-    events = Events(sys.stdout.buffer) if getattr(args, "events", False) else None
+    events = (Events(sys.stdout.buffer,
+                     sys.stdin.buffer if getattr(args, "events_ack", False) else None)
+              if getattr(args, "events", False) else None)
     mover = None
 
     def finish(code: int, problem: str | None = None) -> int:

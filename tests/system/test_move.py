@@ -75,9 +75,9 @@ FRANK = "frank@example.org"
 # grace: moved by the dsync mover; logs in to the nodes as GRACE_NODE.
 GRACE, GRACE_NODE = "grace@example.org", "grace.node@example.org"
 # judy: moved by a daemon move job taken over by a second instance.
-# kate: a daemon move job aborted.
-JUDY, KATE = "judy@example.org", "kate@example.org"
-NODE_USERS = {JUDY: PASSWORD, KATE: PASSWORD, "ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
+# kate: a daemon move job aborted. leo: moved with --events.
+JUDY, KATE, LEO = "judy@example.org", "kate@example.org", "leo@example.org"
+NODE_USERS = {JUDY: PASSWORD, KATE: PASSWORD, LEO: PASSWORD, "ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
               dd.LONG_USER: PASSWORD, FRANK: PASSWORD, GRACE_NODE: PASSWORD}
 # The large move (dave, b -> a by IMAP, back by dsync): its size in MB; 0 skips it.
 BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "1000"))
@@ -112,7 +112,7 @@ def setUpModule():
     # The Dovecot nodes and MariaDB start at the same time.
     DB = start_lab_and_mariadb(LAB, unittest.addModuleCleanup)
 
-    for user in (FRANK, JUDY, KATE):
+    for user in (FRANK, JUDY, KATE, LEO):
         local, _, domain = user.partition("@")
         DB.execute("INSERT INTO account (localpart, domain_id, state, island, password, "
                    f"node_login) SELECT {dd.sql_quote(local)}, d.id, 'active', 'a', "
@@ -807,7 +807,7 @@ class Move(unittest.TestCase):
         """`isthmus_move.py move --events --journal-file` (as the daemon's
         move job runs it): JSON lines only, every step started and done in
         order, copy progress, the journal, finished last."""
-        user, login = "ivan@example.org", "ivan.legacy@example.org"
+        user = login = LEO
         seed(user, login, "a", small=20, big=1, big_size=200_000, folders=("Archive",))
         journal_file = os.path.join(LAB.root, "job-4b", "journal.json")
         r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "isthmus_move.py"),
@@ -1620,7 +1620,7 @@ class AbortRules(unittest.TestCase):
         tmp = tempfile.mkdtemp(prefix="move-journal-")
         self.addCleanup(shutil.rmtree, tmp, True)
         m = mv.Mover.__new__(mv.Mover)
-        m.config, m.out, m.err = None, io.StringIO(), io.StringIO()
+        m.config, m.out, m.err, m.events = None, io.StringIO(), io.StringIO(), None
         m.user, m._t0, m._last_progress_save = "u@example.org", {}, 0.0
         m.journal = mv.Journal(tmp, m.user)
         m.journal.data = {"user": m.user, "from": "a", "to": "b", "status": status,

@@ -52,7 +52,7 @@ struct TempDir {
 }  // namespace
 
 TEST_CASE("moves: the mover's events change the job") {
-  Job job = job_of("j1", "alice@example.org");
+  Job job = job_of("20261203T000001Z-00000a", "alice@example.org");
   PassClock clock;
   const auto t0 = Clock::now();
   CHECK(apply_mover_line(job, R"({"event":"started","user":"alice@example.org","from":"a","to":"b","mover":"dsync","resume":false})", t0, clock));
@@ -76,6 +76,10 @@ TEST_CASE("moves: the mover's events change the job") {
   CHECK(job.progress.bytes == 0);
   CHECK(apply_mover_line(job, R"({"event":"journal","data":{"user":"alice@example.org","status":"running"}})", t0, clock));
   CHECK(job.journal["status"] == "running");
+  CHECK(clock.journal_events == 1);
+  // A new pass does not forget the journal events counted (they are acknowledged).
+  apply_mover_line(job, R"({"event":"progress","step":"precopy","pass":2})", t0, clock);
+  CHECK(clock.journal_events == 1);
   // A journal that is not an object (too large for a line) keeps the last.
   apply_mover_line(job, R"({"event":"journal","data":null,"too_large":99999})", t0, clock);
   CHECK(job.journal["status"] == "running");
@@ -86,7 +90,7 @@ TEST_CASE("moves: the mover's events change the job") {
 }
 
 TEST_CASE("moves: stray output, control characters and deep nesting are history text") {
-  Job job = job_of("j1", "alice@example.org");
+  Job job = job_of("20261203T000001Z-00000a", "alice@example.org");
   PassClock clock;
   CHECK(apply_mover_line(job, "Traceback (most recent call last):\r\n", Clock::now(), clock));
   CHECK(job.history.back().text.find("mover: Traceback") == 0);
@@ -113,7 +117,7 @@ TEST_CASE("moves: exit codes and states") {
 }
 
 TEST_CASE("moves: a stored job reads back the same; a document that is not a job is refused") {
-  Job job = job_of("j1", "alice@example.org");
+  Job job = job_of("20261203T000001Z-00000a", "alice@example.org");
   job.from = "a";
   job.step = "copy";
   job.step_number = 4;
@@ -132,6 +136,14 @@ TEST_CASE("moves: a stored job reads back the same; a document that is not a job
   CHECK_FALSE(to_api_json(job, true).contains("journal"));
   CHECK_FALSE(to_api_json(job, false).contains("history"));
   CHECK_FALSE(from_stored_json(nlohmann::json{{"id", "x"}}));
+  auto bad_id = to_stored_json(job);
+  bad_id["id"] = "../../etc/passwd";
+  CHECK_FALSE(from_stored_json(bad_id));
+  auto option_user = to_stored_json(job);
+  option_user["user"] = "--config=/tmp/x";
+  CHECK_FALSE(from_stored_json(option_user));
+  CHECK(valid_job_id(new_job_id()));
+  CHECK_FALSE(valid_job_id("20261203T000001Z-00000G"));
   CHECK_FALSE(from_stored_json(nlohmann::json::array()));
   auto bad_state = to_stored_json(job);
   bad_state["state"] = "sleeping";
@@ -145,12 +157,13 @@ TEST_CASE("moves: the file store: one unfinished job per user, compare-and-set, 
   asio::io_context io;
   {
     auto store = make_file_store(dir.path, "i1");
-    Job a = job_of("j1", "alice@example.org");
+    CHECK_THROWS_AS(make_file_store(dir.path, "i2"), std::runtime_error);  // one process per folder
+    Job a = job_of("20261203T000001Z-00000a", "alice@example.org");
     CHECK(run(io, store->insert(a)).status == StoreStatus::ok);
-    auto second = run(io, store->insert(job_of("j2", "alice@example.org")));
+    auto second = run(io, store->insert(job_of("20261203T000002Z-00000b", "alice@example.org")));
     CHECK(second.status == StoreStatus::conflict);
-    CHECK(second.other_id == "j1");
-    CHECK(run(io, store->insert(job_of("j3", "bob@example.org"))).status == StoreStatus::ok);
+    CHECK(second.other_id == "20261203T000001Z-00000a");
+    CHECK(run(io, store->insert(job_of("20261203T000003Z-00000c", "bob@example.org"))).status == StoreStatus::ok);
     // A write at a stale epoch is refused.
     Job stale = a;
     stale.epoch = 7;
@@ -159,25 +172,33 @@ TEST_CASE("moves: the file store: one unfinished job per user, compare-and-set, 
     Job next = a;
     next.owner = "i2";
     next.epoch = 2;
-    CHECK(run(io, store->take(next, false)).status == StoreStatus::lost);
-    CHECK(run(io, store->take(next, true)).status == StoreStatus::ok);
+    CHECK(run(io, store->take(next, "running", false)).status == StoreStatus::lost);
+    CHECK(run(io, store->take(next, "failed", true)).status == StoreStatus::lost);  // not as listed
+    CHECK(run(io, store->take(next, "running", true)).status == StoreStatus::ok);
     CHECK(run(io, store->update(a)).status == StoreStatus::lost);  // the old owner's write
-    CHECK(run(io, store->request_abort("j1")).status == StoreStatus::ok);
-    auto listed = run(io, store->list("j1"));
+    CHECK(run(io, store->request_abort("20261203T000001Z-00000a")).status == StoreStatus::ok);
+    auto listed = run(io, store->list("20261203T000001Z-00000a"));
     REQUIRE(listed.jobs.size() == 1);
     CHECK(listed.jobs[0].job.abort_requested);
     CHECK(listed.jobs[0].job.owner == "i2");
     CHECK_FALSE(listed.jobs[0].lease_expired);
+    // A failed job keeps its user: no second move until it is resumed or aborted.
+    next.state = "failed";
+    CHECK(run(io, store->update(next)).status == StoreStatus::ok);
+    CHECK(run(io, store->insert(job_of("20261203T000004Z-00000d", "alice@example.org"))).status ==
+          StoreStatus::conflict);
+    CHECK(run(io, store->request_abort("20261203T000001Z-00000a")).status == StoreStatus::lost);
+    CHECK(run(io, store->open_jobs()).jobs.size() == 2);
     next.state = "done";
     CHECK(run(io, store->update(next)).status == StoreStatus::ok);
-    CHECK(run(io, store->insert(job_of("j4", "alice@example.org"))).status == StoreStatus::ok);
+    CHECK(run(io, store->insert(job_of("20261203T000004Z-00000d", "alice@example.org"))).status == StoreStatus::ok);
     CHECK(run(io, store->list("nope")).status == StoreStatus::not_found);
   }
   // A new process: the unfinished jobs' leases have run out (nobody renews them).
   auto store = make_file_store(dir.path, "i1");
   auto listed = run(io, store->list(""));
   REQUIRE(listed.jobs.size() == 3);  // j1, j3, j4 (j2 was refused)
-  CHECK(listed.jobs[0].job.id == "j4");  // newest first
+  CHECK(listed.jobs[0].job.id == "20261203T000004Z-00000d");  // newest first
   for (const auto& stored : listed.jobs)
     CHECK(stored.lease_expired == !is_terminal(stored.job.state));
 }
