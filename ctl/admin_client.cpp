@@ -1,5 +1,7 @@
 #include "ctl/admin_client.hpp"
 
+#include "common/json_nesting.hpp"
+
 #include "common/deadline.hpp"
 #include "common/strings.hpp"
 #include "common/transport.hpp"
@@ -243,21 +245,7 @@ Json parse_answer(std::string_view text) {
   // Counted first, outside strings: the parser's callback sees a level only
   // after the parser has grown its stacks for it (a 32 MiB "[[[[..." would
   // cost hundreds of MB before being refused).
-  int level = 0;
-  bool in_string = false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++level > kMaxDepth) return Json(Json::value_t::discarded);
-    } else if (c == ']' || c == '}') {
-      --level;
-    }
-  }
+  if (!json_nesting_within(text, kMaxDepth)) return Json(Json::value_t::discarded);
   bool too_deep = false;
   Json::parser_callback_t watch = [&too_deep](int depth, Json::parse_event_t, Json&) {
     too_deep |= depth > kMaxDepth;

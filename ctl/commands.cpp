@@ -65,23 +65,6 @@ std::vector<std::string> split_lines(std::string_view text) {
   return lines;
 }
 
-int kind_exit(ReplyKind kind) {
-  switch (kind) {
-    case ReplyKind::ok:
-      return kExitOk;
-    case ReplyKind::unreachable:
-    case ReplyKind::server:
-      return kExitUnreachable;
-    case ReplyKind::auth:
-      return kExitAuth;
-    case ReplyKind::refused:
-      return kExitRefused;
-    case ReplyKind::not_found:
-      return kExitNotFound;
-  }
-  return kExitUnreachable;
-}
-
 Json replies_json(const std::vector<Reply>& replies) {
   Json out = Json::array();
   for (const auto& r : replies) out.push_back(r.as_json());
@@ -152,7 +135,7 @@ class Run {
   // True when the reply is good; else prints its error and notes the code.
   bool report(const Reply& reply) {
     if (reply.ok()) return true;
-    fail(reply.instance, reply.error, kind_exit(reply.kind), reply.status);
+    fail(reply.instance, reply.error, exit_code_of(reply.kind), reply.status);
     return false;
   }
 
@@ -219,7 +202,7 @@ FirstAnswer first_answer(Run& run, const std::vector<Instance>& instances,
     return result;
   }
   for (std::size_t i = 0; i < entries.size(); ++i)  // nobody answered: errors after all
-    run.upgrade(entries[i], kind_exit(result.skipped[i].kind));
+    run.upgrade(entries[i], exit_code_of(result.skipped[i].kind));
   return result;
 }
 
@@ -793,6 +776,23 @@ void check_move(const Command& command) {
 }
 
 }  // namespace
+
+int exit_code_of(ReplyKind kind) {
+  switch (kind) {
+    case ReplyKind::ok:
+      return kExitOk;
+    case ReplyKind::unreachable:
+    case ReplyKind::server:
+      return kExitUnreachable;
+    case ReplyKind::auth:
+      return kExitAuth;
+    case ReplyKind::refused:
+      return kExitRefused;
+    case ReplyKind::not_found:
+      return kExitNotFound;
+  }
+  return kExitUnreachable;
+}
 
 int run_command(const Command& command, const std::string& environment_config) {
   Run run(command.json);

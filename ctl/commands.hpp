@@ -36,6 +36,9 @@ struct Command {
   bool detach = false;                // move --detach
 };
 
+// The exit code for an instance's answer of this kind.
+int exit_code_of(ReplyKind kind);
+
 // Checks the arguments, picks the instances, runs the command, prints;
 // returns the exit code. `environment_config` is $ISTHMUSCTL_CONFIG.
 int run_command(const Command& command, const std::string& environment_config);

@@ -1,5 +1,7 @@
 #include "ctl/move_jobs.hpp"
 
+#include "ctl/commands.hpp"
+
 #include "common/strings.hpp"
 
 #include <fmt/format.h>
@@ -86,22 +88,6 @@ void complain(const Instance* inst, std::string_view message) {
   std::fputs(out.c_str(), stderr);
 }
 
-int kind_exit(ReplyKind kind) {
-  switch (kind) {
-    case ReplyKind::ok:
-      return kExitOk;
-    case ReplyKind::auth:
-      return kExitAuth;
-    case ReplyKind::refused:
-      return kExitRefused;
-    case ReplyKind::not_found:
-      return kExitNotFound;
-    case ReplyKind::unreachable:
-    case ReplyKind::server:
-      break;
-  }
-  return kExitUnreachable;
-}
 
 bool moves_not_configured(const Reply& reply) {
   return reply.status == 503 && reply.message.has_value();
@@ -122,7 +108,7 @@ std::optional<Reply> first_answer(const std::vector<Instance>& instances,
                 (reply.kind == ReplyKind::server && !moves_not_configured(reply));
     if (!skip) return reply;
     if (!quiet) complain(&inst, reply.error);
-    code = kind_exit(reply.kind);
+    code = exit_code_of(reply.kind);
   }
   return std::nullopt;
 }
@@ -135,7 +121,7 @@ int report_failure(const Reply& reply) {
     return kExitUsage;
   }
   complain(reply.instance, reply.error);
-  return kind_exit(reply.kind);
+  return exit_code_of(reply.kind);
 }
 
 std::size_t terminal_width() {

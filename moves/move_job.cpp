@@ -1,5 +1,6 @@
 #include "moves/move_job.hpp"
 
+#include "common/json_nesting.hpp"
 #include "common/log.hpp"
 
 #include <fmt/chrono.h>
@@ -24,21 +25,7 @@ constexpr int kMaxDepth = 64;
 }  // namespace
 
 json parse_bounded_json(std::string_view text) {
-  int level = 0;
-  bool in_string = false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++level > kMaxDepth) return json(json::value_t::discarded);
-    } else if (c == ']' || c == '}') {
-      --level;
-    }
-  }
+  if (!json_nesting_within(text, kMaxDepth)) return json(json::value_t::discarded);
   return json::parse(text.begin(), text.end(), nullptr, false);
 }
 
