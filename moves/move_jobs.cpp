@@ -326,9 +326,11 @@ struct MoveJobs::Impl {
     if (l->clock.journal_unusable && l->fatal.empty()) {
       // It waits for a "stored" this instance cannot give: a take-over would
       // resume from an older journal than what it does next.
-      l->fatal = "the mover's journal no longer fits in an event line; finish the move by hand "
-                 "(isthmusctl move --local USER --resume, with the journal " +
-                 journal_path(l->job.id).string() + ")";
+      l->fatal = fmt::format(
+          "the mover's journal no longer fits in an event line; finish the move by hand on this "
+          "host: {} --config {} move --resume --journal-file {} -- USER",
+          settings.mover.string(), settings.mover_config.string(),
+          journal_path(l->job.id).string());
       if (l->child) l->child->kill_now();
     }
     if (important) persist(l);
@@ -421,7 +423,8 @@ struct MoveJobs::Impl {
           local.erase(snapshot.id);
           running_here = local.size();
           std::error_code ec;
-          std::filesystem::remove(journal_path(snapshot.id), ec);
+          // A failed job's journal stays: what a resume by hand reads.
+          if (snapshot.state != "failed") std::filesystem::remove(journal_path(snapshot.id), ec);
           break;
         }
       } else if (answer.status == StoreStatus::lost || answer.status == StoreStatus::not_found) {
