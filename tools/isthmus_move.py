@@ -2102,12 +2102,13 @@ class Mover:
 
     def complain(self, text: str) -> None:
         """TEXT (lines starting "isthmus-move: ") on stderr; with --events
-        each line a say event too ("stream": "stderr"), the first one the
-        summary."""
-        print(text, file=self.err, flush=True)
+        each line a say event instead ("stream": "stderr": the daemon reads
+        stderr too, and would show it twice), the first one the summary."""
         if self.events is not None:
             for line in text.split("\n"):
                 self.events.emit({"event": "say", "text": line, "stream": "stderr"})
+        else:
+            print(text, file=self.err, flush=True)
         self.summary = text.split("\n")[0].removeprefix("isthmus-move: ")
 
     def event(self, event: dict) -> None:
