@@ -2996,7 +2996,7 @@ class Mover:
         return f"dsync: doveadm sync -1 run by {api} to {dst.name} ({dsync_destination(dst)})"
 
     def dsync_pass(self, api: Doveadm, dst: Endpoint, timeout: float | None = None,
-                   pass_no: int = 1) -> tuple[int, float]:
+                   pass_no: int = 1, full: bool = False) -> tuple[int, float]:
         """One one-way `doveadm sync -1` of the user, source node to
         destination node (`backup` cannot replace the INBOX the destination
         creates at the first login: "INBOX can't be deleted"): (DSYNC_CHANGED
@@ -3005,8 +3005,11 @@ class Mover:
         timeout = timeout or self.config.dsync_timeout
         self.progress(pass_no, 0, 0, 0, 0, 0, last=True)
         try:
-            code = api.run("sync", {"user": self.journal.data["node_login"], "onewaySync": True,
-                                    "destination": [dsync_destination(dst)]}, timeout)
+            parameters = {"user": self.journal.data["node_login"], "onewaySync": True,
+                          "destination": [dsync_destination(dst)]}
+            if full:
+                parameters["fullSync"] = True   # -f: compare everything, not the logs
+            code = api.run("sync", parameters, timeout)
         except StepFailed as e:
             if "no answer in time" in str(e):
                 raise StepFailed(f"{e} after {show_seconds(timeout)}: the dsync may still be "
@@ -3260,6 +3263,16 @@ class Mover:
             finally:
                 pair[0].close()
                 pair[1].close()
+        if problems and self.kind == "dsync" and not getattr(self, "_full_sync_done", False):
+            # An incremental dsync can miss a change made just before the
+            # kick (seen with flags): one full one-way sync, then verify again.
+            self._full_sync_done = True
+            self.say(f"      verify: {plural(len(problems), 'difference')} after the dsync "
+                     f"passes ({problems[0]}); one full dsync (-f), then verify again")
+            api, dst_endpoint = self.dsync_pair()
+            self.dsync_pass(api, dst_endpoint, self.config.dsync_copy_timeout, full=True)
+            self._checked = {}
+            return self.step_verify(step)
         if problems:
             raise VerifyFailed("verification failed: " + "; ".join(problems), report)
         self.step_end("verify", f"{plural(len(report['folders']), 'folder')}, "
