@@ -372,7 +372,9 @@ class Islands(unittest.TestCase):
         return found
 
     def imap_ids(self, ix, user: str) -> list[str]:
-        m = imaplib.IMAP4("127.0.0.1", ix.port("imap"), timeout=15)
+        # 60 s: the survivor's first SELECT after the failover may rebuild
+        # the index the killed node left (once over 15 s on a loaded CI host).
+        m = imaplib.IMAP4("127.0.0.1", ix.port("imap"), timeout=60)
         try:
             m.login(user, PASSWORD)
             typ, data = m.select("INBOX", readonly=True)
