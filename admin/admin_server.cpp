@@ -333,6 +333,12 @@ struct AdminServer::Impl {
                                 sanitize(request.target(), 200)));
   }
 
+  static bool has_island(const proxy::Runtime& runtime, const std::string& name) {
+    for (const auto& island : runtime.topology->islands())
+      if (island.name == name) return true;
+    return false;
+  }
+
   // The move jobs (docs/move.md, "Moves as jobs of the daemon"). Every
   // start, abort and resume is logged; a refused start too.
   asio::awaitable<Response> moves(const Request& request, const proxy::Runtime& runtime,
@@ -379,11 +385,14 @@ struct AdminServer::Impl {
     if (!normal)
       co_return refuse(fmt::format("\"{}\" is not an acceptable login name",
                                    sanitize(routed.text("user"), 100)));
+    // The mover takes the name as its last argument: never one that reads
+    // like an option (the job store refuses such a job too).
+    if (normal->empty() || normal->front() == '-')
+      co_return refuse(fmt::format("\"{}\" is not an acceptable login name",
+                                   sanitize(*normal, 100)));
     move.user = *normal;
     move.to = routed.text("to");
-    bool known = false;
-    for (const auto& island : runtime.topology->islands()) known = known || island.name == move.to;
-    if (!known)
+    if (!has_island(runtime, move.to))
       co_return refuse(fmt::format("no island \"{}\" in this instance's config",
                                    sanitize(move.to, 100)));
     move.mover = routed.text("mover");
@@ -516,9 +525,7 @@ struct AdminServer::Impl {
     }
     if (auto it = body.find("island"); it != body.end()) {
       const auto name = it->get<std::string>();
-      bool known = false;
-      for (const auto& island : runtime.topology->islands()) known = known || island.name == name;
-      if (!known)
+      if (!has_island(runtime, name))
         co_return refuse(http::status::bad_request,
                          fmt::format("no island \"{}\" in this instance's config",
                                      sanitize(name, 100)));

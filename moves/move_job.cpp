@@ -69,12 +69,21 @@ std::optional<double> number_of(const json& o, const char* key) {
 // escaped again by isthmusctl; invalid UTF-8 is replaced when the job is
 // serialised.)
 std::string clean_text(std::string_view text, std::size_t max) {
-  if (text.size() > max) {
+  // Valid UTF-8 first, exactly as the store's serialisation would make it
+  // (an invalid sequence becomes U+FFFD): then a job read back from the
+  // store is what was written, and the cut below is stable.
+  // (Only what can survive the cut is looked at: a character is at most 4 bytes.)
+  const std::string head(text.substr(0, 4 * max));
+  const std::string valid =
+      json::parse(json(head).dump(-1, ' ', false, json::error_handler_t::replace))
+          .get<std::string>();
+  std::string_view view = valid;
+  if (view.size() > max) {
     std::size_t cut = max;
-    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
-    text = text.substr(0, cut);
+    while (cut > 0 && (static_cast<unsigned char>(view[cut]) & 0xC0) == 0x80) --cut;
+    view = view.substr(0, cut);
   }
-  std::string out(text);
+  std::string out(view);
   for (char& c : out) {
     const auto u = static_cast<unsigned char>(c);
     if (u < 0x20 || u == 0x7f) c = ' ';

@@ -12,7 +12,10 @@
 //   negative;
 // - the job read back from its stored document, and written again, is the
 //   same document (nothing is lost or escaped twice on the way through the
-//   store), also after a trip through the JSON text.
+//   store), also after a trip through the JSON text;
+// - the whole input read as a stored document (a row of the move store):
+//   accepted only with a well-formed id and a user and island that cannot
+//   pass for an option, and then it too writes back unchanged.
 
 #include "fuzz_check.hpp"
 #include "moves/move_job.hpp"
@@ -25,6 +28,15 @@ using namespace isthmus::moves;
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   auto input = fuzz::as_view(data, size);
   if (input.empty()) return 0;
+  if (auto stored = from_stored_json(parse_bounded_json(input))) {
+    FUZZ_CHECK(valid_job_id(stored->id));
+    FUZZ_CHECK(!stored->user.empty() && stored->user.front() != '-');
+    FUZZ_CHECK(!stored->to.empty() && stored->to.front() != '-');
+    const auto doc = to_stored_json(*stored);
+    auto again = from_stored_json(doc);
+    FUZZ_CHECK(again);
+    FUZZ_CHECK(to_stored_json(*again) == doc);
+  }
   const auto step = std::chrono::milliseconds(static_cast<unsigned char>(input[0]) * 10);
   input.remove_prefix(1);
   Job job;
