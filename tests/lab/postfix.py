@@ -533,6 +533,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             out.append(entry)
         return out
 
+    def message_ids(self) -> dict[str, str]:
+        """Queue id -> Message-ID, from cleanup's ``QID: message-id=<...>``
+        lines (a message without the header has none)."""
+        return {m.group(1): m.group(2)
+                for m in _MESSAGE_ID_LINE.finditer(self.log_text())}
+
     def wait_deliveries(self, queue_id: str, count: int, *,
                         statuses: Iterable[str] = ("sent", "bounced"),
                         timeout: float = 30.0) -> list[dict]:
@@ -570,6 +576,7 @@ _DELIVERY_LINE = re.compile(
     r"(?: \((?P<reply>.*)\))?$")
 _RELOAD = "]: reload -- version "  # "postfix/master[PID]: reload -- version 3.7.11, ..."
 _DELIVERY_FIELD = re.compile(r"\b(\w+)=(<[^>]*>|[^,\s]*)")
+_MESSAGE_ID_LINE = re.compile(r"postfix/cleanup\[\d+\]: ([0-9A-Za-z]+): message-id=(<[^>\s]*>)", re.M)
 
 
 def swaks_lmtp(host: str, port: int, to: str, *, mail_from: str = "swaks@lab.test",

@@ -37,7 +37,10 @@ messages sent, deferred by Postfix and delivered. Asserted:
 - nothing failed before the kill, and island b's users never failed;
 - every message is in its recipient's maildir in its island's store
   exactly once, none in the other island's store, and IMAP through Isthmus
-  (on a-right) finds each of island a's messages once;
+  (on a-right) finds each of island a's messages once; the one exception
+  is SMTP's own (RFC 1047): a message Postfix had deferred with `451 4.4.2
+  ... lost during delivery` (a-left killed after it stored the message and
+  before it answered; Isthmus cannot know) may be there twice;
 - Postfix's queue empties after a flush: every deferral was retried;
 - the role moved once (epoch 2), the hook ran once (exited 0), island a's
   address is on the right side only and can be bound there, island b's
@@ -494,13 +497,25 @@ class Islands(unittest.TestCase):
         if smtp_failed:
             problems.append(f"Postfix refused submissions: {smtp_failed[:5]}")
 
+        # The one duplicate SMTP allows (RFC 1047): a node killed after it
+        # stored a message and before it answered. Isthmus saw the
+        # connection lost after the final dot and said 451 4.4.2 (it
+        # cannot know); Postfix sent the message again. Such a message may
+        # be there twice, no other.
+        queued_as = self.postfix.message_ids()
+        self.assertLessEqual(set(sent), set(queued_as.values()), "cleanup's message-id lines")
+        ambiguous = {queued_as.get(r["queue_id"]) for r in records
+                     if r["status"] == "deferred" and r.get("dsn") == "4.4.2"
+                     and "lost during delivery" in (r["reply"] or "")}
         stored = self.stored_ids()
-        lost, duplicated, misplaced = [], [], []
+        lost, duplicated, misplaced, twice = [], [], [], []
         for msgid, rcpt in sent.items():
             home = ISLAND_OF[rcpt]
             copies = stored.get((home, rcpt, msgid), 0)
             if copies == 0:
                 lost.append(msgid)
+            elif copies == 2 and msgid in ambiguous:
+                twice.append(msgid)
             elif copies > 1:
                 duplicated.append(msgid)
         for (island, user, msgid), copies in stored.items():
@@ -512,7 +527,8 @@ class Islands(unittest.TestCase):
               f"interval {INTERVAL}s); logins: {'; '.join(text)}; island b failed "
               f"{sum(1 for a in load.attempts if not a['ok'] and ISLAND_OF[a['user']] == 'b')}; "
               f"messages: {len(sent)} sent, {len(deferred)} deferred by Postfix, "
-              f"{len(delivered)} delivered, {len(lost)} lost, {len(duplicated)} duplicated, "
+              f"{len(delivered)} delivered, {len(lost)} lost, {len(duplicated)} duplicated "
+              f"(and {len(twice)} twice after a node killed between storing and answering), "
               f"{len(misplaced)} on a wrong island; queue empty {emptied:.2f}s after the flush",
               flush=True)
         if reasons:
@@ -531,7 +547,8 @@ class Islands(unittest.TestCase):
             ids = self.imap_ids(survivor, user)
             self.assertIn(f"login ok user={user} island=a node=a-right",
                           survivor.log_text()[mark:])
-            want = sorted(m for m, r in sent.items() if r == user)
+            want = sorted(m for m, r in sent.items() if r == user
+                          for _ in range(2 if m in twice else 1))
             self.assertEqual(sorted(ids), want)
 
         # The role moved once; the hook ran once, on the instance that
