@@ -261,6 +261,7 @@ std::optional<int> hand_over_move(int argc, char** argv) {
       std::vector<std::string> args = {kPython, "-P", "-c",
 R"(import os, sys
 path = sys.argv.pop(1)
+sys.argv[0] = path  # where the mover is installed: its copy engine is beside it
 sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
 import isthmus_move
 try:

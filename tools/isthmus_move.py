@@ -459,7 +459,7 @@ class Config:
     MOVE_KEYS = {"journal_dir", "directory", "login", "source_login", "nodes", "copier",
                  "copier_timeout", "kick_timeout", "settle", "imap_timeout", "confirm_timeout",
                  "copy_passes", "batch_bytes", "batch_messages", "precopy_passes",
-                 "precopy_threshold", "mover", "dsync"}
+                 "precopy_threshold", "mover", "dsync", "copy_engine", "copy_program"}
     DSYNC_KEYS = {"password_file", "api_key_file", "timeout", "copy_timeout"}
     LOGIN_KEYS = {"master_user", "master_password_file", "master_style", "separator"}
 
@@ -591,6 +591,23 @@ class Config:
         self.dsync_timeout = parse_duration(dsync.get("timeout", "6h"), f"{dwhere}: timeout")
         self.dsync_copy_timeout = parse_duration(dsync.get("copy_timeout", "10m"),
                                                  f"{dwhere}: copy_timeout")
+
+        # The IMAP mover's copy passes: this program's own IMAP code
+        # ("python"), or the daemon's C++ copy engine ("isthmus-copy", the
+        # program beside this file unless copy_program names it).
+        # Default: the engine when the program is there (the package
+        # installs it beside this file), else this program's own code.
+        program = want_str(move, "copy_program", where)
+        self.copy_program = self.resolve(program) if program else os.path.join(
+            os.path.dirname(os.path.abspath(sys.argv[0] or __file__)), "isthmus-copy")
+        found = os.access(self.copy_program, os.X_OK)
+        self.copy_engine = move.get("copy_engine", "isthmus-copy" if found else "python")
+        if self.copy_engine not in ("python", "isthmus-copy"):
+            raise UsageError(f"{where}: copy_engine must be \"python\" or \"isthmus-copy\"")
+        if self.copy_engine == "isthmus-copy" and not found:
+            raise UsageError(f"{where}: copy_engine is \"isthmus-copy\" but {self.copy_program} "
+                             f"is not there (or not executable); set copy_program")
+        self.path_for_engine = os.path.abspath(path)
 
         copier = move.get("copier")
         if copier is not None and (not isinstance(copier, list) or not copier
@@ -2392,6 +2409,7 @@ class Mover:
         try:
             return self._move(entry, to, resume, abort, force, mover)
         finally:
+            self.close_engine()
             self.journal.close()
 
     @property
@@ -2483,8 +2501,9 @@ class Mover:
             "history": history,
         }
         self.announce(False)
+        engine = f"copy engine {self.config.copy_engine}, " if mover == "imap" else ""
         self.say(f"moving {user} from island {entry.get('island')} to {to} with the {mover} "
-                 f"mover ({self.config.directory.describe()}, "
+                 f"mover ({engine}{self.config.directory.describe()}, "
                  f"{plural(len(self.config.instances), 'instance')})")
         return self.run_steps("preflight")
 
@@ -2848,6 +2867,8 @@ class Mover:
         the destination (unless the destination held other mail before the
         move: journal "expunge_on_destination"). TOLERANT (the pre-copy,
         the user active): messages expunged while being read are skipped."""
+        if self.config.copy_engine == "isthmus-copy":
+            return self.copy_pass_engine(src, dst, totals, pass_no, tolerant)
         data = self.journal.data
         progress = data["copy"]
         expunge_allowed = data.get("expunge_on_destination", False)
@@ -2959,6 +2980,108 @@ class Mover:
                 # listed; the verification checks it all the same.
                 self._synced[name] = signature
         self.progress(pass_no, len(folders), len(folders), pass_messages, pass_bytes, pass_total,
+                      last=True)
+
+    def close_engine(self) -> None:
+        engine = getattr(self, "_engine", None)
+        self._engine = None
+        if engine is None:
+            return
+        try:
+            engine.stdin.close()
+            engine.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            engine.kill()
+            engine.wait()
+
+    def engine_for(self, src: Imap, dst: Imap):
+        """The copy engine's process for this pair of nodes (one per mover
+        run: its passes share what they learnt, so the passes after the
+        first read what changed, not the whole mailbox)."""
+        data = self.journal.data
+        key = (src.endpoint.name, dst.endpoint.name, data["node_login"])
+        engine = getattr(self, "_engine", None)
+        if engine is not None and self._engine_key == key and engine.poll() is None:
+            return engine
+        self.close_engine()
+        argv = [self.config.copy_program, "--config", self.config.path_for_engine,
+                "--user", data["node_login"], "--from", src.endpoint.name,
+                "--to", dst.endpoint.name, "--serve", "--parent-pid", str(os.getpid())]
+        try:
+            self._engine = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=tempfile.TemporaryFile())
+        except OSError as e:
+            raise StepFailed(f"the copy engine {argv[0]} cannot be run: {e.strerror or e}") \
+                from None
+        self._engine_key = key
+        return self._engine
+
+    def copy_pass_engine(self, src: Imap, dst: Imap, totals: dict, pass_no: int,
+                         tolerant: bool) -> None:
+        """copy_pass by the daemon's C++ copy engine (move.copy_engine
+        "isthmus-copy"): the program runs the pass between the nodes SRC and
+        DST were opened on, with its own sessions, and says what it did
+        (JSON lines). What the passes added (folders, subscriptions) stays
+        in the journal."""
+        data = self.journal.data
+        progress = data["copy"]
+        engine = self.engine_for(src, dst)
+        command = {"tolerant": tolerant,
+                   "expunge": bool(data.get("expunge_on_destination", False)),
+                   "created_folders": data.setdefault("created_folders", []),
+                   "added_subscriptions": data.setdefault("added_subscriptions", [])}
+        result, last_bytes, last_messages = None, 0, 0
+        try:
+            engine.stdin.write((json.dumps(command) + "\n").encode())
+            engine.stdin.flush()
+            for raw in engine.stdout:
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                kind = event.get("event")
+                if kind == "progress":
+                    number = {k: event.get(k) if isinstance(event.get(k), int) else 0
+                              for k in ("folders_done", "folders", "messages", "bytes",
+                                        "bytes_total")}
+                    progress["messages"] += number["messages"] - last_messages
+                    progress["bytes"] += number["bytes"] - last_bytes
+                    last_messages, last_bytes = number["messages"], number["bytes"]
+                    self.save_progress(progress.get("folder") or "")
+                    self.progress(pass_no, number["folders_done"], number["folders"],
+                                  number["messages"], number["bytes"], number["bytes_total"])
+                elif kind in ("totals", "error"):
+                    result = event
+                    break
+        except OSError:
+            pass
+        if result is not None:
+            for key in ("created_folders", "added_subscriptions"):
+                if isinstance(result.get(key), list):
+                    data[key] = [n for n in result[key] if isinstance(n, str)]
+        self.save_progress(progress.get("folder") or "", force=True)
+        if result is None or result.get("event") != "totals":
+            if result is None:
+                code = engine.wait()
+                engine.stderr.seek(0)
+                said = clean(engine.stderr.read().decode("utf-8", "replace").strip())[:500]
+                self._engine = None
+                text = said or f"it ended with status {code}"
+            else:
+                text = clean(str(result.get("text") or "no reason given"))
+            raise ImapError(f"the copy engine: {text}")
+        totals["engine"] = "isthmus-copy"
+        for key, value in result.items():
+            if key == "event" or not isinstance(value, int):
+                continue
+            if key == "folders":
+                totals["folders"] = value
+            else:
+                totals[key] = totals.get(key, 0) + value
+        self.progress(pass_no, totals.get("folders", 0), totals.get("folders", 0),
+                      result.get("messages", 0), result.get("bytes", 0), result.get("bytes", 0),
                       last=True)
 
     # -- the dsync mover

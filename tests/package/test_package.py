@@ -41,6 +41,7 @@ APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "--no-install-recommend
 INSTALLED = [
     "/usr/sbin/isthmus", "/usr/bin/isthmusctl", "/usr/lib/isthmus/isthmusctl",
     "/usr/lib/isthmus/isthmus_move.py", "/usr/lib/isthmus/sieve_copy.py",
+    "/usr/lib/isthmus/isthmus-copy",
     "/usr/lib/isthmus/hooks/move-service-address",
     "/etc/isthmus/isthmus.json", "/etc/isthmus/users.map",
     "/etc/isthmus/isthmusctl.json", "/usr/share/isthmus/sql/calmail-schema.sql",

@@ -77,7 +77,9 @@ GRACE, GRACE_NODE = "grace@example.org", "grace.node@example.org"
 # judy: moved by a daemon move job taken over by a second instance.
 # kate: a daemon move job aborted. leo: moved with --events.
 JUDY, KATE, LEO = "judy@example.org", "kate@example.org", "leo@example.org"
-NODE_USERS = {JUDY: PASSWORD, KATE: PASSWORD, LEO: PASSWORD, "ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
+# mia: moved with the C++ copy engine (move.copy_engine "isthmus-copy").
+MIA = "mia@example.org"
+NODE_USERS = {MIA: PASSWORD, JUDY: PASSWORD, KATE: PASSWORD, LEO: PASSWORD, "ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
               dd.LONG_USER: PASSWORD, FRANK: PASSWORD, GRACE_NODE: PASSWORD}
 # The large move (dave, b -> a by IMAP, back by dsync): its size in MB; 0 skips it.
 BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "1000"))
@@ -112,7 +114,7 @@ def setUpModule():
     # The Dovecot nodes and MariaDB start at the same time.
     DB = start_lab_and_mariadb(LAB, unittest.addModuleCleanup)
 
-    for user in (FRANK, JUDY, KATE, LEO):
+    for user in (FRANK, JUDY, KATE, LEO, MIA):
         local, _, domain = user.partition("@")
         DB.execute("INSERT INTO account (localpart, domain_id, state, island, password, "
                    f"node_login) SELECT {dd.sql_quote(local)}, d.id, 'active', 'a', "
@@ -1043,6 +1045,75 @@ class Move(unittest.TestCase):
         self.assertLess(final["bytes"], 0.05 * size)
         self.assertLess(j["steps"]["copy"]["seconds"] * 2, bulk_seconds)
 
+    def test_6b_copy_engine_under_load(self):
+        """mia (a -> b) with the C++ copy engine (move.copy_engine
+        "isthmus-copy": the daemon's IMAP code, bodies streamed from the
+        source's FETCH into the destination's APPEND): the seeded mailbox
+        (folders, a modified-UTF-7 name, subscriptions, flags, keywords, old
+        INTERNALDATEs, 1 MB and 8-bit messages, messages without a
+        Message-ID, a duplicate) moved while Postfix delivers to her and a
+        second client keeps changing flags: every folder's messages, flags
+        and INTERNALDATEs equal, each message sent during the move once on
+        b, the duplicate still twice; each pass was the engine's."""
+        user = MIA
+        size = seed(user, user, "a", small=300, big=4)
+        self.assertEqual(where(user), ("a", "active"))
+        with open(CONFIG) as f:
+            directory = json.load(f)["move"]["directory"]
+        config = write_config("move-engine.json", SOCKET, directory, copy_engine="isthmus-copy",
+                              copy_program=os.environ.get("ISTHMUS_COPY_BIN") or os.path.join(
+                                  os.path.dirname(binary()), "isthmus-copy"),
+                              batch_messages=40)
+        flagger = Flagger(user, "Archive")
+        flagger.start()
+        loop = SendLoop(user, interval=0.2)
+        loop.start()
+        try:
+            time.sleep(0.5)
+            r = run_move("move", user, "--to", "b", config=config)
+            time.sleep(0.5)
+        finally:
+            loop.stop()
+            flagger.halt.set()
+            flagger.join(10)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertFalse(loop.errors, loop.errors)
+        self.assertGreater(flagger.stores, 5, flagger.ended)
+        self.assertTrue(flagger.ended.startswith("kicked"), flagger.ended)
+        self.assertEqual(where(user), ("b", "active"))
+        PF.flush()
+        PF.wait_queue_empty(timeout=60)
+
+        src = snapshot("a-left", user)
+        dst = snapshot("b-left", user)
+        self.assertEqual(folders_of(src), folders_of(dst))
+        for folder in folders_of(src):
+            missing = src[folder] - dst[folder]
+            self.assertFalse(missing, f"{folder}: {sum(missing.values())} messages not on b "
+                                      f"(or with other flags/dates)")
+            if folder != "INBOX":
+                self.assertEqual(src[folder], dst[folder], folder)
+        self.assertEqual(src["__subscribed__"], dst["__subscribed__"])
+        on_b = collections.Counter(dst["__ids__"]["INBOX"])
+        on_a = collections.Counter(src["__ids__"]["INBOX"])
+        for msgid, _ in loop.sent:
+            self.assertEqual(on_b[msgid], 1, f"{msgid} is on island b {on_b[msgid]} times")
+            self.assertLessEqual(on_a[msgid], 1)
+        self.assertEqual(on_b["<dup@lab.test>"], 2)
+
+        j = journal(user)
+        self.assertEqual(j["status"], "done")
+        passes = j["steps"]["precopy"]["passes"]
+        self.assertTrue(passes)
+        self.assertEqual({p.get("engine") for p in passes}, {"isthmus-copy"}, passes)
+        self.assertEqual(j["steps"]["copy"]["copied"].get("engine"), "isthmus-copy")
+        first = passes[0]
+        print(f"MOVE-BENCH copy engine isthmus-copy: {size / 1e6:.1f} MB seeded; first pass "
+              f"{first['messages']} messages, {first['bytes'] / 1e6:.1f} MB in "
+              f"{first['seconds']:.2f}s = {first['bytes'] / 1e6 / max(first['seconds'], 1e-6):.1f}"
+              f" MB/s; interruption {j['interruption_seconds']:.2f}s", flush=True)
+        timing_lines("copy engine isthmus-copy, Postfix delivering, a client flagging", j)
+
     def test_7_ldap_directory(self):
         """A non-ASCII user (UTF-8 local part) moved b -> a in an LDAP
         directory, with a cached entry to drop, the entry written by
@@ -1108,9 +1179,11 @@ class Move(unittest.TestCase):
         self.assertEqual(where(user), ("b", "active"))
 
         j = self.loaded_move(user, "b", "a", "imap")
+        engine_pass = j["steps"]["precopy"]["passes"][0]
+        self.assertEqual(engine_pass.get("engine"), "isthmus-copy")
         bulk_seconds, bulk_bytes, _ = timing_lines(
-            f"{size / 1e6:.0f} MB, imap mover, Postfix delivering, clients flagging and "
-            f"expunging", j)
+            f"{size / 1e6:.0f} MB, imap mover (copy engine isthmus-copy), Postfix delivering, "
+            f"clients flagging and expunging", j)
         steps = j["steps"]
         self.assertGreater(bulk_bytes, 0.9 * size)
         self.assertLess(steps["copy"]["copied"]["bytes"], 0.01 * size)
@@ -1137,8 +1210,26 @@ class Move(unittest.TestCase):
             self.assertEqual(b_uids[folder][0], validity, folder)
             self.assertEqual(b_uids[folder][1][:len(uids)], uids, folder)
 
+        # Once more to a by IMAP, with the mover's own Python copy: the
+        # reference for the copy engine, same mailbox, same machine, same run.
+        shutil.rmtree(os.path.join(LAB.store("a"), "example.org", "dave"))
+        with open(CONFIG) as f:
+            directory = json.load(f)["move"]["directory"]
+        python = write_config("move-python.json", SOCKET, directory, copy_engine="python")
+        j = self.loaded_move(user, "b", "a", "imap", config=python)
+        python_pass = j["steps"]["precopy"]["passes"][0]
+        self.assertNotIn("engine", python_pass)
+        timing_lines(f"{size / 1e6:.0f} MB, imap mover (python copy), Postfix delivering, "
+                     f"clients flagging and expunging", j)
+        engine_rate = engine_pass["bytes"] / engine_pass["seconds"] / 1e6
+        python_rate = python_pass["bytes"] / python_pass["seconds"] / 1e6
+        print(f"MOVE-BENCH bulk pass, {size / 1e6:.0f} MB: copy engine isthmus-copy "
+              f"{engine_rate:.1f} MB/s, python {python_rate:.1f} MB/s (engine / python = "
+              f"{engine_rate / python_rate:.2f})", flush=True)
+
     def loaded_move(self, user: str, source: str, dest: str, mover: str, *,
-                    login: str | None = None, interval: float = 0.2) -> dict:
+                    login: str | None = None, interval: float = 0.2,
+                    config: str | None = None) -> dict:
         """Moves USER (LOGIN on the nodes) SOURCE -> DEST with MOVER while
         Postfix delivers to them every INTERVAL seconds, a second client
         flags in Sent, and their client expunges five messages and flags
@@ -1149,12 +1240,13 @@ class Move(unittest.TestCase):
         c = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=60)
         self.addCleanup(c.shutdown)
         c.login(user, PASSWORD)
-        gate = os.path.join(LAB.root, f"{login}-{mover}-gate")
+        gate = os.path.join(LAB.root, f"{login}-{mover}-{uuid.uuid4().hex[:8]}-gate")
         loop = SendLoop(user, interval=interval)
         loop.start()
         flagger = Flagger(user, "Sent")
         flagger.start()
-        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", "--local", user, "--to", dest,
+        p = subprocess.Popen([TOOL, "--config", config or CONFIG, "move", "--local", user,
+                              "--to", dest,
                               "--mover", mover], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, **{mv.ENV_PAUSE_AT: gate}))
@@ -1290,7 +1382,7 @@ class Move(unittest.TestCase):
                                    "database": DB.database, "user": DB.user,
                                    "password_file": DB.password_path, "timeout": "1s",
                                    "connect_timeout": "500ms", "max_backoff": "1s"}},
-                    moves={"mover": os.path.join(REPO, "tools", "isthmus_move.py"),
+                    moves={"mover": os.path.join(os.path.dirname(binary()), "isthmus_move.py"),
                            "mover_config": mover_config,
                            "dir": os.path.join(LAB.root, f"mv-{n}-moves"),
                            "lease": "3s", "poll_interval": "250ms"})
@@ -1332,10 +1424,25 @@ class Move(unittest.TestCase):
 
         movers = [pid for pid in os.listdir("/proc") if pid.isdigit() and runs_job(pid)]
         self.assertTrue(movers, "the job's mover process")
+
+        def engine_of_mover(pid: str) -> bool:
+            """The copy engine (isthmus-copy --serve --parent-pid MOVER) of a mover."""
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                return False
+            return (bool(argv) and argv[0].endswith(b"isthmus-copy") and any(
+                argv[i] == b"--parent-pid" and argv[i + 1].decode() in movers
+                for i in range(len(argv) - 1)))
+
+        engines = [pid for pid in os.listdir("/proc") if pid.isdigit() and engine_of_mover(pid)]
+        self.assertTrue(engines, "the job's copy engine process (isthmus-copy)")
         first.kill()
         first.stop(check=False)   # killed on purpose
-        wait_for(lambda: not any(runs_job(pid) for pid in movers),
-                 timeout=5, interval=0.05, what="the killed instance's mover to die with it")
+        wait_for(lambda: not any(runs_job(pid) or engine_of_mover(pid) for pid in movers + engines),
+                 timeout=5, interval=0.05,
+                 what="the killed instance's mover and copy engine to die with it")
         self.assertEqual(where(user), ("a", "active"))   # a killed pre-copy locks nobody out
         killed_at = time.monotonic()
         wait_for(lambda: job_on(2)["owner"] == "mv-2", timeout=15, interval=0.1,

@@ -1,0 +1,518 @@
+#include "moves/imap_copy.hpp"
+
+#include "common/log.hpp"
+#include "common/strings.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <fmt/format.h>
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+namespace isthmus::moves::imap {
+
+namespace asio = boost::asio;
+
+namespace {
+
+class ListingChanged : public ImapError {
+ public:
+  using ImapError::ImapError;
+};
+
+constexpr const char* kListItems =
+    "(UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])";
+
+std::string cache_key(const Session& session, const std::string& folder) {
+  return session.endpoint().name + std::string(1, '\0') + folder;
+}
+
+// The messages UIDS ("1:*": all of them; then there must be EXISTS of
+// them, else exactly WANT of them) of the selected folder.
+asio::awaitable<std::map<std::uint32_t, Msg>> fetch_listing(Session& session,
+                                                            const std::string& folder,
+                                                            const std::string& uids,
+                                                            std::size_t want) {
+  const std::string what = fmt::format("FETCH in {}", sanitize(folder));
+  auto answer = co_await session.run(what, fmt::format("UID FETCH {} {}", uids, kListItems));
+  std::map<std::uint32_t, Msg> by_uid;
+  for (auto& response : answer.untagged) {
+    auto items = fetch_items(response.values);
+    if (items.empty()) continue;  // not a FETCH (an EXISTS, a RECENT)
+    auto listed = listed_message(items);
+    if (listed.unsolicited) continue;  // another session's flag change
+    if (!listed.msg)
+      throw ImapError(fmt::format("node {}: {}: {}", session.endpoint().describe(), what,
+                                  listed.error));
+    const auto uid = listed.msg->uid;
+    by_uid[uid] = std::move(*listed.msg);
+  }
+  const bool all = uids == "1:*";
+  const std::size_t expected = all ? session.exists_now() : want;
+  if (by_uid.size() != expected)
+    throw ListingChanged(fmt::format("node {}: {}: {} messages read, but {} {}: the listing is "
+                                     "incomplete",
+                                     session.endpoint().describe(), what, by_uid.size(),
+                                     all ? "the folder holds" : "asked for", expected));
+  co_return by_uid;
+}
+
+// The listing from the last one: UIDs (UID SEARCH), flags changed since
+// (CHANGEDSINCE), the new messages in full.
+asio::awaitable<std::map<std::uint32_t, Msg>> listing_since(Session& session,
+                                                            const std::string& folder,
+                                                            const Listing& prev) {
+  std::map<std::uint32_t, Msg> out;
+  if (session.exists_now() == 0) co_return out;
+  const std::string name = sanitize(folder);
+  auto search = co_await session.run(fmt::format("UID SEARCH in {}", name), "UID SEARCH ALL");
+  std::vector<std::uint32_t> uids;
+  for (const auto& response : search.untagged) {
+    const auto& v = response.values;
+    if (v.empty() || !v[0].is_atom("SEARCH")) continue;
+    for (std::size_t i = 1; i < v.size(); ++i) {
+      auto n = v[i].kind == Value::Kind::atom ? parse_number(v[i].text) : std::nullopt;
+      if (!n || *n == 0 || *n > 0xFFFFFFFFu)
+        throw ImapError(fmt::format("node {}: UID SEARCH in {}: an unreadable UID",
+                                    session.endpoint().describe(), name));
+      uids.push_back(static_cast<std::uint32_t>(*n));
+    }
+  }
+  std::sort(uids.begin(), uids.end());
+  uids.erase(std::unique(uids.begin(), uids.end()), uids.end());
+  auto changed = co_await session.run(
+      fmt::format("FETCH CHANGEDSINCE in {}", name),
+      fmt::format("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {})", prev.modseq));
+  std::map<std::uint32_t, std::vector<std::string>> flags_now;
+  for (const auto& response : changed.untagged) {
+    auto items = fetch_items(response.values);
+    auto uid_it = items.find("UID");
+    auto flags_it = items.find("FLAGS");
+    if (uid_it == items.end() || flags_it == items.end()) continue;
+    auto uid = uid_it->second.is_text() ? parse_number(uid_it->second.text) : std::nullopt;
+    auto flags = flags_of(flags_it->second);
+    if (!uid || *uid > 0xFFFFFFFFu || !flags)
+      throw ImapError(fmt::format("node {}: FETCH in {}: an unreadable UID or flags",
+                                  session.endpoint().describe(), name));
+    flags_now[static_cast<std::uint32_t>(*uid)] = std::move(*flags);
+  }
+  std::vector<std::uint32_t> fresh_uids;
+  for (auto uid : uids)
+    if (!prev.msgs.contains(uid)) fresh_uids.push_back(uid);
+  std::map<std::uint32_t, Msg> fresh;
+  if (!fresh_uids.empty())
+    fresh = co_await fetch_listing(session, folder, uid_set(fresh_uids), fresh_uids.size());
+  for (auto uid : uids) {
+    if (auto it = fresh.find(uid); it != fresh.end()) {
+      out[uid] = std::move(it->second);
+      continue;
+    }
+    auto old = prev.msgs.find(uid);
+    if (old == prev.msgs.end())
+      throw ListingChanged(fmt::format("node {}: {}: message UID {} went away while it was listed",
+                                       session.endpoint().describe(), name, uid));
+    Msg m = old->second;
+    if (auto f = flags_now.find(uid); f != flags_now.end()) m.flags = f->second;
+    out[uid] = std::move(m);
+  }
+  if (out.size() != session.exists_now())
+    throw ListingChanged(fmt::format("node {}: {}: {} UIDs, but the folder holds {} (EXISTS): the "
+                                     "listing is incomplete",
+                                     session.endpoint().describe(), name, out.size(),
+                                     session.exists_now()));
+  co_return out;
+}
+
+asio::awaitable<std::vector<Msg>> list_once(Session& session, const std::string& folder,
+                                            bool write, PassCache* cache) {
+  co_await session.select(folder, !write);
+  const auto signature = signature_of(session);
+  const Listing* prev = nullptr;
+  const std::string key = cache_key(session, folder);
+  if (cache != nullptr) {
+    auto it = cache->listings.find(key);
+    // A HIGHESTMODSEQ lower than the last listing's (an index rebuilt under
+    // the same UIDVALIDITY) makes CHANGEDSINCE blind: list in full.
+    if (it != cache->listings.end() && signature && it->second.validity == (*signature)[0] &&
+        (*signature)[2] >= it->second.modseq)
+      prev = &it->second;
+  }
+  std::map<std::uint32_t, Msg> by_uid;
+  if (prev != nullptr)
+    by_uid = co_await listing_since(session, folder, *prev);
+  else if (session.exists_now() > 0)
+    by_uid = co_await fetch_listing(session, folder, "1:*", 0);
+  std::vector<Msg> out;
+  out.reserve(by_uid.size());
+  for (auto& [uid, msg] : by_uid) out.push_back(std::move(msg));
+  if (cache != nullptr) {
+    if (signature) {
+      Listing listing{(*signature)[0], (*signature)[2], {}};
+      for (const auto& m : out) listing.msgs.emplace(m.uid, m);
+      cache->listings[key] = std::move(listing);
+    } else {
+      cache->listings.erase(key);
+    }
+  }
+  co_return out;
+}
+
+// Hashes filled in after a listing go into the cached listing too.
+void remember_hashes(PassCache& cache, const Session& session, const std::string& folder,
+                     const std::vector<Msg>& msgs) {
+  auto it = cache.listings.find(cache_key(session, folder));
+  if (it == cache.listings.end()) return;
+  for (const auto& m : msgs) {
+    if (m.sha256.empty()) continue;
+    if (auto c = it->second.msgs.find(m.uid); c != it->second.msgs.end()) c->second.sha256 = m.sha256;
+  }
+}
+
+// The SHA-256 of each body, for messages without a Message-ID.
+class HashSink : public BodySink {
+ public:
+  explicit HashSink(std::map<std::uint32_t, std::string>& out) : out_(out) {}
+  ~HashSink() override { EVP_MD_CTX_free(ctx_); }
+  HashSink(const HashSink&) = delete;
+  HashSink& operator=(const HashSink&) = delete;
+
+  asio::awaitable<void> begin(std::uint32_t uid, std::uint64_t) override {
+    uid_ = uid;
+    if (ctx_ == nullptr || EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) != 1)
+      throw ImapError("SHA-256 unavailable");
+    co_return;
+  }
+  asio::awaitable<void> chunk(std::string_view data) override {
+    EVP_DigestUpdate(ctx_, data.data(), data.size());
+    co_return;
+  }
+  asio::awaitable<void> end() override {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    EVP_DigestFinal_ex(ctx_, digest, &length);
+    std::string hex;
+    for (unsigned i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
+    out_[uid_] = std::move(hex);
+    co_return;
+  }
+
+ private:
+  std::map<std::uint32_t, std::string>& out_;
+  EVP_MD_CTX* ctx_ = EVP_MD_CTX_new();
+  std::uint32_t uid_ = 0;
+};
+
+// Each body into an APPEND on the destination as it arrives.
+class AppendSink : public BodySink {
+ public:
+  AppendSink(Session& destination, const std::string& folder,
+             const std::map<std::uint32_t, const Msg*>& messages, std::chrono::milliseconds delay)
+      : destination_(destination), folder_(folder), messages_(messages), delay_(delay) {}
+
+  asio::awaitable<void> begin(std::uint32_t uid, std::uint64_t size) override {
+    auto it = messages_.find(uid);
+    if (it == messages_.end()) throw ImapError(fmt::format("a body for UID {} not asked for", uid));
+    bytes += size;
+    co_await destination_.append_begin(folder_, *it->second, size);
+  }
+  asio::awaitable<void> chunk(std::string_view data) override {
+    co_await destination_.append_write(data);
+  }
+  asio::awaitable<void> end() override {
+    co_await destination_.append_end();
+    if (delay_.count() > 0) {
+      asio::steady_timer pause(co_await asio::this_coro::executor, delay_);
+      co_await pause.async_wait(use_tuple);
+    }
+  }
+
+  std::uint64_t bytes = 0;
+
+ private:
+  Session& destination_;
+  const std::string& folder_;
+  const std::map<std::uint32_t, const Msg*>& messages_;
+  std::chrono::milliseconds delay_;
+};
+
+// Batches of at most BATCH_BYTES (by RFC822.SIZE; a bigger message goes
+// alone) and BATCH_MESSAGES, in order.
+std::vector<std::vector<const Msg*>> batches(const std::vector<const Msg*>& todo,
+                                             const PassOptions& options) {
+  std::vector<std::vector<const Msg*>> out;
+  std::uint64_t size = 0;
+  for (const Msg* m : todo) {
+    if (out.empty() || out.back().size() >= options.batch_messages ||
+        (!out.back().empty() && size + m->size > options.batch_bytes)) {
+      out.emplace_back();
+      size = 0;
+    }
+    out.back().push_back(m);
+    size += m->size;
+  }
+  return out;
+}
+
+// Fills in the SHA-256 of messages without a Message-ID (the folder
+// selected); returns the messages without those that went away meanwhile
+// (TOLERANT), or throws.
+asio::awaitable<std::vector<Msg>> fill_hashes(Session& session, std::vector<Msg> msgs,
+                                              const PassOptions& options, bool tolerant) {
+  std::vector<const Msg*> todo;
+  for (const auto& m : msgs)
+    if (!m.message_id && m.sha256.empty()) todo.push_back(&m);
+  if (todo.empty()) co_return msgs;
+  std::map<std::uint32_t, std::string> hashes;
+  for (const auto& batch : batches(todo, options)) {
+    std::vector<std::uint32_t> uids;
+    for (const Msg* m : batch) uids.push_back(m->uid);
+    HashSink sink(hashes);
+    co_await session.fetch_bodies(uids, sink);
+  }
+  std::vector<Msg> out;
+  out.reserve(msgs.size());
+  for (auto& m : msgs) {
+    if (!m.message_id && m.sha256.empty()) {
+      auto it = hashes.find(m.uid);
+      if (it == hashes.end()) {
+        if (!tolerant)
+          throw ImapError(fmt::format("node {}: {}: no body for UID {} (expunged meanwhile?)",
+                                      session.endpoint().describe(),
+                                      sanitize(session.selected().name), m.uid));
+        continue;
+      }
+      m.sha256 = it->second;
+    }
+    out.push_back(std::move(m));
+  }
+  co_return out;
+}
+
+void remove_value(std::vector<std::string>& list, const std::string& value) {
+  list.erase(std::remove(list.begin(), list.end(), value), list.end());
+}
+
+bool contains(const std::vector<std::string>& list, const std::string& value) {
+  return std::find(list.begin(), list.end(), value) != list.end();
+}
+
+std::size_t depth_of(const std::string& name, const std::string& delimiter) {
+  if (delimiter.empty()) return 0;
+  std::size_t n = 0;
+  for (std::size_t at = name.find(delimiter); at != std::string::npos;
+       at = name.find(delimiter, at + delimiter.size()))
+    ++n;
+  return n;
+}
+
+std::string quote(const std::string& name) {
+  auto q = imap::quoted(name);
+  if (!q)
+    throw ImapError(fmt::format("folder {} cannot be named in an IMAP command safely (CR, LF, NUL "
+                                "or an 8-bit byte in its name); rename it and run again",
+                                sanitize(name)));
+  return *q;
+}
+
+std::string mapped(const std::string& name, const Session& source, const Session& destination) {
+  auto target = map_name(name, source.delimiter(), destination.delimiter());
+  if (!target)
+    throw ImapError(fmt::format("folder {} cannot be named on the destination (its name holds the "
+                                "destination's hierarchy separator {})",
+                                sanitize(name), sanitize(destination.delimiter())));
+  return *target;
+}
+
+}  // namespace
+
+std::optional<Signature> signature_of(const Session& session) {
+  if (!session.condstore()) return std::nullopt;
+  const auto& s = session.selected();
+  if (!s.uidvalidity || !s.uidnext || !s.highestmodseq) return std::nullopt;
+  return Signature{*s.uidvalidity, *s.uidnext, *s.highestmodseq, s.exists};
+}
+
+asio::awaitable<std::vector<Msg>> list_folder(Session& session, const std::string& folder,
+                                              bool write, PassCache* cache) {
+  constexpr int kAttempts = 5;
+  for (int attempt = 1;; ++attempt) {
+    std::optional<std::vector<Msg>> listed;
+    try {
+      listed = co_await list_once(session, folder, write, cache);
+    } catch (const ListingChanged&) {
+      if (attempt == kAttempts) throw;
+    }
+    if (listed) co_return std::move(*listed);
+    asio::steady_timer pause(co_await asio::this_coro::executor,
+                             std::chrono::milliseconds(50 * attempt));
+    co_await pause.async_wait(use_tuple);
+  }
+}
+
+asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& state,
+                                      PassCache& cache, const PassOptions& options) {
+  PassTotals totals;
+  auto src_folders = co_await src.list();
+  auto dst_listing = co_await dst.list();
+  std::set<std::string> dst_names;
+  for (const auto& [name, flags] : dst_listing) dst_names.insert(name);
+  std::vector<std::string> folders;
+  for (const auto& [name, flags] : src_folders)
+    if (selectable(flags)) folders.push_back(name);
+  totals.folders = folders.size();
+
+  if (options.expunge_allowed) {
+    // Folders and subscriptions this move added that the user removed (or
+    // renamed) on the source since go too, children first (never one the
+    // destination had or made itself). Out of any folder first: a selected
+    // folder may not be deletable.
+    std::set<std::string> wanted;
+    for (const auto& [name, flags] : src_folders) wanted.insert(mapped(name, src, dst));
+    std::vector<std::string> gone;
+    for (const auto& name : dst_names)
+      if (!wanted.contains(name) && contains(state.created_folders, name)) gone.push_back(name);
+    const std::string delimiter = dst.delimiter().empty() ? "/" : dst.delimiter();
+    std::sort(gone.begin(), gone.end(), [&delimiter](const std::string& a, const std::string& b) {
+      auto da = depth_of(a, delimiter), db = depth_of(b, delimiter);
+      return da != db ? da > db : a < b;
+    });
+    if (!gone.empty()) co_await dst.select("INBOX", true);
+    for (const auto& name : gone) {
+      co_await dst.run(fmt::format("DELETE {}", sanitize(name)),
+                       fmt::format("DELETE {}", quote(name)));
+      dst_names.erase(name);
+      remove_value(state.created_folders, name);
+      ++totals.deleted_folders;
+    }
+    std::set<std::string> wanted_subs;
+    const auto src_subscribed = co_await src.list(true);
+    for (const auto& [name, flags] : src_subscribed) wanted_subs.insert(mapped(name, src, dst));
+    const auto dst_subscribed = co_await dst.list(true);
+    for (const auto& [name, flags] : dst_subscribed) {
+      if (wanted_subs.contains(name) || !contains(state.added_subscriptions, name)) continue;
+      co_await dst.run(fmt::format("UNSUBSCRIBE {}", sanitize(name)),
+                       fmt::format("UNSUBSCRIBE {}", quote(name)));
+      remove_value(state.added_subscriptions, name);
+      ++totals.unsubscribed;
+    }
+  }
+  for (const auto& name : folders) {
+    const std::string target = mapped(name, src, dst);
+    if (dst_names.contains(target) || iequals(target, "INBOX")) continue;
+    co_await dst.run(fmt::format("CREATE {}", sanitize(target)),
+                     fmt::format("CREATE {}", quote(target)));
+    dst_names.insert(target);
+    state.created_folders.push_back(target);
+    ++totals.created;
+  }
+  std::set<std::string> dst_subs;
+  const auto dst_subscribed = co_await dst.list(true);
+  for (const auto& [name, flags] : dst_subscribed) dst_subs.insert(name);
+  const auto src_subscribed = co_await src.list(true);
+  for (const auto& [name, flags] : src_subscribed) {
+    const std::string target = mapped(name, src, dst);
+    if (dst_subs.contains(target)) continue;
+    auto q = imap::quoted(target);
+    if (!q) continue;  // a name that cannot be sent is not subscribed (the folder check names it)
+    co_await dst.run(fmt::format("SUBSCRIBE {}", sanitize(target)),
+                     fmt::format("SUBSCRIBE {}", *q));
+    dst_subs.insert(target);
+    if (!contains(state.added_subscriptions, target)) state.added_subscriptions.push_back(target);
+    ++totals.subscribed;
+  }
+
+  PassProgress progress;
+  progress.folders = folders.size();
+  auto report = [&options, &progress] {
+    if (options.progress) options.progress(progress);
+  };
+  for (const auto& name : folders) {
+    report();
+    const std::string target = mapped(name, src, dst);
+    // Unchanged since the pass that brought the destination up to it.
+    if (auto synced = cache.synced.find(name); synced != cache.synced.end()) {
+      co_await src.select(name, true);
+      const auto now = signature_of(src);
+      if (now && *now == synced->second) {
+        ++totals.unchanged;
+        ++progress.folders_done;
+        continue;
+      }
+      cache.synced.erase(synced);
+    }
+    auto src_msgs = co_await list_folder(src, name, false, &cache);
+    const auto src_signature = signature_of(src);
+    auto dst_msgs = co_await list_folder(dst, target, true, &cache);
+    src_msgs = co_await fill_hashes(src, std::move(src_msgs), options, options.tolerant);
+    dst_msgs = co_await fill_hashes(dst, std::move(dst_msgs), options, false);
+    remember_hashes(cache, src, name, src_msgs);
+    remember_hashes(cache, dst, target, dst_msgs);
+    const FolderPlan plan = plan_folder(src_msgs, dst_msgs);
+    totals.already += plan.already;
+    for (const auto& [flags, uids] : plan.restore) {
+      std::string list;
+      for (const auto& f : flags) {
+        if (!valid_flag(f))
+          throw ImapError(fmt::format("{}: a flag that is not a valid IMAP flag ({}): it cannot "
+                                      "be copied; remove it on the source and run again",
+                                      sanitize(name), sanitize(f)));
+        list += (list.empty() ? "" : " ") + f;
+      }
+      co_await dst.run(fmt::format("STORE FLAGS in {}", sanitize(target)),
+                       fmt::format("UID STORE {} FLAGS.SILENT ({})", uid_set(uids), list));
+      totals.flags += uids.size();
+    }
+    if (!plan.extra.empty() && options.expunge_allowed) {
+      if (!dst.has("UIDPLUS"))
+        throw ImapError(fmt::format("node {} does not offer UIDPLUS (RFC 4315): messages expunged "
+                                    "on the source cannot be removed from {} without touching "
+                                    "others marked \\Deleted",
+                                    dst.endpoint().describe(), sanitize(target)));
+      const std::string set = uid_set(plan.extra);
+      co_await dst.run(fmt::format("STORE \\Deleted in {}", sanitize(target)),
+                       fmt::format("UID STORE {} +FLAGS.SILENT (\\Deleted)", set));
+      co_await dst.run(fmt::format("UID EXPUNGE in {}", sanitize(target)),
+                       fmt::format("UID EXPUNGE {}", set));
+      totals.expunged += plan.extra.size();
+    } else {
+      totals.kept_extra += plan.extra.size();
+    }
+    std::vector<const Msg*> todo;
+    for (const auto& m : plan.todo) {
+      todo.push_back(&m);
+      progress.bytes_total += m.size;
+    }
+    for (const auto& batch : batches(todo, options)) {
+      std::vector<std::uint32_t> uids;
+      std::map<std::uint32_t, const Msg*> by_uid;
+      for (const Msg* m : batch) {
+        uids.push_back(m->uid);
+        by_uid[m->uid] = m;
+      }
+      AppendSink sink(dst, target, by_uid, options.delay);
+      auto got = co_await src.fetch_bodies(uids, sink);
+      co_await dst.append_results();
+      if (got.size() != uids.size() && !options.tolerant)
+        throw ImapError(fmt::format("node {}: {}: {} of {} bodies came (expunged meanwhile?)",
+                                    src.endpoint().describe(), sanitize(name), got.size(),
+                                    uids.size()));
+      totals.vanished += uids.size() - got.size();
+      totals.messages += got.size();
+      totals.bytes += sink.bytes;
+      progress.messages += got.size();
+      progress.bytes += sink.bytes;
+      report();
+    }
+    // The destination now holds what the source held when it was listed
+    // (the verification checks it all the same).
+    if (src_signature) cache.synced[name] = *src_signature;
+    ++progress.folders_done;
+  }
+  report();
+  co_return totals;
+}
+
+}  // namespace isthmus::moves::imap
