@@ -30,15 +30,28 @@ std::string cache_key(const Session& session, const std::string& folder) {
   return session.endpoint().name + std::string(1, '\0') + folder;
 }
 
-// The messages UIDS ("1:*": all of them; then there must be EXISTS of
-// them, else exactly WANT of them) of the selected folder.
-asio::awaitable<std::map<std::uint32_t, Msg>> fetch_listing(Session& session,
-                                                            const std::string& folder,
-                                                            const std::string& uids,
-                                                            std::size_t want) {
-  const std::string what = fmt::format("FETCH in {}", sanitize(folder));
-  auto answer = co_await session.run(what, fmt::format("UID FETCH {} {}", uids, kListItems));
-  std::map<std::uint32_t, Msg> by_uid;
+// What a listing's answer may add up to: the usual budget, and 8 KiB more
+// per message the folder holds (a listing response is ~200 bytes).
+std::uint64_t listing_budget(std::uint64_t exists) { return kCommandBudget + exists * 8192; }
+
+// UIDs in slices whose sets keep command lines short (servers refuse long
+// ones: Dovecot's imap_max_line_length is 64 KiB): 500 UIDs are at most
+// ~5.5 kB of set.
+std::vector<std::vector<std::uint32_t>> slices(const std::vector<std::uint32_t>& uids) {
+  constexpr std::size_t kSlice = 500;
+  std::vector<std::vector<std::uint32_t>> out;
+  for (std::size_t i = 0; i < uids.size(); i += kSlice)
+    out.emplace_back(uids.begin() + static_cast<std::ptrdiff_t>(i),
+                     uids.begin() + static_cast<std::ptrdiff_t>(std::min(uids.size(), i + kSlice)));
+  return out;
+}
+
+// The listing responses of one UID FETCH into BY_UID.
+asio::awaitable<void> fetch_listing_into(Session& session, const std::string& what,
+                                         const std::string& set,
+                                         std::map<std::uint32_t, Msg>& by_uid) {
+  auto answer = co_await session.run(what, fmt::format("UID FETCH {} {}", set, kListItems), true,
+                                     listing_budget(session.exists_now()));
   for (auto& response : answer.untagged) {
     auto items = fetch_items(response.values);
     if (items.empty()) continue;  // not a FETCH (an EXISTS, a RECENT)
@@ -50,13 +63,27 @@ asio::awaitable<std::map<std::uint32_t, Msg>> fetch_listing(Session& session,
     const auto uid = listed.msg->uid;
     by_uid[uid] = std::move(*listed.msg);
   }
-  const bool all = uids == "1:*";
-  const std::size_t expected = all ? session.exists_now() : want;
+}
+
+// The messages UIDS of the selected folder (nullopt: all of them; then
+// there must be EXISTS of them, else exactly as many as asked for).
+asio::awaitable<std::map<std::uint32_t, Msg>> fetch_listing(
+    Session& session, const std::string& folder,
+    const std::optional<std::vector<std::uint32_t>>& uids) {
+  const std::string what = fmt::format("FETCH in {}", sanitize(folder));
+  std::map<std::uint32_t, Msg> by_uid;
+  if (!uids) {
+    co_await fetch_listing_into(session, what, "1:*", by_uid);
+  } else {
+    for (const auto& slice : slices(*uids))
+      co_await fetch_listing_into(session, what, uid_set(slice), by_uid);
+  }
+  const std::size_t expected = uids ? uids->size() : session.exists_now();
   if (by_uid.size() != expected)
     throw ListingChanged(fmt::format("node {}: {}: {} messages read, but {} {}: the listing is "
                                      "incomplete",
                                      session.endpoint().describe(), what, by_uid.size(),
-                                     all ? "the folder holds" : "asked for", expected));
+                                     uids ? "asked for" : "the folder holds", expected));
   co_return by_uid;
 }
 
@@ -68,24 +95,27 @@ asio::awaitable<std::map<std::uint32_t, Msg>> listing_since(Session& session,
   std::map<std::uint32_t, Msg> out;
   if (session.exists_now() == 0) co_return out;
   const std::string name = sanitize(folder);
-  auto search = co_await session.run(fmt::format("UID SEARCH in {}", name), "UID SEARCH ALL");
+  // The UIDs, one short response each (a SEARCH answer is one line, which
+  // outgrows any line bound in a folder of 100,000s of messages).
+  auto listed = co_await session.run(fmt::format("FETCH UIDs in {}", name), "UID FETCH 1:* (UID)",
+                                     true, listing_budget(session.exists_now()));
   std::vector<std::uint32_t> uids;
-  for (const auto& response : search.untagged) {
-    const auto& v = response.values;
-    if (v.empty() || !v[0].is_atom("SEARCH")) continue;
-    for (std::size_t i = 1; i < v.size(); ++i) {
-      auto n = v[i].kind == Value::Kind::atom ? parse_number(v[i].text) : std::nullopt;
-      if (!n || *n == 0 || *n > 0xFFFFFFFFu)
-        throw ImapError(fmt::format("node {}: UID SEARCH in {}: an unreadable UID",
-                                    session.endpoint().describe(), name));
-      uids.push_back(static_cast<std::uint32_t>(*n));
-    }
+  for (const auto& response : listed.untagged) {
+    auto items = fetch_items(response.values);
+    auto it = items.find("UID");
+    if (it == items.end()) continue;
+    auto n = it->second.kind == Value::Kind::atom ? parse_number(it->second.text) : std::nullopt;
+    if (!n || *n == 0 || *n > 0xFFFFFFFFu)
+      throw ImapError(fmt::format("node {}: FETCH in {}: an unreadable UID",
+                                  session.endpoint().describe(), name));
+    uids.push_back(static_cast<std::uint32_t>(*n));
   }
   std::sort(uids.begin(), uids.end());
   uids.erase(std::unique(uids.begin(), uids.end()), uids.end());
   auto changed = co_await session.run(
       fmt::format("FETCH CHANGEDSINCE in {}", name),
-      fmt::format("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {})", prev.modseq));
+      fmt::format("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {})", prev.modseq), true,
+      listing_budget(session.exists_now()));
   std::map<std::uint32_t, std::vector<std::string>> flags_now;
   for (const auto& response : changed.untagged) {
     auto items = fetch_items(response.values);
@@ -103,8 +133,7 @@ asio::awaitable<std::map<std::uint32_t, Msg>> listing_since(Session& session,
   for (auto uid : uids)
     if (!prev.msgs.contains(uid)) fresh_uids.push_back(uid);
   std::map<std::uint32_t, Msg> fresh;
-  if (!fresh_uids.empty())
-    fresh = co_await fetch_listing(session, folder, uid_set(fresh_uids), fresh_uids.size());
+  if (!fresh_uids.empty()) fresh = co_await fetch_listing(session, folder, fresh_uids);
   for (auto uid : uids) {
     if (auto it = fresh.find(uid); it != fresh.end()) {
       out[uid] = std::move(it->second);
@@ -127,9 +156,11 @@ asio::awaitable<std::map<std::uint32_t, Msg>> listing_since(Session& session,
 }
 
 asio::awaitable<std::vector<Msg>> list_once(Session& session, const std::string& folder,
-                                            bool write, PassCache* cache) {
+                                            bool write, PassCache* cache,
+                                            std::optional<Signature>* at_select) {
   co_await session.select(folder, !write);
   const auto signature = signature_of(session);
+  if (at_select != nullptr) *at_select = signature;
   const Listing* prev = nullptr;
   const std::string key = cache_key(session, folder);
   if (cache != nullptr) {
@@ -144,7 +175,7 @@ asio::awaitable<std::vector<Msg>> list_once(Session& session, const std::string&
   if (prev != nullptr)
     by_uid = co_await listing_since(session, folder, *prev);
   else if (session.exists_now() > 0)
-    by_uid = co_await fetch_listing(session, folder, "1:*", 0);
+    by_uid = co_await fetch_listing(session, folder, std::nullopt);
   std::vector<Msg> out;
   out.reserve(by_uid.size());
   for (auto& [uid, msg] : by_uid) out.push_back(std::move(msg));
@@ -215,6 +246,12 @@ class AppendSink : public BodySink {
   asio::awaitable<void> begin(std::uint32_t uid, std::uint64_t size) override {
     auto it = messages_.find(uid);
     if (it == messages_.end()) throw ImapError(fmt::format("a body for UID {} not asked for", uid));
+    // A copy of another size would never be paired with its source
+    // message: copied again by every pass.
+    if (size != it->second->size)
+      throw ImapError(fmt::format("{}: message UID {} has {} bytes, but its RFC822.SIZE says {}: "
+                                  "it cannot be copied so that the move recognises it",
+                                  sanitize(folder_), uid, size, it->second->size));
     bytes += size;
     co_await destination_.append_begin(folder_, *it->second, size);
   }
@@ -270,7 +307,7 @@ asio::awaitable<std::vector<Msg>> fill_hashes(Session& session, std::vector<Msg>
     std::vector<std::uint32_t> uids;
     for (const Msg* m : batch) uids.push_back(m->uid);
     HashSink sink(hashes);
-    co_await session.fetch_bodies(uids, sink);
+    for (const auto& slice : slices(uids)) co_await session.fetch_bodies(slice, sink);
   }
   std::vector<Msg> out;
   out.reserve(msgs.size());
@@ -336,12 +373,13 @@ std::optional<Signature> signature_of(const Session& session) {
 }
 
 asio::awaitable<std::vector<Msg>> list_folder(Session& session, const std::string& folder,
-                                              bool write, PassCache* cache) {
+                                              bool write, PassCache* cache,
+                                              std::optional<Signature>* at_select) {
   constexpr int kAttempts = 5;
   for (int attempt = 1;; ++attempt) {
     std::optional<std::vector<Msg>> listed;
     try {
-      listed = co_await list_once(session, folder, write, cache);
+      listed = co_await list_once(session, folder, write, cache, at_select);
     } catch (const ListingChanged&) {
       if (attempt == kAttempts) throw;
     }
@@ -386,6 +424,7 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
       dst_names.erase(name);
       remove_value(state.created_folders, name);
       ++totals.deleted_folders;
+      if (options.on_state) options.on_state();
     }
     std::set<std::string> wanted_subs;
     const auto src_subscribed = co_await src.list(true);
@@ -397,6 +436,7 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
                        fmt::format("UNSUBSCRIBE {}", quote(name)));
       remove_value(state.added_subscriptions, name);
       ++totals.unsubscribed;
+      if (options.on_state) options.on_state();
     }
   }
   for (const auto& name : folders) {
@@ -406,7 +446,9 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
                      fmt::format("CREATE {}", quote(target)));
     dst_names.insert(target);
     state.created_folders.push_back(target);
+    cache.synced.erase(name);  // a folder made now holds nothing yet, whatever the source's signature
     ++totals.created;
+    if (options.on_state) options.on_state();
   }
   std::set<std::string> dst_subs;
   const auto dst_subscribed = co_await dst.list(true);
@@ -422,6 +464,7 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
     dst_subs.insert(target);
     if (!contains(state.added_subscriptions, target)) state.added_subscriptions.push_back(target);
     ++totals.subscribed;
+    if (options.on_state) options.on_state();
   }
 
   PassProgress progress;
@@ -443,10 +486,12 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
       }
       cache.synced.erase(synced);
     }
-    auto src_msgs = co_await list_folder(src, name, false, &cache);
-    const auto src_signature = signature_of(src);
+    std::optional<Signature> src_signature;
+    auto src_msgs = co_await list_folder(src, name, false, &cache, &src_signature);
+    const std::size_t listed = src_msgs.size();
     auto dst_msgs = co_await list_folder(dst, target, true, &cache);
     src_msgs = co_await fill_hashes(src, std::move(src_msgs), options, options.tolerant);
+    std::size_t dropped = listed - src_msgs.size();  // expunged meanwhile (the pre-copy)
     dst_msgs = co_await fill_hashes(dst, std::move(dst_msgs), options, false);
     remember_hashes(cache, src, name, src_msgs);
     remember_hashes(cache, dst, target, dst_msgs);
@@ -461,8 +506,9 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
                                       sanitize(name), sanitize(f)));
         list += (list.empty() ? "" : " ") + f;
       }
-      co_await dst.run(fmt::format("STORE FLAGS in {}", sanitize(target)),
-                       fmt::format("UID STORE {} FLAGS.SILENT ({})", uid_set(uids), list));
+      for (const auto& slice : slices(uids))
+        co_await dst.run(fmt::format("STORE FLAGS in {}", sanitize(target)),
+                         fmt::format("UID STORE {} FLAGS.SILENT ({})", uid_set(slice), list));
       totals.flags += uids.size();
     }
     if (!plan.extra.empty() && options.expunge_allowed) {
@@ -471,11 +517,13 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
                                     "on the source cannot be removed from {} without touching "
                                     "others marked \\Deleted",
                                     dst.endpoint().describe(), sanitize(target)));
-      const std::string set = uid_set(plan.extra);
-      co_await dst.run(fmt::format("STORE \\Deleted in {}", sanitize(target)),
-                       fmt::format("UID STORE {} +FLAGS.SILENT (\\Deleted)", set));
-      co_await dst.run(fmt::format("UID EXPUNGE in {}", sanitize(target)),
-                       fmt::format("UID EXPUNGE {}", set));
+      for (const auto& slice : slices(plan.extra)) {
+        const std::string set = uid_set(slice);
+        co_await dst.run(fmt::format("STORE \\Deleted in {}", sanitize(target)),
+                         fmt::format("UID STORE {} +FLAGS.SILENT (\\Deleted)", set));
+        co_await dst.run(fmt::format("UID EXPUNGE in {}", sanitize(target)),
+                         fmt::format("UID EXPUNGE {}", set));
+      }
       totals.expunged += plan.extra.size();
     } else {
       totals.kept_extra += plan.extra.size();
@@ -493,13 +541,18 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
         by_uid[m->uid] = m;
       }
       AppendSink sink(dst, target, by_uid, options.delay);
-      auto got = co_await src.fetch_bodies(uids, sink);
+      std::vector<std::uint32_t> got;
+      for (const auto& slice : slices(uids)) {
+        auto some = co_await src.fetch_bodies(slice, sink);
+        got.insert(got.end(), some.begin(), some.end());
+      }
       co_await dst.append_results();
       if (got.size() != uids.size() && !options.tolerant)
         throw ImapError(fmt::format("node {}: {}: {} of {} bodies came (expunged meanwhile?)",
                                     src.endpoint().describe(), sanitize(name), got.size(),
                                     uids.size()));
       totals.vanished += uids.size() - got.size();
+      dropped += uids.size() - got.size();
       totals.messages += got.size();
       totals.bytes += sink.bytes;
       progress.messages += got.size();
@@ -507,8 +560,9 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
       report();
     }
     // The destination now holds what the source held when it was listed
-    // (the verification checks it all the same).
-    if (src_signature) cache.synced[name] = *src_signature;
+    // (the verification checks it all the same), unless messages went away
+    // while they were read: then the next pass looks again.
+    if (src_signature && dropped == 0) cache.synced[name] = *src_signature;
     ++progress.folders_done;
   }
   report();

@@ -67,6 +67,10 @@ struct PassOptions {
   std::size_t batch_messages = 500;
   std::function<void(const PassProgress&)> progress;  // after each batch and folder
   std::chrono::milliseconds delay{0};  // a test hook: slept after each message copied
+  // After each folder or subscription the pass added or removed (CopyState
+  // changed): the caller records it at once (a pass that dies later must
+  // not forget what it made).
+  std::function<void()> on_state;
 };
 
 // Throws ImapError (from either session, or the pass's own checks).
@@ -77,7 +81,10 @@ boost::asio::awaitable<PassTotals> copy_pass(Session& source, Session& destinati
 // Every message of the folder, listed again (up to 5 times) when it changed
 // while it was read. Selects it (EXAMINE, or SELECT when WRITE). CACHE:
 // listed incrementally when this node listed it before (see PassCache).
+// AT_SELECT: the folder's signature when it was selected for the listing
+// that was kept.
 boost::asio::awaitable<std::vector<Msg>> list_folder(Session& session, const std::string& folder,
-                                                     bool write, PassCache* cache = nullptr);
+                                                     bool write, PassCache* cache = nullptr,
+                                                     std::optional<Signature>* at_select = nullptr);
 
 }  // namespace isthmus::moves::imap

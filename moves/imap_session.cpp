@@ -15,6 +15,18 @@ namespace isthmus::moves::imap {
 
 namespace asio = boost::asio;
 
+namespace {
+
+// A line that ends like a literal's count ("{...}") that literal_at_end
+// could not read (no digits, over 2^32): the bytes after it cannot be told
+// from responses, so the session stops.
+bool unreadable_literal(std::string_view line) {
+  return !line.empty() && line.back() == '}' && line.rfind('{') != std::string_view::npos &&
+         !literal_at_end(line);
+}
+
+}  // namespace
+
 std::string Endpoint::describe() const { return fmt::format("{} ({}:{})", name, host, port); }
 
 std::unique_ptr<asio::ssl::context> make_node_tls_context(const std::string& ca_file) {
@@ -99,6 +111,7 @@ asio::awaitable<std::string> Session::read_response() {
   std::string wire = co_await read_line();
   for (;;) {
     auto literal = literal_at_end(wire);
+    if (!literal && unreadable_literal(wire)) fail("a literal whose size cannot be read");
     if (!literal) co_return wire;
     if (wire.size() + *literal > kMaxResponse) fail("a response longer than 1 MiB");
     const auto n = static_cast<std::size_t>(*literal);
@@ -128,18 +141,26 @@ std::pair<std::string, std::string> response_code(std::string_view text) {
 
 void Session::note_untagged(const std::vector<Value>& values) {
   if (values.size() >= 2 && values[1].is_atom("EXISTS")) {
-    if (auto n = parse_number(values[0].text)) selected_.exists = *n;
+    if (auto n = parse_number(values[0].text)) {
+      selected_.exists = *n;
+      selected_.exists_seen = true;
+    }
   }
 }
 
-asio::awaitable<Tagged> Session::run(std::string_view what, std::string_view text, bool want_ok) {
+asio::awaitable<Tagged> Session::run(std::string_view what, std::string_view text, bool want_ok,
+                                     std::uint64_t budget) {
   if (text.find_first_of("\r\n") != std::string_view::npos)
     fail(fmt::format("{}: a command with a line break was not sent", what));
   const std::string tag = next_tag();
   co_await send(fmt::format("{} {}\r\n", tag, text));
   Tagged out;
+  std::uint64_t used = 0;
   for (;;) {
     std::string wire = co_await read_response();
+    used += wire.size() + 2;
+    if (used > budget)
+      fail(fmt::format("{}: the answer runs over {} MiB", what, budget / (1024 * 1024)));
     if (wire.starts_with("* ")) {
       std::string_view rest = std::string_view(wire).substr(2);
       // Status responses carry response codes the folder state needs.
@@ -157,7 +178,6 @@ asio::awaitable<Tagged> Session::run(std::string_view what, std::string_view tex
       auto values = parse_values(rest);
       if (!values) fail(fmt::format("{}: a response that does not parse: {}", what, sanitize(wire)));
       note_untagged(*values);
-      if (out.untagged.size() >= kMaxResponses) fail(fmt::format("{}: too many responses", what));
       out.untagged.push_back(Response{std::move(*values)});
       continue;
     }
@@ -186,11 +206,11 @@ asio::awaitable<std::unique_ptr<Session>> Session::open(const Endpoint& endpoint
     throw ImapError(fmt::format("node {}: {}", endpoint.describe(), what));
   };
   // The address: a literal IP, or a name resolved now.
-  asio::ip::tcp::endpoint address;
+  std::vector<asio::ip::tcp::endpoint> addresses;
   boost::system::error_code parse_ec;
   auto ip = asio::ip::make_address(endpoint.host, parse_ec);
   if (!parse_ec) {
-    address = asio::ip::tcp::endpoint(ip, endpoint.port);
+    addresses.emplace_back(ip, endpoint.port);
   } else {
     asio::ip::tcp::resolver resolver(executor);
     auto resolve = [&resolver, &endpoint](auto token) {
@@ -199,14 +219,25 @@ asio::awaitable<std::unique_ptr<Session>> Session::open(const Endpoint& endpoint
     auto [ec, results] = co_await until(deadline, resolve);
     if (ec || results.empty())
       fail_open(fmt::format("cannot resolve {}: {}", endpoint.host, ec.message()));
-    address = results.begin()->endpoint();
+    for (const auto& r : results) addresses.push_back(r.endpoint());
   }
-  auto transport = std::make_unique<Transport>(asio::ip::tcp::socket(executor));
-  auto connect = [&transport, address](auto token) {
-    return transport->socket().async_connect(address, token);
-  };
-  auto [connect_ec] = co_await until(deadline, connect);
-  if (connect_ec) fail_open("cannot connect: " + connect_ec.message());
+  // Each address in turn, as a client would.
+  std::unique_ptr<Transport> transport;
+  std::string refused;
+  for (const auto& address : addresses) {
+    auto attempt = std::make_unique<Transport>(asio::ip::tcp::socket(executor));
+    auto connect = [&attempt, address](auto token) {
+      return attempt->socket().async_connect(address, token);
+    };
+    auto [connect_ec] = co_await until(deadline, connect);
+    if (!connect_ec) {
+      transport = std::move(attempt);
+      break;
+    }
+    refused += fmt::format("{}{}: {}", refused.empty() ? "" : "; ", format_endpoint(address),
+                           connect_ec.message());
+  }
+  if (!transport) fail_open("cannot connect: " + refused);
   boost::system::error_code ignored;
   transport->socket().set_option(asio::ip::tcp::no_delay(true), ignored);
   const std::string tls_name = endpoint.tls_name.empty() ? endpoint.host : endpoint.tls_name;
@@ -317,6 +348,11 @@ asio::awaitable<Selected> Session::select(const std::string& folder, bool read_o
   selected_.name = folder;
   const std::string verb = read_only ? "EXAMINE" : "SELECT";
   co_await run(fmt::format("{} {}", verb, sanitize(folder)), fmt::format("{} {}", verb, *q));
+  // Without them an answer would read as an empty folder (its messages
+  // then copied again, or expunged as extra): no guessing.
+  if (!selected_.exists_seen || !selected_.uidvalidity)
+    fail(fmt::format("{} {}: no {} in the answer", verb, sanitize(folder),
+                     selected_.exists_seen ? "UIDVALIDITY" : "EXISTS"));
   co_return selected_;
 }
 
@@ -329,6 +365,10 @@ asio::awaitable<std::vector<std::uint32_t>> Session::fetch_bodies(
   const std::string what = fmt::format("FETCH bodies in {}", sanitize(selected_.name));
   std::vector<std::uint32_t> wanted = uids;
   std::sort(wanted.begin(), wanted.end());
+  // Responses that are not bodies (EXISTS, another session's flag change):
+  // a few per message asked for, not an endless stream.
+  const std::size_t kMaxOtherResponses = 1000 + 10 * uids.size();
+  std::size_t others = 0;
   for (;;) {
     std::string line = co_await read_line();
     if (line.starts_with(tag + " ")) {
@@ -337,6 +377,7 @@ asio::awaitable<std::vector<std::uint32_t>> Session::fetch_bodies(
       co_return got;
     }
     if (!line.starts_with("* ")) fail(fmt::format("{}: an unexpected line: {}", what, sanitize(line)));
+    if (unreadable_literal(line)) fail(what + ": a literal whose size cannot be read");
     auto literal = literal_at_end(line);
     std::string_view head = std::string_view(line).substr(0, literal ? line.rfind('{') : line.size());
     const std::string_view trimmed = trim(head);
@@ -353,9 +394,12 @@ asio::awaitable<std::vector<std::uint32_t>> Session::fetch_bodies(
         wire.append(buffer_, 0, static_cast<std::size_t>(*n));
         buffer_.erase(0, static_cast<std::size_t>(*n));
         wire += co_await read_line();
+        if (unreadable_literal(wire)) fail(what + ": a literal whose size cannot be read");
       }
+      if (++others > kMaxOtherResponses) fail(what + ": too many responses that are not bodies");
       auto values = parse_values(std::string_view(wire).substr(2));
-      if (values) note_untagged(*values);
+      if (!values) fail(fmt::format("{}: a response that does not parse: {}", what, sanitize(wire)));
+      note_untagged(*values);
       continue;
     }
     // "* 12 FETCH (UID 5 BODY[] {N}": the UID must come before the body.
@@ -384,14 +428,11 @@ asio::awaitable<std::vector<std::uint32_t>> Session::fetch_bodies(
       left -= take;
     }
     co_await sink.end();
-    // The rest of the response (")", or more items), its literals bounded.
+    // The rest of the response: ")" (or more items, without literals).
     std::string rest = co_await read_line();
-    while (auto n = literal_at_end(rest)) {
-      if (rest.size() + *n > kMaxResponse) fail(what + ": a response longer than 1 MiB");
-      ISTHMUS_FILL(static_cast<std::size_t>(*n));
-      buffer_.erase(0, static_cast<std::size_t>(*n));
-      rest = co_await read_line();
-    }
+    if (literal_at_end(rest) || unreadable_literal(rest) || !trim(rest).ends_with(")"))
+      fail(fmt::format("{}: the response after the body of UID {} is not understood: {}", what,
+                       *uid, sanitize(rest)));
   }
 }
 
@@ -414,18 +455,32 @@ asio::awaitable<void> Session::append_begin(const std::string& folder, const Msg
                        sanitize(msg.date)));
     args += "\"" + msg.date + "\" ";
   }
-  const bool literal_plus = has("LITERAL+");
+  // MULTIAPPEND: synchronizing literals, so that a NO in the middle of the
+  // command stops the bodies at once (no message text is ever sent where
+  // the node could take it for commands). One APPEND per message: LITERAL+
+  // where offered, a bounded number unanswered.
+  const bool multi = multi_open_ || has("MULTIAPPEND");
+  const bool literal_plus = !multi && has("LITERAL+");
   const std::string literal = fmt::format("{{{}{}}}\r\n", size, literal_plus ? "+" : "");
   std::string command;
   if (multi_open_) {
-    command = " " + args + literal;  // MULTIAPPEND: the next message of the same command
+    command = " " + args + literal;  // the next message of the same command
   } else {
     auto q = imap::quoted(folder);
     if (!q) fail(fmt::format("folder {} cannot be named in an IMAP command safely", sanitize(folder)));
+    while (appends_.size() >= kMaxUnanswered) {
+      std::string wire = co_await read_response();
+      if (wire.starts_with("* ")) {
+        auto values = parse_values(std::string_view(wire).substr(2));
+        if (values) note_untagged(*values);
+        continue;
+      }
+      take_append_answer(wire);
+    }
     const std::string tag = next_tag();
     appends_.push_back(tag);
     command = fmt::format("{} APPEND {} {}{}", tag, *q, args, literal);
-    multi_open_ = has("MULTIAPPEND");
+    multi_open_ = multi;
     append_folder_ = folder;
   }
   co_await send(command);

@@ -10,7 +10,8 @@
 // a sink in chunks as it arrives (the copy streams it into an APPEND on the
 // destination, with LITERAL+ where offered), so memory stays bounded by
 // the chunk size, whatever the mailbox holds. Everything else a node sends
-// is bounded too (kMaxResponse per response, kMaxResponses per command).
+// is bounded too (kMaxResponse per response, kCommandBudget per command,
+// more for a listing, in proportion to the folder).
 //
 // A copy pass is one unit of work: any failure (the node closed, timed out,
 // answered NO or something that does not parse) ends it. The session
@@ -36,7 +37,12 @@
 namespace isthmus::moves::imap {
 
 inline constexpr std::size_t kMaxResponse = 1024 * 1024;  // one response, literals included
-inline constexpr std::size_t kMaxResponses = 10'000'000;  // untagged responses to one command
+// What one command's responses may add up to (a listing gets more: see
+// Session::run's `budget`).
+inline constexpr std::uint64_t kCommandBudget = 64ull * 1024 * 1024;
+// Unanswered APPENDs (each a LITERAL+ message) before the session reads an
+// answer: the node's answers never fill the socket buffers.
+inline constexpr std::size_t kMaxUnanswered = 32;
 inline constexpr std::size_t kChunk = 64 * 1024;           // body bytes moved at a time
 
 class ImapError : public std::runtime_error {
@@ -79,6 +85,7 @@ struct Tagged {
 struct Selected {
   std::string name;
   std::uint64_t exists = 0;
+  bool exists_seen = false;
   std::optional<std::uint64_t> uidvalidity, uidnext, highestmodseq;
 };
 
@@ -112,13 +119,15 @@ class Session {
 
   // The command TEXT (no tag, no CRLF; it must not hold CR or LF), its
   // untagged responses and tagged answer. Throws ImapError on I/O errors,
-  // on a response that does not parse or is too long, and, with `want_ok`,
-  // on anything but OK (naming WHAT).
+  // on a response that does not parse or is too long, on responses that
+  // add up to more than BUDGET bytes, and, with `want_ok`, on anything but
+  // OK (naming WHAT).
   boost::asio::awaitable<Tagged> run(std::string_view what, std::string_view text,
-                                     bool want_ok = true);
+                                     bool want_ok = true, std::uint64_t budget = kCommandBudget);
 
   // LIST "" "*" (or LSUB): (name, flags) of the user's own folders (other
   // users' and shared namespaces left out).
+  // SELECT or EXAMINE: the answer must carry EXISTS and UIDVALIDITY.
   boost::asio::awaitable<std::vector<std::pair<std::string, std::vector<std::string>>>> list(
       bool subscribed = false);
   boost::asio::awaitable<Selected> select(const std::string& folder, bool read_only);
@@ -133,11 +142,14 @@ class Session {
   boost::asio::awaitable<std::vector<std::uint32_t>> fetch_bodies(
       const std::vector<std::uint32_t>& uids, BodySink& sink);
 
-  // APPEND streamed: append_begin() sends the command up to the literal
-  // (waiting for the continuation without LITERAL+), append_write() the
-  // body's bytes (exactly SIZE in all), append_end() the final CRLF. The
-  // tagged answers are read by append_results(): every APPEND sent since
-  // the last call must have been answered OK.
+  // APPEND streamed: append_begin() sends the command up to the literal,
+  // append_write() the body's bytes (exactly SIZE in all), append_end()
+  // the final CRLF. With MULTIAPPEND (RFC 3502) the messages until
+  // append_results() are one command, each literal synchronizing (a NO in
+  // the middle stops the bodies at once); without it, one APPEND per
+  // message, with LITERAL+ where offered (at most kMaxUnanswered
+  // unanswered). The tagged answers are read by append_results(): every
+  // APPEND sent since the last call must have been answered OK.
   boost::asio::awaitable<void> append_begin(const std::string& folder, const Msg& msg,
                                             std::uint64_t size);
   boost::asio::awaitable<void> append_write(std::string_view data);

@@ -23,7 +23,9 @@
 // (temporary file, fsync, rename).
 //
 // Output, one JSON object per line on stdout: {"event": "progress", ...}
-// after each batch and folder, then {"event": "totals", ...} (exit 0) or
+// after each batch and folder, {"event": "state", "created_folders": [...],
+// "added_subscriptions": [...]} after each folder or subscription the pass
+// added or removed, then {"event": "totals", ...} (exit 0) or
 // {"event": "error", "text": ...} (exit 1). Usage errors: exit 2.
 
 #include "common/log.hpp"
@@ -142,6 +144,7 @@ int main(int argc, char** argv) {
   std::string config_path, user, from, to, state_path;
   bool tolerant = false, expunge = false, serve = false;
   long parent_pid = 0;
+  double timeout_seconds = 0;
   app.add_option("--config", config_path, "the mover's config file")->required();
   app.add_option("--user", user, "the user's login name on the nodes")->required();
   app.add_option("--from", from, "the source node (a name in move.nodes)")->required();
@@ -151,6 +154,8 @@ int main(int argc, char** argv) {
   app.add_flag("--expunge", expunge, "remove what the source no longer has");
   app.add_flag("--serve", serve, "a pass per line of standard input (JSON)");
   app.add_option("--parent-pid", parent_pid, "die with this process");
+  app.add_option("--timeout", timeout_seconds,
+                 "seconds a node may take to answer (default: the config's imap_timeout)");
   CLI11_PARSE(app, argc, argv);
   if (parent_pid > 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -191,11 +196,16 @@ int main(int argc, char** argv) {
     if (!nodes.contains(to)) throw UsageError("--to: no node " + to + " in move.nodes");
     source = endpoint_of(from, nodes[from], "move: nodes: " + from);
     destination = endpoint_of(to, nodes[to], "move: nodes: " + to);
-    if (auto t = str_of(move, "imap_timeout", "move", "120s"); true) {
-      auto parsed = isthmus::config::parse_duration(t);
-      if (!parsed || parsed->count() <= 0) throw UsageError("move: imap_timeout: bad duration");
+    if (timeout_seconds > 0) {
+      timeout = std::chrono::milliseconds(static_cast<long>(timeout_seconds * 1000));
+    } else if (auto it = move.find("imap_timeout"); it != move.end() && it->is_number()) {
+      timeout = std::chrono::milliseconds(static_cast<long>(it->get<double>() * 1000));
+    } else {
+      auto parsed = isthmus::config::parse_duration(str_of(move, "imap_timeout", "move", "120s"));
+      if (!parsed) throw UsageError("move: imap_timeout: a duration like \"120s\"");
       timeout = *parsed;
     }
+    if (timeout.count() <= 0) throw UsageError("move: imap_timeout must be positive");
     if (auto it = move.find("batch_bytes"); it != move.end()) {
       if (!it->is_number_unsigned() || it->get<std::uint64_t>() < 1024)
         throw UsageError("move: batch_bytes must be an integer of at least 1024");
@@ -226,6 +236,11 @@ int main(int argc, char** argv) {
     std::cerr << "isthmus-copy: " << e.what() << '\n';
     return 2;
   }
+  options.on_state = [&state] {
+    emit({{"event", "state"},
+          {"created_folders", state.created_folders},
+          {"added_subscriptions", state.added_subscriptions}});
+  };
   options.progress = [](const PassProgress& p) {
     emit({{"event", "progress"}, {"folders_done", p.folders_done}, {"folders", p.folders},
           {"messages", p.messages}, {"bytes", p.bytes}, {"bytes_total", p.bytes_total}});
@@ -291,10 +306,16 @@ int main(int argc, char** argv) {
         emit({{"event", "error"}, {"text", "a command that is not a JSON object"}});
         continue;
       }
+      bool bad = false;
+      for (const char* key : {"tolerant", "expunge"})
+        if (command.contains(key) && !command[key].is_boolean()) bad = true;
+      if (bad) {
+        emit({{"event", "error"}, {"text", "tolerant and expunge must be true or false"}});
+        continue;
+      }
       options.tolerant = command.value("tolerant", false);
       options.expunge_allowed = command.value("expunge", false);
       state = CopyState{};
-      bool bad = false;
       for (const char* key : {"created_folders", "added_subscriptions"}) {
         auto it = command.find(key);
         if (it == command.end()) continue;

@@ -69,6 +69,7 @@ import imaplib
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import ssl
@@ -3006,7 +3007,8 @@ class Mover:
         self.close_engine()
         argv = [self.config.copy_program, "--config", self.config.path_for_engine,
                 "--user", data["node_login"], "--from", src.endpoint.name,
-                "--to", dst.endpoint.name, "--serve", "--parent-pid", str(os.getpid())]
+                "--to", dst.endpoint.name, "--serve", "--parent-pid", str(os.getpid()),
+                "--timeout", str(self.config.imap_timeout)]
         try:
             self._engine = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                             stderr=tempfile.TemporaryFile())
@@ -3014,7 +3016,33 @@ class Mover:
             raise StepFailed(f"the copy engine {argv[0]} cannot be run: {e.strerror or e}") \
                 from None
         self._engine_key = key
+        self._engine_pending = b""
         return self._engine
+
+    def _engine_lines(self, engine, silence: float):
+        """The engine's output lines as they come (read from its pipe with
+        os.read: a buffered reader would hide lines from select), None
+        once it said nothing for SILENCE seconds, and the end at its end."""
+        fd = engine.stdout.fileno()
+        pending = getattr(self, "_engine_pending", b"")
+        try:
+            while True:
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    self._engine_pending = pending
+                    yield line
+                if len(pending) > 16 * 1024 * 1024:
+                    return   # no line ends: treated as the engine's end
+                ready, _, _ = select.select([fd], [], [], silence)
+                if not ready:
+                    yield None
+                    return
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return
+                pending += chunk
+        finally:
+            self._engine_pending = pending
 
     def copy_pass_engine(self, src: Imap, dst: Imap, totals: dict, pass_no: int,
                          tolerant: bool) -> None:
@@ -3031,10 +3059,19 @@ class Mover:
                    "created_folders": data.setdefault("created_folders", []),
                    "added_subscriptions": data.setdefault("added_subscriptions", [])}
         result, last_bytes, last_messages = None, 0, 0
+        # The engine says something after every batch and folder; silence
+        # for this long means a node that trickles or hangs: the pass is
+        # stopped (the user may be locked out meanwhile).
+        silence = 2 * self.config.imap_timeout + 30
+        hung = False
         try:
             engine.stdin.write((json.dumps(command) + "\n").encode())
             engine.stdin.flush()
-            for raw in engine.stdout:
+            for raw in self._engine_lines(engine, silence):
+                if raw is None:
+                    hung = True
+                    engine.kill()
+                    break
                 try:
                     event = json.loads(raw)
                 except ValueError:
@@ -3042,7 +3079,14 @@ class Mover:
                 if not isinstance(event, dict):
                     continue
                 kind = event.get("event")
-                if kind == "progress":
+                if kind == "state":
+                    # Recorded at once: a pass that dies later must not
+                    # forget a folder it made.
+                    for key in ("created_folders", "added_subscriptions"):
+                        if isinstance(event.get(key), list):
+                            data[key] = [n for n in event[key] if isinstance(n, str)]
+                    self.journal.save()
+                elif kind == "progress":
                     number = {k: event.get(k) if isinstance(event.get(k), int) else 0
                               for k in ("folders_done", "folders", "messages", "bytes",
                                         "bytes_total")}
@@ -3069,13 +3113,18 @@ class Mover:
                 said = clean(engine.stderr.read().decode("utf-8", "replace").strip())[:500]
                 self._engine = None
                 text = said or f"it ended with status {code}"
+                if hung:
+                    text = (f"no word from it for {show_seconds(silence)} (a node that stopped "
+                            f"answering, or answers too slowly): stopped")
             else:
                 text = clean(str(result.get("text") or "no reason given"))
             raise ImapError(f"the copy engine: {text}")
         totals["engine"] = "isthmus-copy"
         for key, value in result.items():
-            if key == "event" or not isinstance(value, int):
+            if key == "event" or not isinstance(value, int) or isinstance(value, bool):
                 continue
+            if key == "already" and pass_no != 1:
+                continue   # as copy_pass counts it: the first pass's pairs
             if key == "folders":
                 totals["folders"] = value
             else:
