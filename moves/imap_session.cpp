@@ -52,7 +52,16 @@ Session::~Session() {
 }
 
 void Session::fail(std::string_view what) const {
+  // A session that failed is not used again: its stream may be anywhere
+  // in a response.
+  if (broken_.empty()) broken_ = std::string(what);
   throw ImapError(fmt::format("node {}: {}", endpoint_.describe(), what));
+}
+
+void Session::check_usable() const {
+  if (!broken_.empty())
+    throw ImapError(fmt::format("node {}: the session ended earlier ({})", endpoint_.describe(),
+                                broken_));
 }
 
 bool Session::has(std::string_view capability) const {
@@ -64,6 +73,7 @@ bool Session::has(std::string_view capability) const {
 std::string Session::next_tag() { return fmt::format("m{}", ++tag_counter_); }
 
 asio::awaitable<void> Session::send(std::string_view bytes) {
+  check_usable();
   auto [ec, n] = co_await transport_->write_all(asio::buffer(bytes), deadline());
   if (ec)
     fail(ec == asio::error::timed_out ? "no progress writing to the node in time"
@@ -71,6 +81,7 @@ asio::awaitable<void> Session::send(std::string_view bytes) {
 }
 
 asio::awaitable<std::string> Session::read_line() {
+  check_usable();
   std::size_t scanned = 0;
   for (;;) {
     auto lf = buffer_.find('\n', scanned);

@@ -171,12 +171,14 @@ class Session {
   boost::asio::awaitable<void> learn();
   void take_append_answer(std::string_view line);
   [[noreturn]] void fail(std::string_view what) const;
+  void check_usable() const;  // throws once the session failed
   Deadline deadline() const { return Deadline::after(timeout_); }
 
   Endpoint endpoint_;
   std::unique_ptr<Transport> transport_;
   Clock::duration timeout_;
   std::string buffer_;  // bytes read, not used yet
+  mutable std::string broken_;  // why the session failed ("" while it works)
   std::vector<std::string> caps_;
   std::string delimiter_;
   std::vector<std::string> other_prefixes_;

@@ -5,4 +5,4 @@
 set(ISTHMUS_FUZZ_TARGETS
   imap_command imap_reply pop3 smtp_command smtp_data smtp_reply proxy_protocol sasl
   config static_directory admin_request ldap_filter sql_template managesieve move_events
-  imap_wire)
+  imap_wire imap_session)
