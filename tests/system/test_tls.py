@@ -391,6 +391,94 @@ class Tls(unittest.TestCase):
             self.assertFalse([l for l in lab.node(name).logins() if l.get("user")],
                              f"{name} saw a login attempt")
 
+    # -- the copy engine of moves (isthmus-copy), towards TLS nodes
+
+    def test_copy_engine_over_starttls_and_implicit_tls(self):
+        """isthmus-copy copies alice's mailbox from a-left over STARTTLS to
+        b-left over implicit TLS, both certificates checked against the
+        lab's CA; with another CA it refuses the node, copies nothing and
+        names the certificate check."""
+        import json
+        import os
+        from lab.dovecot import MASTER_PASSWORD, MASTER_SEPARATOR, MASTER_USER
+        user = "alice@example.org"
+        src_node, dst_node = self.lab.node("a-left"), self.lab.node("b-left")
+
+        def master(node, port, implicit):
+            if implicit:
+                m = imaplib.IMAP4_SSL(node.host, port, ssl_context=self.client_ctx, timeout=10)
+            else:
+                m = imaplib.IMAP4(node.host, port, timeout=10)
+                m.starttls(ssl.create_default_context(cafile=self.lab.ca_path))
+            payload = f"\0{user}{MASTER_SEPARATOR}{MASTER_USER}\0{MASTER_PASSWORD}".encode()
+            m.authenticate("PLAIN", lambda _: payload)
+            return m
+
+        src = master(src_node, src_node.port("imap"), False)
+        self.addCleanup(src.logout)
+        src.create("TLS-Copy")
+        for i in range(5):
+            body = (f"From: a@b\r\nSubject: tls {i}\r\nMessage-ID: <tls-{i}@lab.test>\r\n\r\n"
+                    f"over TLS {i}\r\n" + "x" * (i * 20_000)).encode()
+            self.assertEqual(src.append("TLS-Copy", "(\\Seen $Tls)" if i % 2 else None,
+                                        None, body)[0], "OK")
+
+        def listing(m):
+            typ, data = m.select("TLS-Copy", readonly=True)
+            self.assertEqual(typ, "OK")
+            typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[])")
+            out = []
+            for item in data:
+                if isinstance(item, tuple):
+                    flags = sorted(f for f in item[0].decode().split("FLAGS (")[1].split(")")[0]
+                                   .split() if f != "\\Recent")
+                    out.append((item[1], tuple(flags)))
+            return sorted(out)
+
+        secret = os.path.join(self.lab.root, "copy-master.pw")
+        with open(secret, "w") as f:
+            f.write(MASTER_PASSWORD + "\n")
+
+        def config(ca):
+            path = os.path.join(self.lab.root, f"copy-{os.path.basename(ca)}.json")
+            with open(path, "w") as f:
+                json.dump({"move": {
+                    "login": {"master_user": MASTER_USER, "master_password_file": secret,
+                              "separator": MASTER_SEPARATOR},
+                    "nodes": {
+                        "a-left": {"address": f"{src_node.host}:{src_node.port('imap')}",
+                                   "tls": "starttls", "ca": ca,
+                                   "tls_name": Lab.tls_name("a-left")},
+                        "b-left": {"address": f"{dst_node.host}:{dst_node.port('imaps')}",
+                                   "tls": "implicit", "ca": ca,
+                                   "tls_name": Lab.tls_name("b-left")}}}}, f)
+            return path
+
+        engine = os.path.join(os.path.dirname(binary()), "isthmus-copy")
+        argv = [engine, "--user", user, "--from", "a-left", "--to", "b-left"]
+        other_ca = make_ca(os.path.join(self.lab.root, "other-ca"), "Another CA")
+        r = subprocess.run(argv + ["--config", config(other_ca.cert_path)], capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("certificate verify failed", r.stdout)
+        dst = master(dst_node, dst_node.port("imaps"), True)
+        self.addCleanup(dst.logout)
+        self.assertNotIn(b"TLS-Copy", b" ".join(x for x in dst.list()[1] if x))
+
+        r = subprocess.run(argv + ["--config", config(self.lab.ca_path)], capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        totals = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual(totals["event"], "totals", r.stdout)
+        self.assertGreaterEqual(totals["messages"], 5)
+        self.assertEqual(listing(dst), listing(src))
+        # A second pass finds nothing to do.
+        r = subprocess.run(argv + ["--config", config(self.lab.ca_path)], capture_output=True,
+                           text=True, timeout=60)
+        again = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual((again["event"], again["messages"], again["flags"]), ("totals", 0, 0),
+                         r.stdout)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
