@@ -50,19 +50,19 @@ std::vector<std::vector<std::uint32_t>> slices(const std::vector<std::uint32_t>&
 asio::awaitable<void> fetch_listing_into(Session& session, const std::string& what,
                                          const std::string& set,
                                          std::map<std::uint32_t, Msg>& by_uid) {
-  auto answer = co_await session.run(what, fmt::format("UID FETCH {} {}", set, kListItems), true,
-                                     listing_budget(session.exists_now()));
-  for (auto& response : answer.untagged) {
-    auto items = fetch_items(response.values);
-    if (items.empty()) continue;  // not a FETCH (an EXISTS, a RECENT)
+  const Session::Untagged each = [&session, &what, &by_uid](std::vector<Value>& values) {
+    auto items = fetch_items(values);
+    if (items.empty()) return;  // not a FETCH (an EXISTS, a RECENT)
     auto listed = listed_message(items);
-    if (listed.unsolicited) continue;  // another session's flag change
+    if (listed.unsolicited) return;  // another session's flag change
     if (!listed.msg)
       throw ImapError(fmt::format("node {}: {}: {}", session.endpoint().describe(), what,
                                   listed.error));
     const auto uid = listed.msg->uid;
     by_uid[uid] = std::move(*listed.msg);
-  }
+  };
+  co_await session.run(what, fmt::format("UID FETCH {} {}", set, kListItems), true,
+                       listing_budget(session.exists_now()), &each);
 }
 
 // The messages UIDS of the selected folder (nullopt: all of them; then
@@ -97,38 +97,37 @@ asio::awaitable<std::map<std::uint32_t, Msg>> listing_since(Session& session,
   const std::string name = sanitize(folder);
   // The UIDs, one short response each (a SEARCH answer is one line, which
   // outgrows any line bound in a folder of 100,000s of messages).
-  auto listed = co_await session.run(fmt::format("FETCH UIDs in {}", name), "UID FETCH 1:* (UID)",
-                                     true, listing_budget(session.exists_now()));
   std::vector<std::uint32_t> uids;
-  for (const auto& response : listed.untagged) {
-    auto items = fetch_items(response.values);
+  const Session::Untagged each_uid = [&session, &name, &uids](std::vector<Value>& values) {
+    auto items = fetch_items(values);
     auto it = items.find("UID");
-    if (it == items.end()) continue;
+    if (it == items.end()) return;
     auto n = it->second.kind == Value::Kind::atom ? parse_number(it->second.text) : std::nullopt;
     if (!n || *n == 0 || *n > 0xFFFFFFFFu)
       throw ImapError(fmt::format("node {}: FETCH in {}: an unreadable UID",
                                   session.endpoint().describe(), name));
     uids.push_back(static_cast<std::uint32_t>(*n));
-  }
+  };
+  co_await session.run(fmt::format("FETCH UIDs in {}", name), "UID FETCH 1:* (UID)", true,
+                       listing_budget(session.exists_now()), &each_uid);
   std::sort(uids.begin(), uids.end());
   uids.erase(std::unique(uids.begin(), uids.end()), uids.end());
-  auto changed = co_await session.run(
-      fmt::format("FETCH CHANGEDSINCE in {}", name),
-      fmt::format("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {})", prev.modseq), true,
-      listing_budget(session.exists_now()));
   std::map<std::uint32_t, std::vector<std::string>> flags_now;
-  for (const auto& response : changed.untagged) {
-    auto items = fetch_items(response.values);
+  const Session::Untagged each_change = [&session, &name, &flags_now](std::vector<Value>& values) {
+    auto items = fetch_items(values);
     auto uid_it = items.find("UID");
     auto flags_it = items.find("FLAGS");
-    if (uid_it == items.end() || flags_it == items.end()) continue;
+    if (uid_it == items.end() || flags_it == items.end()) return;
     auto uid = uid_it->second.is_text() ? parse_number(uid_it->second.text) : std::nullopt;
     auto flags = flags_of(flags_it->second);
     if (!uid || *uid > 0xFFFFFFFFu || !flags)
       throw ImapError(fmt::format("node {}: FETCH in {}: an unreadable UID or flags",
                                   session.endpoint().describe(), name));
     flags_now[static_cast<std::uint32_t>(*uid)] = std::move(*flags);
-  }
+  };
+  co_await session.run(fmt::format("FETCH CHANGEDSINCE in {}", name),
+                       fmt::format("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {})", prev.modseq),
+                       true, listing_budget(session.exists_now()), &each_change);
   std::vector<std::uint32_t> fresh_uids;
   for (auto uid : uids)
     if (!prev.msgs.contains(uid)) fresh_uids.push_back(uid);

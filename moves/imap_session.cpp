@@ -160,7 +160,7 @@ void Session::note_untagged(const std::vector<Value>& values) {
 }
 
 asio::awaitable<Tagged> Session::run(std::string_view what, std::string_view text, bool want_ok,
-                                     std::uint64_t budget) {
+                                     std::uint64_t budget, const Untagged* each) {
   if (text.find_first_of("\r\n") != std::string_view::npos)
     fail(fmt::format("{}: a command with a line break was not sent", what));
   const std::string tag = next_tag();
@@ -189,7 +189,10 @@ asio::awaitable<Tagged> Session::run(std::string_view what, std::string_view tex
       auto values = parse_values(rest);
       if (!values) fail(fmt::format("{}: a response that does not parse: {}", what, sanitize(wire)));
       note_untagged(*values);
-      out.untagged.push_back(Response{std::move(*values)});
+      if (each != nullptr)
+        (*each)(*values);
+      else
+        out.untagged.push_back(Response{std::move(*values)});
       continue;
     }
     if (wire.starts_with(tag + " ")) {

@@ -28,6 +28,7 @@
 #include <boost/asio/ssl/context.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -122,8 +123,13 @@ class Session {
   // on a response that does not parse or is too long, on responses that
   // add up to more than BUDGET bytes, and, with `want_ok`, on anything but
   // OK (naming WHAT).
+  // EACH: every untagged response (but status responses) is handed to it
+  // as it arrives instead of being kept in Tagged::untagged (a listing of
+  // a large folder then costs what the caller keeps, not every response).
+  using Untagged = std::function<void(std::vector<Value>&)>;
   boost::asio::awaitable<Tagged> run(std::string_view what, std::string_view text,
-                                     bool want_ok = true, std::uint64_t budget = kCommandBudget);
+                                     bool want_ok = true, std::uint64_t budget = kCommandBudget,
+                                     const Untagged* each = nullptr);
 
   // LIST "" "*" (or LSUB): (name, flags) of the user's own folders (other
   // users' and shared namespaces left out).
