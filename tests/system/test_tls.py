@@ -397,11 +397,13 @@ class Tls(unittest.TestCase):
         """isthmus-copy copies alice's mailbox from a-left over STARTTLS to
         b-left over implicit TLS, both certificates checked against the
         lab's CA; with another CA it refuses the node, copies nothing and
-        names the certificate check."""
+        names the certificate check. On Cyrus nodes too (system.tls_cyrus:
+        the master user as SASL authorization, Cyrus' own IMAP)."""
         import json
         import os
         from lab.dovecot import MASTER_PASSWORD, MASTER_SEPARATOR, MASTER_USER
         user = "alice@example.org"
+        sasl = self.lab.master_style == "sasl"
         src_node, dst_node = self.lab.node("a-left"), self.lab.node("b-left")
 
         def master(node, port, implicit):
@@ -410,7 +412,8 @@ class Tls(unittest.TestCase):
             else:
                 m = imaplib.IMAP4(node.host, port, timeout=10)
                 m.starttls(ssl.create_default_context(cafile=self.lab.ca_path))
-            payload = f"\0{user}{MASTER_SEPARATOR}{MASTER_USER}\0{MASTER_PASSWORD}".encode()
+            payload = (f"{user}\0{MASTER_USER}\0{MASTER_PASSWORD}" if sasl else
+                       f"\0{user}{MASTER_SEPARATOR}{MASTER_USER}\0{MASTER_PASSWORD}").encode()
             m.authenticate("PLAIN", lambda _: payload)
             return m
 
@@ -444,7 +447,8 @@ class Tls(unittest.TestCase):
             with open(path, "w") as f:
                 json.dump({"move": {
                     "login": {"master_user": MASTER_USER, "master_password_file": secret,
-                              "separator": MASTER_SEPARATOR},
+                              "separator": MASTER_SEPARATOR,
+                              "master_style": self.lab.master_style},
                     "nodes": {
                         "a-left": {"address": f"{src_node.host}:{src_node.port('imap')}",
                                    "tls": "starttls", "ca": ca,
