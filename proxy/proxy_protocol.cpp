@@ -55,6 +55,11 @@ ProxyParse parse_v1(std::string_view bytes) {
   }
   const bool v4 = fields[0] == "TCP4";
   if (!v4 && fields[0] != "TCP6") return invalid("v1 header: protocol must be TCP4, TCP6 or UNKNOWN");
+  // An IPv6 zone index ("fe80::1%2", "::%eth0") is not a PROXY address
+  // (the spec's addresses are RFC 4291's; v2 cannot carry one), and what
+  // it names is an interface of the sender, not of this host.
+  if (fields[1].find('%') != std::string_view::npos || fields[2].find('%') != std::string_view::npos)
+    return invalid("v1 header: bad address (an IPv6 zone index)");
   boost::system::error_code ec1, ec2;
   auto src = ip::make_address(std::string(fields[1]), ec1);
   auto dst = ip::make_address(std::string(fields[2]), ec2);

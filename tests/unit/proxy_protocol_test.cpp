@@ -60,6 +60,9 @@ TEST_CASE("malformed PROXY v1 headers are invalid") {
                           "PROXY TCP5 10.1.2.3 192.0.2.1 5555 143\r\n",
                           "PROXY TCP4 10.1.2.3  192.0.2.1 5555 143\r\n",
                           "PROXY TCP4 x y 1 2\r\n",
+                          // An IPv6 zone index (fuzz finding 14).
+                          "PROXY TCP6 2001:db8::1 ::%1 40000 110\r\n",
+                          "PROXY TCP6 fe80::1%lo 2001:db8::2 40000 110\r\n",
                           "a LOGIN x y\r\n",
                           "GET / HTTP/1.0\r\n"}) {
     CAPTURE(bad);
