@@ -175,6 +175,9 @@ class Package(unittest.TestCase):
         sh(["/usr/sbin/isthmus", "--check-config", "/etc/isthmus/isthmus.json"])
         for page in ("isthmus", "isthmus.json", "isthmusctl"):
             sh(["man", "-w", page])
+        # The mover's copy engine runs (its libraries are the package's
+        # dependencies).
+        self.assertIn("one copy pass", sh(["/usr/lib/isthmus/isthmus-copy", "--help"]).stdout)
         version = sh(["/usr/sbin/isthmus", "--version"]).stdout.split()[-1]
         self.assertIn(f"isthmus_{version}_", os.path.basename(self.deb))
 
