@@ -482,15 +482,7 @@ asio::awaitable<void> Session::append_begin(const std::string& folder, const Msg
   } else {
     auto q = imap::quoted(folder);
     if (!q) fail(fmt::format("folder {} cannot be named in an IMAP command safely", sanitize(folder)));
-    while (appends_.size() >= kMaxUnanswered) {
-      std::string wire = co_await read_response();
-      if (wire.starts_with("* ")) {
-        auto values = parse_values(std::string_view(wire).substr(2));
-        if (values) note_untagged(*values);
-        continue;
-      }
-      take_append_answer(wire);
-    }
+    while (appends_.size() >= kMaxUnanswered) co_await read_append_answer(false);
     const std::string tag = next_tag();
     appends_.push_back(tag);
     command = fmt::format("{} APPEND {} {}{}", tag, *q, args, literal);
@@ -499,16 +491,11 @@ asio::awaitable<void> Session::append_begin(const std::string& folder, const Msg
   }
   co_await send(command);
   if (!literal_plus) {
-    // Wait for "+" (answers to earlier APPENDs may come first).
+    // Wait for "+" (answers to earlier APPENDs may come first; a NO to
+    // this one fails the pass).
     for (;;) {
-      std::string wire = co_await read_response();
-      if (wire.starts_with("+")) break;
-      if (wire.starts_with("* ")) {
-        auto values = parse_values(std::string_view(wire).substr(2));
-        if (values) note_untagged(*values);
-        continue;
-      }
-      take_append_answer(wire);
+      const bool go_on = co_await read_append_answer(true);
+      if (go_on) break;
     }
   }
   append_left_ = size;
@@ -543,15 +530,27 @@ asio::awaitable<void> Session::append_results() {
     multi_open_ = false;
     co_await send("\r\n");
   }
-  while (!appends_.empty()) {
-    std::string wire = co_await read_response();
-    if (wire.starts_with("* ")) {
-      auto values = parse_values(std::string_view(wire).substr(2));
-      if (values) note_untagged(*values);
-      continue;
-    }
-    take_append_answer(wire);
+  while (!appends_.empty()) co_await read_append_answer(false);
+}
+
+asio::awaitable<bool> Session::read_append_answer(bool continuation_wanted) {
+  std::string wire = co_await read_response();
+  if (wire.starts_with("+")) {
+    if (!continuation_wanted) fail("APPEND: a continuation request nobody asked for");
+    co_return true;
   }
+  if (wire.starts_with("* ")) {
+    std::string_view rest = std::string_view(wire).substr(2);
+    if (istarts_with(rest, "OK") || istarts_with(rest, "NO") || istarts_with(rest, "BAD") ||
+        istarts_with(rest, "BYE"))
+      co_return false;  // BYE: the read that follows fails, naming the close
+    auto values = parse_values(rest);
+    if (!values) fail(fmt::format("APPEND: a response that does not parse: {}", sanitize(wire)));
+    note_untagged(*values);
+    co_return false;
+  }
+  take_append_answer(wire);
+  co_return false;
 }
 
 asio::awaitable<void> Session::logout() {

@@ -176,6 +176,10 @@ class Session {
   void note_untagged(const std::vector<Value>& values);
   boost::asio::awaitable<void> learn();
   void take_append_answer(std::string_view line);
+  // One response while APPENDs wait: untagged ones noted, a tagged one
+  // checked (take_append_answer). True for a continuation request "+",
+  // which only CONTINUATION_WANTED allows.
+  boost::asio::awaitable<bool> read_append_answer(bool continuation_wanted);
   [[noreturn]] void fail(std::string_view what) const;
   void check_usable() const;  // throws once the session failed
   Deadline deadline() const { return Deadline::after(timeout_); }

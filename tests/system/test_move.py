@@ -541,6 +541,23 @@ def timing_lines(label: str, j: dict) -> tuple[float, float, float]:
 
 class Move(unittest.TestCase):
 
+    def assert_copied(self, user: str) -> tuple[dict, dict]:
+        """USER's mailbox on a-left and b-left: the same folders and
+        subscriptions; every message of a-left on b-left with its flags and
+        INTERNALDATE, and the folders other than INBOX (where mail may have
+        arrived after the move) equal. Returns both snapshots."""
+        src = snapshot("a-left", user)
+        dst = snapshot("b-left", user)
+        self.assertEqual(folders_of(src), folders_of(dst))
+        for folder in folders_of(src):
+            missing = src[folder] - dst[folder]
+            self.assertFalse(missing, f"{folder}: {sum(missing.values())} messages not on b "
+                                      f"(or with other flags/dates)")
+            if folder != "INBOX":
+                self.assertEqual(src[folder], dst[folder], folder)
+        self.assertEqual(src["__subscribed__"], dst["__subscribed__"])
+        return src, dst
+
     def test_1_move_under_mail_flow(self):
         user = "alice@example.org"
         t = time.monotonic()
@@ -601,16 +618,7 @@ class Move(unittest.TestCase):
                              ["sent"], (msgid, recs))
 
         # ... and every message is on island b exactly once.
-        src = snapshot("a-left", user)
-        dst = snapshot("b-left", user)
-        self.assertEqual(folders_of(src), folders_of(dst))
-        for folder in folders_of(src):
-            missing = src[folder] - dst[folder]
-            self.assertFalse(missing, f"{folder}: {sum(missing.values())} messages not on b "
-                                      f"(or with other flags/dates)")
-            if folder != "INBOX":
-                self.assertEqual(src[folder], dst[folder], folder)
-        self.assertEqual(src["__subscribed__"], dst["__subscribed__"])
+        src, dst = self.assert_copied(user)
         self.assertIn("Entw&APw-rfe", dst["__subscribed__"])
         self.assertNotIn("Sent", dst["__subscribed__"])
         on_b = collections.Counter(dst["__ids__"]["INBOX"])
@@ -1084,16 +1092,7 @@ class Move(unittest.TestCase):
         PF.flush()
         PF.wait_queue_empty(timeout=60)
 
-        src = snapshot("a-left", user)
-        dst = snapshot("b-left", user)
-        self.assertEqual(folders_of(src), folders_of(dst))
-        for folder in folders_of(src):
-            missing = src[folder] - dst[folder]
-            self.assertFalse(missing, f"{folder}: {sum(missing.values())} messages not on b "
-                                      f"(or with other flags/dates)")
-            if folder != "INBOX":
-                self.assertEqual(src[folder], dst[folder], folder)
-        self.assertEqual(src["__subscribed__"], dst["__subscribed__"])
+        src, dst = self.assert_copied(user)
         on_b = collections.Counter(dst["__ids__"]["INBOX"])
         on_a = collections.Counter(src["__ids__"]["INBOX"])
         for msgid, _ in loop.sent:
