@@ -495,9 +495,14 @@ class OAuthBackendMode(unittest.TestCase):
         self.assertEqual(sieve_bearer(self.ix.port("managesieve"), "bob@example.org", token,
                                       "XOAUTH2"), [b'OK "Logged in."'])
         self.assertGreaterEqual(IDP.asked(token) - before, 2)  # asked by the node each time
-        ends = [e for e in session_end_lines(self.ix.log_text())
-                if e.get("user") == "bob@example.org"]
-        self.assertTrue(ends and all(e["island"] == "b" for e in ends), ends)
+        # The end lines are written once the sessions close (after the
+        # clients left: later than this under a sanitizer build).
+        def ends():
+            found = [e for e in session_end_lines(self.ix.log_text())
+                     if e.get("user") == "bob@example.org"]
+            return found if len(found) >= 2 else None
+        found = wait_for(ends, timeout=10, what="both sessions' end lines")
+        self.assertTrue(all(e["island"] == "b" for e in found), found)
         self.assertNotIn(token, self.ix.log_text())
 
     def test_a_refused_token_is_the_clients_failure_not_the_nodes(self):
