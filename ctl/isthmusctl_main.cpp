@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 
 #include <unistd.h>
@@ -236,6 +237,20 @@ bool asks_local(int argc, char** argv, int i) {
   return false;
 }
 
+// The mover a config file asks for: its move.program, "isthmus-move" (the
+// C++ mover, the default) or "python" (tools/isthmus_move.py, for what the
+// C++ mover does not do yet: docs/move.md). A file that cannot be read
+// gets the default, which says what is wrong with it.
+std::string mover_program(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return "isthmus-move";
+  auto conf = Json::parse(in, nullptr, false, true);
+  if (!conf.is_object() || !conf.contains("move") || !conf["move"].is_object()) return "isthmus-move";
+  const auto& move = conf["move"];
+  if (move.contains("program") && move["program"] == "python") return "python";
+  return "isthmus-move";
+}
+
 // `isthmusctl [--config FILE] move --local ...` and `move-status USER` run
 // isthmus_move.py (the same config file, its "move" section) as the Python
 // isthmusctl did: its main() with the same arguments (--local dropped) and
@@ -283,6 +298,30 @@ sys.exit(code)
           continue;
         }
         args.emplace_back(argv[k]);
+      }
+      // The config file the mover will read.
+      std::string config_path;
+      if (config.size() == 2) config_path = config[1];
+      else if (config.size() == 1) config_path = config[0].substr(std::string("--config=").size());
+      for (int k = i + 1; k + 1 < argc && config_path.empty(); ++k)
+        if (std::string(argv[k]) == "--config") config_path = argv[k + 1];
+      if (config_path.empty()) {
+        const char* env = std::getenv("ISTHMUSCTL_CONFIG");
+        config_path = env != nullptr && *env != '\0' ? env : kDefaultConfig;
+      }
+      if (mover_program(config_path) == "isthmus-move") {
+        // The C++ mover: the same arguments, without the Python prelude.
+        const std::filesystem::path program = own / "isthmus-move";
+        std::vector<std::string> cpp_args = {program.string()};
+        cpp_args.insert(cpp_args.end(), args.begin() + 5, args.end());
+        std::vector<char*> cpp_exec;
+        for (auto& a : cpp_args) cpp_exec.push_back(a.data());
+        cpp_exec.push_back(nullptr);
+        ::execv(program.c_str(), cpp_exec.data());
+        std::string message = fmt::format("isthmusctl: {}: cannot run {}: {}\n", arg,
+                                          program.string(), std::strerror(errno));
+        std::fputs(message.c_str(), stderr);
+        return kExitUsage;
       }
       if (!std::filesystem::exists(mover)) {
         std::string message = fmt::format(

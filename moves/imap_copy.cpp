@@ -91,7 +91,8 @@ asio::awaitable<std::map<std::uint32_t, Msg>> fetch_listing(
 // (CHANGEDSINCE), the new messages in full.
 asio::awaitable<std::map<std::uint32_t, Msg>> listing_since(Session& session,
                                                             const std::string& folder,
-                                                            const Listing& prev) {
+                                                            const Listing& prev,
+                                                            bool all_flags) {
   std::map<std::uint32_t, Msg> out;
   if (session.exists_now() == 0) co_return out;
   const std::string name = sanitize(folder);
@@ -125,9 +126,13 @@ asio::awaitable<std::map<std::uint32_t, Msg>> listing_since(Session& session,
                                   session.endpoint().describe(), name));
     flags_now[static_cast<std::uint32_t>(*uid)] = std::move(*flags);
   };
-  co_await session.run(fmt::format("FETCH CHANGEDSINCE in {}", name),
-                       fmt::format("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {})", prev.modseq),
-                       true, listing_budget(session.exists_now()), &each_change);
+  if (all_flags)
+    co_await session.run(fmt::format("FETCH FLAGS in {}", name), "UID FETCH 1:* (UID FLAGS)", true,
+                         listing_budget(session.exists_now()), &each_change);
+  else
+    co_await session.run(fmt::format("FETCH CHANGEDSINCE in {}", name),
+                         fmt::format("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {})", prev.modseq),
+                         true, listing_budget(session.exists_now()), &each_change);
   std::vector<std::uint32_t> fresh_uids;
   for (auto uid : uids)
     if (!prev.msgs.contains(uid)) fresh_uids.push_back(uid);
@@ -156,7 +161,7 @@ asio::awaitable<std::map<std::uint32_t, Msg>> listing_since(Session& session,
 
 asio::awaitable<std::vector<Msg>> list_once(Session& session, const std::string& folder,
                                             bool write, PassCache* cache,
-                                            std::optional<Signature>* at_select) {
+                                            std::optional<Signature>* at_select, bool all_flags) {
   co_await session.select(folder, !write);
   const auto signature = signature_of(session);
   if (at_select != nullptr) *at_select = signature;
@@ -172,7 +177,7 @@ asio::awaitable<std::vector<Msg>> list_once(Session& session, const std::string&
   }
   std::map<std::uint32_t, Msg> by_uid;
   if (prev != nullptr)
-    by_uid = co_await listing_since(session, folder, *prev);
+    by_uid = co_await listing_since(session, folder, *prev, all_flags);
   else if (session.exists_now() > 0)
     by_uid = co_await fetch_listing(session, folder, std::nullopt);
   std::vector<Msg> out;
@@ -373,12 +378,13 @@ std::optional<Signature> signature_of(const Session& session) {
 
 asio::awaitable<std::vector<Msg>> list_folder(Session& session, const std::string& folder,
                                               bool write, PassCache* cache,
-                                              std::optional<Signature>* at_select) {
+                                              std::optional<Signature>* at_select,
+                                              bool all_flags) {
   constexpr int kAttempts = 5;
   for (int attempt = 1;; ++attempt) {
     std::optional<std::vector<Msg>> listed;
     try {
-      listed = co_await list_once(session, folder, write, cache, at_select);
+      listed = co_await list_once(session, folder, write, cache, at_select, all_flags);
     } catch (const ListingChanged&) {
       if (attempt == kAttempts) throw;
     }
@@ -387,6 +393,15 @@ asio::awaitable<std::vector<Msg>> list_folder(Session& session, const std::strin
                              std::chrono::milliseconds(50 * attempt));
     co_await pause.async_wait(use_tuple);
   }
+}
+
+asio::awaitable<std::vector<Msg>> hash_bodies(Session& session, std::vector<Msg> msgs,
+                                              std::uint64_t batch_bytes) {
+  PassOptions options;
+  options.batch_bytes = batch_bytes;
+  options.batch_messages = 50;
+  auto out = co_await fill_hashes(session, std::move(msgs), options, false);
+  co_return out;
 }
 
 asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& state,

@@ -82,9 +82,18 @@ boost::asio::awaitable<PassTotals> copy_pass(Session& source, Session& destinati
 // while it was read. Selects it (EXAMINE, or SELECT when WRITE). CACHE:
 // listed incrementally when this node listed it before (see PassCache).
 // AT_SELECT: the folder's signature when it was selected for the listing
-// that was kept.
+// that was kept. ALL_FLAGS: an incremental listing reads every message's
+// flags, not only those changed since (the verification: it does not trust
+// what the node's modseqs say).
 boost::asio::awaitable<std::vector<Msg>> list_folder(Session& session, const std::string& folder,
                                                      bool write, PassCache* cache = nullptr,
-                                                     std::optional<Signature>* at_select = nullptr);
+                                                     std::optional<Signature>* at_select = nullptr,
+                                                     bool all_flags = false);
+
+// MSGS (a listing of the selected folder) with the SHA-256 of the body of
+// each message without a Message-ID filled in, the bodies read in batches
+// of at most BATCH_BYTES. Throws ImapError when a body does not come.
+boost::asio::awaitable<std::vector<Msg>> hash_bodies(Session& session, std::vector<Msg> msgs,
+                                                     std::uint64_t batch_bytes);
 
 }  // namespace isthmus::moves::imap

@@ -208,14 +208,10 @@ asio::awaitable<Tagged> Session::run(std::string_view what, std::string_view tex
   }
 }
 
-asio::awaitable<std::unique_ptr<Session>> Session::open(const Endpoint& endpoint,
-                                                        asio::ssl::context* tls_context,
-                                                        const MasterLogin& login,
-                                                        const std::string& login_user,
-                                                        Clock::duration timeout,
-                                                        std::string session_id) {
+asio::awaitable<std::unique_ptr<Transport>> connect_node(const Endpoint& endpoint,
+                                                         asio::ssl::context* tls_context,
+                                                         Deadline deadline) {
   auto executor = co_await asio::this_coro::executor;
-  const Deadline deadline = Deadline::after(timeout);
   auto fail_open = [&endpoint](std::string_view what) {
     throw ImapError(fmt::format("node {}: {}", endpoint.describe(), what));
   };
@@ -254,14 +250,21 @@ asio::awaitable<std::unique_ptr<Session>> Session::open(const Endpoint& endpoint
   if (!transport) fail_open("cannot connect: " + refused);
   boost::system::error_code ignored;
   transport->socket().set_option(asio::ip::tcp::no_delay(true), ignored);
-  const std::string tls_name = endpoint.tls_name.empty() ? endpoint.host : endpoint.tls_name;
   if (endpoint.tls != config::TlsMode::none && tls_context == nullptr)
     fail_open("TLS is configured but there is no TLS context");
   if (endpoint.tls == config::TlsMode::implicit) {
-    auto ec = co_await transport->start_tls_as_client(*tls_context, tls_name, endpoint.verify,
-                                                      deadline);
+    auto ec = co_await transport->start_tls_as_client(*tls_context, tls_name_of(endpoint),
+                                                      endpoint.verify, deadline);
     if (ec) fail_open("TLS handshake failed: " + transport->tls_failure_reason(ec));
   }
+  co_return transport;
+}
+
+std::string tls_name_of(const Endpoint& endpoint) {
+  return endpoint.tls_name.empty() ? endpoint.host : endpoint.tls_name;
+}
+
+backends::Credentials master_credentials(const MasterLogin& login, const std::string& login_user) {
   backends::Credentials credentials;
   if (login.dovecot_style) {
     credentials.user = login_user + login.separator + login.user;
@@ -270,16 +273,37 @@ asio::awaitable<std::unique_ptr<Session>> Session::open(const Endpoint& endpoint
     credentials.authzid = login_user;
   }
   credentials.password = login.password;
+  return credentials;
+}
+
+backends::ForwardedClient forwarded_self(Transport& transport, std::string session_id) {
+  boost::system::error_code ignored;
   backends::ForwardedClient me;
-  const auto local = transport->socket().local_endpoint(ignored);
+  const auto local = transport.socket().local_endpoint(ignored);
   me.ip = unmapped(local.address()).to_string();
   me.port = local.port();
   me.connected_ip = me.ip;
   me.connected_port = me.port;
   me.session_id = std::move(session_id);
   me.ttl = 1;
-  backends::NodeTlsSetup tls{endpoint.tls, tls_context, tls_name, endpoint.verify};
-  backends::NodeLoginParams params{credentials, me, tls, deadline, deadline};
+  return me;
+}
+
+asio::awaitable<std::unique_ptr<Session>> Session::open(const Endpoint& endpoint,
+                                                        asio::ssl::context* tls_context,
+                                                        const MasterLogin& login,
+                                                        const std::string& login_user,
+                                                        Clock::duration timeout,
+                                                        std::string session_id) {
+  const Deadline deadline = Deadline::after(timeout);
+  auto fail_open = [&endpoint](std::string_view what) {
+    throw ImapError(fmt::format("node {}: {}", endpoint.describe(), what));
+  };
+  auto transport = co_await connect_node(endpoint, tls_context, deadline);
+  const auto credentials = master_credentials(login, login_user);
+  backends::NodeTlsSetup tls{endpoint.tls, tls_context, tls_name_of(endpoint), endpoint.verify};
+  backends::NodeLoginParams params{credentials, forwarded_self(*transport, std::move(session_id)),
+                                   tls, deadline, deadline};
   auto result = co_await backends::log_in_imap(*transport, params);
   if (result.failure != Failure::none)
     fail_open(fmt::format("the master login for {} failed ({}): {}", login_user,

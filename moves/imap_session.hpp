@@ -18,6 +18,7 @@
 // throws ImapError with the reason; the pass turns it into a value
 // (imap_copy.hpp).
 
+#include "backends/node_login.hpp"
 #include "common/deadline.hpp"
 #include "common/transport.hpp"
 #include "config/config.hpp"
@@ -200,6 +201,18 @@ class Session {
   bool multi_open_ = false;     // a MULTIAPPEND (RFC 3502) command open: more messages may follow
   std::string append_folder_;
 };
+
+// The pieces of a master login, shared with the ManageSieve session
+// (sieve_session.hpp): a connection to ENDPOINT (its host resolved; TLS
+// first for tls implicit), throwing ImapError; the credentials of the
+// master user for LOGIN_USER; this side of TRANSPORT as the client the
+// node is told about.
+boost::asio::awaitable<std::unique_ptr<Transport>> connect_node(const Endpoint& endpoint,
+                                                                boost::asio::ssl::context* tls_context,
+                                                                Deadline deadline);
+std::string tls_name_of(const Endpoint& endpoint);
+backends::Credentials master_credentials(const MasterLogin& login, const std::string& login_user);
+backends::ForwardedClient forwarded_self(Transport& transport, std::string session_id);
 
 // A client TLS context for the nodes of a copy: the CA file's CAs, or the
 // system's when empty.

@@ -460,7 +460,8 @@ class Config:
     MOVE_KEYS = {"journal_dir", "directory", "login", "source_login", "nodes", "copier",
                  "copier_timeout", "kick_timeout", "settle", "imap_timeout", "confirm_timeout",
                  "copy_passes", "batch_bytes", "batch_messages", "precopy_passes",
-                 "precopy_threshold", "mover", "dsync", "copy_engine", "copy_program"}
+                 "precopy_threshold", "mover", "dsync", "copy_engine", "copy_program",
+                 "program"}
     DSYNC_KEYS = {"password_file", "api_key_file", "timeout", "copy_timeout"}
     LOGIN_KEYS = {"master_user", "master_password_file", "master_style", "separator"}
 

@@ -83,6 +83,10 @@ NODE_USERS = {MIA: PASSWORD, JUDY: PASSWORD, KATE: PASSWORD, LEO: PASSWORD, "iva
               dd.LONG_USER: PASSWORD, FRANK: PASSWORD, GRACE_NODE: PASSWORD}
 # The large move (dave, b -> a by IMAP, back by dsync): its size in MB; 0 skips it.
 BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "1000"))
+# The mover isthmusctl runs (move.program): the C++ isthmus-move, or the
+# Python tools/isthmus_move.py ("python") for what only it does (the dsync
+# mover, directories written with command-line clients).
+PROGRAM = os.environ.get("ISTHMUS_MOVE_PROGRAM", "isthmus-move")
 
 LAB = None
 DB = None
@@ -142,7 +146,7 @@ def setUpModule():
     CONFIG_CLI = write_config("move-cli.json", SOCKET, {
         "type": "sql", "server": f"127.0.0.1:{DB.port}", "database": dd.SQL_DATABASE,
         "user": dd.SQL_USER, "password_file": DB.password_path,
-        "set_state": SET_STATE, "set_island": SET_ISLAND})
+        "set_state": SET_STATE, "set_island": SET_ISLAND}, program="python")
 
 
 def sql_directory() -> dict:
@@ -181,6 +185,7 @@ def write_config(name: str, socket_path: str, directory: dict, instances=None, *
             "dsync": {"password_file": doveadm_pw},
             "kick_timeout": "20s",
             "settle": "1s",
+            "program": PROGRAM,
             **move,
         },
     }
