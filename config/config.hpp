@@ -379,7 +379,7 @@ struct Moves {
   bool enabled = false;
   // The mover the job runs, and its config (isthmusctl.json's "instances"
   // and "move" sections).
-  std::filesystem::path mover = "/usr/lib/isthmus/isthmus_move.py";
+  std::filesystem::path mover = "/usr/lib/isthmus/isthmus-move";
   std::filesystem::path mover_config;
   // sql: the jobs in the role store's database (roles.sql), so every
   // instance sees them and takes over a dead instance's move; file: in

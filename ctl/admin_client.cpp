@@ -142,7 +142,10 @@ std::string request_wire(const Instance& inst, const AdminRequest& request) {
     message.set(http::field::content_type, "application/json");
     message.body() = request.body->dump(-1, ' ', false, Json::error_handler_t::replace);
   }
-  if (inst.url && inst.token) message.set(http::field::authorization, "Bearer " + *inst.token);
+  if (inst.url && inst.authorization)
+    message.set(http::field::authorization, *inst.authorization);
+  else if (inst.url && inst.token)
+    message.set(http::field::authorization, "Bearer " + *inst.token);
   message.prepare_payload();
   if (request.method == "POST" && !request.body) message.set(http::field::content_length, "0");
   std::ostringstream wire;
@@ -225,8 +228,15 @@ asio::awaitable<Reply> fetch(const Instance& inst, const AdminRequest& request) 
     Transport connection(std::move(socket));
     if (inst.scheme == "https") {
       asio::ssl::context context(asio::ssl::context::tls_client);
-      context.set_default_verify_paths();
-      auto tls_error = co_await connection.start_tls_as_client(context, inst.host, true, deadline);
+      boost::system::error_code ca_error;
+      if (inst.ca_file.empty()) context.set_default_verify_paths(ca_error);
+      else context.load_verify_file(inst.ca_file, ca_error);
+      if (ca_error)
+        co_return failed(inst, fmt::format("TLS: cannot load the CAs{}: {}",
+                                           inst.ca_file.empty() ? "" : " of " + inst.ca_file,
+                                           ca_error.message()));
+      auto tls_error =
+          co_await connection.start_tls_as_client(context, inst.host, inst.verify, deadline);
       if (tls_error == asio::error::timed_out)
         co_return failed(inst, transport_error(inst, tls_error));
       if (tls_error) co_return failed(inst, "TLS: " + connection.tls_failure_reason(tls_error));
@@ -316,7 +326,7 @@ Reply classify_answer(const Instance& inst, const AdminRequest& request, int sta
     if (parsed.is_discarded()) {
       reply.kind = ReplyKind::server;
       reply.error = fmt::format("answered HTTP {} with a body that is not JSON", status);
-    } else if (!parsed.is_object()) {
+    } else if (!parsed.is_object() && !(request.any_json && parsed.is_array())) {
       reply.kind = ReplyKind::server;
       reply.error = fmt::format("answered HTTP {} with JSON that is not an object", status);
     } else {

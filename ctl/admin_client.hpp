@@ -27,6 +27,7 @@ struct AdminRequest {
   std::string path;              // "/v1/nodes", percent-encoded already
   std::optional<Json> body;      // sent as application/json
   bool want_json = true;         // false: the answer is text (/metrics)
+  bool any_json = false;         // a JSON array is an answer too (not only an object)
 };
 
 // One instance's answer to one request.

@@ -21,6 +21,13 @@ struct Instance {
   std::optional<std::string> token_file;
   double timeout = kDefaultTimeout;  // seconds, per request
   std::optional<std::string> token;  // loaded by load_token()
+  // Another HTTP API than Isthmus' (the mover's doveadm HTTP API): the
+  // whole Authorization header value, sent instead of the bearer token;
+  // for https, the CAs to check the server with ("": the system's) and
+  // whether to check it at all.
+  std::optional<std::string> authorization;
+  std::string ca_file;
+  bool verify = true;
   // From the URL:
   std::string scheme;
   std::string host;

@@ -51,6 +51,11 @@ Session::~Session() {
   if (transport_) transport_->close();
 }
 
+void Session::abort(std::string why) {
+  if (broken_.empty()) broken_ = std::move(why);
+  if (transport_) transport_->close();
+}
+
 void Session::fail(std::string_view what) const {
   // A session that failed is not used again: its stream may be anywhere
   // in a response.

@@ -165,6 +165,10 @@ class Session {
 
   boost::asio::awaitable<void> logout();
 
+  // Ends the session at once (a watchdog's doing): what it waits for
+  // fails, and so does everything after, naming WHY.
+  void abort(std::string why);
+
  private:
   Session(Endpoint endpoint, std::unique_ptr<Transport> transport, Clock::duration timeout);
 

@@ -7,6 +7,7 @@
 #include "ctl/text.hpp"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <fmt/format.h>
 #include <poll.h>
@@ -465,16 +466,67 @@ Mover::Mover(Config config, Events* events) : config_(std::move(config)), events
 
 Mover::~Mover() = default;
 
+// The io_context runs until the task is done, not until it has no work
+// left: the deadline wheel (common/deadline.hpp) ticks every 50 ms while a
+// guard waits, and waiting for its last tick would add up to 50 ms to every
+// step. What became ready meanwhile (cancelled waits) runs before return.
+void Mover::finish_io() {
+  io_.restart();
+  io_.poll();
+}
+
 template <class T>
 T Mover::run(asio::awaitable<T> task) {
   std::optional<T> out;
   std::exception_ptr error;
   io_.restart();
-  asio::co_spawn(io_, std::move(task), [&out, &error](std::exception_ptr e, T value) {
+  asio::co_spawn(io_, std::move(task), [this, &out, &error](std::exception_ptr e, T value) {
     if (e) error = e;
     else out = std::move(value);
+    io_.stop();
   });
   io_.run();
+  finish_io();
+  if (error) std::rethrow_exception(error);
+  return std::move(*out);
+}
+
+template <class T>
+T Mover::run_watched(asio::awaitable<T> task, std::vector<imap::Session*> sessions) {
+  const double silence = 2 * config_.imap_timeout + 30;
+  std::optional<T> out;
+  std::exception_ptr error;
+  bool done = false, hung = false;
+  activity_ = steady::now();
+  asio::steady_timer timer(io_);
+  std::function<void()> arm = [&] {
+    timer.expires_after(std::chrono::seconds(1));
+    timer.async_wait([&](boost::system::error_code ec) {
+      if (ec || done) return;
+      if (seconds_since(activity_) > silence) {
+        hung = true;
+        for (auto* s : sessions)
+          s->abort(fmt::format("no progress for {}: stopped", show_seconds(silence)));
+        return;
+      }
+      arm();
+    });
+  };
+  io_.restart();
+  arm();
+  asio::co_spawn(io_, std::move(task), [&](std::exception_ptr e, T value) {
+    done = true;
+    timer.cancel();
+    if (e) error = e;
+    else out = std::move(value);
+    io_.stop();
+  });
+  io_.run();
+  finish_io();  // the cancelled watchdog's wait ends here, while its captures live
+  if (hung)
+    throw StepFailed(fmt::format("no progress from the nodes for {} (a node that stopped "
+                                 "answering, or answers too slowly): stopped",
+                                 show_seconds(silence)));
   if (error) std::rethrow_exception(error);
   return std::move(*out);
 }
@@ -482,8 +534,12 @@ T Mover::run(asio::awaitable<T> task) {
 void Mover::run(asio::awaitable<void> task) {
   std::exception_ptr error;
   io_.restart();
-  asio::co_spawn(io_, std::move(task), [&error](std::exception_ptr e) { error = e; });
+  asio::co_spawn(io_, std::move(task), [this, &error](std::exception_ptr e) {
+    error = e;
+    io_.stop();
+  });
   io_.run();
+  finish_io();
   if (error) std::rethrow_exception(error);
 }
 
@@ -955,10 +1011,6 @@ int Mover::do_move(const Json& entry, const std::optional<std::string>& to, bool
   const std::string status = data.is_object() ? data.value("status", std::string()) : "";
   if (status == "running" || status == "rolling-back" || status == "aborting") {
     const std::string kind = data.value("mover", std::string("imap"));
-    if (kind != "imap")
-      throw UsageError(fmt::format("the unfinished move of {} runs with the {} mover (journal {}): "
-                                   "isthmus-move does not do that mover yet",
-                                   user, clean(kind), journal_->path()));
     if (mover && *mover != kind)
       throw UsageError(fmt::format("the unfinished move of {} runs with the {} mover (journal {}): "
                                    "resume it without --mover",
@@ -1042,8 +1094,6 @@ int Mover::do_move(const Json& entry, const std::optional<std::string>& to, bool
     history.push_back(past);
   }
   const std::string kind = mover.value_or(config_.mover);
-  if (kind != "imap")
-    throw UsageError("isthmus-move does not do the " + kind + " mover yet (use the Python mover)");
   const Json from = entry.value("island", Json(nullptr));
   const std::string node_login = entry.contains("node_login") && entry["node_login"].is_string() &&
                                          !entry["node_login"].get_ref<const std::string&>().empty()
@@ -1225,6 +1275,11 @@ void Mover::step_preflight() {
   // Messages on the destination that are not on the source are removed by
   // the copy passes (expunged on the source after being copied), unless
   // the destination held mail of its own before the move (--force).
+  std::string dsync;
+  if (kind() == "dsync") {
+    dsync = dsync_preflight(counts);
+    step_entry("preflight")["dsync"] = dsync;
+  }
   data["expunge_on_destination"] = !(counts && !earlier);
   Json src_names = Json::array(), dst_names = Json::array();
   for (const Node* n : src_nodes) src_names.push_back(n->imap.name);
@@ -1237,7 +1292,8 @@ void Mover::step_preflight() {
                        user_, state, source, src_nodes.front()->imap.describe(),
                        dst_nodes.front()->imap.describe(),
                        plural(static_cast<long long>(total), "message"),
-                       plural(static_cast<long long>(counts), "message"), directory),
+                       plural(static_cast<long long>(counts), "message"), directory) +
+               (dsync.empty() ? "" : "; " + dsync),
            Json{{"source_messages", total}, {"destination_messages", counts}});
 }
 
@@ -1259,12 +1315,14 @@ void Mover::copy_pass(Pair& pair, Json& totals, int pass_no, bool tolerant) {
     d["added_subscriptions"] = state.added_subscriptions;
   };
   options.on_state = [this, &record_state] {
+    activity_ = steady::now();
     // At once: a pass that dies later must not forget a folder it made.
     record_state();
     journal_->save();
   };
   std::uint64_t last_messages = 0, last_bytes = 0;
   options.progress = [this, pass_no, &last_messages, &last_bytes](const imap::PassProgress& p) {
+    activity_ = steady::now();
     Json& copy = journal_->data["copy"];
     copy["messages"] = num(copy, "messages") + p.messages - last_messages;
     copy["bytes"] = num(copy, "bytes") + p.bytes - last_bytes;
@@ -1275,7 +1333,8 @@ void Mover::copy_pass(Pair& pair, Json& totals, int pass_no, bool tolerant) {
   };
   imap::PassTotals t;
   try {
-    t = run(imap::copy_pass(*pair.src, *pair.dst, state, copy_cache_, options));
+    t = run_watched(imap::copy_pass(*pair.src, *pair.dst, state, copy_cache_, options),
+                    {pair.src.get(), pair.dst.get()});
   } catch (...) {
     record_state();
     save_progress(true);
@@ -1311,6 +1370,7 @@ void Mover::save_progress(bool force) {
 }
 
 void Mover::step_precopy() {
+  if (kind() == "dsync") return dsync_precopy();
   if (config_.precopy_passes == 0) {
     step_end("precopy",
              "none (precopy_passes is 0): the whole copy runs in step copy, while the user is "
@@ -1430,6 +1490,7 @@ std::uint64_t Mover::kick_sessions() {
 }
 
 void Mover::step_copy() {
+  if (kind() == "dsync") return dsync_copy();
   const auto t0 = steady::now();
   Json totals = new_totals();
   {
@@ -1457,6 +1518,225 @@ void Mover::step_copy() {
                        num(totals, "already"), num(totals, "created"), num(totals, "subscribed"),
                        sieve["text"].get<std::string>()),
            Json{{"copied", totals}, {"sieve", sieve}});
+}
+
+// -- the dsync mover
+
+namespace {
+
+// doveadm sync's exit code when the mailbox changed during the sync (run it
+// again); the others are failures, named for the operator.
+constexpr int kDsyncChanged = 2;
+// A pre-copy pass this short, with no change during it, ends the pre-copy.
+constexpr double kDsyncQuick = 1.0;
+
+std::string dsync_code(int code) {
+  switch (code) {
+    case 64: return "usage (EX_USAGE)";
+    case 65: return "data error (EX_DATAERR)";
+    case 66: return "cannot open input (EX_NOINPUT)";
+    case 67: return "no such user on the node (EX_NOUSER)";
+    case 68: return "unknown host (EX_NOHOST)";
+    case 69: return "service unavailable (EX_UNAVAILABLE)";
+    case 70: return "internal error (EX_SOFTWARE)";
+    case 73: return "cannot create (EX_CANTCREAT)";
+    case 75: return "temporary failure, e.g. a lock (EX_TEMPFAIL)";
+    case 77: return "permission denied (EX_NOPERM)";
+    case 78: return "configuration error (EX_CONFIG)";
+    default: return "see the node log";
+  }
+}
+
+std::string dsync_destination(const Node& node) {
+  const auto& [host, port] = *node.doveadm;
+  return host.find(':') != std::string::npos ? fmt::format("tcp:[{}]:{}", host, port)
+                                             : fmt::format("tcp:{}:{}", host, port);
+}
+
+std::string api_label(const Node& node) {
+  const auto& api = *node.doveadm_http;
+  return fmt::format("{} ({}://{}:{})", node.imap.name, api.scheme, api.host, api.port);
+}
+
+std::string snippet(const Json& value) { return clean(value.dump().substr(0, 200)); }
+
+}  // namespace
+
+std::string Mover::kind() const { return journal_->data.value("mover", std::string("imap")); }
+
+std::pair<const Node*, const Node*> Mover::dsync_pair() {
+  const std::string from = journal_->data.value("from", std::string());
+  const std::string to = journal_->data.value("to", std::string());
+  const Node* src = nullptr;
+  for (const Node* n : candidates(from))
+    if (n->doveadm_http && src == nullptr) src = n;
+  if (src == nullptr)
+    throw StepFailed(fmt::format("no node of island {} that is up has a doveadm_http address in "
+                                 "move.nodes (the dsync mover needs one)",
+                                 from));
+  const Node* dst = nullptr;
+  for (const Node* n : candidates(to))
+    if (n->doveadm && dst == nullptr) dst = n;
+  if (dst == nullptr)
+    throw StepFailed(fmt::format("no node of island {} that is up has a doveadm address in "
+                                 "move.nodes (the dsync mover needs one)",
+                                 to));
+  if (!config_.doveadm_auth)
+    throw UsageError("move.dsync: password_file (doveadm_password) or api_key_file "
+                     "(doveadm_api_key) is required by the dsync mover");
+  return {src, dst};
+}
+
+Json Mover::doveadm_request(const Node& node, const std::string& method,
+                            const std::optional<Json>& body, double timeout) {
+  ctl::Instance api = *node.doveadm_http;
+  api.timeout = timeout;
+  api.authorization = config_.doveadm_auth;
+  ctl::AdminRequest request{method, "/doveadm/v1", body, true};
+  request.any_json = true;
+  auto reply = ctl::ask(api, request);
+  const std::string label = api_label(node);
+  if (reply.status && (*reply.status == 401 || *reply.status == 403))
+    throw StepFailed(fmt::format("doveadm HTTP API of {} refused the credentials (HTTP {}): check "
+                                 "move.dsync and the node's doveadm_password / doveadm_api_key",
+                                 label, *reply.status));
+  if (!reply.status) throw StepFailed(fmt::format("doveadm HTTP API of {}: {}", label, reply.error));
+  if (!reply.ok())
+    throw StepFailed(fmt::format("doveadm HTTP API of {}: {}", label, clean(reply.error)));
+  return reply.body;
+}
+
+int Mover::doveadm_run(const Node& node, const std::string& command, const Json& parameters,
+                       double timeout) {
+  const std::string tag = fmt::format("isthmus-move-{}", ::getpid());
+  const Json answer = doveadm_request(node, "POST", Json::array({Json::array({command, parameters, tag})}),
+                                      timeout);
+  const std::string label = api_label(node);
+  if (!answer.is_array() || answer.size() != 1 || !answer[0].is_array() || answer[0].size() != 3)
+    throw StepFailed(fmt::format("doveadm HTTP API of {}: unexpected answer to {}: {}", label,
+                                 command, snippet(answer)));
+  const Json& kind_of = answer[0][0];
+  const Json& result = answer[0][1];
+  if (answer[0][2] != Json(tag))
+    throw StepFailed(fmt::format("doveadm HTTP API of {}: an answer to another request", label));
+  if (kind_of == Json("doveadmResponse")) return 0;
+  if (kind_of == Json("error") && result.is_object()) {
+    const Json code = result.value("exitCode", Json());
+    if (code.is_number_integer() && code.get<long long>() > 0 && code.get<long long>() < 256)
+      return static_cast<int>(code.get<long long>());
+    throw StepFailed(fmt::format("doveadm on {}: {} failed: {}", node.imap.name, command,
+                                 snippet(result)));
+  }
+  throw StepFailed(fmt::format("doveadm HTTP API of {}: unexpected answer to {}: {}", label,
+                               command, snippet(answer)));
+}
+
+std::string Mover::dsync_preflight(std::uint64_t counts) {
+  if (counts)
+    // A one-way dsync into a mailbox with messages of its own keeps them and
+    // gives the source's messages new UIDs.
+    throw StepFailed(fmt::format(
+        "the destination mailbox holds {}: the dsync mover keeps UIDs only into an empty "
+        "mailbox; empty it (a leftover of an earlier move?), or merge with --mover imap --force",
+        plural(static_cast<long long>(counts), "message")));
+  auto [api, dst] = dsync_pair();
+  const Json commands = doveadm_request(*api, "GET", std::nullopt, config_.imap_timeout);
+  bool has_sync = false;
+  if (commands.is_array())
+    for (const auto& c : commands)
+      has_sync = has_sync || (c.is_object() && c.value("command", Json()) == Json("sync"));
+  else
+    throw StepFailed(fmt::format("doveadm HTTP API of {}: the command list is not a list",
+                                 api_label(*api)));
+  if (!has_sync)
+    throw StepFailed(fmt::format("the doveadm HTTP API of {} offers no sync command", api_label(*api)));
+  return fmt::format("dsync: doveadm sync -1 run by {} to {} ({})", api_label(*api), dst->imap.name,
+                     dsync_destination(*dst));
+}
+
+std::pair<int, double> Mover::dsync_pass(const Node& api, const Node& dst, double timeout,
+                                         int pass_no, bool full) {
+  const auto t0 = steady::now();
+  progress(pass_no, imap::PassProgress{}, true);
+  Json parameters{{"user", journal_->data.value("node_login", user_)},
+                  {"onewaySync", true},
+                  {"destination", Json::array({dsync_destination(dst)})}};
+  if (full) parameters["fullSync"] = true;  // -f: compare everything, not the logs
+  int code = 0;
+  try {
+    code = doveadm_run(api, "sync", parameters, timeout);
+  } catch (const StepFailed& e) {
+    if (std::string(e.what()).find("no answer") != std::string::npos)
+      throw StepFailed(fmt::format("{} after {}: the dsync may still be running on {} (see its "
+                                   "log) before this step is resumed",
+                                   e.what(), show_seconds(timeout), api.imap.name));
+    throw;
+  }
+  const double seconds = round3(seconds_since(t0));
+  if (code != 0 && code != kDsyncChanged)
+    throw StepFailed(fmt::format("doveadm sync on {} to {} exited {}: {}", api.imap.name,
+                                 dst.imap.name, code, dsync_code(code)));
+  progress(pass_no, imap::PassProgress{}, true);  // dsync tells no more
+  return {code, seconds};
+}
+
+void Mover::dsync_precopy() {
+  if (config_.precopy_passes == 0) {
+    step_end("precopy",
+             "none (precopy_passes is 0): the whole dsync runs in step copy, while the user is "
+             "locked out",
+             Json{{"passes", Json::array()}, {"copy_seconds", 0}});
+    return;
+  }
+  auto [api, dst] = dsync_pair();
+  step_entry("precopy")["passes"] = Json::array();
+  std::string each;
+  double copy_seconds = 0;
+  int count = 0;
+  for (int n = 1; n <= config_.precopy_passes; ++n) {
+    auto [code, seconds] = dsync_pass(*api, *dst, config_.dsync_timeout, n, false);
+    step_entry("precopy")["passes"].push_back(
+        Json{{"seconds", seconds}, {"changed", code == kDsyncChanged}});
+    journal_->save();
+    copy_seconds += seconds;
+    ++count;
+    each += (each.empty() ? "" : ", ") + show_seconds(seconds);
+    say(fmt::format("      pre-copy pass {}: doveadm sync -1 {} -> {} in {}{}", n, api->imap.name,
+                    dst->imap.name, show_seconds(seconds),
+                    code == kDsyncChanged ? " (the mailbox changed meanwhile)" : ""));
+    if (n == 1) test_pause("pass1");
+    if (code == 0 && seconds <= kDsyncQuick) break;
+  }
+  const std::string checked = try_precheck();
+  test_pause("moving");
+  step_end("precopy",
+           fmt::format("{} while the user stayed active ({} -> {}): {}; {}",
+                       plural(count, "dsync pass", "dsync passes"), api->imap.name, dst->imap.name,
+                       each, checked),
+           Json{{"copy_seconds", round3(copy_seconds)}, {"precheck_seconds", precheck_seconds_}});
+}
+
+void Mover::dsync_copy() {
+  auto [api, dst] = dsync_pair();
+  const auto t0 = steady::now();
+  int n = 1;
+  for (;; ++n) {
+    auto [code, seconds] = dsync_pass(*api, *dst, config_.dsync_copy_timeout, n, false);
+    (void)seconds;
+    if (code == 0) break;
+    if (n == config_.copy_passes)
+      throw StepFailed(fmt::format("the mailbox still changed during each of {} dsync passes while "
+                                   "the user was locked out",
+                                   n));
+  }
+  const double seconds = round3(seconds_since(t0));
+  const Json sieve = copy_sieve();
+  step_end("copy",
+           fmt::format("{} ({} -> {}) in {}; {}", plural(n, "dsync pass", "dsync passes"),
+                       api->imap.name, dst->imap.name, show_seconds(seconds),
+                       sieve["text"].get<std::string>()),
+           Json{{"copied", Json{{"mover", "dsync"}, {"passes", n}, {"seconds", seconds}}},
+                {"sieve", sieve}});
 }
 
 // -- the verification
@@ -1489,7 +1769,23 @@ Mover::Compared Mover::compare_folder(Pair& pair, const std::string& name,
                                       const std::string& target) {
   Compared out;
   auto a = run(imap::list_folder(*pair.src, name, false, &verify_cache_, &out.src_signature, true));
+  const auto a_validity = pair.src->selected().uidvalidity;
   auto b = run(imap::list_folder(*pair.dst, target, false, &verify_cache_, &out.dst_signature, true));
+  const auto b_validity = pair.dst->selected().uidvalidity;
+  if (kind() == "dsync") {
+    // dsync keeps UIDs: a client's cache stays valid.
+    std::vector<std::uint32_t> a_uids, b_uids;
+    for (const auto& m : a) a_uids.push_back(m.uid);
+    for (const auto& m : b) b_uids.push_back(m.uid);
+    if (a_validity != b_validity)
+      out.problems.push_back(fmt::format("folder {}: UIDVALIDITY {} on the source, {} on the "
+                                         "destination",
+                                         clean(name), a_validity.value_or(0), b_validity.value_or(0)));
+    else if (a_uids != b_uids)
+      out.problems.push_back(fmt::format("folder {}: the UIDs differ between the source and the "
+                                         "destination",
+                                         clean(name)));
+  }
   a = run(imap::hash_bodies(*pair.src, std::move(a), config_.batch_bytes));
   b = run(imap::hash_bodies(*pair.dst, std::move(b), config_.batch_bytes));
   auto fa = fingerprint(a), fb = fingerprint(b);
@@ -1656,15 +1952,28 @@ void Mover::step_verify() {
       problems.push_back(fmt::format("comparing the Sieve scripts: {}", e.what()));
     }
   }
+  if (!problems.empty() && kind() == "dsync" && !full_sync_done_) {
+    // An incremental dsync can miss a change made just before the kick
+    // (seen with flags): one full one-way sync, then verify again.
+    full_sync_done_ = true;
+    say(fmt::format("      verify: {} after the dsync passes ({}); one full dsync (-f), then "
+                    "verify again",
+                    plural(static_cast<long long>(problems.size()), "difference"), problems.front()));
+    auto [api, dst] = dsync_pair();
+    dsync_pass(*api, *dst, config_.dsync_copy_timeout, 1, true);
+    checked_.clear();
+    return step_verify();
+  }
   if (!problems.empty()) {
     std::string text;
     for (const auto& p : problems) text += (text.empty() ? "" : "; ") + p;
     throw VerifyFailed("verification failed: " + text, report);
   }
   step_end("verify",
-           fmt::format("{}, {} ({}) the same on both islands, subscriptions included{}",
+           fmt::format("{}, {} ({}) the same on both islands, subscriptions included{}{}",
                        plural(static_cast<long long>(report["folders"].size()), "folder"),
                        plural(static_cast<long long>(messages), "message"), show_bytes(size),
+                       kind() == "dsync" ? ", UIDVALIDITY and UIDs too" : "",
                        skipped ? fmt::format(" ({} unchanged since the check before the switch, "
                                              "on both sides)",
                                              skipped)
@@ -1717,7 +2026,13 @@ void Mover::step_report() {
                   show_bytes(num(verify, "bytes"))));
   const Json precopy = steps.value("precopy", Json::object());
   const Json passes = precopy.value("passes", Json::array());
-  if (!passes.empty()) {
+  if (kind() == "dsync") {
+    std::string each;
+    for (const auto& p : passes) each += (each.empty() ? "" : "; ") + show_seconds(p.value("seconds", Json()));
+    say(fmt::format("  pre-copy, the user active: {} in {} ({})",
+                    show_seconds(precopy.value("copy_seconds", Json())),
+                    plural(static_cast<long long>(passes.size()), "dsync pass", "dsync passes"), each));
+  } else if (!passes.empty()) {
     std::string each;
     for (const auto& p : passes)
       each += (each.empty() ? "" : "; ") +
@@ -1736,7 +2051,11 @@ void Mover::step_report() {
   say(fmt::format("  interruption (state moving until active on island {}): {} ({}); the last "
                   "copy: {}",
                   to, show_seconds(data.value("interruption_seconds", Json())), parts,
-                  describe_pass(copied)));
+                  kind() == "dsync"
+                      ? fmt::format("{} in {}; UIDs and UIDVALIDITY kept",
+                                    plural(copied.value("passes", 0), "dsync pass", "dsync passes"),
+                                    show_seconds(copied.value("seconds", Json())))
+                      : describe_pass(copied)));
   say(fmt::format("  the mailbox on island {} is left in place (delete it once you are satisfied)",
                   from));
 }

@@ -14,10 +14,11 @@
 // "isthmus") or, for a static users.map, by rewriting the file and
 // reloading every instance.
 //
-// The user's Sieve scripts move over ManageSieve (moves/sieve_session).
-// Not here yet (the Python mover still does them): the dsync mover, an
-// external copier, and directory types "sql" and "ldap" through
-// command-line clients. A config that asks for
+// The user's Sieve scripts move over ManageSieve (moves/sieve_session);
+// the dsync mover asks the source node's doveadm HTTP API to run a one-way
+// `doveadm sync` to the destination (UIDs kept). Not here (the Python
+// mover still does them): an external copier, and directory types "sql"
+// and "ldap" through command-line clients. A config that asks for
 // one of them is refused with a message naming it.
 
 #include "ctl/admin_client.hpp"
@@ -102,7 +103,10 @@ std::string encode_event(const Json& event);
 struct Node {
   imap::Endpoint imap;
   std::optional<imap::Endpoint> sieve;  // its ManageSieve address, for the Sieve scripts
-  bool has_doveadm = false;
+  // The dsync mover (Dovecot nodes): the node's doveadm server, where a
+  // source node's dsync writes ("tcp:HOST:PORT"), and its doveadm HTTP API.
+  std::optional<std::pair<std::string, std::uint16_t>> doveadm;
+  std::optional<ctl::Instance> doveadm_http;
 };
 
 struct DirectorySpec {
@@ -125,6 +129,8 @@ struct Config {
   imap::MasterLogin login;
   std::map<std::string, Node> nodes;
   std::string mover = "imap";
+  std::optional<std::string> doveadm_auth;  // the Authorization header for the doveadm HTTP API
+  double dsync_timeout = 6 * 3600, dsync_copy_timeout = 600;
   DirectorySpec directory;
 };
 
@@ -267,6 +273,20 @@ class Mover {
   int rollback(const std::string& reason);
   int abort_move();
   std::uint64_t kick_sessions();
+  std::string kind() const;
+
+  // The dsync mover.
+  std::pair<const Node*, const Node*> dsync_pair();
+  Json doveadm_request(const Node& node, const std::string& method, const std::optional<Json>& body,
+                       double timeout);
+  int doveadm_run(const Node& node, const std::string& command, const Json& parameters,
+                  double timeout);
+  std::string dsync_preflight(std::uint64_t counts);
+  std::pair<int, double> dsync_pass(const Node& api, const Node& dst, double timeout, int pass_no,
+                                    bool full);
+  void dsync_precopy();
+  void dsync_copy();
+  bool full_sync_done_ = false;
 
   void copy_pass(Pair& pair, Json& totals, int pass_no, bool tolerant);
   void save_progress(bool force);
@@ -277,6 +297,13 @@ class Mover {
 
   template <class T>
   T run(boost::asio::awaitable<T> task);
+  void finish_io();
+  // TASK run with a watchdog: when it reports no progress (activity_) for
+  // twice imap_timeout plus 30 s, SESSIONS are aborted and the step fails
+  // (a node that trickles a byte a minute must not keep a user locked out).
+  template <class T>
+  T run_watched(boost::asio::awaitable<T> task, std::vector<imap::Session*> sessions);
+  std::chrono::steady_clock::time_point activity_{};
   void run(boost::asio::awaitable<void> task);
   boost::asio::ssl::context* tls_for(const imap::Endpoint& endpoint);
 

@@ -245,7 +245,19 @@ Node node_of(const std::string& name, const Json& raw, const std::string& where)
     if (!spec.contains("tls_name")) se.tls_name = shost;
     node.sieve = se;
   }
-  node.has_doveadm = spec.contains("doveadm") || spec.contains("doveadm_http");
+  if (auto doveadm = want_str(spec, "doveadm", where))
+    node.doveadm = split_address(*doveadm, where + ": doveadm");
+  if (auto api = want_str(spec, "doveadm_http", where)) {
+    std::string url = *api;
+    if (url.find("://") == std::string::npos) url = "http://" + url;
+    try {
+      node.doveadm_http = ctl::Instance::with_url(name, url, std::nullopt);
+    } catch (const ctl::UsageError&) {
+      throw UsageError(where + ": doveadm_http must be http://HOST:PORT or https://HOST:PORT");
+    }
+    node.doveadm_http->ca_file = e.ca_file;
+    node.doveadm_http->verify = e.verify;
+  }
   return node;
 }
 
@@ -343,7 +355,26 @@ Config load_config(const std::string& path) {
                                                            : std::string("?");
   if (c.mover != "imap" && c.mover != "dsync")
     throw UsageError(where + ": mover must be \"imap\" or \"dsync\"");
-  if (c.mover == "dsync") throw python_only("the dsync mover");
+  const Json dsync = move.value("dsync", Json::object());
+  const std::string swhere = where + ": dsync";
+  check_keys(dsync, {"password_file", "api_key_file", "timeout", "copy_timeout"}, swhere);
+  const auto password_file = want_str(dsync, "password_file", swhere);
+  const auto api_key_file = want_str(dsync, "api_key_file", swhere);
+  if (password_file && api_key_file)
+    throw UsageError(swhere + ": give password_file (doveadm_password) or api_key_file "
+                              "(doveadm_api_key), not both");
+  if (password_file)
+    c.doveadm_auth = "Basic " + encode_base64("doveadm:" + read_secret(resolve(base, *password_file),
+                                                                      swhere + ": password_file"));
+  else if (api_key_file)
+    c.doveadm_auth = "X-Dovecot-API " + encode_base64(read_secret(resolve(base, *api_key_file),
+                                                                  swhere + ": api_key_file"));
+  // One dsync pass while the user works (the bulk copy may take hours),
+  // and one while the user is locked out (short: a hung one must not keep
+  // the user locked out for hours).
+  c.dsync_timeout = parse_seconds(dsync.value("timeout", Json("6h")), swhere + ": timeout");
+  c.dsync_copy_timeout =
+      parse_seconds(dsync.value("copy_timeout", Json("10m")), swhere + ": copy_timeout");
   if (move.contains("copier")) throw python_only("an external copier (move.copier)");
   if (auto engine = move.find("copy_engine");
       engine != move.end() && *engine != Json("isthmus-copy"))

@@ -42,6 +42,7 @@ INSTALLED = [
     "/usr/sbin/isthmus", "/usr/bin/isthmusctl", "/usr/lib/isthmus/isthmusctl",
     "/usr/lib/isthmus/isthmus_move.py", "/usr/lib/isthmus/sieve_copy.py",
     "/usr/lib/isthmus/isthmus-copy",
+    "/usr/lib/isthmus/isthmus-move",
     "/usr/lib/isthmus/hooks/move-service-address",
     "/etc/isthmus/isthmus.json", "/etc/isthmus/users.map",
     "/etc/isthmus/isthmusctl.json", "/usr/share/isthmus/sql/calmail-schema.sql",
@@ -178,6 +179,8 @@ class Package(unittest.TestCase):
         # The mover's copy engine runs (its libraries are the package's
         # dependencies).
         self.assertIn("one copy pass", sh(["/usr/lib/isthmus/isthmus-copy", "--help"]).stdout)
+        self.assertIn("journaled and resumable",
+                      sh(["/usr/lib/isthmus/isthmus-move", "--help"]).stdout)
         version = sh(["/usr/sbin/isthmus", "--version"]).stdout.split()[-1]
         self.assertIn(f"isthmus_{version}_", os.path.basename(self.deb))
 

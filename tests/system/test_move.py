@@ -87,6 +87,9 @@ BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "1000"))
 # Python tools/isthmus_move.py ("python") for what only it does (the dsync
 # mover, directories written with command-line clients).
 PROGRAM = os.environ.get("ISTHMUS_MOVE_PROGRAM", "isthmus-move")
+# What copied, as the journal's passes name it: the C++ mover itself, or the
+# Python mover's copy engine.
+ENGINE = "isthmus-copy" if PROGRAM == "python" else "isthmus-move"
 
 LAB = None
 DB = None
@@ -1109,8 +1112,8 @@ class Move(unittest.TestCase):
         self.assertEqual(j["status"], "done")
         passes = j["steps"]["precopy"]["passes"]
         self.assertTrue(passes)
-        self.assertEqual({p.get("engine") for p in passes}, {"isthmus-copy"}, passes)
-        self.assertEqual(j["steps"]["copy"]["copied"].get("engine"), "isthmus-copy")
+        self.assertEqual({p.get("engine") for p in passes}, {ENGINE}, passes)
+        self.assertEqual(j["steps"]["copy"]["copied"].get("engine"), ENGINE)
         first = passes[0]
         print(f"MOVE-BENCH copy engine isthmus-copy: {size / 1e6:.1f} MB seeded; first pass "
               f"{first['messages']} messages, {first['bytes'] / 1e6:.1f} MB in "
@@ -1184,9 +1187,9 @@ class Move(unittest.TestCase):
 
         j = self.loaded_move(user, "b", "a", "imap")
         engine_pass = j["steps"]["precopy"]["passes"][0]
-        self.assertEqual(engine_pass.get("engine"), "isthmus-copy")
+        self.assertEqual(engine_pass.get("engine"), ENGINE)
         bulk_seconds, bulk_bytes, _ = timing_lines(
-            f"{size / 1e6:.0f} MB, imap mover (copy engine isthmus-copy), Postfix delivering, "
+            f"{size / 1e6:.0f} MB, imap mover ({ENGINE}), Postfix delivering, "
             f"clients flagging and expunging", j)
         steps = j["steps"]
         self.assertGreater(bulk_bytes, 0.9 * size)
@@ -1214,12 +1217,13 @@ class Move(unittest.TestCase):
             self.assertEqual(b_uids[folder][0], validity, folder)
             self.assertEqual(b_uids[folder][1][:len(uids)], uids, folder)
 
-        # Once more to a by IMAP, with the mover's own Python copy: the
-        # reference for the copy engine, same mailbox, same machine, same run.
+        # Once more to a by IMAP, with the Python mover and its own Python
+        # copy: the reference, same mailbox, same machine, same run.
         shutil.rmtree(os.path.join(LAB.store("a"), "example.org", "dave"))
         with open(CONFIG) as f:
             directory = json.load(f)["move"]["directory"]
-        python = write_config("move-python.json", SOCKET, directory, copy_engine="python")
+        python = write_config("move-python.json", SOCKET, directory, copy_engine="python",
+                              program="python")
         j = self.loaded_move(user, "b", "a", "imap", config=python)
         python_pass = j["steps"]["precopy"]["passes"][0]
         self.assertNotIn("engine", python_pass)
@@ -1227,8 +1231,8 @@ class Move(unittest.TestCase):
                      f"clients flagging and expunging", j)
         engine_rate = engine_pass["bytes"] / engine_pass["seconds"] / 1e6
         python_rate = python_pass["bytes"] / python_pass["seconds"] / 1e6
-        print(f"MOVE-BENCH bulk pass, {size / 1e6:.0f} MB: copy engine isthmus-copy "
-              f"{engine_rate:.1f} MB/s, python {python_rate:.1f} MB/s (engine / python = "
+        print(f"MOVE-BENCH bulk pass, {size / 1e6:.0f} MB: {ENGINE} "
+              f"{engine_rate:.1f} MB/s, python {python_rate:.1f} MB/s ({ENGINE} / python = "
               f"{engine_rate / python_rate:.2f})", flush=True)
 
     def loaded_move(self, user: str, source: str, dest: str, mover: str, *,
@@ -1256,16 +1260,23 @@ class Move(unittest.TestCase):
                              env=dict(os.environ, **{mv.ENV_PAUSE_AT: gate}))
         t0 = time.monotonic()
         try:
-            wait_for(lambda: os.path.exists(gate + ".pass1.waiting"), timeout=600,
-                     what="the first pre-copy pass")
+            # A mover that ends early (a failure) ends the wait too.
+            wait_for(lambda: os.path.exists(gate + ".pass1.waiting") or p.poll() is not None,
+                     timeout=600, what="the first pre-copy pass")
+            if p.poll() is not None:
+                self.fail(f"the mover ended before its first pass was done (exit "
+                          f"{p.returncode}):\n{p.communicate()[0]}")
             self.assertEqual(c.select("INBOX")[0], "OK")
             self.assertEqual(c.store("1:5", "+FLAGS", "(\\Deleted)")[0], "OK")
             self.assertEqual(c.expunge()[0], "OK")
             self.assertEqual(c.store("1:3", "+FLAGS", "($AfterPass1 \\Flagged)")[0], "OK")
             c.close()
             open(gate + ".pass1", "w").close()
-            wait_for(lambda: os.path.exists(gate + ".moving.waiting"), timeout=600,
-                     what="the end of the pre-copy")
+            wait_for(lambda: os.path.exists(gate + ".moving.waiting") or p.poll() is not None,
+                     timeout=600, what="the end of the pre-copy")
+            if p.poll() is not None:
+                self.fail(f"the mover ended before the end of its pre-copy (exit "
+                          f"{p.returncode}):\n{p.communicate()[0]}")
             open(gate + ".moving", "w").close()
             out = p.communicate(timeout=600)[0]
             time.sleep(1.0)   # some mail after the switch
@@ -1386,7 +1397,9 @@ class Move(unittest.TestCase):
                                    "database": DB.database, "user": DB.user,
                                    "password_file": DB.password_path, "timeout": "1s",
                                    "connect_timeout": "500ms", "max_backoff": "1s"}},
-                    moves={"mover": os.path.join(os.path.dirname(binary()), "isthmus_move.py"),
+                    moves={"mover": os.path.join(os.path.dirname(binary()),
+                                                 "isthmus_move.py" if PROGRAM == "python"
+                                                 else "isthmus-move"),
                            "mover_config": mover_config,
                            "dir": os.path.join(LAB.root, f"mv-{n}-moves"),
                            "lease": "3s", "poll_interval": "250ms"})
@@ -1440,8 +1453,11 @@ class Move(unittest.TestCase):
                 argv[i] == b"--parent-pid" and argv[i + 1].decode() in movers
                 for i in range(len(argv) - 1)))
 
+        # The Python mover runs its copies in an isthmus-copy beside it; the
+        # C++ mover copies in its own process.
         engines = [pid for pid in os.listdir("/proc") if pid.isdigit() and engine_of_mover(pid)]
-        self.assertTrue(engines, "the job's copy engine process (isthmus-copy)")
+        if PROGRAM == "python":
+            self.assertTrue(engines, "the job's copy engine process (isthmus-copy)")
         first.kill()
         first.stop(check=False)   # killed on purpose
         wait_for(lambda: not any(runs_job(pid) or engine_of_mover(pid) for pid in movers + engines),
