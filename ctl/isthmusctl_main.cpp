@@ -3,7 +3,8 @@
 // Talks to the admin API of one or more running instances (a unix socket,
 // or HTTP with a bearer token) and prints what they say as plain tables, or
 // as JSON with --json. `move` starts and follows the daemon's move jobs;
-// `move --local` and `move-status` are handed over to tools/isthmus_move.py
+// `move --local` and `move-status` are handed over to isthmus-move (or, with
+// move.program "python", tools/isthmus_move.py)
 // (installed next to this program), which runs the move right here.
 // Reference: docs/isthmusctl.md.
 
@@ -443,7 +444,7 @@ const CommandSpec kCommands[] = {
      "job: exit 0 done, 7 the verification failed (the user is active on the\n"
      "source again), 3 failed or aborted.\n\n"
      "--local runs the mover here instead, without the daemon's move job\n"
-     "(tools/isthmus_move.py: `isthmusctl move --local --help` for --resume,\n"
+     "(isthmus-move: `isthmusctl move --local --help` for --resume,\n"
      "--abort, --force; docs/move.md).",
      "  isthmusctl move alice@example.org --to b\n"
      "  isthmusctl move alice@example.org --to b --mover dsync --detach\n"
@@ -549,7 +550,7 @@ int run(int argc, char** argv) {
       ->type_name("ID");
   bool local = false;  // never true here: hand_over_move() ran the mover
   subs["move"]->add_flag("--local", local,
-                         "run the mover here (tools/isthmus_move.py), not as a daemon move job: "
+                         "run the mover here (isthmus-move), not as a daemon move job: "
                          "see isthmusctl move --local --help");
   for (const char* verb : {"move-abort", "move-resume"})
     subs[verb]->add_option("ID", command.job, "the move job's id (isthmusctl moves)")

@@ -4,6 +4,7 @@
 #include "moves/mover.hpp"
 
 #include "common/log.hpp"
+#include "common/strings.hpp"
 #include "ctl/text.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -11,6 +12,8 @@
 #include <boost/asio/ssl/context.hpp>
 #include <fmt/format.h>
 #include <poll.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1094,6 +1097,8 @@ int Mover::do_move(const Json& entry, const std::optional<std::string>& to, bool
     history.push_back(past);
   }
   const std::string kind = mover.value_or(config_.mover);
+  if (kind == "dsync" && !config_.copier.empty())
+    throw UsageError("the dsync mover and move.copier exclude each other");
   const Json from = entry.value("island", Json(nullptr));
   const std::string node_login = entry.contains("node_login") && entry["node_login"].is_string() &&
                                          !entry["node_login"].get_ref<const std::string&>().empty()
@@ -1371,6 +1376,12 @@ void Mover::save_progress(bool force) {
 
 void Mover::step_precopy() {
   if (kind() == "dsync") return dsync_precopy();
+  if (!config_.copier.empty()) {
+    step_end("precopy",
+             "none: the external copier runs in step copy, while the user is locked out",
+             Json{{"passes", Json::array()}});
+    return;
+  }
   if (config_.precopy_passes == 0) {
     step_end("precopy",
              "none (precopy_passes is 0): the whole copy runs in step copy, while the user is "
@@ -1491,6 +1502,7 @@ std::uint64_t Mover::kick_sessions() {
 
 void Mover::step_copy() {
   if (kind() == "dsync") return dsync_copy();
+  if (!config_.copier.empty()) return copy_with_command();
   const auto t0 = steady::now();
   Json totals = new_totals();
   {
@@ -1737,6 +1749,118 @@ void Mover::dsync_copy() {
                        sieve["text"].get<std::string>()),
            Json{{"copied", Json{{"mover", "dsync"}, {"passes", n}, {"seconds", seconds}}},
                 {"sieve", sieve}});
+}
+
+// -- an external copier
+
+void Mover::copy_with_command() {
+  const Json& data = journal_->data;
+  const Node* src = candidates(data.value("from", std::string())).front();
+  const Node* dst = candidates(data.value("to", std::string())).front();
+  const std::vector<std::pair<std::string, std::string>> values = {
+      {"user", user_},
+      {"node_login", data.value("node_login", user_)},
+      {"from_island", data.value("from", std::string())},
+      {"to_island", data.value("to", std::string())},
+      {"from_node", src->imap.name},
+      {"to_node", dst->imap.name},
+      {"from_host", src->imap.host},
+      {"to_host", dst->imap.host},
+      {"from_port", std::to_string(src->imap.port)},
+      {"to_port", std::to_string(dst->imap.port)},
+      {"from_address", fmt::format("{}:{}", src->imap.host, src->imap.port)},
+      {"to_address", fmt::format("{}:{}", dst->imap.host, dst->imap.port)}};
+  std::vector<std::string> argv;
+  for (const auto& arg : config_.copier) {
+    std::string out;  // %{name} replaced; an unknown one left as it is
+    std::size_t i = 0;
+    while (i < arg.size()) {
+      const auto open = arg.find("%{", i);
+      const auto close = open == std::string::npos ? open : arg.find('}', open);
+      if (close == std::string::npos) {
+        out += arg.substr(i);
+        break;
+      }
+      const std::string name = arg.substr(open + 2, close - open - 2);
+      out += arg.substr(i, open - i);
+      auto it = std::find_if(values.begin(), values.end(),
+                             [&name](const auto& v) { return v.first == name; });
+      out += it != values.end() ? it->second : arg.substr(open, close - open + 1);
+      i = close + 1;
+    }
+    argv.push_back(out);
+  }
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string var = *e;
+    const std::string key = var.substr(0, var.find('='));
+    bool replaced = key == "ISTHMUS_MOVE_USER" || key == "USER";
+    for (const auto& [k, v] : values) replaced = replaced || key == ascii_uppercase(k);
+    if (!replaced) env.push_back(var);
+  }
+  env.push_back("ISTHMUS_MOVE_USER=" + user_);
+  env.push_back("USER=" + user_);
+  for (const auto& [k, v] : values)
+    if (k != "user") env.push_back(ascii_uppercase(k) + "=" + v);
+  std::string shown;
+  for (const auto& a : argv) shown += (shown.empty() ? "" : " ") + a;
+  say("      copier: " + clean(shown));
+  std::vector<char*> args, envp;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  int ready[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0)
+    throw StepFailed(fmt::format("the copier cannot be started: {}", errno_text(errno)));
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) throw StepFailed(fmt::format("the copier cannot be started: {}", errno_text(errno)));
+  if (pid == 0) {
+    // Its own process group (killed whole on a timeout), dying with the
+    // mover, its output on the mover's standard error.
+    ::setpgid(0, 0);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+    ::dup2(2, 1);
+    ::execvpe(args[0], args.data(), envp.data());
+    const int why = errno;
+    (void)!::write(ready[1], &why, sizeof why);
+    ::_exit(127);
+  }
+  ::close(ready[1]);
+  int exec_error = 0;
+  const bool not_started = ::read(ready[0], &exec_error, sizeof exec_error) == sizeof exec_error;
+  ::close(ready[0]);
+  const auto deadline = steady::now() + std::chrono::duration<double>(config_.copier_timeout);
+  int status = 0;
+  for (;;) {
+    const pid_t done = ::waitpid(pid, &status, WNOHANG);
+    if (done == pid) break;
+    if (done < 0 && errno != EINTR)
+      throw StepFailed(fmt::format("waiting for the copier: {}", errno_text(errno)));
+    if (steady::now() >= deadline) {
+      ::kill(-pid, SIGKILL);
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      throw StepFailed(fmt::format("the copier did not finish within {} (it was killed)",
+                                   show_seconds(config_.copier_timeout)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (not_started)
+    throw StepFailed(exec_error == ENOENT
+                         ? fmt::format("the copier {} does not exist", clean(argv[0]))
+                         : fmt::format("the copier {} cannot be run: {}", clean(argv[0]),
+                                       errno_text(exec_error)));
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw StepFailed(WIFEXITED(status)
+                         ? fmt::format("the copier exited with status {}", WEXITSTATUS(status))
+                         : fmt::format("the copier was killed by signal {}", WTERMSIG(status)));
+  step_end("copy",
+           fmt::format("the copier {} finished ({} -> {})",
+                       clean(fs::path(argv[0]).filename().string()), src->imap.name, dst->imap.name),
+           Json{{"copier", argv}});
 }
 
 // -- the verification

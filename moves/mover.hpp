@@ -16,9 +16,10 @@
 //
 // The user's Sieve scripts move over ManageSieve (moves/sieve_session);
 // the dsync mover asks the source node's doveadm HTTP API to run a one-way
-// `doveadm sync` to the destination (UIDs kept). Not here (the Python
-// mover still does them): an external copier, and directory types "sql"
-// and "ldap" through command-line clients. A config that asks for
+// `doveadm sync` to the destination (UIDs kept); an external copier
+// (move.copier) replaces the IMAP copy when configured. Not here: the
+// directory types "sql" and "ldap" written with command-line clients (the
+// Python mover's; type "isthmus" writes through the daemon's own clients). A config that asks for
 // one of them is refused with a message naming it.
 
 #include "ctl/admin_client.hpp"
@@ -129,6 +130,8 @@ struct Config {
   imap::MasterLogin login;
   std::map<std::string, Node> nodes;
   std::string mover = "imap";
+  std::vector<std::string> copier;  // an external copy command instead of the IMAP copy
+  double copier_timeout = 6 * 3600;
   std::optional<std::string> doveadm_auth;  // the Authorization header for the doveadm HTTP API
   double dsync_timeout = 6 * 3600, dsync_copy_timeout = 600;
   DirectorySpec directory;
@@ -286,6 +289,7 @@ class Mover {
                                     bool full);
   void dsync_precopy();
   void dsync_copy();
+  void copy_with_command();
   bool full_sync_done_ = false;
 
   void copy_pass(Pair& pair, Json& totals, int pass_no, bool tolerant);

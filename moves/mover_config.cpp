@@ -345,12 +345,6 @@ Config load_config(const std::string& path) {
   for (const auto& [name, spec] : nodes.items())
     c.nodes.emplace(name, node_of(name, spec, where + ": nodes: " + name));
 
-  // What only the Python mover does yet: refused, not ignored.
-  const auto python_only = [&](const std::string& what) {
-    return UsageError(fmt::format("{}: {} is not supported by isthmus-move yet (use the Python "
-                                  "mover, tools/isthmus_move.py, for it)",
-                                  where, what));
-  };
   c.mover = move.value("mover", Json("imap")).is_string() ? move.value("mover", std::string("imap"))
                                                            : std::string("?");
   if (c.mover != "imap" && c.mover != "dsync")
@@ -375,7 +369,16 @@ Config load_config(const std::string& path) {
   c.dsync_timeout = parse_seconds(dsync.value("timeout", Json("6h")), swhere + ": timeout");
   c.dsync_copy_timeout =
       parse_seconds(dsync.value("copy_timeout", Json("10m")), swhere + ": copy_timeout");
-  if (move.contains("copier")) throw python_only("an external copier (move.copier)");
+  if (auto it = move.find("copier"); it != move.end()) {
+    bool good = it->is_array() && !it->empty();
+    for (const auto& a : good ? *it : Json::array()) good = good && a.is_string();
+    if (!good)
+      throw UsageError(where + ": copier must be a list of strings (a command and its arguments)");
+    for (const auto& a : *it) c.copier.push_back(a.get<std::string>());
+  }
+  // A hung copier must not keep the user locked out for ever.
+  c.copier_timeout =
+      parse_seconds(move.value("copier_timeout", Json("6h")), where + ": copier_timeout");
   if (auto engine = move.find("copy_engine");
       engine != move.end() && *engine != Json("isthmus-copy"))
     throw UsageError(where + ": copy_engine: isthmus-move copies with its own C++ code only "

@@ -79,7 +79,9 @@ GRACE, GRACE_NODE = "grace@example.org", "grace.node@example.org"
 JUDY, KATE, LEO = "judy@example.org", "kate@example.org", "leo@example.org"
 # mia: moved with the C++ copy engine (move.copy_engine "isthmus-copy").
 MIA = "mia@example.org"
-NODE_USERS = {MIA: PASSWORD, JUDY: PASSWORD, KATE: PASSWORD, LEO: PASSWORD, "ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
+# nina: moved with an external copier (move.copier).
+NINA = "nina@example.org"
+NODE_USERS = {NINA: PASSWORD, MIA: PASSWORD, JUDY: PASSWORD, KATE: PASSWORD, LEO: PASSWORD, "ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
               dd.LONG_USER: PASSWORD, FRANK: PASSWORD, GRACE_NODE: PASSWORD}
 # The large move (dave, b -> a by IMAP, back by dsync): its size in MB; 0 skips it.
 BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "1000"))
@@ -121,7 +123,7 @@ def setUpModule():
     # The Dovecot nodes and MariaDB start at the same time.
     DB = start_lab_and_mariadb(LAB, unittest.addModuleCleanup)
 
-    for user in (FRANK, JUDY, KATE, LEO, MIA):
+    for user in (FRANK, JUDY, KATE, LEO, MIA, NINA):
         local, _, domain = user.partition("@")
         DB.execute("INSERT INTO account (localpart, domain_id, state, island, password, "
                    f"node_login) SELECT {dd.sql_quote(local)}, d.id, 'active', 'a', "
@@ -1523,6 +1525,44 @@ class Move(unittest.TestCase):
         self.assertEqual(where(user), ("a", "active"))
         for ix in (first, second):
             ix.stop()
+
+
+    def test_10_external_copier(self):
+        """nina (a -> b) with move.copier: the copy is an external command's,
+        run in step 4 with the user locked out and no pre-copy; its
+        placeholders name the user and the nodes. A copier that fails
+        leaves her in state moving, resumable, and --abort puts her back;
+        then the copier is isthmus-copy (one pass between the nodes it is
+        given), and the move's own verification checks what it did."""
+        user = NINA
+        seed(user, user, "a", small=40, big=1, big_size=200_000)
+        failing = write_config("move-copier-fails.json", SOCKET, {"type": "isthmus"}, copier=[
+            "/bin/sh", "-c", "echo copying %{node_login} from $FROM_NODE to %{to_island} >&2; "
+            "exit 4"])
+        r = run_move("move", user, "--to", "b", config=failing)
+        self.assertEqual(r.returncode, 3, r.stdout + r.stderr)
+        self.assertIn("step copy failed: the copier exited with status 4", r.stderr)
+        self.assertIn(f"copying {user} from a-", r.stderr)
+        self.assertIn(" to b\n", r.stderr)
+        self.assertEqual(where(user), ("a", "moving"))
+        r = run_move("move", user, "--abort", config=failing)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(where(user), ("a", "active"))
+
+        copy = os.environ.get("ISTHMUS_COPY_BIN") or os.path.join(os.path.dirname(binary()),
+                                                                   "isthmus-copy")
+        config = write_config("move-copier.json", SOCKET, {"type": "isthmus"}, copier=[
+            copy, "--config", CONFIG, "--user", "%{node_login}", "--from", "%{from_node}",
+            "--to", "%{to_node}"])
+        r = run_move("move", user, "--to", "b", config=config)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(where(user), ("b", "active"))
+        j = journal(user)
+        self.assertIn("none: the external copier", j["steps"]["precopy"]["detail"])
+        self.assertRegex(j["steps"]["copy"]["detail"],
+                         r"^the copier isthmus-copy finished \(a-\w+ -> b-\w+\)$")
+        self.assertEqual(j["history"][-1]["status"], "aborted")
+        self.assert_copied(user)
 
 
 class _FakeImaplib:

@@ -464,7 +464,7 @@ TEST_CASE("moves config: off without the section; the store follows roles; timin
   CHECK(c.moves.enabled);
   CHECK(c.moves.store == MoveStoreKind::file);
   CHECK(c.moves.mover_config == "/etc/isthmus/isthmusctl.json");
-  CHECK(c.moves.mover == "/usr/lib/isthmus/isthmus_move.py");
+  CHECK(c.moves.mover == "/usr/lib/isthmus/isthmus-move");
   CHECK(c.moves.lease == std::chrono::seconds(30));
   c = parse_config(moves("\"mover_config\": \"/etc/m.json\", \"lease\": \"10s\"",
                          "\"roles\": {\"store\": \"sql\", \"sql\": { \"servers\": "

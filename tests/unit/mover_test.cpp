@@ -169,11 +169,16 @@ TEST_CASE("mover: the config") {
   CHECK(c.settle == 0);
   CHECK(usage_error(d.config(Json{{"colour", "blue"}})).find("unknown key 'colour'") != std::string::npos);
   CHECK(usage_error(d.config(Json{{"copy_passes", 0}})).find("copy_passes") != std::string::npos);
-  // What the C++ mover leaves to the Python one is refused, by name.
+  // The directory types written with command-line clients are refused,
+  // with the way to the type that writes through the daemon.
   CHECK(usage_error(d.config(Json{{"directory", {{"type", "sql"}}}})).find("type \"isthmus\"") !=
         std::string::npos);
-  CHECK(usage_error(d.config(Json{{"copier", Json::array({"/bin/true"})}})).find("copier") !=
+  CHECK(usage_error(d.config(Json{{"copier", "/bin/true"}})).find("copier must be a list") !=
         std::string::npos);
+  c = load_config(d.config(Json{{"copier", Json::array({"/bin/cp", "%{from_node}"})},
+                                {"copier_timeout", "2h"}}));
+  CHECK(c.copier == std::vector<std::string>{"/bin/cp", "%{from_node}"});
+  CHECK(c.copier_timeout == doctest::Approx(7200));
   CHECK(usage_error(d.config(Json{{"nodes", {{"a-left", "nowhere"}}}})).find("HOST:PORT") !=
         std::string::npos);
   CHECK(usage_error(d.config(Json{{"dsync", {{"password_file", "doveadm.pw"}, {"api_key_file", "doveadm.pw"}}}}))
