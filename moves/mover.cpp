@@ -294,6 +294,14 @@ class StaticDirectory : public Directory {
   }
   void rewrite(const std::string& user, const std::string& island, const std::string& state,
                Json& journal) {
+    // A name or island that would not read back as one field of its line
+    // (a blank, a comment sign, a control character) is not written.
+    for (const std::string* field : {&user, &island})
+      for (char ch : *field)
+        if (static_cast<unsigned char>(ch) <= 0x20 || ch == '#' || ch == 0x7f)
+          throw StepFailed(fmt::format("{} cannot be written to a users.map line as it is "
+                                       "(a blank, '#' or a control character)",
+                                       ctl::repr(*field)));
     Json& saved = journal["static_original_lines"];
     if (!saved.is_object()) saved = Json::object();
     undo_.clear();

@@ -108,11 +108,17 @@ asio::awaitable<SieveSession::Listing> SieveSession::scripts() {
       out.active = items[0].text;
     }
   }
+  if (names.size() > kMaxScripts)
+    fail(fmt::format("LISTSCRIPTS: {} scripts, more than {}", names.size(), kMaxScripts));
+  std::size_t total = 0;
   for (const auto& name : names) {
     auto got = co_await run("GETSCRIPT " + sanitize(name),
                             "GETSCRIPT " + ms::string_item(name, true) + "\r\n");
     if (got.size() != 1 || got[0].size() != 1 || got[0][0].kind != ms::Item::Kind::string)
       fail("GETSCRIPT " + sanitize(name) + ": not one string");
+    total += got[0][0].text.size();
+    if (total > kMaxScriptBytes)
+      fail(fmt::format("the scripts add up to more than {} bytes", kMaxScriptBytes));
     if (!out.scripts.emplace(name, std::move(got[0][0].text)).second)
       fail("LISTSCRIPTS: a script named twice: " + sanitize(name));
   }

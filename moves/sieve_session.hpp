@@ -19,7 +19,11 @@
 
 namespace isthmus::moves::sieve {
 
-inline constexpr std::size_t kMaxSieveResponse = 16 * 1024 * 1024;
+inline constexpr std::size_t kMaxSieveResponse = 16 * 1024 * 1024;  // one answer
+// What a node's listing may add up to: a user has a few scripts of a few
+// kB (Pigeonhole's default limits are far below these).
+inline constexpr std::size_t kMaxScripts = 1000;
+inline constexpr std::size_t kMaxScriptBytes = 64 * 1024 * 1024;  // all scripts together
 
 class SieveSession {
  public:
