@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   move->add_flag("--abort", abort,
                  "give up an unfinished move before its switch has started: the user is set "
                  "active on the source island again");
-  move->add_option("--mover", mover, "how the mail is copied: imap (dsync: the Python mover)")
+  move->add_option("--mover", mover, "how the mail is copied: imap (any node, new UIDs) or dsync (Dovecot nodes, UIDs kept)")
       ->check(CLI::IsMember({"imap", "dsync"}));
   move->add_flag("--force", force,
                  "start even if the user is in state moving already or the destination mailbox "

@@ -11,6 +11,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <fmt/format.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -209,9 +211,12 @@ class InstanceDirectory : public Directory {
           instance_.name, clean(directory)));
     return fmt::format("instance {} writes its {} directory", instance_.name, clean(directory));
   }
-  std::string set_state(const std::string& user, const std::string& state, const std::string&,
-                        Json&) override {
-    return fmt::format("state {} ({})", state, write(user, Json{{"state", state}}));
+  // The island too: a resumed run whose switch wrote the destination's
+  // island before it failed puts the user back on the source, moving.
+  std::string set_state(const std::string& user, const std::string& state,
+                        const std::string& island, Json&) override {
+    return fmt::format("island {} and state {} ({})", island, state,
+                       write(user, Json{{"island", island}, {"state", state}}));
   }
   std::string switch_to(const std::string& user, const std::string& island, Json&) override {
     return fmt::format("island {} and state active ({})", island,
@@ -351,6 +356,10 @@ void Events::wait_for_ack() {
     }
     pollfd p{0, POLLIN, 0};
     const int ready = ::poll(&p, 1, static_cast<int>(std::ceil(left * 1000)));
+    if (ready < 0 && errno != EINTR) {
+      why = "its input failed";
+      break;
+    }
     if (ready <= 0) continue;
     char chunk[4096];
     const auto n = ::read(0, chunk, sizeof chunk);
@@ -404,11 +413,11 @@ Journal::~Journal() {
 
 void Journal::open() {
   std::error_code error;
-  fs::create_directories(directory_, error);
+  const bool created = fs::create_directories(directory_, error);
   if (error)
     throw UsageError(fmt::format("cannot create the journal folder {}: {}", directory_,
                                  error.message()));
-  ::chmod(directory_.c_str(), 0700);
+  if (created) ::chmod(directory_.c_str(), 0700);  // a folder that was there keeps its mode
   const int fd = ::open(lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     throw UsageError(fmt::format("cannot open {}: {}", lock_path_, errno_text(errno)));
@@ -450,12 +459,31 @@ void Journal::save() {
 
 // ------------------------------------------------------------------ the mover
 
+// Open node sessions are known to the watchdog (run) while they live.
 struct Mover::Pair {
+  Mover* owner = nullptr;
   std::unique_ptr<imap::Session> src, dst;
+  Pair() = default;
+  Pair(Pair&&) = default;
+  Pair& operator=(Pair&&) = delete;
+  ~Pair() {
+    if (owner == nullptr) return;
+    owner->live_imap_.erase(src.get());
+    owner->live_imap_.erase(dst.get());
+  }
 };
 
 struct Mover::SievePair {
+  Mover* owner = nullptr;
   std::unique_ptr<sieve::SieveSession> src, dst;
+  SievePair() = default;
+  SievePair(SievePair&&) = default;
+  SievePair& operator=(SievePair&&) = delete;
+  ~SievePair() {
+    if (owner == nullptr) return;
+    owner->live_sieve_.erase(src.get());
+    owner->live_sieve_.erase(dst.get());
+  }
 };
 
 struct Mover::Compared {
@@ -486,24 +514,13 @@ void Mover::finish_io() {
   io_.poll();
 }
 
+// Every node call runs under a watchdog: a call that reports no progress
+// (activity_: its start, then each batch and folder of a copy pass) for
+// twice imap_timeout plus 30 s aborts every open node session, so a node
+// that trickles a byte a minute (each read within imap_timeout) cannot keep
+// a user locked out. The io_context runs until the task is done.
 template <class T>
 T Mover::run(asio::awaitable<T> task) {
-  std::optional<T> out;
-  std::exception_ptr error;
-  io_.restart();
-  asio::co_spawn(io_, std::move(task), [this, &out, &error](std::exception_ptr e, T value) {
-    if (e) error = e;
-    else out = std::move(value);
-    io_.stop();
-  });
-  io_.run();
-  finish_io();
-  if (error) std::rethrow_exception(error);
-  return std::move(*out);
-}
-
-template <class T>
-T Mover::run_watched(asio::awaitable<T> task, std::vector<imap::Session*> sessions) {
   const double silence = 2 * config_.imap_timeout + 30;
   std::optional<T> out;
   std::exception_ptr error;
@@ -516,8 +533,9 @@ T Mover::run_watched(asio::awaitable<T> task, std::vector<imap::Session*> sessio
       if (ec || done) return;
       if (seconds_since(activity_) > silence) {
         hung = true;
-        for (auto* s : sessions)
-          s->abort(fmt::format("no progress for {}: stopped", show_seconds(silence)));
+        const std::string why = fmt::format("no progress for {}: stopped", show_seconds(silence));
+        for (auto* s : live_imap_) s->abort(why);
+        for (auto* s : live_sieve_) s->abort(why);
         return;
       }
       arm();
@@ -542,17 +560,14 @@ T Mover::run_watched(asio::awaitable<T> task, std::vector<imap::Session*> sessio
   return std::move(*out);
 }
 
-void Mover::run(asio::awaitable<void> task) {
-  std::exception_ptr error;
-  io_.restart();
-  asio::co_spawn(io_, std::move(task), [this, &error](std::exception_ptr e) {
-    error = e;
-    io_.stop();
-  });
-  io_.run();
-  finish_io();
-  if (error) std::rethrow_exception(error);
+namespace {
+asio::awaitable<bool> as_bool(asio::awaitable<void> task) {
+  co_await std::move(task);
+  co_return true;
 }
+}  // namespace
+
+void Mover::run(asio::awaitable<void> task) { run(as_bool(std::move(task))); }
 
 asio::ssl::context* Mover::tls_for(const imap::Endpoint& endpoint) {
   if (endpoint.tls == config::TlsMode::none) return nullptr;
@@ -841,10 +856,13 @@ std::unique_ptr<sieve::SieveSession> Mover::sieve_connect(const std::string& isl
 
 std::optional<Mover::SievePair> Mover::sieve_pair() {
   SievePair pair;
+  pair.owner = this;
   pair.src = sieve_connect(journal_->data.value("from", std::string()));
   if (!pair.src) return std::nullopt;
+  live_sieve_.insert(pair.src.get());
   pair.dst = sieve_connect(journal_->data.value("to", std::string()));
   if (!pair.dst) return std::nullopt;
+  live_sieve_.insert(pair.dst.get());
   return pair;
 }
 
@@ -878,8 +896,11 @@ Json Mover::copy_sieve() {
 
 Mover::Pair Mover::open_pair() {
   Pair pair;
+  pair.owner = this;
   pair.src = connect(journal_->data["from"].get<std::string>());
+  live_imap_.insert(pair.src.get());
   pair.dst = connect(journal_->data["to"].get<std::string>());
+  live_imap_.insert(pair.dst.get());
   return pair;
 }
 
@@ -929,8 +950,10 @@ void Mover::step_end(const std::string& name, const std::string& detail, const J
 
 void Mover::step_fail(const std::string& name, const std::string& error) {
   Json& steps = journal_->data["steps"];
-  if (!steps.contains(name)) steps[name] = Json::object();
-  Json& step = steps[name];
+  // A step that never started (its resumed run's re-assertion failed) is
+  // not added: a "switch" entry would make the move look unabortable.
+  Json absent = Json::object();
+  Json& step = steps.contains(name) ? steps[name] : absent;
   step["status"] = "failed";
   step["ended"] = now_iso();
   if (t0_.contains(name)) {
@@ -1332,6 +1355,7 @@ void Mover::copy_pass(Pair& pair, Json& totals, int pass_no, bool tolerant) {
     // At once: a pass that dies later must not forget a folder it made.
     record_state();
     journal_->save();
+    activity_ = steady::now();  // the save may have waited for the daemon's "stored"
   };
   std::uint64_t last_messages = 0, last_bytes = 0;
   options.progress = [this, pass_no, &last_messages, &last_bytes](const imap::PassProgress& p) {
@@ -1343,14 +1367,18 @@ void Mover::copy_pass(Pair& pair, Json& totals, int pass_no, bool tolerant) {
     last_bytes = p.bytes;
     save_progress(false);
     progress(pass_no, p, false);
+    activity_ = steady::now();
   };
   imap::PassTotals t;
   try {
-    t = run_watched(imap::copy_pass(*pair.src, *pair.dst, state, copy_cache_, options),
-                    {pair.src.get(), pair.dst.get()});
+    t = run(imap::copy_pass(*pair.src, *pair.dst, state, copy_cache_, options));
   } catch (...) {
     record_state();
-    save_progress(true);
+    try {
+      save_progress(true);
+    } catch (const std::exception&) {
+      // The pass's own error is the one to report.
+    }
     throw;
   }
   record_state();
@@ -1830,12 +1858,16 @@ void Mover::copy_with_command() {
     ::setpgid(0, 0);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(127);
+    ::signal(SIGPIPE, SIG_DFL);  // the mover ignores it; a copier's pipelines must not
+    const int null = ::open("/dev/null", O_RDONLY);  // never the daemon's ack channel
+    if (null >= 0) ::dup2(null, 0);
     ::dup2(2, 1);
     ::execvpe(args[0], args.data(), envp.data());
     const int why = errno;
     (void)!::write(ready[1], &why, sizeof why);
     ::_exit(127);
   }
+  ::setpgid(pid, pid);  // as the child does: whichever runs first
   ::close(ready[1]);
   int exec_error = 0;
   const bool not_started = ::read(ready[0], &exec_error, sizeof exec_error) == sizeof exec_error;
@@ -1865,10 +1897,12 @@ void Mover::copy_with_command() {
     throw StepFailed(WIFEXITED(status)
                          ? fmt::format("the copier exited with status {}", WEXITSTATUS(status))
                          : fmt::format("the copier was killed by signal {}", WTERMSIG(status)));
+  const Json sieve = copy_sieve();
   step_end("copy",
-           fmt::format("the copier {} finished ({} -> {})",
-                       clean(fs::path(argv[0]).filename().string()), src->imap.name, dst->imap.name),
-           Json{{"copier", argv}});
+           fmt::format("the copier {} finished ({} -> {}); {}",
+                       clean(fs::path(argv[0]).filename().string()), src->imap.name, dst->imap.name,
+                       sieve["text"].get<std::string>()),
+           Json{{"copier", argv}, {"sieve", sieve}});
 }
 
 // -- the verification

@@ -32,6 +32,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -302,12 +303,9 @@ class Mover {
   template <class T>
   T run(boost::asio::awaitable<T> task);
   void finish_io();
-  // TASK run with a watchdog: when it reports no progress (activity_) for
-  // twice imap_timeout plus 30 s, SESSIONS are aborted and the step fails
-  // (a node that trickles a byte a minute must not keep a user locked out).
-  template <class T>
-  T run_watched(boost::asio::awaitable<T> task, std::vector<imap::Session*> sessions);
-  std::chrono::steady_clock::time_point activity_{};
+  std::chrono::steady_clock::time_point activity_{};  // the watchdog's (run)
+  std::set<imap::Session*> live_imap_;
+  std::set<sieve::SieveSession*> live_sieve_;
   void run(boost::asio::awaitable<void> task);
   boost::asio::ssl::context* tls_for(const imap::Endpoint& endpoint);
 

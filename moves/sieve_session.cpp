@@ -21,7 +21,15 @@ SieveSession::SieveSession(imap::Endpoint endpoint, std::unique_ptr<Transport> t
 
 SieveSession::~SieveSession() = default;
 
+void SieveSession::abort(std::string why) {
+  if (broken_.empty()) broken_ = std::move(why);
+  if (transport_) transport_->close();
+}
+
 void SieveSession::fail(std::string_view what) const {
+  if (!broken_.empty())
+    throw imap::ImapError(fmt::format("ManageSieve on {}: {} ({})", endpoint_.describe(), what,
+                                      broken_));
   throw imap::ImapError(fmt::format("ManageSieve on {}: {}", endpoint_.describe(), what));
 }
 
@@ -77,8 +85,12 @@ asio::awaitable<std::vector<std::vector<ms::Item>>> SieveSession::run(const std:
   auto [ec, n] = co_await transport_->write_all(asio::buffer(line), Deadline::after(timeout_));
   if (ec) fail(what + ": writing failed: " + ec.message());
   std::vector<std::vector<ms::Item>> data;
+  std::size_t bytes = 0;  // what this command's answer added up to
   for (;;) {
     auto items = co_await read_line();
+    for (const auto& item : items) bytes += item.text.size() + 8;
+    if (bytes > kMaxScriptBytes + kMaxSieveResponse)
+      fail(fmt::format("{}: an answer over {} bytes", what, kMaxScriptBytes + kMaxSieveResponse));
     if (!items.empty() && items[0].kind == ms::Item::Kind::atom) {
       const std::string word = ascii_uppercase(items[0].text);
       if (word == "OK") co_return data;
@@ -89,7 +101,7 @@ asio::awaitable<std::vector<std::vector<ms::Item>>> SieveSession::run(const std:
         fail(fmt::format("{}: {} {}", what, word, sanitize(text, 200)));
       }
     }
-    if (data.size() > 100000) fail(what + ": an answer of too many lines");
+    if (data.size() > kMaxScripts) fail(what + ": an answer of too many lines");
     data.push_back(std::move(items));
   }
 }

@@ -48,6 +48,8 @@ class SieveSession {
   boost::asio::awaitable<void> logout();
 
   const imap::Endpoint& endpoint() const { return endpoint_; }
+  // Ends the session at once (a watchdog's doing): what it waits for fails.
+  void abort(std::string why);
 
  private:
   SieveSession(imap::Endpoint endpoint, std::unique_ptr<Transport> transport,
@@ -63,6 +65,7 @@ class SieveSession {
   std::unique_ptr<Transport> transport_;
   Clock::duration timeout_;
   std::string buffer_;
+  std::string broken_;  // why abort() ended it ("" while it works)
 };
 
 struct CopyResult {
