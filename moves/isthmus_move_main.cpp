@@ -24,6 +24,11 @@ using namespace isthmus::moves::mover;
 
 int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
+  for (int sig : {SIGINT, SIGTERM}) {
+    struct sigaction action {};
+    action.sa_handler = [](int) { interrupt(); };
+    ::sigaction(sig, &action, nullptr);  // no SA_RESTART: a blocking wait returns EINTR
+  }
   CLI::App app{"isthmus-move: move a user's mailbox to another island, journaled and resumable"};
   app.set_version_flag("--version", std::string("isthmus-move ") + kVersion);
   app.require_subcommand(1);

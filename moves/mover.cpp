@@ -122,6 +122,25 @@ std::string read_all(const std::string& path) {
   return text.str();
 }
 
+// Ctrl-C or SIGTERM: the step under way fails as "interrupted" (journaled,
+// resumable), as the Python mover's KeyboardInterrupt did.
+volatile std::sig_atomic_t g_interrupted = 0;
+
+void check_interrupted() {
+  if (g_interrupted) throw StepFailed("interrupted");
+}
+
+// A pause that an interruption ends.
+void pause_for(std::chrono::duration<double> how_long) {
+  const auto until = steady::now() + std::chrono::duration_cast<steady::duration>(how_long);
+  while (steady::now() < until) {
+    check_interrupted();
+    std::this_thread::sleep_for(std::min<steady::duration>(until - steady::now(),
+                                                           std::chrono::milliseconds(100)));
+  }
+  check_interrupted();
+}
+
 // The test hooks of docs/move.md, "Testing" (never set in production).
 void test_pause(const std::string& tag) {
   const char* base = std::getenv("ISTHMUS_MOVE_TEST_PAUSE_AT");
@@ -333,6 +352,8 @@ class StaticDirectory : public Directory {
 
 }  // namespace
 
+void interrupt() { g_interrupted = 1; }
+
 // ------------------------------------------------------------------ events
 
 void Events::emit(const Json& event) {
@@ -531,6 +552,11 @@ T Mover::run(asio::awaitable<T> task) {
     timer.expires_after(std::chrono::seconds(1));
     timer.async_wait([&](boost::system::error_code ec) {
       if (ec || done) return;
+      if (g_interrupted) {
+        for (auto* s : live_imap_) s->abort("interrupted");
+        for (auto* s : live_sieve_) s->abort("interrupted");
+        return;
+      }
       if (seconds_since(activity_) > silence) {
         hung = true;
         const std::string why = fmt::format("no progress for {}: stopped", show_seconds(silence));
@@ -552,6 +578,7 @@ T Mover::run(asio::awaitable<T> task) {
   });
   io_.run();
   finish_io();  // the cancelled watchdog's wait ends here, while its captures live
+  check_interrupted();
   if (hung)
     throw StepFailed(fmt::format("no progress from the nodes for {} (a node that stopped "
                                  "answering, or answers too slowly): stopped",
@@ -748,7 +775,7 @@ std::string Mover::confirm(const std::string& island, const std::string& state) 
     if (steady::now() >= deadline)
       throw StepFailed(fmt::format("instances do not answer island {}, state {} after {}: {}",
                                    island, state, show_seconds(config_.confirm_timeout), detail));
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    pause_for(std::chrono::milliseconds(200));
     invalidate_everywhere();
   }
 }
@@ -1164,6 +1191,7 @@ int Mover::run_steps(const std::string& first, bool reassert) {
   for (int n = step_number(first); n <= kLastStep; ++n) {
     const std::string name = kSteps[static_cast<std::size_t>(n)];
     try {
+      check_interrupted();
       if (reassert) {
         // Before step_start: a failure here has not started the step.
         reassert = false;
@@ -1489,7 +1517,7 @@ void Mover::step_moving() {
 void Mover::step_kick() {
   const auto kicked = kick_sessions();
   if (config_.settle > 0)  // deliveries whose RCPT was accepted before the state changed end now
-    std::this_thread::sleep_for(std::chrono::duration<double>(config_.settle));
+    pause_for(std::chrono::duration<double>(config_.settle));
   step_end("kick",
            fmt::format("{} closed; none left on any instance (then {} for deliveries under way)",
                        plural(static_cast<long long>(kicked), "session"), show_seconds(config_.settle)),
@@ -1531,7 +1559,7 @@ std::uint64_t Mover::kick_sessions() {
     if (steady::now() >= deadline)
       throw StepFailed(fmt::format("sessions of {} still open after {}: {}", user_,
                                    show_seconds(config_.kick_timeout), left));
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    pause_for(std::chrono::milliseconds(200));
   }
   return kicked;
 }

@@ -326,6 +326,10 @@ class Mover {
   double precheck_seconds_ = 0;
 };
 
+// From a SIGINT or SIGTERM handler (async-signal-safe): the step under way
+// fails as "interrupted", journaled and resumable.
+void interrupt();
+
 // The command line (`move`, `status`); returns the exit code.
 int main_with(int argc, char** argv);
 

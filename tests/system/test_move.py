@@ -1533,7 +1533,8 @@ class Move(unittest.TestCase):
         run in step 4 with the user locked out and no pre-copy; its
         placeholders name the user and the nodes. A copier that fails
         leaves her in state moving, resumable, and --abort puts her back;
-        then the copier is isthmus-copy (one pass between the nodes it is
+        so does Ctrl-C in an IMAP pre-copy (journaled as interrupted). Then
+        the copier is isthmus-copy (one pass between the nodes it is
         given), and the move's own verification checks what it did."""
         user = NINA
         seed(user, user, "a", small=40, big=1, big_size=200_000)
@@ -1549,6 +1550,36 @@ class Move(unittest.TestCase):
         r = run_move("move", user, "--abort", config=failing)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(where(user), ("a", "active"))
+
+        # Ctrl-C (SIGINT) in the middle of an IMAP pre-copy: the step fails
+        # as "interrupted", journaled; she stays active on a; --abort ends it.
+        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", "--local", user, "--to", "b"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, ISTHMUS_MOVE_TEST_COPY_DELAY="0.05"))
+
+        def copying() -> bool:
+            try:
+                j = journal(user)
+            except (OSError, ValueError):
+                return False
+            return (j.get("status") == "running" and j.get("current_step") == "precopy"
+                    and j.get("copy", {}).get("messages", 0) >= 3)
+
+        try:
+            wait_for(copying, timeout=60, interval=0.05, what="the pre-copy under way")
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        self.assertEqual(p.returncode, 3, out + err)
+        self.assertIn("step precopy failed: interrupted", err)
+        j = journal(user)
+        self.assertEqual((j["steps"]["precopy"]["status"], j["steps"]["precopy"]["error"]),
+                         ("failed", "interrupted"))
+        self.assertEqual(where(user), ("a", "active"))
+        r = run_move("move", user, "--abort")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
         copy = os.environ.get("ISTHMUS_COPY_BIN") or os.path.join(os.path.dirname(binary()),
                                                                    "isthmus-copy")
