@@ -1118,11 +1118,11 @@ class Move(unittest.TestCase):
         self.assertEqual({p.get("engine") for p in passes}, {ENGINE}, passes)
         self.assertEqual(j["steps"]["copy"]["copied"].get("engine"), ENGINE)
         first = passes[0]
-        print(f"MOVE-BENCH copy engine isthmus-copy: {size / 1e6:.1f} MB seeded; first pass "
+        print(f"MOVE-BENCH copy by {ENGINE}: {size / 1e6:.1f} MB seeded; first pass "
               f"{first['messages']} messages, {first['bytes'] / 1e6:.1f} MB in "
               f"{first['seconds']:.2f}s = {first['bytes'] / 1e6 / max(first['seconds'], 1e-6):.1f}"
               f" MB/s; interruption {j['interruption_seconds']:.2f}s", flush=True)
-        timing_lines("copy engine isthmus-copy, Postfix delivering, a client flagging", j)
+        timing_lines(f"copy by {ENGINE}, Postfix delivering, a client flagging", j)
 
     def test_7_ldap_directory(self):
         """A non-ASCII user (UTF-8 local part) moved b -> a in an LDAP
