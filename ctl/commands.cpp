@@ -800,7 +800,7 @@ int run_command(const Command& command, const std::string& environment_config) {
     if (command.name == "sessions") check_sessions(command);
     if (command.name == "kick") check_kick(command);
     if (command.name == "move-status")
-      // Reached only when the hand-over to isthmus_move.py did not see the
+      // Reached only when the hand-over to isthmus-move did not see the
       // command (it always should): say so rather than pretend.
       throw UsageError("move-status: run it as `isthmusctl [--config FILE] move-status USER`");
     if (command.name == "move") check_move(command);

@@ -18,7 +18,7 @@ namespace isthmus::ctl {
 
 namespace {
 
-const std::set<std::string> kConfigKeys = {"instances", "timeout", "move"};  // "move": isthmus_move.py
+const std::set<std::string> kConfigKeys = {"instances", "timeout", "move"};  // "move": isthmus-move
 const std::set<std::string> kInstanceKeys = {"name", "socket", "url", "token_file", "timeout"};
 
 // The whole of a small file (the config, a token), or the errno of the

@@ -3,8 +3,7 @@
 // Talks to the admin API of one or more running instances (a unix socket,
 // or HTTP with a bearer token) and prints what they say as plain tables, or
 // as JSON with --json. `move` starts and follows the daemon's move jobs;
-// `move --local` and `move-status` are handed over to isthmus-move (or, with
-// move.program "python", tools/isthmus_move.py)
+// `move --local` and `move-status` are handed over to isthmus-move
 // (installed next to this program), which runs the move right here.
 // Reference: docs/isthmusctl.md.
 
@@ -20,7 +19,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 
 #include <unistd.h>
@@ -29,7 +27,6 @@ namespace {
 
 using namespace isthmus::ctl;
 
-constexpr const char* kPython = "/usr/bin/python3";
 
 const char* const kExitCodesHelp = R"(exit codes:
   0  success
@@ -238,24 +235,10 @@ bool asks_local(int argc, char** argv, int i) {
   return false;
 }
 
-// The mover a config file asks for: its move.program, "isthmus-move" (the
-// C++ mover, the default) or "python" (tools/isthmus_move.py, for what the
-// C++ mover does not do yet: docs/move.md). A file that cannot be read
-// gets the default, which says what is wrong with it.
-std::string mover_program(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return "isthmus-move";
-  auto conf = Json::parse(in, nullptr, false, true);
-  if (!conf.is_object() || !conf.contains("move") || !conf["move"].is_object()) return "isthmus-move";
-  const auto& move = conf["move"];
-  if (move.contains("program") && move["program"] == "python") return "python";
-  return "isthmus-move";
-}
-
 // `isthmusctl [--config FILE] move --local ...` and `move-status USER` run
-// isthmus_move.py (the same config file, its "move" section) as the Python
-// isthmusctl did: its main() with the same arguments (--local dropped) and
-// environment, and "isthmusctl" as the program name in its messages.
+// isthmus-move, the mover, from isthmusctl's own folder (the package puts
+// both in /usr/lib/isthmus): the same arguments (--local dropped) and
+// environment; it reads the same config file (its "move" section).
 // Returns only when this is another command, or when the mover cannot be
 // started (exit 1).
 std::optional<int> hand_over_move(int argc, char** argv) {
@@ -266,31 +249,13 @@ std::optional<int> hand_over_move(int argc, char** argv) {
     if (arg == "move" || arg == "move-status") {
       const std::filesystem::path own = own_directory();
       if (own.empty() || !own.is_absolute()) {
-        // Never a relative path: that would run (and import) whatever
-        // isthmus_move.py the current directory holds.
         std::fputs("isthmusctl: cannot tell where isthmusctl is installed (/proc/self/exe), "
-                   "so not where isthmus_move.py is\n",
+                   "so not where isthmus-move is\n",
                    stderr);
         return kExitUsage;
       }
-      std::filesystem::path mover = own / "isthmus_move.py";
-      std::vector<std::string> args = {kPython, "-P", "-c",
-R"(import os, sys
-path = sys.argv.pop(1)
-sys.argv[0] = path  # where the mover is installed: its copy engine is beside it
-sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
-import isthmus_move
-try:
-    code = isthmus_move.main(sys.argv[1:], prog="isthmusctl")
-    sys.stdout.flush()
-except KeyboardInterrupt:
-    code = 130
-except BrokenPipeError:
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    code = 0
-sys.exit(code)
-)",
-                                       mover.string()};
+      const std::filesystem::path program = own / "isthmus-move";
+      std::vector<std::string> args = {program.string()};
       args.insert(args.end(), config.begin(), config.end());
       bool dropped = false;
       for (int k = i; k < argc; ++k) {
@@ -300,42 +265,12 @@ sys.exit(code)
         }
         args.emplace_back(argv[k]);
       }
-      // The config file the mover will read.
-      std::string config_path;
-      if (config.size() == 2) config_path = config[1];
-      else if (config.size() == 1) config_path = config[0].substr(std::string("--config=").size());
-      for (int k = i + 1; k + 1 < argc && config_path.empty(); ++k)
-        if (std::string(argv[k]) == "--config") config_path = argv[k + 1];
-      if (config_path.empty()) {
-        const char* env = std::getenv("ISTHMUSCTL_CONFIG");
-        config_path = env != nullptr && *env != '\0' ? env : kDefaultConfig;
-      }
-      if (mover_program(config_path) == "isthmus-move") {
-        // The C++ mover: the same arguments, without the Python prelude.
-        const std::filesystem::path program = own / "isthmus-move";
-        std::vector<std::string> cpp_args = {program.string()};
-        cpp_args.insert(cpp_args.end(), args.begin() + 5, args.end());
-        std::vector<char*> cpp_exec;
-        for (auto& a : cpp_args) cpp_exec.push_back(a.data());
-        cpp_exec.push_back(nullptr);
-        ::execv(program.c_str(), cpp_exec.data());
-        std::string message = fmt::format("isthmusctl: {}: cannot run {}: {}\n", arg,
-                                          program.string(), std::strerror(errno));
-        std::fputs(message.c_str(), stderr);
-        return kExitUsage;
-      }
-      if (!std::filesystem::exists(mover)) {
-        std::string message = fmt::format(
-            "isthmusctl: {}: cannot find {} (installed next to isthmusctl)\n", arg, mover.string());
-        std::fputs(message.c_str(), stderr);
-        return kExitUsage;
-      }
       std::vector<char*> exec_args;
       for (auto& a : args) exec_args.push_back(a.data());
       exec_args.push_back(nullptr);
-      ::execv(kPython, exec_args.data());
-      std::string message =
-          fmt::format("isthmusctl: {}: cannot run {}: {}\n", arg, kPython, std::strerror(errno));
+      ::execv(program.c_str(), exec_args.data());
+      std::string message = fmt::format("isthmusctl: {}: cannot run {}: {}\n", arg,
+                                        program.string(), std::strerror(errno));
       std::fputs(message.c_str(), stderr);
       return kExitUsage;
     }
@@ -464,7 +399,7 @@ const CommandSpec kCommands[] = {
      "Ask the daemon to run move job ID again from where it stopped. Exit 3\n"
      "when it cannot be resumed (e.g. it has finished).",
      "  isthmusctl move-resume 20261203T225500Z-3f2a9c"},
-    // Handed over to isthmus_move.py (hand_over_move); listed for --help.
+    // Handed over to isthmus-move (hand_over_move); listed for --help.
     {"move-status", "show the journal of a local move (docs/move.md)",
      "The steps done, their times, and what is left, from the journal of\n"
      "`isthmusctl move --local` (move.journal_dir).",

@@ -24,7 +24,7 @@ inline constexpr int kExitDetached = 130;    // move: Ctrl-C while following
 // set: 3), or nothing while it runs.
 std::optional<int> move_exit_code(const Json& job);
 
-// "12.3 MB", "512 B" (decimal units, as isthmus_move.py shows them).
+// "12.3 MB", "512 B" (decimal units, as isthmus-move shows them).
 std::string show_bytes(double bytes);
 
 // The one progress line of a followed job, at most `width` characters:

@@ -7,7 +7,7 @@
 // where offered, so a batch is saved whole or not at all), flags that
 // differ set to the source's, and, when allowed, messages no longer on the
 // source expunged from the destination (UID EXPUNGE: only those). The same
-// rules as the Python mover's copy pass (tools/isthmus_move.py copy_pass):
+// rules as the Python mover's copy pass had:
 // messages are paired by size and Message-ID (or the body's SHA-256), as
 // multisets, so a pass can be repeated at will and never copies a message
 // twice.

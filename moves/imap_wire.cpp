@@ -67,7 +67,7 @@ void close_list(Stack& stack) {
   stack.back().push_back(std::move(list));
 }
 
-// The tokens of one stretch of text between literals (tools/isthmus_move.py
+// The tokens of one stretch of text between literals (the Python mover's
 // imap_parse on one piece): false when a list opens deeper than kMaxDepth.
 bool scan_text(std::string_view text, Stack& stack) {
   std::size_t i = 0;

@@ -134,7 +134,7 @@ ListedMsg listed_message(const std::map<std::string, Value>& items);
 // What one pass does to one folder: the source's and the destination's
 // messages paired by key, as multisets and in UID order, so that a message
 // that is in a folder twice is copied twice and a message copied earlier is
-// never copied again (tools/isthmus_move.py FolderPlan, same rules).
+// never copied again (the rules of the Python mover this replaced).
 struct FolderPlan {
   std::vector<Msg> todo;  // source messages without a partner, in source order
   // Partners whose flags differ: (the source's flags, destination UIDs

@@ -1,6 +1,6 @@
 // isthmus-copy: one copy pass of a user's mailbox from one node to another
 // with the daemon's C++ IMAP code (moves/imap_copy.hpp), for the mover
-// (tools/isthmus_move.py, move.copy_engine "isthmus-copy") and for tests.
+// by hand, as a move's external copier (move.copier) and for tests.
 //
 //   isthmus-copy --config MOVER.json --user NAME --from NODE --to NODE
 //                [--state STATE.json] [--tolerant] [--expunge] [--serve]
@@ -246,7 +246,7 @@ int main(int argc, char** argv) {
           {"messages", p.messages}, {"bytes", p.bytes}, {"bytes_total", p.bytes_total}});
   };
   if (const char* delay = std::getenv("ISTHMUS_MOVE_TEST_COPY_DELAY"); delay && *delay) {
-    // A test hook (as the Python mover's): seconds slept after each message.
+    // A test hook (as isthmus-move's): seconds slept after each message.
     options.delay = std::chrono::milliseconds(static_cast<long>(std::atof(delay) * 1000));
   }
   std::unique_ptr<asio::ssl::context> src_tls, dst_tls;

@@ -1,5 +1,5 @@
 // isthmus-move: move a user's mailbox to another island (moves/mover.hpp,
-// docs/move.md). The command line of tools/isthmus_move.py:
+// docs/move.md). The command line (that of the Python mover it replaced):
 //
 //   isthmus-move [--config FILE] move USER --to ISLAND [--force] [--events [--events-ack]]
 //                                          [--journal-file PATH]

@@ -2,7 +2,7 @@
 // One move job (docs/move.md, "Moves as jobs of the daemon"): what the
 // daemon knows of a move it runs or another instance runs, as the store
 // keeps it and the admin API shows it, and how a line of the mover's
-// output (`isthmus_move.py move ... --events`: one JSON object per line)
+// output (`isthmus-move move ... --events`: one JSON object per line)
 // changes it. Pure functions: unit-tested and fuzzed without a mover.
 
 #include "common/deadline.hpp"

@@ -1,7 +1,7 @@
 #pragma once
 // Moves as jobs of the daemon (docs/move.md, "Moves as jobs of the
 // daemon"): POST /v1/moves starts a move on this instance, which runs the
-// mover (moves.mover, today tools/isthmus_move.py with --events) as a
+// mover (moves.mover, isthmus-move with --events) as a
 // child process, reads its events (steps, progress, journal) and keeps the
 // job in the store (moves/move_store.hpp) under a lease it renews every
 // poll_interval. Every instance polls the store: it takes over a job whose

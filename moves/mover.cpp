@@ -1,5 +1,5 @@
 // isthmus-move: the journal, the events, the directories and the steps of
-// a move (mover.hpp; the same steps and texts as tools/isthmus_move.py).
+// a move (mover.hpp; the steps and texts of the Python mover it replaced).
 
 #include "moves/mover.hpp"
 

@@ -1,8 +1,8 @@
 #pragma once
 // isthmus-move: the move of a user's mailbox to another island in C++
-// (docs/move.md), the successor of tools/isthmus_move.py, with the same
-// command line, config file, journal, events and exit codes, so that the
-// daemon's move job and `isthmusctl move --local` run either.
+// (docs/move.md), the successor of the Python mover (tools/isthmus_move.py,
+// removed), with its command line, config file, journal, events and exit
+// codes: the daemon's move job and `isthmusctl move --local` run it.
 //
 // The move is a journaled sequence of steps (STEPS below): a pre-copy while
 // the user keeps working, then state "moving" (logins refused, LMTP 451),
@@ -17,9 +17,9 @@
 // The user's Sieve scripts move over ManageSieve (moves/sieve_session);
 // the dsync mover asks the source node's doveadm HTTP API to run a one-way
 // `doveadm sync` to the destination (UIDs kept); an external copier
-// (move.copier) replaces the IMAP copy when configured. Not here: the
-// directory types "sql" and "ldap" written with command-line clients (the
-// Python mover's; type "isthmus" writes through the daemon's own clients). A config that asks for
+// (move.copier) replaces the IMAP copy when configured. The directory types
+// "sql" and "ldap" of the Python mover (written with command-line clients)
+// are refused: type "isthmus" writes through the daemon's own clients. A config that asks for
 // one of them is refused with a message naming it.
 
 #include "ctl/admin_client.hpp"
@@ -56,8 +56,8 @@ inline const std::vector<std::string> kSteps = {"preflight", "precopy", "moving"
 inline const std::vector<std::string> kInterruptionSteps = {"moving", "kick", "copy", "verify",
                                                             "switch"};
 
-// Events (`move --events`, for the daemon's move job): the format of
-// tools/isthmus_move.py, documented there and in docs/move.md.
+// Events (`move --events`, for the daemon's move job): the format of the
+// Python mover, documented in docs/move.md.
 inline constexpr std::size_t kEventLineMax = 64 * 1024;
 inline constexpr std::size_t kEventTextMax = 8 * 1024;  // characters of one "text"
 inline constexpr double kProgressInterval = 0.5;          // seconds between progress events
@@ -139,8 +139,8 @@ struct Config {
 };
 
 // The config file: the isthmusctl config with its "move" section (the
-// keys of tools/isthmus_move.py). Throws UsageError, naming the key, for
-// anything wrong, and for what only the Python mover does yet.
+// keys of the Python mover). Throws UsageError, naming the key, for
+// anything wrong, and for what only the Python mover did.
 Config load_config(const std::string& path);
 
 // The static directory's rewrite of users.map (pure, for tests): the index

@@ -294,7 +294,7 @@ Config load_config(const std::string& path) {
              {"journal_dir", "directory", "login", "source_login", "nodes", "copier",
               "copier_timeout", "kick_timeout", "settle", "imap_timeout", "confirm_timeout",
               "copy_passes", "batch_bytes", "batch_messages", "precopy_passes",
-              "precopy_threshold", "mover", "dsync", "copy_engine", "copy_program", "program"},
+              "precopy_threshold", "mover", "dsync", "copy_engine", "copy_program"},
              where);
   c.journal_dir = resolve(base, want_str(move, "journal_dir", where).value_or(kDefaultJournalDir));
   c.kick_timeout = parse_seconds(move.value("kick_timeout", Json("30s")), where + ": kick_timeout");
@@ -424,7 +424,7 @@ Config load_config(const std::string& path) {
     throw UsageError(fmt::format(
         "{}: type \"{}\" (written with the {} command-line client) is not supported by "
         "isthmus-move: use type \"isthmus\", which writes through an instance's admin API with "
-        "the daemon's own {} client and credentials (directory.{}.writes), or the Python mover",
+        "the daemon's own {} client and credentials (directory.{}.writes)",
         dwhere, type, type == "sql" ? "mariadb" : "ldapmodify", type == "sql" ? "SQL" : "LDAP",
         type));
   } else {

@@ -40,7 +40,6 @@ APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "--no-install-recommend
 # What the package must install (and purge must remove).
 INSTALLED = [
     "/usr/sbin/isthmus", "/usr/bin/isthmusctl", "/usr/lib/isthmus/isthmusctl",
-    "/usr/lib/isthmus/isthmus_move.py", "/usr/lib/isthmus/sieve_copy.py",
     "/usr/lib/isthmus/isthmus-copy",
     "/usr/lib/isthmus/isthmus-move",
     "/usr/lib/isthmus/hooks/move-service-address",

@@ -1,4 +1,4 @@
-"""Moving users between islands (tools/isthmus_move.py, docs/move.md) with
+"""Moving users between islands (isthmus-move, docs/move.md) with
 real components: the Dovecot lab (islands a and b, master user
 "master"/"masterpw" on every node), a MariaDB SQL directory, one isthmus
 with an admin unix socket serving IMAP and LMTP, and a real Postfix
@@ -46,7 +46,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import unittest
@@ -64,10 +63,19 @@ from lab.slapd import Slapd  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The operator's command: isthmusctl (the C++ program, found as
-# tests/lab/isthmusctl.py says) hands "move --local" to tools/isthmus_move.py.
+# tests/lab/isthmusctl.py says) hands "move --local" to isthmus-move, the
+# mover, beside it.
 TOOL = isthmusctl_path()
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import isthmus_move as mv  # noqa: E402
+from lab import imap_util as iu  # noqa: E402
+from lab.sieve_client import SieveClient  # noqa: E402
+from support import curl  # noqa: E402
+
+STEPS = ("preflight", "precopy", "moving", "kick", "copy", "verify", "switch", "report")
+EXIT_STEP = 3
+# The mover's test hooks (docs/move.md, "Testing").
+ENV_COPY_DELAY = "ISTHMUS_MOVE_TEST_COPY_DELAY"
+ENV_PAUSE_BEFORE_VERIFY = "ISTHMUS_MOVE_TEST_PAUSE_BEFORE_VERIFY"
+ENV_PAUSE_AT = "ISTHMUS_MOVE_TEST_PAUSE_AT"
 
 SENDER = "sender@example.net"
 # frank: not in the lab's directory data; added to the SQL directory below.
@@ -85,13 +93,8 @@ NODE_USERS = {NINA: PASSWORD, MIA: PASSWORD, JUDY: PASSWORD, KATE: PASSWORD, LEO
               dd.LONG_USER: PASSWORD, FRANK: PASSWORD, GRACE_NODE: PASSWORD}
 # The large move (dave, b -> a by IMAP, back by dsync): its size in MB; 0 skips it.
 BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "1000"))
-# The mover isthmusctl runs (move.program): the C++ isthmus-move, or the
-# Python tools/isthmus_move.py ("python") for what only it does (the dsync
-# mover, directories written with command-line clients).
-PROGRAM = os.environ.get("ISTHMUS_MOVE_PROGRAM", "isthmus-move")
-# What copied, as the journal's passes name it: the C++ mover itself, or the
-# Python mover's copy engine.
-ENGINE = "isthmus-copy" if PROGRAM == "python" else "isthmus-move"
+# What copied, as the journal's passes name it.
+ENGINE = "isthmus-move"
 
 LAB = None
 DB = None
@@ -99,7 +102,6 @@ IX = None
 PF = None
 SOCKET = None
 CONFIG = None       # the move config: the directory written through isthmus' admin API
-CONFIG_CLI = None   # the same, the SQL directory written with the mariadb client
 SET_STATE = ("UPDATE account a JOIN domain d ON d.id = a.domain_id "
              "SET a.state = %{value} WHERE a.localpart = %{localpart} AND d.name = %{domain}")
 SET_ISLAND = ("UPDATE account a JOIN domain d ON d.id = a.domain_id "
@@ -108,7 +110,7 @@ JOURNALS = None
 
 
 def setUpModule():
-    global LAB, DB, IX, PF, SOCKET, CONFIG, CONFIG_CLI, JOURNALS
+    global LAB, DB, IX, PF, SOCKET, CONFIG, JOURNALS
     if TOOL is None:
         raise unittest.SkipTest("isthmusctl is not built (target isthmusctl; or set ISTHMUSCTL_BIN)")
     # doveadm: each node's doveadm server and HTTP API, for the dsync mover.
@@ -148,10 +150,6 @@ def setUpModule():
 
     JOURNALS = os.path.join(LAB.root, "moves")
     CONFIG = write_config("move.json", SOCKET, {"type": "isthmus"})
-    CONFIG_CLI = write_config("move-cli.json", SOCKET, {
-        "type": "sql", "server": f"127.0.0.1:{DB.port}", "database": dd.SQL_DATABASE,
-        "user": dd.SQL_USER, "password_file": DB.password_path,
-        "set_state": SET_STATE, "set_island": SET_ISLAND}, program="python")
 
 
 def sql_directory() -> dict:
@@ -190,7 +188,6 @@ def write_config(name: str, socket_path: str, directory: dict, instances=None, *
             "dsync": {"password_file": doveadm_pw},
             "kick_timeout": "20s",
             "settle": "1s",
-            "program": PROGRAM,
             **move,
         },
     }
@@ -204,16 +201,26 @@ def write_config(name: str, socket_path: str, directory: dict, instances=None, *
 
 def sieve_session(node_name: str, user: str):
     """A ManageSieve session of USER on node NODE_NAME, as the master user."""
-    import sieve_copy  # noqa: E402 (tools/ is on the path)
     node = LAB.node(node_name)
-    c = sieve_copy.SieveClient(node.host, node.port("sieve"))
+    c = SieveClient(node.host, node.port("sieve"))
     c.log_in(user, MASTER_USER, MASTER_PASSWORD)
     return c
 
 
 def admin(method: str, path: str, body=None, socket_path=None):
-    return mv.Instance("lab", socket_path=socket_path or SOCKET, timeout=10).request(
-        method, path, body)
+    """(HTTP status, JSON object) of one admin API request, with curl on the
+    instance's unix socket; AssertionError when curl cannot connect."""
+    args = ["-X", method, "http://localhost" + urllib.parse.quote(path, safe="/?=&@%")]
+    if body is not None:
+        args += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
+    elif method == "POST":
+        args += ["--data-binary", ""]
+    status, text = curl(args, unix=socket_path or SOCKET)
+    try:
+        parsed = json.loads(text) if text.strip() else {}
+    except ValueError:
+        parsed = {"error": text[:200]}
+    return status, parsed if isinstance(parsed, dict) else {"error": "not an object"}
 
 
 def admin_answers(socket_path: str) -> bool:
@@ -223,7 +230,7 @@ def admin_answers(socket_path: str) -> bool:
         return False
     try:
         return admin("GET", "/v1/status", socket_path=socket_path)[0] == 200
-    except mv.Unreachable:
+    except AssertionError:   # curl could not connect
         return False
 
 
@@ -320,7 +327,7 @@ def seed(user: str, login: str, island: str, *, small: int, big: int, big_size: 
     m = master(node, login)
     try:
         for name in names:
-            quoted = mv.imap_quote(name)
+            quoted = iu.imap_quote(name)
             typ, data = m.select(quoted)
             assert typ == "OK", (name, data)
             n = int(data[0])
@@ -335,7 +342,7 @@ def seed(user: str, login: str, island: str, *, small: int, big: int, big_size: 
             m.close()
         for name in ("INBOX", "Archive", "Entw&APw-rfe", "My Folder"):
             if name in names:
-                m.subscribe(mv.imap_quote(name))
+                m.subscribe(iu.imap_quote(name))
     finally:
         m.logout()
     return total
@@ -364,12 +371,12 @@ def examined_folders(m: imaplib.IMAP4):
     EXAMINEd (read-only) in turn."""
     typ, data = m.list('""', '"*"')
     assert typ == "OK"
-    for resp in mv.imap_responses(data):
-        parsed = mv.imap_parse(resp)
+    for resp in iu.imap_responses(data):
+        parsed = iu.imap_parse(resp)
         if "\\noselect" in [f.decode().lower() for f in parsed[0]]:
             continue
         name = parsed[2].decode()
-        typ, data = m.select(mv.imap_quote(name), True)
+        typ, data = m.select(iu.imap_quote(name), True)
         assert typ == "OK", name
         yield name, int(data[0])
 
@@ -385,21 +392,21 @@ def snapshot(node_name: str, login: str) -> dict:
             if exists:
                 typ, data = m.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])")
                 assert typ == "OK"
-                for r in mv.imap_responses(data):
-                    items = mv._fetch_items(r)
+                for r in iu.imap_responses(data):
+                    items = iu.fetch_items(r)
                     if "BODY[]" not in items:
                         continue
                     body = items["BODY[]"]
                     flags = tuple(sorted(f.decode() for f in items["FLAGS"]
                                          if f.lower() != b"\\recent"))
-                    date = mv.internaldate_epoch(items["INTERNALDATE"].decode())
+                    date = iu.internaldate_epoch(items["INTERNALDATE"].decode())
                     counter[(hashlib.sha256(body).hexdigest(), flags, date)] += 1
-                    folder_ids.append(mv.message_id_of(body.split(b"\r\n\r\n", 1)[0]))
+                    folder_ids.append(iu.message_id_of(body.split(b"\r\n\r\n", 1)[0]))
             out[name] = counter
             ids[name] = folder_ids
         typ, data = m.lsub('""', '"*"')
-        out["__subscribed__"] = sorted(mv.imap_parse(r)[2].decode()
-                                       for r in mv.imap_responses(data))
+        out["__subscribed__"] = sorted(iu.imap_parse(r)[2].decode()
+                                       for r in iu.imap_responses(data))
         out["__ids__"] = ids
     finally:
         m.logout()
@@ -433,15 +440,15 @@ def light_snapshot(node_name: str, login: str) -> dict:
                 typ, data = m.uid("FETCH", "1:*", "(UID RFC822.SIZE FLAGS INTERNALDATE "
                                                   "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
                 assert typ == "OK"
-                for r in mv.imap_responses(data):
-                    items = mv._fetch_items(r)
+                for r in iu.imap_responses(data):
+                    items = iu.fetch_items(r)
                     if "RFC822.SIZE" not in items:
                         continue
                     header = next((v for k, v in items.items() if k.startswith("BODY[")), None)
-                    msgid = mv.message_id_of(header)
+                    msgid = iu.message_id_of(header)
                     flags = tuple(sorted(f.decode() for f in items["FLAGS"]
                                          if f.lower() != b"\\recent"))
-                    date = mv.internaldate_epoch(items["INTERNALDATE"].decode())
+                    date = iu.internaldate_epoch(items["INTERNALDATE"].decode())
                     counter[(int(items["RFC822.SIZE"]), msgid, flags, date)] += 1
                     folder_ids.append(msgid)
             out[name] = counter
@@ -473,7 +480,7 @@ class Flagger(threading.Thread):
         try:
             m = imaplib.IMAP4("127.0.0.1", IX.port("imap"), timeout=15)
             m.login(self.user, PASSWORD)
-            n = int(m.select(mv.imap_quote(self.folder))[1][0])
+            n = int(m.select(iu.imap_quote(self.folder))[1][0])
             while not self.halt.is_set():
                 k = rng.randrange(1, n + 1)
                 op = rng.choice(("+FLAGS", "-FLAGS"))
@@ -542,7 +549,7 @@ def timing_lines(label: str, j: dict) -> tuple[float, float, float]:
           + f"); interruption {interruption:.2f}s (the last copy: {final['messages']} messages, "
           f"{final['bytes'] / 1e3:.0f} kB, {final['flags']} flag changes, {final['expunged']} "
           f"expunges)", flush=True)
-    print("MOVE-BENCH steps: " + ", ".join(f"{s} {steps[s]['seconds']:.2f}s" for s in mv.STEPS),
+    print("MOVE-BENCH steps: " + ", ".join(f"{s} {steps[s]['seconds']:.2f}s" for s in STEPS),
           flush=True)
     return first["seconds"], first["bytes"], interruption
 
@@ -679,7 +686,7 @@ class Move(unittest.TestCase):
         def kill_during_precopy(args, at_least):
             p = subprocess.Popen([TOOL, "--config", config, *args],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 env=dict(os.environ, **{mv.ENV_COPY_DELAY: "0.02"}))
+                                 env=dict(os.environ, **{ENV_COPY_DELAY: "0.02"}))
 
             def copying():
                 try:
@@ -716,7 +723,7 @@ class Move(unittest.TestCase):
         gate = os.path.join(LAB.root, "carol-verify-gate")
         p = subprocess.Popen([TOOL, "--config", config, "move", "--local", user, "--resume"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
+                             env=dict(os.environ, **{ENV_PAUSE_BEFORE_VERIFY: gate}))
         try:
             wait_for(lambda: os.path.exists(gate + ".waiting"), timeout=60,
                      what="the move to reach verify")
@@ -754,9 +761,9 @@ class Move(unittest.TestCase):
         self.assertEqual(where(user), ("a", "active"))
         gate = os.path.join(LAB.root, "ivan-verify-gate")
         # The SQL directory written by the mariadb client (the others: isthmus).
-        p = subprocess.Popen([TOOL, "--config", CONFIG_CLI, "move", "--local", user, "--to", "b"],
+        p = subprocess.Popen([TOOL, "--config", CONFIG, "move", "--local", user, "--to", "b"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
+                             env=dict(os.environ, **{ENV_PAUSE_BEFORE_VERIFY: gate}))
         try:
             wait_for(lambda: os.path.exists(gate + ".waiting"), timeout=60,
                      what="the move to reach verify")
@@ -787,7 +794,7 @@ class Move(unittest.TestCase):
         self.assertRegex(IX.log_text(), rf"login ok user={user} island=a ")
 
         # Trying again copies what is missing and completes.
-        r = run_move("move", user, "--to", "b", config=CONFIG_CLI)
+        r = run_move("move", user, "--to", "b", config=CONFIG)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(where(user), ("b", "active"))
         src, dst = snapshot("a-left", login), snapshot("b-left", login)
@@ -825,13 +832,13 @@ class Move(unittest.TestCase):
         self.assertIn("POST /v1/reload", ix.log_text())
 
     def test_4b_events_for_the_daemon(self):
-        """`isthmus_move.py move --events --journal-file` (as the daemon's
+        """`isthmus-move move --events --journal-file` (as the daemon's
         move job runs it): JSON lines only, every step started and done in
         order, copy progress, the journal, finished last."""
         user = login = LEO
         seed(user, login, "a", small=20, big=1, big_size=200_000, folders=("Archive",))
         journal_file = os.path.join(LAB.root, "job-4b", "journal.json")
-        r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "isthmus_move.py"),
+        r = subprocess.run([os.path.join(os.path.dirname(TOOL), "isthmus-move"),
                             "--config", CONFIG, "move", user, "--to", "b", "--events",
                             "--journal-file", journal_file],
                            capture_output=True, timeout=150)
@@ -845,7 +852,7 @@ class Move(unittest.TestCase):
         self.assertEqual((events[0]["user"], events[0]["from"], events[0]["to"],
                           events[0]["resume"]), (user, "a", "b", False))
         steps = [(e["number"], e["name"], e["status"]) for e in events if e["event"] == "step"]
-        self.assertEqual(steps, [(n, name, status) for n, name in enumerate(mv.STEPS)
+        self.assertEqual(steps, [(n, name, status) for n, name in enumerate(STEPS)
                                  for status in ("started", "done")])
         self.assertTrue(any(e["event"] == "progress" and e["step"] == "precopy"
                             and e["bytes"] > 0 and e["bytes_total"] >= e["bytes"]
@@ -880,7 +887,7 @@ class Move(unittest.TestCase):
         gate = os.path.join(LAB.root, "zoe-verify-gate")
         p = subprocess.Popen([TOOL, "--config", CONFIG, "move", "--local", user, "--to", "a"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=dict(os.environ, **{mv.ENV_PAUSE_BEFORE_VERIFY: gate}))
+                             env=dict(os.environ, **{ENV_PAUSE_BEFORE_VERIFY: gate}))
         try:
             wait_for(lambda: os.path.exists(gate + ".waiting"), timeout=60,
                      what="the move to reach verify")
@@ -934,29 +941,29 @@ class Move(unittest.TestCase):
                 typ, data = c.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
                 self.assertEqual(typ, "OK")
                 ids = {}
-                for resp in mv.imap_responses(data):
-                    items = mv._fetch_items(resp)
+                for resp in iu.imap_responses(data):
+                    items = iu.fetch_items(resp)
                     header = next((v for k, v in items.items() if k.startswith("BODY[")), None)
-                    msgid = mv.message_id_of(header)
+                    msgid = iu.message_id_of(header)
                     if msgid and msgid.startswith("<seed-") and msgid not in moved:
                         ids[int(items["UID"])] = msgid
                 uids = rng.sample(sorted(ids), 24)
                 flag, unseen, gone = uids[:8], uids[8:14], uids[14:20]
-                self.assertEqual(c.uid("STORE", mv.uid_set(flag), "+FLAGS",
+                self.assertEqual(c.uid("STORE", iu.uid_set(flag), "+FLAGS",
                                        f"(\\Flagged $Seen{label})")[0], "OK")
-                self.assertEqual(c.uid("STORE", mv.uid_set(unseen), "-FLAGS", "(\\Seen)")[0],
+                self.assertEqual(c.uid("STORE", iu.uid_set(unseen), "-FLAGS", "(\\Seen)")[0],
                                  "OK")
-                self.assertEqual(c.uid("STORE", mv.uid_set(gone), "+FLAGS", "(\\Deleted)")[0],
+                self.assertEqual(c.uid("STORE", iu.uid_set(gone), "+FLAGS", "(\\Deleted)")[0],
                                  "OK")
-                self.assertEqual(c.uid("EXPUNGE", mv.uid_set(gone))[0], "OK")
+                self.assertEqual(c.uid("EXPUNGE", iu.uid_set(gone))[0], "OK")
                 expunged.extend(ids[u] for u in gone)
                 if folder == "INBOX":
-                    self.assertEqual(c.uid("MOVE", mv.uid_set(uids[20:22]), "Archive")[0], "OK")
+                    self.assertEqual(c.uid("MOVE", iu.uid_set(uids[20:22]), "Archive")[0], "OK")
                     moved.extend(ids[u] for u in uids[20:22])
                     if label == "1":   # a folder that is pre-copied, then deleted
                         self.assertEqual(c.create("Projects")[0], "OK")
                         self.assertEqual(c.subscribe("Projects")[0], "OK")
-                        self.assertEqual(c.uid("COPY", mv.uid_set(uids[22:24]), "Projects")[0],
+                        self.assertEqual(c.uid("COPY", iu.uid_set(uids[22:24]), "Projects")[0],
                                          "OK")
                 c.close()
             if label == "2":
@@ -970,7 +977,7 @@ class Move(unittest.TestCase):
         flagger.start()
         p = subprocess.Popen([TOOL, "--config", CONFIG, "move", "--local", user, "--to", "b"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=dict(os.environ, **{mv.ENV_PAUSE_AT: gate}))
+                             env=dict(os.environ, **{ENV_PAUSE_AT: gate}))
         try:
             wait_for(lambda: os.path.exists(gate + ".pass1.waiting"), timeout=120,
                      what="the first pre-copy pass")
@@ -1212,31 +1219,13 @@ class Move(unittest.TestCase):
               f"{j['interruption_seconds']:.2f}s (the last dsync "
               f"{steps['copy']['copied']['seconds']:.2f}s)", flush=True)
         print("MOVE-BENCH steps: " + ", ".join(f"{s} {steps[s]['seconds']:.2f}s"
-                                               for s in mv.STEPS), flush=True)
+                                               for s in STEPS), flush=True)
         self.assertLess(steps["copy"]["seconds"] * 2, passes[0]["seconds"])
         self.assertLess(steps["verify"]["seconds"] * 2, passes[0]["seconds"])
         a_uids, b_uids = uid_lists("a-left", user), uid_lists("b-left", user)
         for folder, (validity, uids) in a_uids.items():
             self.assertEqual(b_uids[folder][0], validity, folder)
             self.assertEqual(b_uids[folder][1][:len(uids)], uids, folder)
-
-        # Once more to a by IMAP, with the Python mover and its own Python
-        # copy: the reference, same mailbox, same machine, same run.
-        shutil.rmtree(os.path.join(LAB.store("a"), "example.org", "dave"))
-        with open(CONFIG) as f:
-            directory = json.load(f)["move"]["directory"]
-        python = write_config("move-python.json", SOCKET, directory, copy_engine="python",
-                              program="python")
-        j = self.loaded_move(user, "b", "a", "imap", config=python)
-        python_pass = j["steps"]["precopy"]["passes"][0]
-        self.assertNotIn("engine", python_pass)
-        timing_lines(f"{size / 1e6:.0f} MB, imap mover (python copy), Postfix delivering, "
-                     f"clients flagging and expunging", j)
-        engine_rate = engine_pass["bytes"] / engine_pass["seconds"] / 1e6
-        python_rate = python_pass["bytes"] / python_pass["seconds"] / 1e6
-        print(f"MOVE-BENCH bulk pass, {size / 1e6:.0f} MB: {ENGINE} "
-              f"{engine_rate:.1f} MB/s, python {python_rate:.1f} MB/s ({ENGINE} / python = "
-              f"{engine_rate / python_rate:.2f})", flush=True)
 
     def loaded_move(self, user: str, source: str, dest: str, mover: str, *,
                     login: str | None = None, interval: float = 0.2,
@@ -1260,7 +1249,7 @@ class Move(unittest.TestCase):
                               "--to", dest,
                               "--mover", mover], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True,
-                             env=dict(os.environ, **{mv.ENV_PAUSE_AT: gate}))
+                             env=dict(os.environ, **{ENV_PAUSE_AT: gate}))
         t0 = time.monotonic()
         try:
             # A mover that ends early (a failure) ends the wait too.
@@ -1344,7 +1333,7 @@ class Move(unittest.TestCase):
               f"{j['steps']['copy']['copied']['passes']} passes); UIDs kept in "
               f"{len(a_uids)} folders", flush=True)
         print("MOVE-BENCH steps: " + ", ".join(f"{s} {j['steps'][s]['seconds']:.2f}s"
-                                               for s in mv.STEPS), flush=True)
+                                               for s in STEPS), flush=True)
 
     def test_9b_dsync_mover_refuses_a_destination_with_mail_of_its_own(self):
         """A one-way dsync into a mailbox with mail of its own keeps that
@@ -1362,7 +1351,7 @@ class Move(unittest.TestCase):
             json.dump(conf, f)
         # --force would merge into an IMAP move; dsync would delete instead.
         r = run_move("move", user, "--to", there, "--mover", "dsync", "--force", config=config)
-        self.assertEqual(r.returncode, mv.EXIT_STEP, r.stdout + r.stderr)
+        self.assertEqual(r.returncode, EXIT_STEP, r.stdout + r.stderr)
         self.assertIn("keeps UIDs only into an empty mailbox", r.stdout + r.stderr)
         self.assertEqual(where(user), (here, "active"))
     def test_9c_daemon_job_taken_over_by_another_instance(self):
@@ -1400,9 +1389,7 @@ class Move(unittest.TestCase):
                                    "database": DB.database, "user": DB.user,
                                    "password_file": DB.password_path, "timeout": "1s",
                                    "connect_timeout": "500ms", "max_backoff": "1s"}},
-                    moves={"mover": os.path.join(os.path.dirname(binary()),
-                                                 "isthmus_move.py" if PROGRAM == "python"
-                                                 else "isthmus-move"),
+                    moves={"mover": os.path.join(os.path.dirname(binary()), "isthmus-move"),
                            "mover_config": mover_config,
                            "dir": os.path.join(LAB.root, f"mv-{n}-moves"),
                            "lease": "3s", "poll_interval": "250ms"})
@@ -1412,7 +1399,7 @@ class Move(unittest.TestCase):
             wait_for(lambda: admin_answers(sockets[n - 1]), timeout=10, what=f"mv-{n}'s admin")
             return ix
 
-        first = start(1, {mv.ENV_COPY_DELAY: "0.03"})
+        first = start(1, {ENV_COPY_DELAY: "0.03"})
         second = start(2, {})
         status, body = admin("POST", "/v1/moves", {"user": user.upper(), "to": "b"},
                              socket_path=sockets[0])
@@ -1445,27 +1432,10 @@ class Move(unittest.TestCase):
         movers = [pid for pid in os.listdir("/proc") if pid.isdigit() and runs_job(pid)]
         self.assertTrue(movers, "the job's mover process")
 
-        def engine_of_mover(pid: str) -> bool:
-            """The copy engine (isthmus-copy --serve --parent-pid MOVER) of a mover."""
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                return False
-            return (bool(argv) and argv[0].endswith(b"isthmus-copy") and any(
-                argv[i] == b"--parent-pid" and argv[i + 1].decode() in movers
-                for i in range(len(argv) - 1)))
-
-        # The Python mover runs its copies in an isthmus-copy beside it; the
-        # C++ mover copies in its own process.
-        engines = [pid for pid in os.listdir("/proc") if pid.isdigit() and engine_of_mover(pid)]
-        if PROGRAM == "python":
-            self.assertTrue(engines, "the job's copy engine process (isthmus-copy)")
         first.kill()
         first.stop(check=False)   # killed on purpose
-        wait_for(lambda: not any(runs_job(pid) or engine_of_mover(pid) for pid in movers + engines),
-                 timeout=5, interval=0.05,
-                 what="the killed instance's mover and copy engine to die with it")
+        wait_for(lambda: not any(runs_job(pid) for pid in movers), timeout=5, interval=0.05,
+                 what="the killed instance's mover to die with it")
         self.assertEqual(where(user), ("a", "active"))   # a killed pre-copy locks nobody out
         killed_at = time.monotonic()
         wait_for(lambda: job_on(2)["owner"] == "mv-2", timeout=15, interval=0.1,
@@ -1505,7 +1475,7 @@ class Move(unittest.TestCase):
         # and runs the mover's abort; kate stays on a, active.
         user = KATE
         seed(user, user, "a", small=80, big=0, folders=("Archive",))
-        first = start(1, {mv.ENV_COPY_DELAY: "0.03"})
+        first = start(1, {ENV_COPY_DELAY: "0.03"})
         r = subprocess.run([TOOL, "--config", ctl_config, "--json", "move", user, "--to", "b",
                             "--detach"], capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -1595,346 +1565,6 @@ class Move(unittest.TestCase):
                          r"^the copier isthmus-copy finished \(a-\w+ -> b-\w+\); Sieve: ")
         self.assertEqual(j["history"][-1]["status"], "aborted")
         self.assert_copied(user)
-
-
-class _FakeImaplib:
-    """Just enough of imaplib.IMAP4 for Imap.examine and Imap.messages."""
-
-    def __init__(self, exists, fetch):
-        self.exists, self.fetch = exists, fetch
-        self.untagged_responses = {}
-
-    def select(self, name, readonly):
-        self.untagged_responses = {"EXISTS": [self.exists]}
-        return "OK", [self.exists]
-
-    def uid(self, command, *args):
-        return "OK", self.fetch
-
-
-def _fake_imap(exists, fetch):
-    imap = mv.Imap.__new__(mv.Imap)
-    imap.endpoint = "fake:143"
-    imap.m = _FakeImaplib(exists, fetch)
-    return imap
-
-
-class Parsing(unittest.TestCase):
-    """The IMAP parsing and quoting, without servers."""
-
-    LINE = (b'1 (UID 5 FLAGS (foo[bar \\Seen) RFC822.SIZE 100 INTERNALDATE '
-            b'" 1-Jan-2020 10:00:00 +0000" BODY[HEADER.FIELDS (MESSAGE-ID)] {21}',
-            b"Message-ID: <a@b>\r\n\r\n")
-    SECOND = b'2 (UID 6 FLAGS () RFC822.SIZE 7 INTERNALDATE " 1-Jan-2020 10:00:00 +0000")'
-
-    def test_keyword_with_a_bracket(self):
-        items = mv._fetch_items(mv.imap_responses([self.LINE, b")"])[0])
-        self.assertEqual(items["FLAGS"], [b"foo[bar", b"\\Seen"])
-        self.assertEqual(items["RFC822.SIZE"], b"100")
-        self.assertEqual(items["UID"], b"5")
-        self.assertIn("BODY[HEADER.FIELDS (MESSAGE-ID)]", items)
-        msgs = _fake_imap(b"1", [self.LINE, b")"]).messages("INBOX", 1)
-        self.assertEqual([(m.uid, m.size, m.msgid) for m in msgs], [(5, 100, "<a@b>")])
-
-    def test_missing_size_or_count_mismatch_is_an_error(self):
-        no_size = [b'2 (UID 7 FLAGS (\\Seen) INTERNALDATE " 1-Jan-2020 10:00:00 +0000")']
-        with self.assertRaisesRegex(mv.ImapError, "RFC822.SIZE"):
-            _fake_imap(b"2", [self.LINE, b")"] + no_size).messages("INBOX", 2)
-        with self.assertRaisesRegex(mv.ImapError, "1 messages read, but the folder holds 2"):
-            imap = _fake_imap(b"2", [self.LINE, b")"])
-            imap.messages("INBOX", imap.examine("INBOX"))
-        with self.assertRaisesRegex(mv.ImapError, "EXISTS"):
-            _fake_imap(None, []).examine("INBOX")
-
-    def test_a_listing_that_changed_is_read_again(self):
-        # The user is active during the pre-copy: a message arrives (EXISTS
-        # 2) while the first FETCH is answered with one message.
-        imap = _fake_imap(b"1", [self.LINE, b")"])
-        answers = [(b"2", [self.LINE, b")"]), (b"2", [self.LINE, b")", self.SECOND])]
-
-        def select(name, readonly):
-            exists, imap.m.fetch = answers.pop(0)
-            imap.m.untagged_responses = {"EXISTS": [exists]}
-            return "OK", [exists]
-
-        imap.m.select = select
-        msgs = imap.listing("INBOX")
-        self.assertEqual([m.uid for m in msgs], [5, 6])
-        self.assertEqual(answers, [])
-        imap.m.select = lambda name, readonly: ("OK", [b"2"])
-        imap.m.fetch = [self.LINE, b")"]
-        with self.assertRaisesRegex(mv.ListingChanged, "1 messages read, but the folder holds 2"):
-            imap.listing("INBOX", attempts=2)
-
-    def test_unsolicited_flag_updates_are_not_messages(self):
-        # Another session (the user) changed flags while the folder was
-        # listed: the server adds "* 3 FETCH (FLAGS (...) UID 5 MODSEQ (12))".
-        imap = _fake_imap(b"1", [self.LINE, b")", b'3 (FLAGS (\\Seen) UID 5 MODSEQ (12))'])
-        self.assertEqual([m.uid for m in imap.messages("INBOX", 1)], [5])
-        # ... but a listing that lacks a message still does not add up.
-        imap = _fake_imap(b"2", [self.LINE, b")", b'3 (FLAGS (\\Seen) UID 9 MODSEQ (12))'])
-        with self.assertRaises(mv.ListingChanged):
-            imap.messages("INBOX", 2)
-
-    def test_a_folder_is_unchanged_while_its_signature_is(self):
-        imap = _fake_imap(b"3", [])
-        imap.condstore = True
-        codes = {"UIDVALIDITY": [b"7"], "UIDNEXT": [b"40"], "HIGHESTMODSEQ": [b"99"]}
-        imap.m.select = lambda name, readonly: (
-            setattr(imap.m, "untagged_responses", dict(codes)) or ("OK", [b"3"]))
-        sig = imap.signature(imap.examine("INBOX"))
-        self.assertEqual(sig, (7, 40, 99, 3))
-        self.assertFalse(imap.changed_since("INBOX", sig))
-        codes["HIGHESTMODSEQ"] = [b"100"]      # a flag changed, or an expunge
-        self.assertTrue(imap.changed_since("INBOX", sig))
-        self.assertTrue(imap.changed_since("INBOX", None))
-        imap.condstore = False                 # no CONDSTORE: always listed
-        self.assertTrue(imap.changed_since("INBOX", sig))
-        self.assertIsNone(imap.signature(3))
-
-    def test_a_folder_listed_before_is_listed_incrementally(self):
-        """With CONDSTORE and a cache, the second listing asks for the UIDs,
-        the flags changed since the first listing's HIGHESTMODSEQ and the
-        new messages only: flag changes, expunges and new mail are seen,
-        and no header of a known message is fetched again."""
-        imap = _fake_imap(b"2", [])
-        imap.condstore = True
-        codes = {"UIDVALIDITY": [b"7"], "UIDNEXT": [b"7"], "HIGHESTMODSEQ": [b"50"],
-                 "EXISTS": [b"2"]}
-        asked = []
-
-        def select(name, readonly):
-            imap.m.untagged_responses = dict(codes)
-            return "OK", codes["EXISTS"]
-
-        def uid(command, *args):
-            asked.append((command,) + args)
-            if command == "SEARCH":
-                return "OK", [b"6 9"]
-            if args[-1].startswith("(CHANGEDSINCE"):
-                return "OK", [b'1 (UID 6 FLAGS (\\Flagged) MODSEQ (51))']
-            if args[0] == "1:*":
-                return "OK", [self.LINE, b")", self.SECOND]
-            return "OK", [b'2 (UID 9 FLAGS () RFC822.SIZE 3 INTERNALDATE '
-                          b'" 2-Jan-2020 10:00:00 +0000")']
-
-        imap.m.select, imap.m.uid = select, uid
-        cache = {}
-        first = imap.listing("INBOX", cache=cache)
-        self.assertEqual([(m.uid, m.flags) for m in first], [(5, ["\\Seen", "foo[bar"]), (6, [])])
-        # UID 5 expunged, UID 6 flagged, UID 9 new: the folder changed.
-        codes.update({"UIDNEXT": [b"10"], "HIGHESTMODSEQ": [b"52"]})
-        asked.clear()
-        second = imap.listing("INBOX", cache=cache)
-        self.assertEqual([(m.uid, m.size, m.flags) for m in second],
-                         [(6, 7, ["\\Flagged"]), (9, 3, [])])
-        self.assertEqual(asked, [("SEARCH", "ALL"), ("FETCH", "1:*", "(UID FLAGS)",
-                                                     "(CHANGEDSINCE 50)"),
-                                 ("FETCH", "9", "(UID RFC822.SIZE FLAGS INTERNALDATE "
-                                                "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")])
-        self.assertEqual(first[1].flags, [])   # the earlier listing is not changed
-        # The verification reads every flag anew (no CHANGEDSINCE), headers
-        # still only for new messages.
-        asked.clear()
-        imap.m.select("INBOX", True)
-        imap.messages("INBOX", 2, cache, all_flags=True)
-        self.assertEqual(asked[1], ("FETCH", "1:*", "(UID FLAGS)"))
-        # A HIGHESTMODSEQ below the last listing's (an index rebuilt):
-        # CHANGEDSINCE would miss changes, so the folder is listed in full.
-        codes["HIGHESTMODSEQ"] = [b"3"]
-        asked.clear()
-        imap.listing("INBOX", cache=cache)
-        self.assertEqual([a[1] for a in asked], ["1:*"])
-        self.assertEqual(len(asked[0]), 3)   # the full FETCH, with headers
-        # A new UIDVALIDITY (the folder was recreated): listed in full again.
-        codes["UIDVALIDITY"] = [b"8"]
-        asked.clear()
-        imap.listing("INBOX", cache=cache)
-        self.assertEqual([a[1] for a in asked], ["1:*"])
-
-    def test_a_body_expunged_meanwhile(self):
-        body = (b'1 (UID 5 BODY[] {5}', b"hello")
-        imap = _fake_imap(b"2", [body, b")"])
-        self.assertEqual(imap.bodies("INBOX", [5, 6], tolerant=True), {5: b"hello"})
-        with self.assertRaisesRegex(mv.ImapError, "no body for UIDs 6"):
-            imap.bodies("INBOX", [5, 6])
-
-    def test_quoting_refuses_cr_lf_nul(self):
-        self.assertEqual(mv.imap_quote('a "b" \\c'), '"a \\"b\\" \\\\c"')
-        for bad in ("x\r\nA1 DELETE INBOX", "x\ny", "x\0y"):
-            with self.assertRaisesRegex(mv.ImapError, "CR, LF or NUL"):
-                mv.imap_quote(bad)
-        msg = mv.Msg(3, 10, None, ["\\Seen", "ok$kw", "bad)\r\n"], None)
-        with self.assertRaisesRegex(mv.ImapError, "not valid IMAP flags"):
-            mv.Imap._append_args(msg)
-
-
-class Plans(unittest.TestCase):
-    """What a copy pass does to a folder (mv.FolderPlan), without servers."""
-
-    @staticmethod
-    def msg(uid, size, msgid, flags=()):
-        return mv.Msg(uid, size, msgid, sorted(flags), None)
-
-    def test_new_changed_and_expunged(self):
-        src = [self.msg(1, 10, "<a>", ["\\Seen"]), self.msg(2, 20, "<b>", ["\\Flagged"]),
-               self.msg(5, 30, "<c>"), self.msg(6, 40, "<e>", ["\\Seen"])]
-        dst = [self.msg(11, 10, "<a>", ["\\Seen"]), self.msg(12, 20, "<b>", ["\\Seen"]),
-               self.msg(13, 25, "<d>"), self.msg(14, 40, "<e>")]
-        plan = mv.FolderPlan(src, dst)
-        self.assertEqual([m.uid for m in plan.todo], [5])            # new on the source
-        self.assertEqual(sorted(plan.restore), [(["\\Flagged"], [12]), (["\\Seen"], [14])])
-        self.assertEqual(plan.flag_changes, 2)
-        self.assertEqual([m.uid for m in plan.extra], [13])          # expunged on the source
-        self.assertEqual(plan.already, 3)
-
-    def test_duplicates_are_counted(self):
-        # The same message twice on the source, once on the destination:
-        # one more copy; once on the source, twice on the destination: one
-        # expunge (the later copy), never both.
-        src = [self.msg(1, 10, "<a>"), self.msg(2, 10, "<a>"), self.msg(3, 5, "<z>")]
-        dst = [self.msg(7, 10, "<a>"), self.msg(8, 5, "<z>"), self.msg(9, 5, "<z>")]
-        plan = mv.FolderPlan(src, dst)
-        self.assertEqual([m.uid for m in plan.todo], [2])
-        self.assertEqual([m.uid for m in plan.extra], [9])
-        self.assertEqual(plan.restore, [])
-
-    def test_without_message_id_the_body_hash_is_the_key(self):
-        a, b = self.msg(1, 10, None), self.msg(2, 10, None)
-        a.sha, b.sha = "11", "22"
-        c = self.msg(5, 10, None)
-        c.sha = "22"
-        plan = mv.FolderPlan([a, b], [c])
-        self.assertEqual([m.uid for m in plan.todo], [1])
-        self.assertEqual(plan.extra, [])
-
-
-class AbortRules(unittest.TestCase):
-    """--abort and --resume against the journal, without servers."""
-
-    def mover(self, status: str, steps: dict):
-        import io
-        import shutil
-        import tempfile
-        tmp = tempfile.mkdtemp(prefix="move-journal-")
-        self.addCleanup(shutil.rmtree, tmp, True)
-        m = mv.Mover.__new__(mv.Mover)
-        m.config, m.out, m.err, m.events = None, io.StringIO(), io.StringIO(), None
-        m.user, m._t0, m._last_progress_save = "u@example.org", {}, 0.0
-        m.journal = mv.Journal(tmp, m.user)
-        m.journal.data = {"user": m.user, "from": "a", "to": "b", "status": status,
-                          "steps": steps, "copy": {"messages": 0, "bytes": 0, "folders": {}}}
-        return m
-
-    def test_no_abort_once_the_switch_started(self):
-        m = self.mover("running", {"verify": {"status": "done"},
-                                   "switch": {"status": "failed", "attempts": 1}})
-        with self.assertRaisesRegex(mv.StepFailed, "may already route u@example.org to "
-                                                   "island b.*--resume"):
-            m.abort()
-        m.fail_run("switch", "boom")
-        self.assertIn("the directory may already route u@example.org to island b: run "
-                      "--resume to finish", m.err.getvalue())
-        self.assertNotIn("--abort to", m.err.getvalue())
-        m = self.mover("running", {"copy": {"status": "running", "attempts": 1}})
-        m.fail_run("copy", "boom")
-        self.assertIn("stays in state moving on island a", m.err.getvalue())
-        self.assertIn("--abort", m.err.getvalue())
-
-    def test_a_failed_precopy_leaves_the_user_active(self):
-        m = self.mover("running", {"preflight": {"status": "done"},
-                                   "precopy": {"status": "running", "attempts": 1}})
-        m.fail_run("precopy", "boom")
-        self.assertIn("still active on island a", m.err.getvalue())
-        self.assertNotIn("state moving", m.err.getvalue())
-        self.assertTrue(m.abortable())
-
-    def test_an_unfinished_abort_is_not_resumed(self):
-        m = self.mover("aborting", {"copy": {"status": "failed", "attempts": 1}})
-        with self.assertRaisesRegex(mv.UsageError, "being aborted.*--abort"):
-            m._move({"island": "a", "state": "moving"}, None, True, False, False)
-
-
-class DsyncPieces(unittest.TestCase):
-    """The dsync mover's config and its doveadm HTTP API client, without
-    Dovecot: a scripted API for the answers a real one does not give."""
-
-    def config(self, **move) -> "mv.Config":
-        import tempfile
-        tmp = tempfile.mkdtemp(prefix="move-config-")
-        self.addCleanup(shutil.rmtree, tmp, True)
-        for name in ("master.pw", "doveadm.pw", "api.key"):
-            with open(os.path.join(tmp, name), "w") as f:
-                f.write("secret\n")
-        conf = {"instances": [{"name": "x", "socket": "/nonexistent"}],
-                "move": {"directory": {"type": "static", "file": "users.map"},
-                         "login": {"master_user": "m", "master_password_file": "master.pw"},
-                         "nodes": {"a-left": {"address": "127.0.0.1:143",
-                                              "doveadm_http": "127.0.0.1:8080"}},
-                         **move}}
-        path = os.path.join(tmp, "c.json")
-        with open(path, "w") as f:
-            json.dump(conf, f)
-        return mv.Config(path)
-
-    def test_config(self):
-        c = self.config(mover="dsync", dsync={"password_file": "doveadm.pw"})
-        self.assertEqual(c.mover, "dsync")
-        self.assertEqual(c.doveadm_auth, "Basic " + base64.b64encode(b"doveadm:secret").decode())
-        self.assertEqual(c.nodes["a-left"].doveadm_http, ("http", "127.0.0.1", 8080))
-        c = self.config(dsync={"api_key_file": "api.key"})
-        self.assertEqual(c.mover, "imap")
-        self.assertEqual(c.doveadm_auth, "X-Dovecot-API " + base64.b64encode(b"secret").decode())
-        with self.assertRaisesRegex(mv.UsageError, "not both"):
-            self.config(dsync={"password_file": "doveadm.pw", "api_key_file": "api.key"})
-        with self.assertRaisesRegex(mv.UsageError, "mover must be"):
-            self.config(mover="rsync")
-        with self.assertRaisesRegex(mv.UsageError, "unknown key"):
-            self.config(dsync={"passwd_file": "doveadm.pw"})
-
-    def api(self, status: int, body: bytes):
-        """A doveadm HTTP API on loopback answering STATUS and BODY once
-        (BODY may hold TAG, replaced by the request's tag)."""
-        import http.server
-        seen = {}
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                seen["request"], seen["auth"] = request, self.headers["Authorization"]
-                answer = body.replace(b"TAG", request[0][2].encode())
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args):
-                pass
-
-        server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.handle_request, daemon=True).start()
-        self.addCleanup(server.server_close)
-        c = self.config(dsync={"password_file": "doveadm.pw"})
-        c.nodes["a-left"].doveadm_http = ("http", "127.0.0.1", server.server_address[1])
-        return mv.Doveadm(c.nodes["a-left"], c), seen
-
-    def test_answers(self):
-        api, seen = self.api(200, b'[["doveadmResponse",[],"TAG"]]')
-        self.assertEqual(api.run("sync", {"user": "u"}, 5), 0)
-        self.assertEqual(seen["request"][0][:2], ["sync", {"user": "u"}])
-        self.assertTrue(seen["auth"].startswith("Basic "))
-        api, _ = self.api(200, b'[["error",{"type":"exitCode", "exitCode":2},"TAG"]]')
-        self.assertEqual(api.run("sync", {}, 5), 2)
-        for status, body, error in (
-                (401, b"", "refused the credentials"),
-                (200, b'[["error",{"type":"unknownUser"},"TAG"]]', "sync failed"),
-                (200, b'[["doveadmResponse",[],"another"]]', "another request"),
-                (200, b"not json", "HTTP 200"),
-                (500, b"[]", "HTTP 500"),
-                (200, b'[' + b' ' * (mv.Doveadm.MAX_ANSWER + 1) + b']', "an answer over")):
-            api, _ = self.api(status, body)
-            with self.assertRaisesRegex(mv.StepFailed, error):
-                api.run("sync", {}, 5)
 
 
 if __name__ == "__main__":

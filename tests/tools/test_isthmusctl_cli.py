@@ -650,7 +650,7 @@ class IsthmusctlCli(unittest.TestCase):
     # -- the rest
 
     def test_move_local_goes_to_the_move_tool_which_needs_its_config_section(self):
-        # tools/isthmus_move.py does the move (tests/system/test_move.py);
+        # isthmus-move does the move (tests/system/test_move.py);
         # without a "move" section it refuses before asking any instance.
         rc, out, err = self.ctl("move", "--local", USER, "--to", "b", expect=1)
         self.assertIn("move", err)

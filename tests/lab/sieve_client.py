@@ -1,18 +1,8 @@
-"""Copying a user's Sieve scripts between two nodes over ManageSieve
-(RFC 5804), for `isthmusctl move`: the mail moves over IMAP, the filters
-(vacation replies, fileinto rules) must move with it or the user loses them
-on the new island.
-
-Both sides are logged in to as the nodes' master user on the user's behalf,
-in the same two styles as the IMAP copy: "dovecot" (``user*master`` as the
-PLAIN authentication identity) or "sasl" (the user as the PLAIN
-authorization identity, the master user as the authentication identity).
-The copy makes the destination hold every script of the source with the
-same content, and the same script active (or none); scripts that are only
-on the destination are left alone and reported.
-
-Standard library only, like the mover.
-"""
+"""A ManageSieve client (RFC 5804) for the tests: the nodes' master user
+logs in on a user's behalf ("dovecot" or "sasl" style) to read and write
+the user's Sieve scripts. The mover (isthmus-move) copies scripts with its
+own C++ session (moves/sieve_session); this was its Python predecessor's
+copy, kept as the tests' client and reference."""
 
 from __future__ import annotations
 
