@@ -481,29 +481,17 @@ void Journal::save() {
 // ------------------------------------------------------------------ the mover
 
 // Open node sessions are known to the watchdog (run) while they live.
-struct Mover::Pair {
-  Mover* owner = nullptr;
-  std::unique_ptr<imap::Session> src, dst;
-  Pair() = default;
-  Pair(Pair&&) = default;
-  Pair& operator=(Pair&&) = delete;
-  ~Pair() {
-    if (owner == nullptr) return;
-    owner->live_imap_.erase(src.get());
-    owner->live_imap_.erase(dst.get());
-  }
-};
-
-struct Mover::SievePair {
-  Mover* owner = nullptr;
-  std::unique_ptr<sieve::SieveSession> src, dst;
-  SievePair() = default;
-  SievePair(SievePair&&) = default;
-  SievePair& operator=(SievePair&&) = delete;
-  ~SievePair() {
-    if (owner == nullptr) return;
-    owner->live_sieve_.erase(src.get());
-    owner->live_sieve_.erase(dst.get());
+template <class S>
+struct Mover::SessionPair {
+  std::set<S*>* live = nullptr;  // the watchdog's registry these sessions are in
+  std::unique_ptr<S> src, dst;
+  SessionPair() = default;
+  SessionPair(SessionPair&&) = default;
+  SessionPair& operator=(SessionPair&&) = delete;
+  ~SessionPair() {
+    if (live == nullptr) return;
+    live->erase(src.get());
+    live->erase(dst.get());
   }
 };
 
@@ -883,7 +871,7 @@ std::unique_ptr<sieve::SieveSession> Mover::sieve_connect(const std::string& isl
 
 std::optional<Mover::SievePair> Mover::sieve_pair() {
   SievePair pair;
-  pair.owner = this;
+  pair.live = &live_sieve_;
   pair.src = sieve_connect(journal_->data.value("from", std::string()));
   if (!pair.src) return std::nullopt;
   live_sieve_.insert(pair.src.get());
@@ -923,7 +911,7 @@ Json Mover::copy_sieve() {
 
 Mover::Pair Mover::open_pair() {
   Pair pair;
-  pair.owner = this;
+  pair.live = &live_imap_;
   pair.src = connect(journal_->data["from"].get<std::string>());
   live_imap_.insert(pair.src.get());
   pair.dst = connect(journal_->data["to"].get<std::string>());

@@ -238,7 +238,10 @@ class Mover {
   void say(const std::string& text = "");
 
  private:
-  struct Pair;
+  template <class S>
+  struct SessionPair;
+  using Pair = SessionPair<imap::Session>;
+  using SievePair = SessionPair<sieve::SieveSession>;
 
   void complain(const std::string& text);
   void event(const Json& event);
@@ -250,7 +253,6 @@ class Mover {
   std::vector<const Node*> candidates(const std::string& island);
   std::unique_ptr<imap::Session> connect(const std::string& island);
   std::unique_ptr<sieve::SieveSession> sieve_connect(const std::string& island);
-  struct SievePair;
   std::optional<SievePair> sieve_pair();
   Json copy_sieve();
   Pair open_pair();

@@ -206,6 +206,14 @@ int want_int(const Json& move, const std::string& key, int fallback, long long l
   return static_cast<int>(it->get<long long>());
 }
 
+config::TlsMode tls_mode(const Json& spec, const std::string& key, const std::string& where) {
+  const Json value = spec.value(key, Json("none"));
+  if (value == Json("none")) return config::TlsMode::none;
+  if (value == Json("starttls")) return config::TlsMode::starttls;
+  if (value == Json("implicit")) return config::TlsMode::implicit;
+  throw UsageError(fmt::format("{}: {} must be none, starttls or implicit", where, key));
+}
+
 Node node_of(const std::string& name, const Json& raw, const std::string& where) {
   const Json spec = raw.is_string() ? Json{{"address", raw}} : raw;
   check_keys(spec, {"address", "tls", "ca", "verify", "tls_name", "managesieve", "managesieve_tls",
@@ -217,13 +225,7 @@ Node node_of(const std::string& name, const Json& raw, const std::string& where)
   auto [host, port] = split_address(*want_str(spec, "address", where, true), where + ": address");
   e.host = host;
   e.port = port;
-  const std::string tls = spec.value("tls", Json("none")).is_string()
-                              ? spec.value("tls", std::string("none"))
-                              : std::string("?");
-  if (tls == "none") e.tls = config::TlsMode::none;
-  else if (tls == "starttls") e.tls = config::TlsMode::starttls;
-  else if (tls == "implicit") e.tls = config::TlsMode::implicit;
-  else throw UsageError(where + ": tls must be none, starttls or implicit");
+  e.tls = tls_mode(spec, "tls", where);
   e.ca_file = want_str(spec, "ca", where).value_or("");
   if (auto it = spec.find("verify"); it != spec.end()) {
     if (!it->is_boolean()) throw UsageError(where + ": verify must be true or false");
@@ -235,13 +237,7 @@ Node node_of(const std::string& name, const Json& raw, const std::string& where)
     auto [shost, sport] = split_address(*sieve, where + ": managesieve");
     se.host = shost;
     se.port = sport;
-    const std::string stls = spec.value("managesieve_tls", Json("none")).is_string()
-                                 ? spec.value("managesieve_tls", std::string("none"))
-                                 : std::string("?");
-    if (stls == "none") se.tls = config::TlsMode::none;
-    else if (stls == "starttls") se.tls = config::TlsMode::starttls;
-    else if (stls == "implicit") se.tls = config::TlsMode::implicit;
-    else throw UsageError(where + ": managesieve_tls must be none, starttls or implicit");
+    se.tls = tls_mode(spec, "managesieve_tls", where);
     if (!spec.contains("tls_name")) se.tls_name = shost;
     node.sieve = se;
   }
