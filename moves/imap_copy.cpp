@@ -48,9 +48,9 @@ std::vector<std::vector<std::uint32_t>> slices(const std::vector<std::uint32_t>&
 
 // The listing responses of one UID FETCH into BY_UID.
 asio::awaitable<void> fetch_listing_into(Session& session, const std::string& what,
-                                         const std::string& set,
+                                         const std::string& set, std::uint64_t limit,
                                          std::map<std::uint32_t, Msg>& by_uid) {
-  const Session::Untagged each = [&session, &what, &by_uid](std::vector<Value>& values) {
+  const Session::Untagged each = [&session, &what, limit, &by_uid](std::vector<Value>& values) {
     auto items = fetch_items(values);
     if (items.empty()) return;  // not a FETCH (an EXISTS, a RECENT)
     auto listed = listed_message(items);
@@ -59,6 +59,12 @@ asio::awaitable<void> fetch_listing_into(Session& session, const std::string& wh
       throw ImapError(fmt::format("node {}: {}: {}", session.endpoint().describe(), what,
                                   listed.error));
     const auto uid = listed.msg->uid;
+    // No more messages than the folder holds (EXISTS, as it grows) or than
+    // were asked for: a node repeating new UIDs cannot grow the listing.
+    const std::uint64_t most = std::max<std::uint64_t>(limit, session.exists_now());
+    if (!by_uid.contains(uid) && by_uid.size() >= most)
+      throw ImapError(fmt::format("node {}: {}: more messages listed than the folder holds ({})",
+                                  session.endpoint().describe(), what, session.exists_now()));
     by_uid[uid] = std::move(*listed.msg);
   };
   co_await session.run(what, fmt::format("UID FETCH {} {}", set, kListItems), true,
@@ -73,10 +79,10 @@ asio::awaitable<std::map<std::uint32_t, Msg>> fetch_listing(
   const std::string what = fmt::format("FETCH in {}", sanitize(folder));
   std::map<std::uint32_t, Msg> by_uid;
   if (!uids) {
-    co_await fetch_listing_into(session, what, "1:*", by_uid);
+    co_await fetch_listing_into(session, what, "1:*", 0, by_uid);
   } else {
     for (const auto& slice : slices(*uids))
-      co_await fetch_listing_into(session, what, uid_set(slice), by_uid);
+      co_await fetch_listing_into(session, what, uid_set(slice), uids->size(), by_uid);
   }
   const std::size_t expected = uids ? uids->size() : session.exists_now();
   if (by_uid.size() != expected)
@@ -184,6 +190,10 @@ asio::awaitable<std::vector<Msg>> list_once(Session& session, const std::string&
   out.reserve(by_uid.size());
   for (auto& [uid, msg] : by_uid) out.push_back(std::move(msg));
   if (cache != nullptr) {
+    if (const auto validity = session.selected().uidvalidity)
+      cache->validities[key] = *validity;
+    else
+      cache->validities.erase(key);
     if (signature) {
       Listing listing{(*signature)[0], (*signature)[2], {}};
       for (const auto& m : out) listing.msgs.emplace(m.uid, m);
@@ -358,6 +368,32 @@ std::string quote(const std::string& name) {
   return *q;
 }
 
+// FOLDER's UIDVALIDITY on SESSION's node at this run's last listing of it.
+std::optional<std::uint64_t> last_validity(const PassCache& cache, const Session& session,
+                                           const std::string& folder) {
+  auto it = cache.validities.find(cache_key(session, folder));
+  if (it == cache.validities.end()) return std::nullopt;
+  return it->second;
+}
+
+// A source folder whose UIDVALIDITY changed since this run listed it was
+// recreated (or its node's index rebuilt, or its storage replaced: an
+// unmounted mail store looks like a fresh, empty account). Messages are
+// paired by size and Message-ID, not UID, so an index rebuilt over the
+// same mail removes nothing; messages missing after such a change are not
+// taken for the user's deletions: the pass stops before removing anything.
+void refuse_after_recreation(const Session& source, const std::string& folder,
+                             std::optional<std::uint64_t> before, std::optional<std::uint64_t> now,
+                             const std::string& what) {
+  if (!before || !now || *before == *now) return;
+  throw ImapError(fmt::format(
+      "node {}: folder {} changed its UIDVALIDITY from {} to {} since this run listed it (the "
+      "folder was recreated, or the node's index rebuilt or its mail storage replaced), and {}: "
+      "nothing was removed from the destination. Check the source node first: a resumed run "
+      "compares with its own listings only, so it takes the source as it is then",
+      source.endpoint().describe(), sanitize(folder), *before, *now, what));
+}
+
 std::string mapped(const std::string& name, const Session& source, const Session& destination) {
   auto target = map_name(name, source.delimiter(), destination.delimiter());
   if (!target)
@@ -431,7 +467,16 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
       auto da = depth_of(a, delimiter), db = depth_of(b, delimiter);
       return da != db ? da > db : a < b;
     });
-    if (!gone.empty()) co_await dst.select("INBOX", true);
+    if (!gone.empty()) {
+      if (const auto before = last_validity(cache, src, "INBOX")) {
+        co_await src.select("INBOX", true);
+        refuse_after_recreation(
+            src, "INBOX", before, src.selected().uidvalidity,
+            fmt::format("{} folder{} this move created went away from it", gone.size(),
+                        gone.size() == 1 ? "" : "s"));
+      }
+      co_await dst.select("INBOX", true);
+    }
     for (const auto& name : gone) {
       co_await dst.run(fmt::format("DELETE {}", sanitize(name)),
                        fmt::format("DELETE {}", quote(name)));
@@ -501,7 +546,9 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
       cache.synced.erase(synced);
     }
     std::optional<Signature> src_signature;
+    const auto validity_before = last_validity(cache, src, name);
     auto src_msgs = co_await list_folder(src, name, false, &cache, &src_signature);
+    const auto validity_now = src.selected().uidvalidity;
     const std::size_t listed = src_msgs.size();
     auto dst_msgs = co_await list_folder(dst, target, true, &cache);
     src_msgs = co_await fill_hashes(src, std::move(src_msgs), options, options.tolerant);
@@ -526,6 +573,10 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
       totals.flags += uids.size();
     }
     if (!plan.extra.empty() && options.expunge_allowed) {
+      refuse_after_recreation(
+          src, name, validity_before, validity_now,
+          fmt::format("{} message{} on the destination {} not on it now", plan.extra.size(),
+                      plan.extra.size() == 1 ? "" : "s", plan.extra.size() == 1 ? "is" : "are"));
       if (!dst.has("UIDPLUS"))
         throw ImapError(fmt::format("node {} does not offer UIDPLUS (RFC 4315): messages expunged "
                                     "on the source cannot be removed from {} without touching "

@@ -45,8 +45,10 @@ std::optional<Signature> signature_of(const Session& session);
 // folder with its UIDVALIDITY and HIGHESTMODSEQ, so that the next listing
 // reads the UIDs, the flags changed since (CHANGEDSINCE, RFC 7162) and the
 // new messages only (sizes, Message-IDs and dates do not change under a
-// UID); and the source folders' signatures after a pass that brought the
-// destination up to them.
+// UID); the source folders' signatures after a pass that brought the
+// destination up to them; and each folder's UIDVALIDITY at its last
+// listing (with or without CONDSTORE), so that a pass does not remove from
+// the destination what a source folder recreated since no longer holds.
 struct Listing {
   std::uint64_t validity = 0, modseq = 0;
   std::map<std::uint32_t, Msg> msgs;
@@ -54,6 +56,7 @@ struct Listing {
 struct PassCache {
   std::map<std::string, Listing> listings;  // key: node name, NUL, folder
   std::map<std::string, Signature> synced;  // source folder -> signature
+  std::map<std::string, std::uint64_t> validities;  // key as listings: UIDVALIDITY when listed
 };
 
 struct PassProgress {

@@ -153,6 +153,13 @@ std::pair<std::string, std::string> response_code(std::string_view text) {
   return {ascii_uppercase(inside.substr(0, space)), std::string(trim(inside.substr(space + 1)))};
 }
 
+// The memory a parsed response holds, roughly: a Value per item and its text.
+std::uint64_t footprint(const std::vector<Value>& values) {
+  std::uint64_t n = 0;
+  for (const auto& v : values) n += sizeof(Value) + v.text.size() + footprint(v.items);
+  return n;
+}
+
 }  // namespace
 
 void Session::note_untagged(const std::vector<Value>& values) {
@@ -194,16 +201,22 @@ asio::awaitable<Tagged> Session::run(std::string_view what, std::string_view tex
       auto values = parse_values(rest);
       if (!values) fail(fmt::format("{}: a response that does not parse: {}", what, sanitize(wire)));
       note_untagged(*values);
-      if (each != nullptr)
+      if (each != nullptr) {
         (*each)(*values);
-      else
+      } else {
+        // Kept responses cost more than their bytes (a Value per atom):
+        // the budget counts what they hold.
+        used += footprint(*values);
+        if (used > budget)
+          fail(fmt::format("{}: the answer runs over {} MiB", what, budget / (1024 * 1024)));
         out.untagged.push_back(Response{std::move(*values)});
+      }
       continue;
     }
     if (wire.starts_with(tag + " ")) {
       std::string_view rest = std::string_view(wire).substr(tag.size() + 1);
       auto space = rest.find(' ');
-      out.status = ascii_uppercase(rest.substr(0, space));
+      out.status = ascii_uppercase(sanitize(rest.substr(0, space), 16));
       out.text = space == std::string_view::npos ? "" : sanitize(rest.substr(space + 1), 300);
       if (want_ok && out.status != "OK")
         fail(fmt::format("{}: {} {}", what, out.status, out.text));

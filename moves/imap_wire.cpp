@@ -466,6 +466,7 @@ ListedMsg listed_message(const std::map<std::string, Value>& items) {
     msg.date = date_it->second.text;
   }
   if (header != nullptr && header->is_text()) msg.message_id = message_id_of(header->text);
+  if (msg.message_id && msg.message_id->size() > kMaxMessageId) msg.message_id.reset();
   out.msg = std::move(msg);
   return out;
 }

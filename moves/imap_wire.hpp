@@ -103,11 +103,15 @@ std::optional<std::string> map_name(std::string_view name, std::string_view from
 // \Noselect, no \NonExistent, any case).
 bool selectable(const std::vector<std::string>& flags);
 
+// A longer Message-ID (over a header line's 998 bytes, RFC 5322) is no
+// key a listing keeps: its message pairs by the body's SHA-256 instead.
+inline constexpr std::size_t kMaxMessageId = 998;
+
 // One message of a folder listing.
 struct Msg {
   std::uint32_t uid = 0;
   std::uint64_t size = 0;                // RFC822.SIZE
-  std::optional<std::string> message_id;
+  std::optional<std::string> message_id;  // at most kMaxMessageId bytes
   std::vector<std::string> flags;        // sorted, no \Recent
   std::string date;                      // INTERNALDATE as sent, "" if none
   std::string sha256;                    // hex of the body, for a message without Message-ID

@@ -3,6 +3,7 @@
 
 #include "moves/mover.hpp"
 
+#include "common/json_nesting.hpp"
 #include "common/log.hpp"
 #include "common/strings.hpp"
 #include "ctl/text.hpp"
@@ -19,12 +20,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -37,6 +40,8 @@ namespace isthmus::moves::mover {
 namespace {
 
 using steady = std::chrono::steady_clock;
+
+constexpr int kMaxJournalDepth = 64;  // a journal nests 5 deep
 
 std::string clean(std::string_view text) { return ctl::clean(text); }
 
@@ -464,7 +469,11 @@ std::optional<Json> Journal::load() const {
   }
   std::ostringstream text;
   text << in.rdbuf();
-  Json parsed = Json::parse(text.str(), nullptr, false);
+  const std::string body = text.str();
+  // The journal is ours, but a damaged or planted one must not crash the
+  // mover: nlohmann's parser and every copy of the result recurse per level.
+  Json parsed = json_nesting_within(body, kMaxJournalDepth) ? Json::parse(body, nullptr, false)
+                                                            : Json(Json::value_t::discarded);
   if (parsed.is_discarded() || !parsed.is_object())
     throw UsageError(fmt::format("the journal {} cannot be read (not a JSON object); move it away "
                                  "to start over",
@@ -869,13 +878,38 @@ std::unique_ptr<sieve::SieveSession> Mover::sieve_connect(const std::string& isl
                                island, problems));
 }
 
+namespace {
+
+bool any_sieve(const std::vector<const Node*>& nodes) {
+  return std::any_of(nodes.begin(), nodes.end(), [](const Node* n) { return n->sieve.has_value(); });
+}
+
+// Scripts are moved when both islands' nodes have a managesieve address,
+// and not at all when neither has one; with one side only, they would be
+// left behind silently: refused.
+void check_sieve_sides(const std::string& from, const std::vector<const Node*>& src,
+                       const std::string& to, const std::vector<const Node*>& dst) {
+  const bool s = any_sieve(src), d = any_sieve(dst);
+  if (s == d) return;
+  throw StepFailed(fmt::format(
+      "the Sieve scripts cannot be moved: in move.nodes, the nodes of island {} have a "
+      "managesieve address and those of island {} do not. Give both islands' nodes one (or "
+      "neither: then no script moves)",
+      s ? from : to, s ? to : from));
+}
+
+}  // namespace
+
 std::optional<Mover::SievePair> Mover::sieve_pair() {
+  const std::string from = journal_->data.value("from", std::string());
+  const std::string to = journal_->data.value("to", std::string());
+  check_sieve_sides(from, candidates(from), to, candidates(to));
   SievePair pair;
   pair.live = &live_sieve_;
-  pair.src = sieve_connect(journal_->data.value("from", std::string()));
+  pair.src = sieve_connect(from);
   if (!pair.src) return std::nullopt;
   live_sieve_.insert(pair.src.get());
-  pair.dst = sieve_connect(journal_->data.value("to", std::string()));
+  pair.dst = sieve_connect(to);
   if (!pair.dst) return std::nullopt;
   live_sieve_.insert(pair.dst.get());
   return pair;
@@ -1306,13 +1340,21 @@ void Mover::step_preflight() {
   if (source == dest) throw StepFailed(fmt::format("{} is on island {} already", user_, dest));
   auto src_nodes = candidates(source);
   auto dst_nodes = candidates(dest);
+  check_sieve_sides(source, src_nodes, dest, dst_nodes);
   const std::string directory = directory_->preflight(user_);
   auto pair = open_pair();
+  // Saturating sums: a node's EXISTS is its own number, and a wrapped sum
+  // would make a full destination look empty (and turn expunging on there).
   std::uint64_t counts = 0, total = 0;
+  const auto add = [](std::uint64_t& sum, std::uint64_t n) {
+    sum = n > std::numeric_limits<std::uint64_t>::max() - sum
+              ? std::numeric_limits<std::uint64_t>::max()
+              : sum + n;
+  };
   for (const auto& [name, flags] : run(pair.dst->list()))
-    if (imap::selectable(flags)) counts += run(pair.dst->select(name, true)).exists;
+    if (imap::selectable(flags)) add(counts, run(pair.dst->select(name, true)).exists);
   for (const auto& [name, flags] : run(pair.src->list()))
-    if (imap::selectable(flags)) total += run(pair.src->select(name, true)).exists;
+    if (imap::selectable(flags)) add(total, run(pair.src->select(name, true)).exists);
   run(pair.src->logout());
   run(pair.dst->logout());
   bool earlier = false;

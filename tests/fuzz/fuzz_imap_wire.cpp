@@ -186,6 +186,7 @@ void check_msg(const ListedMsg& listed) {
   if (!m.date.empty()) check_date(m.date);
   if (m.message_id) {
     FUZZ_CHECK(!m.message_id->empty() && m.message_id->find('\n') == std::string::npos);
+    FUZZ_CHECK(m.message_id->size() <= kMaxMessageId);
     FUZZ_CHECK(!blank(m.message_id->front()) && !blank(m.message_id->back()));
   }
   FUZZ_CHECK(m.sha256.empty());

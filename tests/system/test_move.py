@@ -1354,6 +1354,28 @@ class Move(unittest.TestCase):
         self.assertEqual(r.returncode, EXIT_STEP, r.stdout + r.stderr)
         self.assertIn("keeps UIDs only into an empty mailbox", r.stdout + r.stderr)
         self.assertEqual(where(user), (here, "active"))
+    def test_9b2_sieve_on_one_side_only_is_refused(self):
+        """Nodes with a managesieve address on one island only: the user's
+        Sieve scripts would be left behind; the preflight refuses (saying
+        which island lacks the address) and nothing changed."""
+        user = "carol@example.org"
+        here, _ = where(user)
+        there = "b" if here == "a" else "a"
+        with open(CONFIG) as f:
+            conf = json.load(f)
+        conf["move"]["journal_dir"] = os.path.join(LAB.root, "moves-9b2")
+        for node in LAB.island_nodes(there):
+            del conf["move"]["nodes"][node.name]["managesieve"]
+        config = os.path.join(LAB.root, "move-9b2.json")
+        with open(config, "w") as f:
+            json.dump(conf, f)
+        r = run_move("move", user, "--to", there, config=config)
+        out = r.stdout + r.stderr
+        self.assertEqual(r.returncode, EXIT_STEP, out)
+        self.assertIn(f"the nodes of island {here} have a managesieve address and those of "
+                      f"island {there} do not", out)
+        self.assertEqual(where(user), (here, "active"))
+
     def test_9c_daemon_job_taken_over_by_another_instance(self):
         """A move as a job of the daemon (POST /v1/moves), its jobs in the
         role store's database with a 3 s lease: the instance running it is

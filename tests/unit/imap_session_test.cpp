@@ -125,9 +125,9 @@ class ScriptedNode {
   std::thread thread_;
 };
 
-Endpoint endpoint_of(const ScriptedNode& node) {
+Endpoint endpoint_of(const ScriptedNode& node, const std::string& name = "n") {
   Endpoint e;
-  e.name = "n";
+  e.name = name;
   e.host = "127.0.0.1";
   e.port = node.port();
   return e;
@@ -140,16 +140,11 @@ MasterLogin master() {
   return login;
 }
 
-// Runs F (a coroutine taking the session) on a fresh session to NODE;
-// returns the ImapError's text, or "" when none was thrown.
-template <typename F>
-std::string with_session(const ScriptedNode& node, F f) {
+// Runs RUN (a coroutine) to its end; returns the ImapError's text, or ""
+// when none was thrown.
+template <typename R>
+std::string outcome(R run) {
   asio::io_context io;
-  auto run = [&]() -> asio::awaitable<void> {
-    auto session = co_await Session::open(endpoint_of(node), nullptr, master(), "alice",
-                                          std::chrono::seconds(5), "test");
-    co_await f(*session);
-  };
   auto done = asio::co_spawn(io, run(), asio::use_future);
   io.run();
   try {
@@ -158,6 +153,34 @@ std::string with_session(const ScriptedNode& node, F f) {
     return e.what();
   }
   return "";
+}
+
+// Runs F (a coroutine taking the session) on a fresh session to NODE.
+template <typename F>
+std::string with_session(const ScriptedNode& node, F f) {
+  return outcome([&]() -> asio::awaitable<void> {
+    auto session = co_await Session::open(endpoint_of(node), nullptr, master(), "alice",
+                                          std::chrono::seconds(5), "test");
+    co_await f(*session);
+  });
+}
+
+// The same with a session to each of two nodes (source, destination).
+template <typename F>
+std::string with_pair(const ScriptedNode& a, const ScriptedNode& b, F f) {
+  return outcome([&]() -> asio::awaitable<void> {
+    auto src = co_await Session::open(endpoint_of(a, "src"), nullptr, master(), "alice",
+                                      std::chrono::seconds(5), "test");
+    auto dst = co_await Session::open(endpoint_of(b, "dst"), nullptr, master(), "alice",
+                                      std::chrono::seconds(5), "test");
+    co_await f(*src, *dst);
+  });
+}
+
+bool sent(const std::vector<std::string>& commands, std::string_view start) {
+  for (const auto& c : commands)
+    if (c.starts_with(start)) return true;
+  return false;
 }
 
 struct Collect : BodySink {
@@ -370,4 +393,124 @@ TEST_CASE("imap session: a refused APPEND names the folder; a message's bytes mu
     co_await s.append_begin("Archive", bad, 5);
   });
   CHECK(error.find("not a valid IMAP flag") != std::string::npos);
+}
+
+TEST_CASE("imap session: a node's kept responses count by what they hold, not their bytes") {
+  // 20,000 one-byte atoms: 40 kB on the wire, over a megabyte as values.
+  std::string atoms;
+  for (int i = 0; i < 20000; ++i) atoms += " a";
+  ScriptedNode node([&atoms](const std::string& tag, const std::string& command) -> std::string {
+    if (command == "XSTUFF") return "* XSTUFF" + atoms + "\r\n" + tag + " OK done\r\n";
+    return kDefault;
+  });
+  auto error = with_session(node, [](Session& s) -> asio::awaitable<void> {
+    co_await s.run("XSTUFF", "XSTUFF", true, 1024 * 1024);
+  });
+  CHECK(error.find("XSTUFF: the answer runs over 1 MiB") != std::string::npos);
+  error = with_session(node, [](Session& s) -> asio::awaitable<void> {
+    auto answer = co_await s.run("XSTUFF", "XSTUFF", true, 4 * 1024 * 1024);
+    CHECK(answer.untagged.size() == 1);
+  });
+  CHECK(error.empty());
+}
+
+TEST_CASE("imap copy: a listing never holds more messages than the folder") {
+  ScriptedNode node([](const std::string& tag, const std::string& command) -> std::string {
+    if (command.starts_with("EXAMINE"))
+      return "* 1 EXISTS\r\n* OK [UIDVALIDITY 9] x\r\n" + tag + " OK\r\n";
+    if (command.starts_with("UID FETCH 1:* ")) {
+      std::string out;
+      for (int uid = 1; uid <= 3; ++uid)
+        out += "* 1 FETCH (UID " + std::to_string(uid) + " RFC822.SIZE 10)\r\n";
+      return out + tag + " OK done\r\n";
+    }
+    return kDefault;
+  });
+  auto error = with_session(node, [](Session& s) -> asio::awaitable<void> {
+    co_await list_folder(s, "INBOX", false);
+  });
+  CAPTURE(error);
+  CHECK(error.find("more messages listed than the folder holds (1)") != std::string::npos);
+}
+
+TEST_CASE("imap copy: a source recreated since the last pass: nothing removed from the destination") {
+  // Pass 1: the source's INBOX holds <a@b> (the destination has it), and
+  // maybe a folder Projects this move created. Pass 2: the source's INBOX
+  // is empty (and Projects gone): the user's deletions if its UIDVALIDITY
+  // is the same, a recreated store (an unmounted disk) if not.
+  struct Case {
+    bool recreated, projects;
+  };
+  for (const Case c : {Case{false, true}, Case{true, false}, Case{true, true}}) {
+    CAPTURE(c.recreated);
+    CAPTURE(c.projects);
+    std::atomic<bool> emptied{false};
+    const auto listing = [](int uid) {
+      return "* 1 FETCH (UID " + std::to_string(uid) +
+             " RFC822.SIZE 10 FLAGS (\\Seen) INTERNALDATE \"01-Jan-2020 10:00:00 +0000\" "
+             "BODY[HEADER.FIELDS (MESSAGE-ID)] {21}\r\nMessage-ID: <a@b>\r\n\r\n)\r\n";
+    };
+    ScriptedNode src([&](const std::string& tag, const std::string& command) -> std::string {
+      const std::string ok = tag + " OK done\r\n";
+      if (command.starts_with("LIST ")) {
+        std::string out = "* LIST () \"/\" INBOX\r\n";
+        if (c.projects && !emptied) out += "* LIST () \"/\" Projects\r\n";
+        return out + ok;
+      }
+      if (command.starts_with("EXAMINE") && command.find("Projects") != std::string::npos)
+        return "* 0 EXISTS\r\n* OK [UIDVALIDITY 5] x\r\n" + ok;
+      if (command.starts_with("EXAMINE")) {
+        if (!emptied) return "* 1 EXISTS\r\n* OK [UIDVALIDITY 7] x\r\n" + ok;
+        return std::string("* 0 EXISTS\r\n* OK [UIDVALIDITY ") + (c.recreated ? "8" : "7") +
+               "] x\r\n" + ok;
+      }
+      if (command.starts_with("UID FETCH 1:* ")) return listing(4) + ok;
+      return kDefault;
+    });
+    ScriptedNode dst([&](const std::string& tag, const std::string& command) -> std::string {
+      const std::string ok = tag + " OK done\r\n";
+      if (command.starts_with("LIST ")) {
+        std::string out = "* LIST () \"/\" INBOX\r\n";
+        if (c.projects) out += "* LIST () \"/\" Projects\r\n";
+        return out + ok;
+      }
+      const bool select = command.starts_with("SELECT") || command.starts_with("EXAMINE");
+      if (select && command.find("Projects") != std::string::npos)
+        return "* 0 EXISTS\r\n* OK [UIDVALIDITY 4] x\r\n" + ok;
+      if (select) return "* 1 EXISTS\r\n* OK [UIDVALIDITY 3] x\r\n" + ok;
+      if (command.starts_with("UID FETCH 1:* ")) return listing(1) + ok;
+      return kDefault;
+    });
+    CopyState state;
+    if (c.projects) state.created_folders = {"Projects"};
+    PassCache cache;
+    PassOptions options;
+    options.expunge_allowed = true;
+    PassTotals first, second;
+    auto error = with_pair(src, dst, [&](Session& s, Session& d) -> asio::awaitable<void> {
+      first = co_await copy_pass(s, d, state, cache, options);
+      emptied = true;
+      second = co_await copy_pass(s, d, state, cache, options);
+    });
+    CAPTURE(error);
+    CHECK(first.already == 1);
+    CHECK(first.expunged == 0);
+    const auto commands = dst.commands();
+    if (!c.recreated) {
+      CHECK(error.empty());
+      CHECK(second.deleted_folders == 1);
+      CHECK(second.expunged == 1);
+      CHECK(sent(commands, "DELETE"));
+      CHECK(sent(commands, "UID EXPUNGE 1"));
+      continue;
+    }
+    CHECK(error.find("folder INBOX changed its UIDVALIDITY from 7 to 8") != std::string::npos);
+    CHECK(error.find("nothing was removed from the destination") != std::string::npos);
+    CHECK(error.find(c.projects ? "1 folder this move created went away from it"
+                                : "1 message on the destination is not on it now") !=
+          std::string::npos);
+    CHECK_FALSE(sent(commands, "DELETE"));
+    CHECK_FALSE(sent(commands, "UID STORE"));
+    CHECK_FALSE(sent(commands, "UID EXPUNGE"));
+  }
 }

@@ -4,6 +4,7 @@
 #include "moves/imap_wire.hpp"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <string>
 
@@ -374,6 +375,20 @@ TEST_CASE("imap_wire: listed_message") {
   CHECK(no_id.msg->date.empty());
   no_id.msg->sha256 = "ab12";
   CHECK(no_id.msg->key() == "10 sha256 ab12");
+  // A Message-ID longer than a header line may be is no key: the body's
+  // hash pairs the message (and the listing keeps no huge keys).
+  for (const std::size_t n : {kMaxMessageId, kMaxMessageId + 1, std::size_t{100000}}) {
+    const std::string id = "<" + std::string(n - 2, 'a') + ">";
+    const std::string header = "Message-ID: " + id + "\r\n\r\n";
+    auto long_id = listed(fmt::format("1 FETCH (UID 3 RFC822.SIZE 10 BODY[HEADER.FIELDS "
+                                      "(MESSAGE-ID)] {{{}}}\r\n{})",
+                                      header.size(), header));
+    REQUIRE(long_id.msg);
+    if (n <= kMaxMessageId)
+      CHECK(long_id.msg->message_id == id);
+    else
+      CHECK_FALSE(long_id.msg->message_id);
+  }
   auto nil_header = listed("1 FETCH (UID 2 RFC822.SIZE 10 BODY[HEADER.FIELDS (MESSAGE-ID)] NIL)");
   REQUIRE(nil_header.msg);
   CHECK_FALSE(nil_header.msg->message_id);
