@@ -514,3 +514,19 @@ TEST_CASE("imap copy: a source recreated since the last pass: nothing removed fr
     CHECK_FALSE(sent(commands, "UID EXPUNGE"));
   }
 }
+
+TEST_CASE("imap session: a node's status word is logged as text, control bytes escaped") {
+  ScriptedNode node([](const std::string& tag, const std::string& command) -> std::string {
+    if (command == "NOOP") return tag + " NO\x1b]0;owned\x07\r[7/7]\tdone\r\n";
+    return kDefault;
+  });
+  auto error = with_session(node, [](Session& s) -> asio::awaitable<void> {
+    co_await s.run("NOOP", "NOOP");
+  });
+  CAPTURE(error);
+  CHECK(error.find("NOOP: ") != std::string::npos);
+  CHECK(error.find('\x1b') == std::string::npos);
+  CHECK(error.find('\x07') == std::string::npos);
+  CHECK(error.find('\r') == std::string::npos);
+  CHECK(error.find('\t') == std::string::npos);
+}

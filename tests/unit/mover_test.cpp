@@ -153,6 +153,21 @@ std::string usage_error(const std::string& path) {
 
 }  // namespace
 
+TEST_CASE("mover: a journal nested too deep is refused, not a crash") {
+  ConfigDir d;
+  const auto path = d.dir / "deep.json";
+  // Deep enough to overflow a recursive parser's (or copy's) stack.
+  write_file(path, "{\"history\": " + std::string(200000, '[') + std::string(200000, ']') + "}");
+  Journal deep(d.dir.string(), "alice@example.org", path.string());
+  CHECK_THROWS_WITH_AS(deep.load(), doctest::Contains("not a JSON object"), UsageError);
+  // A journal as deep as real ones reads.
+  write_file(path, R"({"steps": {"preflight": {"source_nodes": ["a-left"]}}, "history": [{"to": "b"}]})");
+  Journal fine(d.dir.string(), "alice@example.org", path.string());
+  auto loaded = fine.load();
+  REQUIRE(loaded);
+  CHECK((*loaded)["history"][0]["to"] == "b");
+}
+
 TEST_CASE("mover: the config") {
   ConfigDir d;
   auto c = load_config(d.config(Json::object()));
