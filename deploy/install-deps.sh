@@ -89,10 +89,20 @@ extract_node_binaries() {
   # readable and executable by it.
   chmod -R a+rX "$node_bin"
 }
+# The unpacked Exim runs as Debian-exim, the system user exim4-base's
+# postinst makes when the package is installed (it is not here): made the
+# same way if missing.
+ensure_exim_user() {
+  getent passwd Debian-exim >/dev/null && return 0
+  echo "install-deps: adding the system user Debian-exim (the unpacked Exim runs as it)" >&2
+  "${sudo[@]}" useradd --system --user-group --badname --home-dir /var/spool/exim4 \
+    --no-create-home --shell /usr/sbin/nologin Debian-exim
+}
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 if [ ${#missing[@]} -eq 0 ]; then
   extract_node_binaries
+  ensure_exim_user
   exit 0
 fi
 
@@ -139,3 +149,4 @@ if ! apt_install "${missing[@]}"; then
   apt_install "${missing[@]}"
 fi
 extract_node_binaries
+ensure_exim_user

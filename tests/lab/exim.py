@@ -18,7 +18,8 @@ CalMail's front-end MTAs were Exim. What it takes here
 * Everything under RUN_DIR: config (``-C``), spool, logs (``mainlog``,
   ``paniclog``; no syslog here), pid file. ``-C`` as root drops privilege
   (the log says "exim user lost privilege for using -C option"), which is
-  fine: the daemon runs as ``Debian-exim`` (the uid the package made), so
+  fine: the daemon runs as ``Debian-exim`` (the uid the package makes;
+  deploy/install-deps.sh makes it when Exim is only unpacked), so
   the spool and log directories are that user's. Root is on Exim's fixed
   ``never_users``: a transport cannot run as root.
 * One router (manualroute, every address of ``domains``) and one transport
