@@ -855,13 +855,14 @@ std::unique_ptr<imap::Session> Mover::connect(const std::string& island) {
   throw StepFailed(fmt::format("no node of island {} could be used: {}", island, problems));
 }
 
-std::unique_ptr<sieve::SieveSession> Mover::sieve_connect(const std::string& island) {
+std::unique_ptr<sieve::SieveSession> Mover::sieve_connect(const std::string& island,
+                                                          const std::vector<const Node*>& nodes) {
   std::string problems;
   bool any = false;
   const std::string login = journal_->data.value("node_login", user_);
   const auto timeout = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double>(config_.imap_timeout));
-  for (const Node* node : candidates(island)) {
+  for (const Node* node : nodes) {
     if (!node->sieve) continue;
     any = true;
     try {
@@ -903,13 +904,15 @@ void check_sieve_sides(const std::string& from, const std::vector<const Node*>& 
 std::optional<Mover::SievePair> Mover::sieve_pair() {
   const std::string from = journal_->data.value("from", std::string());
   const std::string to = journal_->data.value("to", std::string());
-  check_sieve_sides(from, candidates(from), to, candidates(to));
+  const auto src_nodes = candidates(from);
+  const auto dst_nodes = candidates(to);
+  check_sieve_sides(from, src_nodes, to, dst_nodes);
   SievePair pair;
   pair.live = &live_sieve_;
-  pair.src = sieve_connect(from);
+  pair.src = sieve_connect(from, src_nodes);
   if (!pair.src) return std::nullopt;
   live_sieve_.insert(pair.src.get());
-  pair.dst = sieve_connect(to);
+  pair.dst = sieve_connect(to, dst_nodes);
   if (!pair.dst) return std::nullopt;
   live_sieve_.insert(pair.dst.get());
   return pair;

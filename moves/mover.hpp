@@ -252,7 +252,8 @@ class Mover {
   std::string confirm(const std::string& island, const std::string& state);
   std::vector<const Node*> candidates(const std::string& island);
   std::unique_ptr<imap::Session> connect(const std::string& island);
-  std::unique_ptr<sieve::SieveSession> sieve_connect(const std::string& island);
+  std::unique_ptr<sieve::SieveSession> sieve_connect(const std::string& island,
+                                                     const std::vector<const Node*>& nodes);
   std::optional<SievePair> sieve_pair();
   Json copy_sieve();
   Pair open_pair();

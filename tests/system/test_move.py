@@ -1354,6 +1354,7 @@ class Move(unittest.TestCase):
         self.assertEqual(r.returncode, EXIT_STEP, r.stdout + r.stderr)
         self.assertIn("keeps UIDs only into an empty mailbox", r.stdout + r.stderr)
         self.assertEqual(where(user), (here, "active"))
+
     def test_9b2_sieve_on_one_side_only_is_refused(self):
         """Nodes with a managesieve address on one island only: the user's
         Sieve scripts would be left behind; the preflight refuses (saying
