@@ -10,12 +10,14 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <functional>
 #include <future>
 #include <optional>
 #include <random>
@@ -31,6 +33,12 @@ using tcp = asio::ip::tcp;
 struct Server::Worker {
   explicit Worker(std::atomic<std::size_t>& total) : sessions(&total) {}
   asio::io_context io{1};
+  // Eviction runs a coroutine on every worker's thread, from any worker's
+  // accept loop: no worker may run out of work and leave its thread while
+  // an accept loop could still ask it (the asking loop would wait forever
+  // and its own worker never end, so a stop hung). Released when the last
+  // accept loop of every worker has ended.
+  asio::executor_work_guard<asio::io_context::executor_type> busy{io.get_executor()};
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
   SessionRegistry sessions;
   std::thread thread;
@@ -126,11 +134,17 @@ void log_refused(const std::string& what) {
 // Accept errors must not spin: at the descriptor limit (EMFILE, ENFILE)
 // the oldest connection not logged in is closed to make room; otherwise,
 // and when there is none, back off and try again.
+// `ended` is called when the loop ends, however it ends.
 asio::awaitable<void> accept_loop(tcp::acceptor& acceptor,
                                   std::shared_ptr<const config::Listener> listener,
                                   RuntimeHolder& runtime, SessionRegistry& sessions,
                                   const std::vector<WorkerSessions>& workers,
-                                  const std::atomic<std::size_t>& total) {
+                                  const std::atomic<std::size_t>& total,
+                                  std::function<void()> ended) {
+  struct Ended {
+    std::function<void()> call;
+    ~Ended() { call(); }
+  } on_end{std::move(ended)};
   asio::steady_timer backoff(acceptor.get_executor());
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
@@ -259,6 +273,9 @@ Server::Server(RuntimeHolder& runtime, unsigned workers) : runtime_(runtime) {
 }
 
 Server::~Server() {
+  // An accept loop destroyed with its io_context must not touch the
+  // workers being destroyed.
+  destroying_ = true;
   for (auto& worker : workers_) worker->io.stop();
   join();
 }
@@ -277,9 +294,11 @@ void Server::start() {
       }
       // With port 0 the first bind picks the port; the others share it.
       endpoint = worker->acceptors.back()->local_endpoint();
+      accept_loops_.fetch_add(1);
       asio::co_spawn(worker->io,
                      accept_loop(*worker->acceptors.back(), listener, runtime_,
-                                 worker->sessions, worker_sessions_, connections_),
+                                 worker->sessions, worker_sessions_, connections_,
+                                 [this] { accept_loop_ended(); }),
                      asio::detached);
     }
     bound_.emplace_back(listener->name, endpoint);
@@ -289,6 +308,7 @@ void Server::start() {
                      : fmt::format(" ({} TLS)", config::name_of(listener->tls)),
                  format_endpoint(endpoint));
   }
+  if (accept_loops_.load() == 0) release_workers();
   for (auto& worker : workers_) {
     worker->thread = std::thread([w = worker.get()] {
       try {
@@ -298,6 +318,18 @@ void Server::start() {
       }
     });
   }
+}
+
+void Server::accept_loop_ended() {
+  if (destroying_.load()) return;
+  if (accept_loops_.fetch_sub(1) == 1) release_workers();
+}
+
+void Server::release_workers() {
+  // Thread-safe: each guard is reset once, by the last accept loop to end
+  // (or by start() when there is none), and resetting only tells the
+  // io_context that one unit of work is done.
+  for (auto& worker : workers_) worker->busy.reset();
 }
 
 void Server::begin_shutdown() {

@@ -87,7 +87,11 @@ class Server {
 
  private:
   struct Worker;
+  void accept_loop_ended();
+  void release_workers();
   RuntimeHolder& runtime_;
+  std::atomic<std::size_t> accept_loops_{0};  // running, on every worker
+  std::atomic<bool> destroying_{false};
   std::atomic<std::size_t> connections_{0};  // client sessions on every worker
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<WorkerSessions> worker_sessions_;  // the same workers, for eviction

@@ -68,6 +68,7 @@ Session::Session(SessionRegistry& registry, boost::asio::ip::tcp::socket client,
   record_.client = format_endpoint(client_info_.remote);
   registry_position_ = registry_.add(this);
   if (runtime_->metrics) runtime_->metrics->session_started(record_.protocol);
+  if (registry_.stopping() != StopKind::none) request_stop(registry_.stopping());
 }
 
 Session::~Session() {

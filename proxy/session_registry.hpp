@@ -4,6 +4,7 @@
 
 #include "proxy/session.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <list>
 
@@ -36,10 +37,15 @@ class SessionRegistry {
   }
   // Asks every session to stop; `kind` says how hard.
   void stop_all(StopKind kind) {
+    stopping_ = std::max(stopping_, kind);
     // request_stop may end a session synchronously only through its own
     // coroutine resuming later, so iterating here is safe.
     for (Session* session : sessions_) session->request_stop(kind);
   }
+  // The strongest stop_all so far: a session that starts after it (its
+  // connection accepted just before the listener closed) is asked to stop
+  // too, or a stop would wait the whole grace period for it.
+  StopKind stopping() const { return stopping_; }
   std::size_t live() const { return live_.load(std::memory_order_relaxed); }
 
   // Every session, for a look or a kick (from the worker's thread; do not
@@ -48,6 +54,7 @@ class SessionRegistry {
 
  private:
   std::list<Session*> sessions_;
+  StopKind stopping_ = StopKind::none;
   std::atomic<std::size_t> live_{0};
   std::atomic<std::size_t>* total_ = nullptr;
 };

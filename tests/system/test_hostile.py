@@ -14,7 +14,8 @@ Isthmus.
 - Bounded resources: a cap of connections not yet logged in per client
   address; at the connection limit (configured or from RLIMIT_NOFILE, or
   at EMFILE) the oldest connection not logged in makes room; logged-in
-  sessions are never evicted.
+  sessions are never evicted; a stop in the middle of evictions ends at
+  once.
 - Cross-protocol: an HTTP request line closes the connection without an
   answer; over-long or malformed tags are answered untagged.
 - TCP half-close: `printf '... FETCH ...' | nc` gets its answers.
@@ -447,6 +448,49 @@ class Hostile(unittest.TestCase):
                 for c in held:
                     c.close()
                 ix.stop()
+
+    def test_a_stop_in_the_middle_of_evictions_ends_at_once(self):
+        # At EMFILE an accept loop asks every worker for its oldest
+        # connection not logged in. A stop (SIGTERM) used to let a worker
+        # with nothing left leave its thread while another worker's accept
+        # loop was still asking it: that loop waited forever and the
+        # process never exited (a CI run met it: killed after the grace
+        # period; 3 stops in 30 hung here, 8 workers). Each stop here must
+        # exit 0 within the grace period (ix.stop checks).
+        evictions = 0
+        for trial in range(20):
+            ix = self.start(workers=8, limits={"max_connections": 10000,
+                                               "max_preauth_per_address": 0})
+            subprocess.run(["prlimit", "--pid", str(ix.proc.pid), "--nofile=100:100"], check=True)
+            done = threading.Event()
+
+            def churn():
+                open_ = []
+                while not done.is_set():
+                    try:
+                        open_.append(socket.create_connection(("127.0.0.1", ix.port("imap")),
+                                                              timeout=1))
+                    except OSError:
+                        time.sleep(0.001)
+                    if len(open_) > 200:
+                        for s in open_[:100]:
+                            s.close()
+                        del open_[:100]
+                for s in open_:
+                    s.close()
+
+            clients = [threading.Thread(target=churn) for _ in range(4)]
+            for t in clients:
+                t.start()
+            try:
+                time.sleep(0.3)
+                ix.stop()
+            finally:
+                done.set()
+                for t in clients:
+                    t.join()
+            evictions += ix.log_text().count("evicted: out of file descriptors")
+        self.assertGreater(evictions, 0, "the stops never met an eviction")
 
     # -- 4. cross-protocol attacks (ALPACA) ----------------------------------
 
