@@ -9,6 +9,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <exception>
 #include <map>
 #include <set>
 
@@ -534,20 +535,38 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
   for (const auto& name : folders) {
     report();
     const std::string target = mapped(name, src, dst);
-    // Unchanged since the pass that brought the destination up to it.
-    if (auto synced = cache.synced.find(name); synced != cache.synced.end()) {
-      co_await src.select(name, true);
-      const auto now = signature_of(src);
-      if (now && *now == synced->second) {
-        ++totals.unchanged;
-        ++progress.folders_done;
-        continue;
-      }
-      cache.synced.erase(synced);
-    }
+    // A source folder the node refuses to open now: with the user active
+    // (a pre-copy pass), renamed or deleted since the listing, or in use;
+    // skipped, since the locked pass copies (or fails on) whatever is
+    // left. With the user locked out it is an error.
+    std::exception_ptr refused;
+    bool unchanged = false;
     std::optional<Signature> src_signature;
+    std::vector<Msg> src_msgs;
     const auto validity_before = last_validity(cache, src, name);
-    auto src_msgs = co_await list_folder(src, name, false, &cache, &src_signature);
+    try {
+      // Unchanged since the pass that brought the destination up to it.
+      if (auto synced = cache.synced.find(name); synced != cache.synced.end()) {
+        co_await src.select(name, true);
+        const auto now = signature_of(src);
+        unchanged = now && *now == synced->second;
+        if (!unchanged) cache.synced.erase(synced);
+      }
+      if (!unchanged) src_msgs = co_await list_folder(src, name, false, &cache, &src_signature);
+    } catch (const FolderRefused&) {
+      refused = std::current_exception();
+    }
+    if (refused) {
+      if (!options.tolerant) std::rethrow_exception(refused);
+      ++totals.skipped_folders;
+      ++progress.folders_done;
+      continue;
+    }
+    if (unchanged) {
+      ++totals.unchanged;
+      ++progress.folders_done;
+      continue;
+    }
     const auto validity_now = src.selected().uidvalidity;
     const std::size_t listed = src_msgs.size();
     auto dst_msgs = co_await list_folder(dst, target, true, &cache);

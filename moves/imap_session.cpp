@@ -403,7 +403,16 @@ asio::awaitable<Selected> Session::select(const std::string& folder, bool read_o
   selected_ = Selected{};
   selected_.name = folder;
   const std::string verb = read_only ? "EXAMINE" : "SELECT";
-  co_await run(fmt::format("{} {}", verb, sanitize(folder)), fmt::format("{} {}", verb, *q));
+  const std::string what = fmt::format("{} {}", verb, sanitize(folder));
+  const Tagged answer = co_await run(what, fmt::format("{} {}", verb, *q), false);
+  if (answer.status == "NO") {
+    // No folder is selected now (RFC 3501 6.3.1); the stream is at a
+    // command boundary, so the session is not broken.
+    selected_ = Selected{};
+    throw FolderRefused(
+        fmt::format("node {}: {}: {} {}", endpoint_.describe(), what, answer.status, answer.text));
+  }
+  if (answer.status != "OK") fail(fmt::format("{}: {} {}", what, answer.status, answer.text));
   // Without them an answer would read as an empty folder (its messages
   // then copied again, or expunged as extra): no guessing.
   if (!selected_.exists_seen || !selected_.uidvalidity)

@@ -52,6 +52,13 @@ class ImapError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A SELECT or EXAMINE the node answered NO (the folder is gone, renamed,
+// or in use): the session is at a command boundary and stays usable.
+class FolderRefused : public ImapError {
+ public:
+  using ImapError::ImapError;
+};
+
 // Where a node's IMAP service is, for the copy (the mover's "nodes").
 struct Endpoint {
   std::string name;

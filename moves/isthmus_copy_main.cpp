@@ -293,6 +293,7 @@ int main(int argc, char** argv) {
                 {"flags", t.flags},         {"expunged", t.expunged},
                 {"kept_extra", t.kept_extra}, {"vanished", t.vanished},
                 {"already", t.already},     {"unchanged", t.unchanged},
+                {"skipped_folders", t.skipped_folders},
                 {"created_folders", state.created_folders},
                 {"added_subscriptions", state.added_subscriptions}};
   };

@@ -172,7 +172,9 @@ Json new_totals() {
 }
 
 std::uint64_t changes(const Json& t) {
-  return num(t, "messages") + num(t, "flags") + num(t, "expunged") + num(t, "deleted_folders");
+  // A folder skipped (gone or busy on the source) makes another pass worth it.
+  return num(t, "messages") + num(t, "flags") + num(t, "expunged") + num(t, "deleted_folders") +
+         num(t, "skipped_folders");
 }
 
 std::string describe_pass(const Json& t) {
@@ -185,6 +187,11 @@ std::string describe_pass(const Json& t) {
     text += fmt::format(", {} deleted", plural(num(t, "deleted_folders"), "folder"));
   if (num(t, "vanished"))
     text += fmt::format(", {} expunged on the source while being copied", num(t, "vanished"));
+  if (num(t, "skipped_folders"))
+    text += fmt::format(", {} skipped (the source refused to open {}: renamed or deleted "
+                        "meanwhile?)",
+                        plural(num(t, "skipped_folders"), "folder"),
+                        num(t, "skipped_folders") == 1 ? "it" : "them");
   if (num(t, "kept_extra"))
     text += fmt::format(", {} messages on the destination that are not on the source kept (a "
                         "--force merge)",
@@ -1459,6 +1466,7 @@ void Mover::copy_pass(Pair& pair, Json& totals, int pass_no, bool tolerant) {
   add("kept_extra", t.kept_extra);
   add("vanished", t.vanished);
   add("unchanged", t.unchanged);
+  add("skipped_folders", t.skipped_folders);
   if (pass_no == 1) add("already", t.already);  // the first pass's pairs
   totals["engine"] = "isthmus-move";
   progress(pass_no,
