@@ -535,10 +535,12 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
   for (const auto& name : folders) {
     report();
     const std::string target = mapped(name, src, dst);
-    // A source folder the node refuses to open now: with the user active
-    // (a pre-copy pass), renamed or deleted since the listing, or in use;
-    // skipped, since the locked pass copies (or fails on) whatever is
-    // left. With the user locked out it is an error.
+    // A source folder the node refuses to open now (renamed or deleted
+    // since the listing, or in use), or whose listing did not add up in
+    // any of its attempts (mail arriving or expunged all the time): with
+    // the user active (a pre-copy pass) it is skipped, since the locked
+    // pass copies (or fails on) whatever is left then. With the user
+    // locked out it is an error.
     std::exception_ptr refused;
     bool unchanged = false;
     std::optional<Signature> src_signature;
@@ -554,6 +556,8 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
       }
       if (!unchanged) src_msgs = co_await list_folder(src, name, false, &cache, &src_signature);
     } catch (const FolderRefused&) {
+      refused = std::current_exception();
+    } catch (const ListingChanged&) {
       refused = std::current_exception();
     }
     if (refused) {

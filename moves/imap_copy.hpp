@@ -32,7 +32,7 @@ struct PassTotals {
   std::uint64_t messages = 0, bytes = 0, flags = 0, expunged = 0, kept_extra = 0;
   std::uint64_t vanished = 0, already = 0;
   std::uint64_t unchanged = 0;  // folders skipped: the same CONDSTORE signature as after the last pass
-  std::uint64_t skipped_folders = 0;  // source folders refused to EXAMINE in a tolerant pass
+  std::uint64_t skipped_folders = 0;  // tolerant pass: source folders refused or never listed whole
 };
 
 // (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, EXISTS) of a selected folder: with

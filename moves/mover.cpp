@@ -188,10 +188,8 @@ std::string describe_pass(const Json& t) {
   if (num(t, "vanished"))
     text += fmt::format(", {} expunged on the source while being copied", num(t, "vanished"));
   if (num(t, "skipped_folders"))
-    text += fmt::format(", {} skipped (the source refused to open {}: renamed or deleted "
-                        "meanwhile?)",
-                        plural(num(t, "skipped_folders"), "folder"),
-                        num(t, "skipped_folders") == 1 ? "it" : "them");
+    text += fmt::format(", {} skipped for this pass (renamed, deleted or busy on the source)",
+                        plural(num(t, "skipped_folders"), "folder"));
   if (num(t, "kept_extra"))
     text += fmt::format(", {} messages on the destination that are not on the source kept (a "
                         "--force merge)",

@@ -515,54 +515,60 @@ TEST_CASE("imap copy: a source recreated since the last pass: nothing removed fr
   }
 }
 
-TEST_CASE("imap copy: a source folder gone since the listing: skipped while the user is active") {
+TEST_CASE("imap copy: a source folder gone or never listed whole: skipped while the user is active") {
   // The source lists Projects, then refuses to open it (the user deleted
-  // it meanwhile). A tolerant pass (the pre-copy) skips it and goes on
+  // it meanwhile), or its listing never adds up (EXISTS says 2, one
+  // message comes). A tolerant pass (the pre-copy) skips it and goes on
   // with the same session; a pass with the user locked out fails on it.
+  const std::string inbox_listing =
+      "* 1 FETCH (UID 4 RFC822.SIZE 10 FLAGS (\\Seen) INTERNALDATE \"01-Jan-2020 10:00:00 "
+      "+0000\" BODY[HEADER.FIELDS (MESSAGE-ID)] {21}\r\nMessage-ID: <a@b>\r\n\r\n)\r\n";
   for (const bool tolerant : {true, false}) {
-    CAPTURE(tolerant);
-    ScriptedNode src([&](const std::string& tag, const std::string& command) -> std::string {
-      const std::string ok = tag + " OK done\r\n";
-      if (command.starts_with("LIST "))
-        return "* LIST () \"/\" Projects\r\n* LIST () \"/\" INBOX\r\n" + ok;
-      if (command.starts_with("EXAMINE") && command.find("Projects") != std::string::npos)
-        return tag + " NO [NONEXISTENT] Mailbox doesn't exist: Projects\r\n";
-      if (command.starts_with("EXAMINE")) return "* 1 EXISTS\r\n* OK [UIDVALIDITY 7] x\r\n" + ok;
-      if (command.starts_with("UID FETCH 1:* "))
-        return "* 1 FETCH (UID 4 RFC822.SIZE 10 FLAGS (\\Seen) INTERNALDATE \"01-Jan-2020 "
-               "10:00:00 +0000\" BODY[HEADER.FIELDS (MESSAGE-ID)] {21}\r\nMessage-ID: "
-               "<a@b>\r\n\r\n)\r\n" +
-               ok;
-      return kDefault;
-    });
-    ScriptedNode dst([&](const std::string& tag, const std::string& command) -> std::string {
-      const std::string ok = tag + " OK done\r\n";
-      if (command.starts_with("LIST ")) return "* LIST () \"/\" INBOX\r\n" + ok;
-      if (command.starts_with("SELECT") || command.starts_with("EXAMINE"))
-        return "* 1 EXISTS\r\n* OK [UIDVALIDITY 3] x\r\n" + ok;
-      if (command.starts_with("UID FETCH 1:* "))
-        return "* 1 FETCH (UID 1 RFC822.SIZE 10 FLAGS (\\Seen) INTERNALDATE \"01-Jan-2020 "
-               "10:00:00 +0000\" BODY[HEADER.FIELDS (MESSAGE-ID)] {21}\r\nMessage-ID: "
-               "<a@b>\r\n\r\n)\r\n" +
-               ok;
-      return kDefault;
-    });
-    CopyState state;
-    PassCache cache;
-    PassOptions options;
-    options.tolerant = tolerant;
-    PassTotals totals;
-    auto error = with_pair(src, dst, [&](Session& s, Session& d) -> asio::awaitable<void> {
-      totals = co_await copy_pass(s, d, state, cache, options);
-    });
-    CAPTURE(error);
-    if (tolerant) {
-      CHECK(error.empty());
-      CHECK(totals.skipped_folders == 1);
-      CHECK(totals.already == 1);  // INBOX, after the refused folder, on the same session
-    } else {
-      CHECK(error.find("EXAMINE Projects: NO [NONEXISTENT] Mailbox doesn't exist") !=
-            std::string::npos);
+    for (const bool refused : {true, false}) {
+      CAPTURE(tolerant);
+      CAPTURE(refused);
+      bool in_projects = false;
+      ScriptedNode src([&](const std::string& tag, const std::string& command) -> std::string {
+        const std::string ok = tag + " OK done\r\n";
+        if (command.starts_with("LIST "))
+          return "* LIST () \"/\" Projects\r\n* LIST () \"/\" INBOX\r\n" + ok;
+        if (command.starts_with("EXAMINE")) {
+          in_projects = command.find("Projects") != std::string::npos;
+          if (in_projects && refused)
+            return tag + " NO [NONEXISTENT] Mailbox doesn't exist: Projects\r\n";
+          return std::string("* ") + (in_projects ? "2" : "1") +
+                 " EXISTS\r\n* OK [UIDVALIDITY 7] x\r\n" + ok;
+        }
+        if (command.starts_with("UID FETCH 1:* ")) return inbox_listing + ok;
+        return kDefault;
+      });
+      ScriptedNode dst([&](const std::string& tag, const std::string& command) -> std::string {
+        const std::string ok = tag + " OK done\r\n";
+        if (command.starts_with("LIST "))
+          return "* LIST () \"/\" INBOX\r\n* LIST () \"/\" Projects\r\n" + ok;
+        if (command.starts_with("SELECT") || command.starts_with("EXAMINE"))
+          return "* 1 EXISTS\r\n* OK [UIDVALIDITY 3] x\r\n" + ok;
+        if (command.starts_with("UID FETCH 1:* ")) return inbox_listing + ok;
+        return kDefault;
+      });
+      CopyState state;
+      PassCache cache;
+      PassOptions options;
+      options.tolerant = tolerant;
+      PassTotals totals;
+      auto error = with_pair(src, dst, [&](Session& s, Session& d) -> asio::awaitable<void> {
+        totals = co_await copy_pass(s, d, state, cache, options);
+      });
+      CAPTURE(error);
+      if (tolerant) {
+        CHECK(error.empty());
+        CHECK(totals.skipped_folders == 1);
+        CHECK(totals.already == 1);  // INBOX, after the skipped folder, on the same session
+      } else {
+        CHECK(error.find(refused ? "EXAMINE Projects: NO [NONEXISTENT] Mailbox doesn't exist"
+                                 : "1 messages read, but the folder holds 2") !=
+              std::string::npos);
+      }
     }
   }
 }
