@@ -396,10 +396,11 @@ void refuse_after_recreation(const Session& source, const std::string& folder,
 }
 
 std::string mapped(const std::string& name, const Session& source, const Session& destination) {
-  auto target = map_name(name, source.delimiter(), destination.delimiter());
+  auto target = map_folder(name, source.personal(), destination.personal());
   if (!target)
-    throw ImapError(fmt::format("folder {} cannot be named on the destination (its name holds the "
-                                "destination's hierarchy separator {})",
+    throw ImapError(fmt::format("folder {} cannot be named on the destination (a level of its "
+                                "name holds the destination's hierarchy separator {}, or it "
+                                "would become the destination's INBOX)",
                                 sanitize(name), sanitize(destination.delimiter())));
   return *target;
 }

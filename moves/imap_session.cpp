@@ -337,7 +337,7 @@ asio::awaitable<void> Session::learn() {
   // Without the namespaces, other users' and shared folders would be taken
   // for the user's own: no guessing, the node is not used.
   auto ns = co_await run("NAMESPACE", "NAMESPACE");
-  bool seen = false;
+  bool seen = false, personal_seen = false;
   for (const auto& response : ns.untagged) {
     const auto& v = response.values;
     if (v.empty() || !v[0].is_atom("NAMESPACE")) continue;
@@ -348,6 +348,9 @@ asio::awaitable<void> Session::learn() {
         if (space.kind != Value::Kind::list || space.items.empty() || !space.items[0].is_text())
           continue;
         if (group == 1) {
+          // The first personal namespace is the one the user's folders are in.
+          if (!personal_seen) personal_prefix_ = space.items[0].text;
+          personal_seen = true;
           if (delimiter_.empty() && space.items.size() > 1 && space.items[1].is_text())
             delimiter_ = space.items[1].text;
         } else if (!space.items[0].text.empty()) {
@@ -390,6 +393,11 @@ asio::awaitable<std::vector<std::pair<std::string, std::vector<std::string>>>> S
     bool other = false;
     for (const auto& prefix : other_prefixes_)
       if (name.starts_with(prefix)) other = true;
+    // With a personal prefix (Cyrus' "INBOX."), what is neither INBOX nor
+    // under it belongs to another namespace (Cyrus' shared one has prefix "").
+    if (!personal_prefix_.empty() && !iequals(name, "INBOX") &&
+        !under_prefix(name, personal_prefix_))
+      other = true;
     if (!other) out.emplace_back(name, std::move(flags));
   }
   co_return out;

@@ -123,6 +123,8 @@ class Session {
 
   const Endpoint& endpoint() const { return endpoint_; }
   const std::string& delimiter() const { return delimiter_; }  // "" when the node has none
+  // The personal namespace's prefix ("" or e.g. Cyrus' "INBOX.") and delimiter.
+  PersonalNamespace personal() const { return {personal_prefix_, delimiter_}; }
   bool has(std::string_view capability) const;                 // e.g. "UIDPLUS", "LITERAL+"
   bool condstore() const { return condstore_; }
 
@@ -204,6 +206,7 @@ class Session {
   std::vector<std::string> caps_;
   std::string delimiter_;
   std::vector<std::string> other_prefixes_;
+  std::string personal_prefix_;
   bool condstore_ = false;
   unsigned tag_counter_ = 0;
   Selected selected_;

@@ -398,6 +398,33 @@ std::optional<std::string> map_name(std::string_view name, std::string_view from
   return out;
 }
 
+// NAME starts with PREFIX; "INBOX" in either compares in any case.
+bool under_prefix(std::string_view name, std::string_view prefix) {
+  if (prefix.empty() || name.size() < prefix.size()) return false;
+  constexpr std::string_view kInbox = "INBOX";
+  std::size_t from = 0;
+  if (prefix.size() >= kInbox.size() && equals_upper(prefix.substr(0, kInbox.size()), kInbox)) {
+    if (!equals_upper(name.substr(0, kInbox.size()), kInbox)) return false;
+    from = kInbox.size();
+  }
+  return name.substr(from, prefix.size() - from) == prefix.substr(from);
+}
+
+std::optional<std::string> map_folder(std::string_view name, const PersonalNamespace& from,
+                                      const PersonalNamespace& to) {
+  if (equals_upper(name, "INBOX")) return std::string("INBOX");
+  // Outside the source's prefix, when it has one: the delimiter changes,
+  // the prefixes are not swapped.
+  const bool swap = from.prefix.empty() || under_prefix(name, from.prefix);
+  const std::string_view relative = swap ? name.substr(from.prefix.size()) : name;
+  if (relative.empty()) return std::nullopt;
+  auto level = map_name(relative, from.delimiter, to.delimiter);
+  if (!level) return std::nullopt;
+  std::string out = swap ? to.prefix + *level : std::move(*level);
+  if (equals_upper(out, "INBOX")) return std::nullopt;
+  return out;
+}
+
 bool selectable(const std::vector<std::string>& flags) {
   for (const auto& f : flags)
     if (equals_upper(f, "\\NOSELECT") || equals_upper(f, "\\NONEXISTENT")) return false;

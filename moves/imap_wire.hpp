@@ -99,6 +99,28 @@ std::string uid_set(std::vector<std::uint32_t> uids);
 std::optional<std::string> map_name(std::string_view name, std::string_view from_delimiter,
                                     std::string_view to_delimiter);
 
+// A node's personal namespace (RFC 2342): its prefix ("" on Dovecot by
+// default, "INBOX." on Cyrus without altnamespace) and hierarchy delimiter.
+struct PersonalNamespace {
+  std::string prefix;
+  std::string delimiter;
+};
+
+// NAME starts with PREFIX (never with ""); "INBOX" compares in any case.
+bool under_prefix(std::string_view name, std::string_view prefix);
+
+// A folder of the source's personal namespace as the destination names
+// it: the source's prefix taken off, the delimiter translated (map_name),
+// the destination's prefix put on, so that Cyrus' "INBOX.Sent" is
+// Dovecot's "Sent" and back. INBOX is INBOX on both sides; a name outside
+// the source's prefix keeps it (delimiter translated only). The mapping
+// is one-to-one: Dovecot's "INBOX/Sent" (a child of INBOX) becomes
+// "INBOX.INBOX.Sent", not "INBOX.Sent" (which "Sent" becomes). nullopt
+// when map_name cannot name it, or when it would become the destination's
+// INBOX (Cyrus' "INBOX.INBOX" towards a node without a prefix).
+std::optional<std::string> map_folder(std::string_view name, const PersonalNamespace& from,
+                                      const PersonalNamespace& to);
+
 // Whether a LIST response's flags let the folder be selected (no
 // \Noselect, no \NonExistent, any case).
 bool selectable(const std::vector<std::string>& flags);

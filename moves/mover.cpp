@@ -2067,7 +2067,7 @@ std::string Mover::precheck() {
   for (const auto& [name, flags] : run(pair.src->list())) {
     if (!imap::selectable(flags)) continue;
     ++total;
-    auto target = imap::map_name(name, pair.src->delimiter(), pair.dst->delimiter());
+    auto target = imap::map_folder(name, pair.src->personal(), pair.dst->personal());
     if (!target || !dst_folders.contains(*target)) continue;
     Compared found;
     try {
@@ -2125,7 +2125,7 @@ void Mover::step_verify() {
     if (imap::selectable(flags)) dst_folders.insert(name);
   for (const auto& [name, flags] : run(pair.src->list())) {
     if (!imap::selectable(flags)) continue;
-    auto target = imap::map_name(name, pair.src->delimiter(), pair.dst->delimiter());
+    auto target = imap::map_folder(name, pair.src->personal(), pair.dst->personal());
     if (!target || !dst_folders.contains(*target)) {
       problems.push_back(fmt::format("folder {}: missing on the destination", clean(name)));
       report["folders"][name] = Json{{"missing_folder", true}};
@@ -2163,7 +2163,7 @@ void Mover::step_verify() {
   for (const auto& [name, flags] : run(pair.dst->list(true))) dst_subs.insert(name);
   std::set<std::string> missing_subs;
   for (const auto& [name, flags] : run(pair.src->list(true))) {
-    auto target = imap::map_name(name, pair.src->delimiter(), pair.dst->delimiter());
+    auto target = imap::map_folder(name, pair.src->personal(), pair.dst->personal());
     const std::string t = target ? *target : name;
     if (!dst_subs.contains(t)) missing_subs.insert(t);
   }

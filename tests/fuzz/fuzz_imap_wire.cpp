@@ -213,6 +213,15 @@ void check_list(const std::vector<Value>& values) {
   }
   if (from.size() == 1) FUZZ_CHECK(map_name(*mapped, to, from) == name);
   if (from.empty()) FUZZ_CHECK(*mapped == name);
+  // The personal prefix swapped ("" <-> Cyrus' "INBOX."): one to one, so
+  // every name but INBOX (in any case) comes back as it was.
+  if (from.size() != 1) return;
+  const PersonalNamespace plain{"", from}, prefixed{"INBOX" + to, to};
+  const auto there = map_folder(name, plain, prefixed);
+  if (!there) return;
+  FUZZ_CHECK(under_prefix(*there, prefixed.prefix) || *there == "INBOX");
+  if (*there == "INBOX") return;
+  FUZZ_CHECK(map_folder(*there, prefixed, plain) == name);
 }
 
 // A sequence set as uid_set writes it: ascending, ranges a:b with a < b,

@@ -89,7 +89,10 @@ JUDY, KATE, LEO = "judy@example.org", "kate@example.org", "leo@example.org"
 MIA = "mia@example.org"
 # nina: moved with an external copier (move.copier).
 NINA = "nina@example.org"
-NODE_USERS = {NINA: PASSWORD, MIA: PASSWORD, JUDY: PASSWORD, KATE: PASSWORD, LEO: PASSWORD, "ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
+# olga: copied to a node whose personal namespace has the prefix "INBOX."
+# (Cyrus' layout without altnamespace) and back.
+OLGA = "olga@example.org"
+NODE_USERS = {OLGA: PASSWORD, NINA: PASSWORD, MIA: PASSWORD, JUDY: PASSWORD, KATE: PASSWORD, LEO: PASSWORD, "ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
               dd.LONG_USER: PASSWORD, FRANK: PASSWORD, GRACE_NODE: PASSWORD}
 # The large move (dave, b -> a by IMAP, back by dsync): its size in MB; 0 skips it.
 BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "1000"))
@@ -1588,6 +1591,66 @@ class Move(unittest.TestCase):
                          r"^the copier isthmus-copy finished \(a-\w+ -> b-\w+\); Sieve: ")
         self.assertEqual(j["history"][-1]["status"], "aborted")
         self.assert_copied(user)
+
+    def test_11_personal_namespace_prefix_is_translated(self):
+        """olga's mailbox copied by isthmus-copy from a node of island a
+        (Dovecot's default namespace, prefix "") to a Dovecot node whose
+        personal namespace has the prefix "INBOX." (the layout of Cyrus
+        without altnamespace), then from there to island b: on the prefixed
+        node every folder is under INBOX. ("Sent" is "INBOX.Sent"; INBOX's
+        own child "INBOX.Sub" is "INBOX.INBOX.Sub"), and on b every folder
+        has its first name again, each with the same messages, flags and
+        dates, and the same subscriptions."""
+        from lab.dovecot import DovecotNode
+        user = OLGA
+        seed(user, user, "a", small=40, big=0,
+             folders=("Archive", "Archive.2023", "Sent", "INBOX.Sub"))
+        name = "c-prefixed"
+        node = DovecotNode(name, os.path.join(LAB.root, "nodes", name),
+                           os.path.join(LAB.root, "store-prefixed"), dict(NODE_USERS),
+                           {"imap": procs.free_port()})
+        node.config_text = (lambda text=node.config_text: text() + (
+            "\n# Cyrus' layout without altnamespace\n"
+            "namespace inbox {\n  inbox = yes\n  prefix = INBOX.\n  separator = .\n}\n"))
+        self.addCleanup(node.stop)
+        node.start()
+        path = write_config("move-prefixed.json", SOCKET, {"type": "isthmus"})
+        # In the lab's nodes (snapshot() finds it there) only after: write_config
+        # gives every lab node ManageSieve and doveadm, which this one lacks.
+        LAB.nodes[name] = node
+        self.addCleanup(LAB.nodes.pop, name)
+        with open(path) as f:
+            config = json.load(f)
+        config["move"]["nodes"][name] = {"address": f"{node.host}:{node.port('imap')}"}
+        with open(path, "w") as f:
+            json.dump(config, f)
+        copy = os.environ.get("ISTHMUS_COPY_BIN") or os.path.join(os.path.dirname(binary()),
+                                                                   "isthmus-copy")
+
+        def copy_pass(source: str, destination: str):
+            r = subprocess.run([copy, "--config", path, "--user", user, "--from", source,
+                                "--to", destination], capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+        copy_pass("a-left", name)
+        original = snapshot("a-left", user)
+        prefixed = snapshot(name, user)
+
+        def under_inbox(folder: str) -> str:
+            return folder if folder == "INBOX" else "INBOX." + folder
+        folders = [f for f in original if not f.startswith("__")]
+        self.assertEqual(sorted(f for f in prefixed if not f.startswith("__")),
+                         sorted(under_inbox(f) for f in folders))
+        self.assertIn("INBOX.INBOX.Sub", prefixed)
+        for folder in folders:
+            self.assertEqual(prefixed[under_inbox(folder)], original[folder], folder)
+            self.assertTrue(original[folder] or folder != "Sent", "Sent is empty")
+        self.assertEqual(prefixed["__subscribed__"],
+                         sorted(under_inbox(f) for f in original["__subscribed__"]))
+
+        copy_pass(name, "b-left")
+        back = snapshot("b-left", user)
+        self.assertEqual(back, original)
 
 
 if __name__ == "__main__":

@@ -573,6 +573,53 @@ TEST_CASE("imap copy: a source folder gone or never listed whole: skipped while 
   }
 }
 
+TEST_CASE("imap copy: from a node with prefix \"\" to one with \"INBOX.\" (Cyrus): names swapped") {
+  // The source (Dovecot's layout) lists INBOX, Sent, Archive/2024 and a
+  // child of INBOX; the destination (Cyrus without altnamespace) has INBOX
+  // and a shared folder outside its prefix, which is not the user's.
+  ScriptedNode src([&](const std::string& tag, const std::string& command) -> std::string {
+    const std::string ok = tag + " OK done\r\n";
+    if (command.starts_with("LIST "))
+      return "* LIST () \"/\" INBOX\r\n* LIST () \"/\" Sent\r\n"
+             "* LIST (\\Noselect) \"/\" Archive\r\n* LIST () \"/\" Archive/2024\r\n"
+             "* LIST () \"/\" INBOX/Sent\r\n" +
+             ok;
+    if (command.starts_with("LSUB ")) return "* LSUB () \"/\" Archive/2024\r\n" + ok;
+    if (command.starts_with("EXAMINE")) return "* 0 EXISTS\r\n* OK [UIDVALIDITY 7] x\r\n" + ok;
+    return kDefault;
+  });
+  ScriptedNode dst([&](const std::string& tag, const std::string& command) -> std::string {
+    const std::string ok = tag + " OK done\r\n";
+    if (command == "NAMESPACE")
+      return "* NAMESPACE ((\"INBOX.\" \".\")) ((\"user.\" \".\")) ((\"\" \".\"))\r\n" + ok;
+    if (command.starts_with("LIST "))
+      return "* LIST () \".\" INBOX\r\n* LIST () \".\" public\r\n" + ok;
+    if (command.starts_with("SELECT") || command.starts_with("EXAMINE"))
+      return "* 0 EXISTS\r\n* OK [UIDVALIDITY 3] x\r\n" + ok;
+    return kDefault;
+  });
+  CopyState state;
+  PassCache cache;
+  PassOptions options;
+  std::vector<std::pair<std::string, std::vector<std::string>>> dst_listed;
+  auto error = with_pair(src, dst, [&](Session& s, Session& d) -> asio::awaitable<void> {
+    co_await copy_pass(s, d, state, cache, options);
+    dst_listed = co_await d.list();
+  });
+  CAPTURE(error);
+  CHECK(error.empty());
+  CHECK(state.created_folders ==
+        std::vector<std::string>{"INBOX.Sent", "INBOX.Archive.2024", "INBOX.INBOX.Sent"});
+  const auto commands = dst.commands();
+  CHECK(sent(commands, "CREATE \"INBOX.Sent\""));
+  CHECK(sent(commands, "SUBSCRIBE \"INBOX.Archive.2024\""));
+  CHECK(sent(commands, "SELECT \"INBOX.INBOX.Sent\""));
+  CHECK_FALSE(sent(commands, "CREATE \"Sent\""));
+  // Cyrus' shared folder (namespace prefix "") is not taken for the user's.
+  REQUIRE(dst_listed.size() == 1);
+  CHECK(dst_listed[0].first == "INBOX");
+}
+
 TEST_CASE("imap session: a node's status word is logged as text, control bytes escaped") {
   ScriptedNode node([](const std::string& tag, const std::string& command) -> std::string {
     if (command == "NOOP") return tag + " NO\x1b]0;owned\x07\r[7/7]\tdone\r\n";

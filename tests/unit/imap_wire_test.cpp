@@ -335,6 +335,44 @@ TEST_CASE("imap_wire: uid_set") {
   CHECK(uid_set({4294967295u, 4294967294u, 1}) == "1,4294967294:4294967295");
 }
 
+TEST_CASE("imap_wire: map_folder swaps the personal namespace's prefix, one to one") {
+  const PersonalNamespace dovecot{"", "/"}, cyrus{"INBOX.", "."}, cyrus_alt{"", "."};
+  // Cyrus without altnamespace <-> Dovecot.
+  CHECK(map_folder("INBOX.Sent", cyrus, dovecot) == "Sent");
+  CHECK(map_folder("INBOX.Archive.2024", cyrus, dovecot) == "Archive/2024");
+  CHECK(map_folder("Sent", dovecot, cyrus) == "INBOX.Sent");
+  CHECK(map_folder("Archive/2024", dovecot, cyrus) == "INBOX.Archive.2024");
+  // INBOX is INBOX, in any case; a child of Dovecot's INBOX keeps its place.
+  CHECK(map_folder("INBOX", cyrus, dovecot) == "INBOX");
+  CHECK(map_folder("inbox", dovecot, cyrus) == "INBOX");
+  CHECK(map_folder("INBOX/Sent", dovecot, cyrus) == "INBOX.INBOX.Sent");
+  CHECK(map_folder("INBOX.INBOX.Sent", cyrus, dovecot) == "INBOX/Sent");
+  CHECK(map_folder("inbox.Sent", cyrus, dovecot) == "Sent");  // INBOX in any case
+  // One to one: every name of one side maps back to itself.
+  for (const char* name : {"Sent", "INBOX/Sent", "a/b/c", "INBOX", "Trash"}) {
+    CAPTURE(name);
+    auto there = map_folder(name, dovecot, cyrus);
+    REQUIRE(there);
+    CHECK(map_folder(*there, cyrus, dovecot) == name);
+  }
+  // Would become the destination's INBOX, or has no name: refused.
+  CHECK_FALSE(map_folder("INBOX.INBOX", cyrus, dovecot));
+  CHECK_FALSE(map_folder("INBOX.inbox", cyrus, dovecot));
+  CHECK_FALSE(map_folder("INBOX.", cyrus, dovecot));
+  // A level holding the destination's delimiter cannot be named there.
+  CHECK_FALSE(map_folder("a.b", dovecot, cyrus));
+  // The same layout: only the delimiter (as map_name).
+  CHECK(map_folder("INBOX.Sent", cyrus, cyrus) == "INBOX.Sent");
+  CHECK(map_folder("Archive.2024", cyrus_alt, dovecot) == "Archive/2024");
+  // Outside the source's prefix: not swapped.
+  CHECK(map_folder("Other.x", cyrus, dovecot) == "Other/x");
+  CHECK(under_prefix("INBOX.Sent", "INBOX."));
+  CHECK(under_prefix("Inbox.Sent", "INBOX."));
+  CHECK_FALSE(under_prefix("INBOXSent", "INBOX."));
+  CHECK_FALSE(under_prefix("Sent", ""));
+  CHECK_FALSE(under_prefix("INBOX", "INBOX."));
+}
+
 TEST_CASE("imap_wire: map_name") {
   CHECK(map_name("a.b.c", ".", "/") == "a/b/c");
   CHECK(map_name("a/b", "/", ".") == "a.b");
