@@ -395,6 +395,18 @@ void refuse_after_recreation(const Session& source, const std::string& folder,
       source.endpoint().describe(), sanitize(folder), *before, *now, what));
 }
 
+// A destination name as the destination compares names: the INBOX level
+// (INBOX itself, or the first level of a child of it) in any case.
+std::string collision_key(const std::string& target, const std::string& delimiter) {
+  constexpr std::size_t kInbox = 5;
+  if (target.size() < kInbox || !iequals(std::string_view(target).substr(0, kInbox), "INBOX"))
+    return target;
+  if (target.size() == kInbox ||
+      (!delimiter.empty() && std::string_view(target).substr(kInbox).starts_with(delimiter)))
+    return "INBOX" + target.substr(kInbox);
+  return target;
+}
+
 std::string mapped(const std::string& name, const Session& source, const Session& destination) {
   auto target = map_folder(name, source.personal(), destination.personal());
   if (!target)
@@ -453,6 +465,20 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
   for (const auto& [name, flags] : src_folders)
     if (selectable(flags)) folders.push_back(name);
   totals.folders = folders.size();
+  // Two source folders that would be one on the destination (Cyrus'
+  // INBOX.inbox.X and INBOX.INBOX.X towards a node without a prefix):
+  // refused before anything is written, naming both.
+  {
+    std::map<std::string, std::string> seen;
+    for (const auto& [name, flags] : src_folders) {
+      const std::string target = mapped(name, src, dst);
+      auto [at, added] = seen.emplace(collision_key(target, dst.delimiter()), name);
+      if (!added && at->second != name)
+        throw ImapError(fmt::format("folders {} and {} would both be {} on the destination: "
+                                    "rename one of them on the source",
+                                    sanitize(at->second), sanitize(name), sanitize(target)));
+    }
+  }
 
   if (options.expunge_allowed) {
     // Folders and subscriptions this move added that the user removed (or
@@ -543,6 +569,7 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
     // pass copies (or fails on) whatever is left then. With the user
     // locked out it is an error.
     std::exception_ptr refused;
+    bool refused_again = false;
     bool unchanged = false;
     std::optional<Signature> src_signature;
     std::vector<Msg> src_msgs;
@@ -558,11 +585,16 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
       if (!unchanged) src_msgs = co_await list_folder(src, name, false, &cache, &src_signature);
     } catch (const FolderRefused&) {
       refused = std::current_exception();
+      // Refused in an earlier pass of this run too, and still listed: not
+      // a rename in flight but a folder that cannot be read (no "r" right);
+      // the pre-copy fails on it now, with the user still active, rather
+      // than the locked pass later.
+      refused_again = !cache.refused.insert(name).second;
     } catch (const ListingChanged&) {
       refused = std::current_exception();
     }
     if (refused) {
-      if (!options.tolerant) std::rethrow_exception(refused);
+      if (!options.tolerant || refused_again) std::rethrow_exception(refused);
       ++totals.skipped_folders;
       ++progress.folders_done;
       continue;

@@ -17,6 +17,7 @@
 #include <array>
 #include <functional>
 #include <map>
+#include <set>
 
 namespace isthmus::moves::imap {
 
@@ -58,6 +59,7 @@ struct PassCache {
   std::map<std::string, Listing> listings;  // key: node name, NUL, folder
   std::map<std::string, Signature> synced;  // source folder -> signature
   std::map<std::string, std::uint64_t> validities;  // key as listings: UIDVALIDITY when listed
+  std::set<std::string> refused;  // source folders a tolerant pass skipped as refused
 };
 
 struct PassProgress {

@@ -360,6 +360,12 @@ asio::awaitable<void> Session::learn() {
     }
   }
   if (!seen) fail("NAMESPACE: no namespace in the answer");
+  // A personal prefix that does not end with the delimiter ("INBOX"
+  // rather than "INBOX."): its levels cannot be told apart from the
+  // prefix, so names are taken as they are (no prefix swapped).
+  if (!personal_prefix_.empty() &&
+      (delimiter_.empty() || !personal_prefix_.ends_with(delimiter_)))
+    personal_prefix_.clear();
   if (caps_.empty()) {
     auto caps = co_await run("CAPABILITY", "CAPABILITY");
     for (const auto& response : caps.untagged) {

@@ -413,14 +413,14 @@ bool under_prefix(std::string_view name, std::string_view prefix) {
 std::optional<std::string> map_folder(std::string_view name, const PersonalNamespace& from,
                                       const PersonalNamespace& to) {
   if (equals_upper(name, "INBOX")) return std::string("INBOX");
-  // Outside the source's prefix, when it has one: the delimiter changes,
-  // the prefixes are not swapped.
-  const bool swap = from.prefix.empty() || under_prefix(name, from.prefix);
-  const std::string_view relative = swap ? name.substr(from.prefix.size()) : name;
+  // Outside the source's prefix, when it has one: not the user's folder
+  // (Session::list leaves such names out), and no one-to-one name for it.
+  if (!from.prefix.empty() && !under_prefix(name, from.prefix)) return std::nullopt;
+  const std::string_view relative = name.substr(from.prefix.size());
   if (relative.empty()) return std::nullopt;
   auto level = map_name(relative, from.delimiter, to.delimiter);
   if (!level) return std::nullopt;
-  std::string out = swap ? to.prefix + *level : std::move(*level);
+  std::string out = to.prefix + *level;
   if (equals_upper(out, "INBOX")) return std::nullopt;
   return out;
 }

@@ -112,12 +112,14 @@ bool under_prefix(std::string_view name, std::string_view prefix);
 // A folder of the source's personal namespace as the destination names
 // it: the source's prefix taken off, the delimiter translated (map_name),
 // the destination's prefix put on, so that Cyrus' "INBOX.Sent" is
-// Dovecot's "Sent" and back. INBOX is INBOX on both sides; a name outside
-// the source's prefix keeps it (delimiter translated only). The mapping
+// Dovecot's "Sent" and back. INBOX is INBOX on both sides. The mapping
 // is one-to-one: Dovecot's "INBOX/Sent" (a child of INBOX) becomes
 // "INBOX.INBOX.Sent", not "INBOX.Sent" (which "Sent" becomes). nullopt
-// when map_name cannot name it, or when it would become the destination's
-// INBOX (Cyrus' "INBOX.INBOX" towards a node without a prefix).
+// when map_name cannot name it, when it would become the destination's
+// INBOX (Cyrus' "INBOX.INBOX" towards a node without a prefix), or when
+// it is outside the source's prefix (not the user's: another namespace).
+// A prefix is expected to end with its delimiter (Session::personal()
+// gives "" for one that does not).
 std::optional<std::string> map_folder(std::string_view name, const PersonalNamespace& from,
                                       const PersonalNamespace& to);
 

@@ -32,6 +32,9 @@ using tcp = asio::ip::tcp;
 
 struct Server::Worker {
   explicit Worker(std::atomic<std::size_t>& total) : sessions(&total) {}
+  // Before io: session frames destroyed with the io_context unlist
+  // themselves from it.
+  SessionRegistry sessions;
   asio::io_context io{1};
   // Eviction runs a coroutine on every worker's thread, from any worker's
   // accept loop: no worker may run out of work and leave its thread while
@@ -40,7 +43,6 @@ struct Server::Worker {
   // accept loop of every worker has ended.
   asio::executor_work_guard<asio::io_context::executor_type> busy{io.get_executor()};
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
-  SessionRegistry sessions;
   std::thread thread;
 };
 
@@ -311,10 +313,17 @@ void Server::start() {
   if (accept_loops_.load() == 0) release_workers();
   for (auto& worker : workers_) {
     worker->thread = std::thread([w = worker.get()] {
-      try {
-        w->io.run();
-      } catch (const std::exception& e) {
-        spdlog::critical("worker stopped by an unexpected error: {}", e.what());
+      // An error out of a handler must not end the thread: its sessions
+      // and its accept loops (which the stop waits for) live on it.
+      for (;;) {
+        try {
+          w->io.run();
+          return;
+        } catch (const std::exception& e) {
+          spdlog::critical("worker: an unexpected error out of a handler: {}", e.what());
+        } catch (...) {
+          spdlog::critical("worker: an unexpected error out of a handler");
+        }
       }
     });
   }
