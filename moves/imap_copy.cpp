@@ -411,8 +411,7 @@ std::string mapped(const std::string& name, const Session& source, const Session
   auto target = map_folder(name, source.personal(), destination.personal());
   if (!target)
     throw ImapError(fmt::format("folder {} cannot be named on the destination (a level of its "
-                                "name holds the destination's hierarchy separator {}, or it "
-                                "would become the destination's INBOX)",
+                                "name holds the destination's hierarchy separator {})",
                                 sanitize(name), sanitize(destination.delimiter())));
   return *target;
 }
@@ -465,12 +464,14 @@ asio::awaitable<PassTotals> copy_pass(Session& src, Session& dst, CopyState& sta
   for (const auto& [name, flags] : src_folders)
     if (selectable(flags)) folders.push_back(name);
   totals.folders = folders.size();
-  // Two source folders that would be one on the destination (Cyrus'
-  // INBOX.inbox.X and INBOX.INBOX.X towards a node without a prefix):
-  // refused before anything is written, naming both.
+  // Two source folders holding messages that would be one on the
+  // destination (Cyrus' INBOX.inbox.X and INBOX.INBOX.X, or INBOX and a
+  // selectable INBOX.INBOX, towards a node without a prefix): refused
+  // before anything is written, naming both. (\Noselect parents hold no
+  // messages: Cyrus' INBOX.INBOX above INBOX.INBOX.X is Dovecot's INBOX.)
   {
     std::map<std::string, std::string> seen;
-    for (const auto& [name, flags] : src_folders) {
+    for (const auto& name : folders) {
       const std::string target = mapped(name, src, dst);
       auto [at, added] = seen.emplace(collision_key(target, dst.delimiter()), name);
       if (!added && at->second != name)

@@ -421,7 +421,9 @@ std::optional<std::string> map_folder(std::string_view name, const PersonalNames
   auto level = map_name(relative, from.delimiter, to.delimiter);
   if (!level) return std::nullopt;
   std::string out = to.prefix + *level;
-  if (equals_upper(out, "INBOX")) return std::nullopt;
+  // Cyrus' INBOX.INBOX (the parent of a child of Dovecot's INBOX) towards
+  // a node without a prefix: that node's INBOX.
+  if (equals_upper(out, "INBOX")) return std::string("INBOX");
   return out;
 }
 

@@ -114,10 +114,11 @@ bool under_prefix(std::string_view name, std::string_view prefix);
 // the destination's prefix put on, so that Cyrus' "INBOX.Sent" is
 // Dovecot's "Sent" and back. INBOX is INBOX on both sides. The mapping
 // is one-to-one: Dovecot's "INBOX/Sent" (a child of INBOX) becomes
-// "INBOX.INBOX.Sent", not "INBOX.Sent" (which "Sent" becomes). nullopt
-// when map_name cannot name it, when it would become the destination's
-// INBOX (Cyrus' "INBOX.INBOX" towards a node without a prefix), or when
-// it is outside the source's prefix (not the user's: another namespace).
+// "INBOX.INBOX.Sent", not "INBOX.Sent" (which "Sent" becomes), and
+// Cyrus' "INBOX.INBOX" (the parent of such a child) is "INBOX" towards a
+// node without a prefix (the caller refuses it beside INBOX if it holds
+// messages). nullopt when map_name cannot name it, or when it is outside
+// the source's prefix (not the user's: another namespace).
 // A prefix is expected to end with its delimiter (Session::personal()
 // gives "" for one that does not).
 std::optional<std::string> map_folder(std::string_view name, const PersonalNamespace& from,

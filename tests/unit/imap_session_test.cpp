@@ -629,30 +629,50 @@ TEST_CASE("imap copy: from a node with prefix \"\" to one with \"INBOX.\" (Cyrus
 }
 
 TEST_CASE("imap copy: two source folders that would be one on the destination: refused") {
-  // Cyrus (prefix "INBOX.") holds INBOX.inbox.X and INBOX.INBOX.X: towards
-  // a node without a prefix both are INBOX/X (the INBOX level in any case).
-  ScriptedNode src([&](const std::string& tag, const std::string& command) -> std::string {
-    const std::string ok = tag + " OK done\r\n";
-    if (command == "NAMESPACE") return "* NAMESPACE ((\"INBOX.\" \".\")) NIL NIL\r\n" + ok;
-    if (command.starts_with("LIST "))
-      return "* LIST () \".\" INBOX\r\n* LIST () \".\" INBOX.inbox.X\r\n"
-             "* LIST () \".\" INBOX.INBOX.X\r\n" +
-             ok;
-    return kDefault;
-  });
-  ScriptedNode dst([&](const std::string& tag, const std::string& command) -> std::string {
-    if (command.starts_with("LIST ")) return "* LIST () \"/\" INBOX\r\n" + tag + " OK done\r\n";
-    return kDefault;
-  });
-  CopyState state;
-  PassCache cache;
-  PassOptions options;
-  auto error = with_pair(src, dst, [&](Session& s, Session& d) -> asio::awaitable<void> {
-    co_await copy_pass(s, d, state, cache, options);
-  });
-  CHECK(error.find("folders INBOX.inbox.X and INBOX.INBOX.X would both be INBOX/X on the "
-                   "destination") != std::string::npos);
-  CHECK_FALSE(sent(dst.commands(), "CREATE"));
+  // Cyrus (prefix "INBOX.") towards a node without a prefix: INBOX.inbox.X
+  // and INBOX.INBOX.X are both INBOX/X (the INBOX level in any case); a
+  // selectable INBOX.INBOX would be INBOX. A \Noselect INBOX.INBOX (the
+  // parent of INBOX.INBOX.X) is no collision.
+  struct Case {
+    const char* listing;
+    const char* error;
+  };
+  for (const Case c :
+       {Case{"* LIST () \".\" INBOX.inbox.X\r\n* LIST () \".\" INBOX.INBOX.X\r\n",
+             "folders INBOX.inbox.X and INBOX.INBOX.X would both be INBOX/X on the destination"},
+        Case{"* LIST () \".\" INBOX.INBOX\r\n",
+             "folders INBOX and INBOX.INBOX would both be INBOX on the destination"},
+        Case{"* LIST (\\Noselect) \".\" INBOX.INBOX\r\n* LIST () \".\" INBOX.INBOX.X\r\n", ""}}) {
+    CAPTURE(c.listing);
+    ScriptedNode src([&](const std::string& tag, const std::string& command) -> std::string {
+      const std::string ok = tag + " OK done\r\n";
+      if (command == "NAMESPACE") return "* NAMESPACE ((\"INBOX.\" \".\")) NIL NIL\r\n" + ok;
+      if (command.starts_with("LIST "))
+        return "* LIST () \".\" INBOX\r\n" + std::string(c.listing) + ok;
+      if (command.starts_with("EXAMINE")) return "* 0 EXISTS\r\n* OK [UIDVALIDITY 7] x\r\n" + ok;
+      return kDefault;
+    });
+    ScriptedNode dst([&](const std::string& tag, const std::string& command) -> std::string {
+      const std::string ok = tag + " OK done\r\n";
+      if (command.starts_with("LIST ")) return "* LIST () \"/\" INBOX\r\n" + ok;
+      if (command.starts_with("SELECT")) return "* 0 EXISTS\r\n* OK [UIDVALIDITY 3] x\r\n" + ok;
+      return kDefault;
+    });
+    CopyState state;
+    PassCache cache;
+    PassOptions options;
+    auto error = with_pair(src, dst, [&](Session& s, Session& d) -> asio::awaitable<void> {
+      co_await copy_pass(s, d, state, cache, options);
+    });
+    CAPTURE(error);
+    if (*c.error) {
+      CHECK(error.find(c.error) != std::string::npos);
+      CHECK_FALSE(sent(dst.commands(), "CREATE"));
+    } else {
+      CHECK(error.empty());
+      CHECK(state.created_folders == std::vector<std::string>{"INBOX/X"});
+    }
+  }
 }
 
 TEST_CASE("imap session: a node's status word is logged as text, control bytes escaped") {
