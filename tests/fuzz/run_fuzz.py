@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Runs the libFuzzer targets of a fuzz build (tests/fuzz/, ISTHMUS_FUZZ=ON).
 
-    run_fuzz.py --bin build/fuzz/bin --seconds 15 [--jobs 2] [--merge]
-                [--report FILE] [TARGET...]
+    run_fuzz.py --bin build/fuzz/bin --seconds 15 [--jobs 2] [--procs 1]
+                [--merge] [--report FILE] [TARGET...]
 
 Each target runs for SECONDS of wall time (or, with --cpu-seconds, until it
 has used that much CPU however long it takes at a low priority) on a scratch copy of its checked-in
 corpus (tests/fuzz/corpus/NAME) plus the reproducers of fixed findings
 (tests/fuzz/regressions/NAME), so it starts from what is known and tries new
-inputs from there. A crash, a failed invariant, a sanitizer report, a leak,
+inputs from there. --jobs runs that many targets at once; --procs runs that
+many fuzzer processes per target on one shared work corpus (libFuzzer reloads
+it, so they pick up each other's finds; their CPU adds up to the target's):
+for a target that waits on loopback I/O and so uses a fraction of a core.
+A crash, a failed invariant, a sanitizer report, a leak,
 a timeout or running out of memory is a finding: the input is saved under
 OUT/findings/NAME/ (replay it with `build/fuzz/bin/fuzz_NAME FILE`) and the
 run exits 1. With --merge, new inputs that add coverage are merged back into
@@ -48,31 +52,41 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_for_cpu(cmd: list[str], args, env: dict, log) -> tuple[float, int]:
-    """Runs the fuzzer until it has used args.cpu_seconds of CPU (however long
-    that takes on a loaded machine at nice 19), then interrupts it (SIGINT:
-    libFuzzer prints its final stats and exits with its interrupted code, 72)."""
+def run_for_cpu(cmd: list[str], args, env: dict, logs: list) -> tuple[float, int]:
+    """Runs one fuzzer process per log until together they have used
+    args.cpu_seconds of CPU (however long that takes on a loaded machine at
+    nice 19), then interrupts them (SIGINT: libFuzzer prints its final stats
+    and exits with its interrupted code, 72). Returns the CPU used and the
+    first failing exit code (0 when all were interrupted)."""
     cmd = [c for c in cmd if not c.startswith("-max_total_time=")]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            preexec_fn=(lambda: os.nice(args.nice)) if args.nice else None)
-    cpu = 0.0
+    procs = [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                              preexec_fn=(lambda: os.nice(args.nice)) if args.nice else None)
+             for log in logs]
+    used = [0.0] * len(procs)
     interrupted = False
-    while proc.poll() is None:
-        try:
-            cpu = process_cpu(proc.pid)
-        except (OSError, IndexError, ValueError):
-            pass
-        if cpu >= args.cpu_seconds:
-            interrupted = True
-            proc.send_signal(signal.SIGINT)
+    while all(p.poll() is None for p in procs):
+        for i, p in enumerate(procs):
             try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                used[i] = process_cpu(p.pid)
+            except (OSError, IndexError, ValueError):
+                pass
+        if sum(used) >= args.cpu_seconds:
+            interrupted = True
             break
         time.sleep(1.0)
-    return cpu, 0 if interrupted and proc.returncode == 72 else proc.returncode
+    # Done, or one process stopped (a finding): interrupt the others.
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    # Interrupted by us: 72 is the expected exit; anything else is a finding.
+    codes = [p.returncode for p in procs if p.returncode != 0 and not (interrupted and p.returncode == 72)]
+    return sum(used), codes[0] if codes else 0
 
 
 def run_target(name: str, args) -> dict:
@@ -90,33 +104,47 @@ def run_target(name: str, args) -> dict:
            f"-artifact_prefix={findings}/", work, *seeds]
     env = dict(os.environ, ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:allocator_may_return_null=1",
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
-    log_path = os.path.join(out, "fuzz.log")
+    log_paths = [os.path.join(out, "fuzz.log" if i == 0 else f"fuzz-{i}.log")
+                 for i in range(max(1, args.procs))]
     before = set(os.listdir(findings))
     started = time.monotonic()
     cpu = 0.0
-    with open(log_path, "w") as log:
-        if args.cpu_seconds:
-            cpu, rc = run_for_cpu(cmd, args, env, log)
-            proc = subprocess.CompletedProcess(cmd, rc)
-        else:
-            # /usr/bin/time for this child's own CPU time (targets run in parallel).
-            proc = subprocess.run(["/usr/bin/time", "-f", "cpu %U %S",
-                                   *(["nice", "-n", str(args.nice)] if args.nice else []), *cmd],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+    if args.cpu_seconds:
+        logs = [open(path, "w") for path in log_paths]
+        try:
+            cpu, rc = run_for_cpu(cmd, args, env, logs)
+        finally:
+            for log in logs:
+                log.close()
+        proc = subprocess.CompletedProcess(cmd, rc)
+    else:
+        # /usr/bin/time for each child's own CPU time (targets run in parallel).
+        def timed(path):
+            with open(path, "w") as log:
+                return subprocess.run(["/usr/bin/time", "-f", "cpu %U %S",
+                                       *(["nice", "-n", str(args.nice)] if args.nice else []), *cmd],
+                                      stdout=log, stderr=subprocess.STDOUT, env=env)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(log_paths)) as pool:
+            runs = list(pool.map(timed, log_paths))
+        proc = next((r for r in runs if r.returncode != 0), runs[0])
     wall = time.monotonic() - started
-    text = open(log_path, errors="replace").read()
-    m = re.findall(r"^cpu ([\d.]+) ([\d.]+)$", text, re.M)
-    if m:
-        cpu = float(m[-1][0]) + float(m[-1][1])
-    execs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", text)
-    cov = re.findall(r"cov: (\d+) ft: (\d+) corp: (\d+)", text)
+    texts = [open(path, errors="replace").read() for path in log_paths]
+    execs = 0
+    cov = ft = corpus = 0
+    for text in texts:
+        m = re.findall(r"^cpu ([\d.]+) ([\d.]+)$", text, re.M)
+        if m and not args.cpu_seconds:
+            cpu += float(m[-1][0]) + float(m[-1][1])
+        e = re.findall(r"stat::number_of_executed_units:\s*(\d+)", text)
+        execs += int(e[-1]) if e else 0
+        c = re.findall(r"cov: (\d+) ft: (\d+) corp: (\d+)", text)
+        if c:  # processes share the corpus: the best one's figures, not a sum
+            cov, ft, corpus = max((cov, ft, corpus), tuple(int(x) for x in c[-1]))
     new = sorted(set(os.listdir(findings)) - before)
-    result = {"name": name, "rc": proc.returncode, "wall": wall, "cpu": cpu,
-              "execs": int(execs[-1]) if execs else 0,
-              "cov": int(cov[-1][0]) if cov else 0, "ft": int(cov[-1][1]) if cov else 0,
-              "corpus": int(cov[-1][2]) if cov else 0, "findings": new, "log": log_path}
+    result = {"name": name, "rc": proc.returncode, "wall": wall, "cpu": cpu, "execs": execs,
+              "cov": cov, "ft": ft, "corpus": corpus, "findings": new, "log": log_paths[0]}
     if proc.returncode != 0 and not new:
-        result["findings"] = [f"(exit {proc.returncode}, see {log_path})"]
+        result["findings"] = [f"(exit {proc.returncode}, see {' '.join(log_paths)})"]
     if args.merge and seeds and os.path.isdir(os.path.join(HERE, "corpus", name)):
         target_dir = os.path.join(HERE, "corpus", name)
         n0 = len(os.listdir(target_dir))
@@ -132,7 +160,8 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=15)
     p.add_argument("--cpu-seconds", type=int, default=0,
                    help="run each target until it used this much CPU (wall time unbounded)")
-    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="targets run at once")
+    p.add_argument("--procs", type=int, default=1, help="fuzzer processes per target")
     p.add_argument("--nice", type=int, default=0)
     p.add_argument("--merge", action="store_true")
     p.add_argument("--out", default=None)
