@@ -121,7 +121,9 @@ class CyrusNode:
     """One Cyrus master serving ``users`` from the island's ``store_dir``.
 
     The arguments are DovecotNode's (name, run_dir, store_dir, users, ports,
-    tls, require_tls, host) plus ``lmtp_auth`` (see the module docstring).
+    tls, require_tls, host) plus ``lmtp_auth`` (see the module docstring)
+    and ``altnamespace`` (False: Cyrus' layout before 3.0, altnamespace and
+    unixhierarchysep off, a user's folders under ``INBOX.``).
     ``require_tls`` sets ``allowplaintext: no`` (LOGINDISABLED until
     STARTTLS) and listens on 127.0.0.2 like a DovecotNode that requires TLS.
     """
@@ -133,7 +135,8 @@ class CyrusNode:
                  users: Mapping[str, str], ports: Mapping[str, int], *,
                  separate_index: bool = False, tls: Any = None,
                  require_tls: bool = False, host: Optional[str] = None,
-                 trusted_networks: Optional[str] = None, lmtp_auth: bool = False):
+                 trusted_networks: Optional[str] = None, lmtp_auth: bool = False,
+                 altnamespace: bool = True):
         allowed = set(PROTOCOLS) | set(TLS_PORTS)
         unknown = set(ports) - allowed
         if unknown or not ports:
@@ -149,6 +152,11 @@ class CyrusNode:
         self.tls = tls
         self.require_tls = require_tls
         self.lmtp_auth = lmtp_auth
+        # False: Cyrus' layout before 3.0 (and of many stores upgraded since):
+        # altnamespace and unixhierarchysep off, so a user's folders are
+        # INBOX.Sent, ... (NAMESPACE (("INBOX." ".")) ...).
+        self.altnamespace = altnamespace
+        self.separator = "/" if altnamespace else "."
         if host is not None:
             self.host = host
         elif require_tls:
@@ -222,8 +230,8 @@ idlesocket: {run}/socket/idle
 notifysocket: {run}/socket/notify
 servername: {self.servername}
 virtdomains: userid
-unixhierarchysep: yes
-altnamespace: yes
+unixhierarchysep: {'yes' if self.altnamespace else 'no'}
+altnamespace: {'yes' if self.altnamespace else 'no'}
 admins: {ADMIN_USER} {LMTP_USER}
 lmtp_admins: {LMTP_USER}
 proxyservers: {MASTER_USER}
@@ -321,9 +329,13 @@ DAEMON {{
             try:
                 m.login(ADMIN_USER, ADMIN_PASSWORD)
                 for user in self.users:
-                    typ, data = m.create(f"user/{user}")
+                    local, at, domain = user.partition("@")
+                    if self.separator == ".":  # a dot in a name is "^" with netnews separators
+                        local = local.replace(".", "^")
+                    box = f"user{self.separator}{local}{at}{domain}"
+                    typ, data = m.create(box)
                     if typ != "OK" and b"exists" not in data[0]:
-                        raise RuntimeError(f"CREATE user/{user}: {data!r}")
+                        raise RuntimeError(f"CREATE {box}: {data!r}")
             finally:
                 try:
                     m.logout()

@@ -92,7 +92,9 @@ NINA = "nina@example.org"
 # olga: copied to a node whose personal namespace has the prefix "INBOX."
 # (Cyrus' layout without altnamespace) and back.
 OLGA = "olga@example.org"
-NODE_USERS = {OLGA: PASSWORD, NINA: PASSWORD, MIA: PASSWORD, JUDY: PASSWORD, KATE: PASSWORD, LEO: PASSWORD, "ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
+# pia: copied to a real Cyrus node in its pre-3.0 layout (INBOX.Sent) and back.
+PIA = "pia@example.org"
+NODE_USERS = {OLGA: PASSWORD, PIA: PASSWORD, NINA: PASSWORD, MIA: PASSWORD, JUDY: PASSWORD, KATE: PASSWORD, LEO: PASSWORD, "ivan.legacy@example.org": PASSWORD, "zoe@other.test": PASSWORD,
               dd.LONG_USER: PASSWORD, FRANK: PASSWORD, GRACE_NODE: PASSWORD}
 # The large move (dave, b -> a by IMAP, back by dsync): its size in MB; 0 skips it.
 BENCH_MB = int(os.environ.get("ISTHMUS_MOVE_BENCH_MB", "1000"))
@@ -246,7 +248,10 @@ def where(user: str, socket_path=None) -> tuple:
 def master(node_name: str, login: str) -> imaplib.IMAP4:
     node = LAB.node(node_name)
     m = imaplib.IMAP4(node.host, node.port("imap"), timeout=60)
-    payload = f"\0{login}{MASTER_SEPARATOR}{MASTER_USER}\0{MASTER_PASSWORD}".encode()
+    if node.kind == "cyrus":  # proxyservers: SASL PLAIN with an authorization id
+        payload = f"{login}\0{MASTER_USER}\0{MASTER_PASSWORD}".encode()
+    else:
+        payload = f"\0{login}{MASTER_SEPARATOR}{MASTER_USER}\0{MASTER_PASSWORD}".encode()
     m.authenticate("PLAIN", lambda _: payload)
     return m
 
@@ -1651,6 +1656,70 @@ class Move(unittest.TestCase):
         copy_pass(name, "b-left")
         back = snapshot("b-left", user)
         self.assertEqual(back, original)
+
+    def test_12_a_real_cyrus_without_altnamespace(self):
+        """pia's mailbox copied by isthmus-copy from island a (Dovecot) to a
+        real Cyrus 3.6 node in the layout of Cyrus before 3.0 (altnamespace
+        and unixhierarchysep off: NAMESPACE (("INBOX." "."))), then from
+        there to island b, every node logged in to as the master user with
+        SASL PLAIN and an authorization id (Dovecot's master passdb takes
+        it as Cyrus' proxyservers do). On Cyrus "Sent" is "INBOX.Sent" and
+        INBOX's child is "INBOX.INBOX.Sub" (Cyrus lists no INBOX.INBOX
+        parent); on b every folder has its first name again, each with the
+        same messages, flags and dates, and the same subscriptions."""
+        from lab import cyrus
+        if not cyrus.available():
+            self.skipTest("Cyrus is not installed (deploy/install-deps.sh)")
+        self.assertEqual((cyrus.MASTER_USER, cyrus.MASTER_PASSWORD), (MASTER_USER, MASTER_PASSWORD))
+        user = PIA
+        seed(user, user, "a", small=40, big=0,
+             folders=("Archive", "Archive.2023", "Sent", "INBOX.Sub", "My Folder"))
+        name = "c-cyrus"
+        node = cyrus.CyrusNode(name, os.path.join(LAB.root, "nodes", name),
+                               os.path.join(LAB.root, "store-cyrus"), {user: PASSWORD},
+                               {"imap": procs.free_port()}, altnamespace=False)
+        self.addCleanup(node.stop)
+        node.start()
+        path = write_config("move-cyrus.json", SOCKET, {"type": "isthmus"},
+                            login={"master_user": MASTER_USER,
+                                   "master_password_file": os.path.join(LAB.root, "master.pw"),
+                                   "master_style": "sasl"})
+        LAB.nodes[name] = node  # after write_config, as in test_11
+        self.addCleanup(LAB.nodes.pop, name)
+        with open(path) as f:
+            config = json.load(f)
+        config["move"]["nodes"][name] = {"address": f"{node.host}:{node.port('imap')}"}
+        with open(path, "w") as f:
+            json.dump(config, f)
+        copy = os.environ.get("ISTHMUS_COPY_BIN") or os.path.join(os.path.dirname(binary()),
+                                                                   "isthmus-copy")
+
+        def copy_pass(source: str, destination: str):
+            r = subprocess.run([copy, "--config", path, "--user", user, "--from", source,
+                                "--to", destination], capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+        copy_pass("a-left", name)
+        original = snapshot("a-left", user)
+        on_cyrus = snapshot(name, user)
+
+        def under_inbox(folder: str) -> str:
+            return folder if folder == "INBOX" else "INBOX." + folder
+        folders = [f for f in original if not f.startswith("__")]
+        self.assertEqual(sorted(f for f in on_cyrus if not f.startswith("__")),
+                         sorted(under_inbox(f) for f in folders))
+        self.assertIn("INBOX.INBOX.Sub", on_cyrus)
+        for folder in folders:
+            self.assertEqual(on_cyrus[under_inbox(folder)], original[folder], folder)
+        self.assertEqual(on_cyrus["__subscribed__"],
+                         sorted(under_inbox(f) for f in original["__subscribed__"]))
+
+        copy_pass(name, "b-left")
+        back = snapshot("b-left", user)
+        self.assertEqual(back, original)
+        # A second pass each way finds nothing left to do and changes nothing.
+        copy_pass("a-left", name)
+        self.assertEqual(snapshot(name, user), on_cyrus)
 
 
 if __name__ == "__main__":
