@@ -72,6 +72,24 @@ asio::awaitable<void> fetch_listing_into(Session& session, const std::string& wh
                        listing_budget(session.exists_now()), &each);
 }
 
+// Messages delivered while the folder was being listed: EXISTS grew past
+// what a `1:*` (or a UID list) could return, and the new messages hold UIDs
+// above every one listed, so "UID FETCH <highest + 1>:*" brings them. A few
+// rounds (deliveries go on meanwhile, each round is short); a listing still
+// short after them is missing something else, and the caller's check fails
+// it. Without this, a large INBOX that receives mail every few seconds
+// never lists whole and is skipped by every pre-copy pass.
+asio::awaitable<void> fetch_arrivals(Session& session, const std::string& what,
+                                     std::map<std::uint32_t, Msg>& by_uid) {
+  for (int round = 0; round < 3 && !by_uid.empty() && by_uid.size() < session.exists_now(); ++round) {
+    const std::uint32_t highest = by_uid.rbegin()->first;
+    if (highest == 0xFFFFFFFFu) break;
+    const std::size_t before = by_uid.size();
+    co_await fetch_listing_into(session, what, fmt::format("{}:*", highest + 1), 0, by_uid);
+    if (by_uid.size() == before) break;  // nothing above the highest: not an arrival
+  }
+}
+
 // The messages UIDS of the selected folder (nullopt: all of them; then
 // there must be EXISTS of them, else exactly as many as asked for).
 asio::awaitable<std::map<std::uint32_t, Msg>> fetch_listing(
@@ -81,6 +99,7 @@ asio::awaitable<std::map<std::uint32_t, Msg>> fetch_listing(
   std::map<std::uint32_t, Msg> by_uid;
   if (!uids) {
     co_await fetch_listing_into(session, what, "1:*", 0, by_uid);
+    co_await fetch_arrivals(session, what, by_uid);
   } else {
     for (const auto& slice : slices(*uids))
       co_await fetch_listing_into(session, what, uid_set(slice), uids->size(), by_uid);
@@ -158,6 +177,7 @@ asio::awaitable<std::map<std::uint32_t, Msg>> listing_since(Session& session,
     if (auto f = flags_now.find(uid); f != flags_now.end()) m.flags = f->second;
     out[uid] = std::move(m);
   }
+  co_await fetch_arrivals(session, fmt::format("FETCH in {}", name), out);
   if (out.size() != session.exists_now())
     throw ListingChanged(fmt::format("node {}: {}: {} UIDs, but the folder holds {} (EXISTS): the "
                                      "listing is incomplete",

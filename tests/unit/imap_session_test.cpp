@@ -358,6 +358,72 @@ TEST_CASE("imap copy: a listing that does not add up is read again, then fails")
   CHECK(selects.load() == 5);
 }
 
+TEST_CASE("imap copy: mail delivered while a folder is listed joins the listing") {
+  // EXISTS says 2 at EXAMINE; a message arrives during "UID FETCH 1:*"
+  // (its EXISTS comes before the tagged OK) and then another during the
+  // fetch of the arrivals. The listing takes them in ("UID FETCH 3:*",
+  // "4:*") rather than reading the whole folder again, which a folder
+  // receiving mail every few seconds never got through. Second round: the
+  // same through the CONDSTORE listing (UIDs, CHANGEDSINCE).
+  auto line = [](int seq, int uid) {
+    return "* " + std::to_string(seq) + " FETCH (UID " + std::to_string(uid) +
+           " RFC822.SIZE 10 FLAGS (\\Seen) INTERNALDATE \"01-Jan-2020 10:00:00 +0000\" "
+           "BODY[HEADER.FIELDS (MESSAGE-ID)] {21}\r\nMessage-ID: <" +
+           std::to_string(uid) + "@b>\r\n\r\n)\r\n";
+  };
+  int exists = 2;
+  std::atomic<int> selects{0};
+  ScriptedNode node([&](const std::string& tag, const std::string& command) -> std::string {
+    const std::string ok = tag + " OK done\r\n";
+    if (command.starts_with("AUTHENTICATE PLAIN"))
+      return tag + " OK [CAPABILITY IMAP4rev1 LITERAL+ UIDPLUS CONDSTORE] in\r\n";
+    if (command.starts_with("EXAMINE")) {
+      ++selects;
+      return "* " + std::to_string(exists) + " EXISTS\r\n* OK [UIDVALIDITY 9] x\r\n"
+             "* OK [UIDNEXT " + std::to_string(exists + 1) + "] x\r\n"
+             "* OK [HIGHESTMODSEQ " + std::to_string(exists * 10) + "] x\r\n" + ok;
+    }
+    // A message arrives while the node answers: its EXISTS before the OK.
+    auto arrives = [&]() { return "* " + std::to_string(++exists) + " EXISTS\r\n"; };
+    if (command.starts_with("UID FETCH 1:* (UID)")) {
+      std::string out;
+      for (int uid = 1; uid <= exists; ++uid)
+        out += "* " + std::to_string(uid) + " FETCH (UID " + std::to_string(uid) + ")\r\n";
+      return out + arrives() + ok;
+    }
+    if (command.find("CHANGEDSINCE") != std::string::npos) return ok;
+    const bool full = command.starts_with("UID FETCH 1:* (UID RFC822.SIZE");
+    const auto colon = command.find(":*");
+    if (command.starts_with("UID FETCH ") && colon != std::string::npos) {
+      const int from = full ? 1 : std::stoi(command.substr(10, colon - 10));
+      std::string out;
+      for (int uid = from; uid <= exists; ++uid) out += line(uid, uid);
+      // The first full listing and the first arrivals fetch each see one more.
+      if (full || from == 3) out += arrives();
+      return out + ok;
+    }
+    return kDefault;
+  });
+  std::vector<Msg> first, second;
+  auto error = with_session(node, [&](Session& s) -> asio::awaitable<void> {
+    PassCache cache;
+    first = co_await list_folder(s, "INBOX", false, &cache);
+    second = co_await list_folder(s, "INBOX", false, &cache);
+  });
+  CAPTURE(error);
+  CHECK(error.empty());
+  REQUIRE(first.size() == 4);
+  for (std::size_t i = 0; i < first.size(); ++i) CHECK(first[i].uid == i + 1);
+  CHECK(first.back().message_id == "<4@b>");
+  CHECK(second.size() == 5);  // 4, and the one that came during its UIDs
+  CHECK(second.back().uid == 5);
+  CHECK(selects.load() == 2);  // never read again from the start
+  const auto commands = node.commands();
+  CHECK(sent(commands, "UID FETCH 3:* "));
+  CHECK(sent(commands, "UID FETCH 4:* "));
+  CHECK(sent(commands, "UID FETCH 5:* "));
+}
+
 TEST_CASE("imap session: a refused APPEND names the folder; a message's bytes must match") {
   ScriptedNode node([](const std::string& tag, const std::string& command) -> std::string {
     if (command.starts_with("APPEND")) return tag + " NO [OVERQUOTA] Quota exceeded\r\n";
