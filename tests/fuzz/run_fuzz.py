@@ -63,7 +63,6 @@ def run_for_cpu(cmd: list[str], args, env: dict, logs: list) -> tuple[float, int
                               preexec_fn=(lambda: os.nice(args.nice)) if args.nice else None)
              for log in logs]
     used = [0.0] * len(procs)
-    interrupted = False
     while all(p.poll() is None for p in procs):
         for i, p in enumerate(procs):
             try:
@@ -71,21 +70,24 @@ def run_for_cpu(cmd: list[str], args, env: dict, logs: list) -> tuple[float, int
             except (OSError, IndexError, ValueError):
                 pass
         if sum(used) >= args.cpu_seconds:
-            interrupted = True
             break
         time.sleep(1.0)
     # Done, or one process stopped (a finding): interrupt the others.
-    for p in procs:
+    stopped = set()
+    for i, p in enumerate(procs):
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
+            stopped.add(i)
     for p in procs:
         try:
             p.wait(timeout=60)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-    # Interrupted by us: 72 is the expected exit; anything else is a finding.
-    codes = [p.returncode for p in procs if p.returncode != 0 and not (interrupted and p.returncode == 72)]
+    # 72 from a process we interrupted is expected; anything else (the
+    # process that stopped by itself) is a finding.
+    codes = [p.returncode for i, p in enumerate(procs)
+             if p.returncode != 0 and not (i in stopped and p.returncode == 72)]
     return sum(used), codes[0] if codes else 0
 
 

@@ -1619,14 +1619,24 @@ class Move(unittest.TestCase):
             "namespace inbox {\n  inbox = yes\n  prefix = INBOX.\n  separator = .\n}\n"))
         self.addCleanup(node.stop)
         node.start()
-        path = write_config("move-prefixed.json", SOCKET, {"type": "isthmus"})
+        self.round_trip_through_prefix(user, node, "move-prefixed.json")
+
+    def round_trip_through_prefix(self, user: str, node, config_name: str, **move):
+        """USER's mailbox copied by isthmus-copy from a-left to NODE (personal
+        prefix "INBOX.", separator "."), then from NODE to b-left, with a
+        config (CONFIG_NAME, MOVE overriding its "move" keys) that knows
+        NODE: on NODE every folder is under INBOX., INBOX's child "INBOX.Sub"
+        is "INBOX.INBOX.Sub", each with the same messages, flags and dates,
+        and the same subscriptions; on b everything is as on a. Returns the
+        copy pass (source, destination) and NODE's snapshot."""
+        path = write_config(config_name, SOCKET, {"type": "isthmus"}, **move)
         # In the lab's nodes (snapshot() finds it there) only after: write_config
         # gives every lab node ManageSieve and doveadm, which this one lacks.
-        LAB.nodes[name] = node
-        self.addCleanup(LAB.nodes.pop, name)
+        LAB.nodes[node.name] = node
+        self.addCleanup(LAB.nodes.pop, node.name)
         with open(path) as f:
             config = json.load(f)
-        config["move"]["nodes"][name] = {"address": f"{node.host}:{node.port('imap')}"}
+        config["move"]["nodes"][node.name] = {"address": f"{node.host}:{node.port('imap')}"}
         with open(path, "w") as f:
             json.dump(config, f)
         copy = os.environ.get("ISTHMUS_COPY_BIN") or os.path.join(os.path.dirname(binary()),
@@ -1637,9 +1647,9 @@ class Move(unittest.TestCase):
                                 "--to", destination], capture_output=True, text=True, timeout=120)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
-        copy_pass("a-left", name)
+        copy_pass("a-left", node.name)
         original = snapshot("a-left", user)
-        prefixed = snapshot(name, user)
+        prefixed = snapshot(node.name, user)
 
         def under_inbox(folder: str) -> str:
             return folder if folder == "INBOX" else "INBOX." + folder
@@ -1653,9 +1663,10 @@ class Move(unittest.TestCase):
         self.assertEqual(prefixed["__subscribed__"],
                          sorted(under_inbox(f) for f in original["__subscribed__"]))
 
-        copy_pass(name, "b-left")
+        copy_pass(node.name, "b-left")
         back = snapshot("b-left", user)
         self.assertEqual(back, original)
+        return copy_pass, prefixed
 
     def test_12_a_real_cyrus_without_altnamespace(self):
         """pia's mailbox copied by isthmus-copy from island a (Dovecot) to a
@@ -1680,46 +1691,14 @@ class Move(unittest.TestCase):
                                {"imap": procs.free_port()}, altnamespace=False)
         self.addCleanup(node.stop)
         node.start()
-        path = write_config("move-cyrus.json", SOCKET, {"type": "isthmus"},
-                            login={"master_user": MASTER_USER,
-                                   "master_password_file": os.path.join(LAB.root, "master.pw"),
-                                   "master_style": "sasl"})
-        LAB.nodes[name] = node  # after write_config, as in test_11
-        self.addCleanup(LAB.nodes.pop, name)
-        with open(path) as f:
-            config = json.load(f)
-        config["move"]["nodes"][name] = {"address": f"{node.host}:{node.port('imap')}"}
-        with open(path, "w") as f:
-            json.dump(config, f)
-        copy = os.environ.get("ISTHMUS_COPY_BIN") or os.path.join(os.path.dirname(binary()),
-                                                                   "isthmus-copy")
-
-        def copy_pass(source: str, destination: str):
-            r = subprocess.run([copy, "--config", path, "--user", user, "--from", source,
-                                "--to", destination], capture_output=True, text=True, timeout=120)
-            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-
-        copy_pass("a-left", name)
-        original = snapshot("a-left", user)
-        on_cyrus = snapshot(name, user)
-
-        def under_inbox(folder: str) -> str:
-            return folder if folder == "INBOX" else "INBOX." + folder
-        folders = [f for f in original if not f.startswith("__")]
-        self.assertEqual(sorted(f for f in on_cyrus if not f.startswith("__")),
-                         sorted(under_inbox(f) for f in folders))
-        self.assertIn("INBOX.INBOX.Sub", on_cyrus)
-        for folder in folders:
-            self.assertEqual(on_cyrus[under_inbox(folder)], original[folder], folder)
-        self.assertEqual(on_cyrus["__subscribed__"],
-                         sorted(under_inbox(f) for f in original["__subscribed__"]))
-
-        copy_pass(name, "b-left")
-        back = snapshot("b-left", user)
-        self.assertEqual(back, original)
-        # A second pass each way finds nothing left to do and changes nothing.
-        copy_pass("a-left", name)
-        self.assertEqual(snapshot(name, user), on_cyrus)
+        copy_pass, on_cyrus = self.round_trip_through_prefix(
+            user, node, "move-cyrus.json",
+            login={"master_user": MASTER_USER,
+                   "master_password_file": os.path.join(LAB.root, "master.pw"),
+                   "master_style": "sasl"})
+        # Copied again from a: nothing left to do, nothing changes on Cyrus.
+        copy_pass("a-left", node.name)
+        self.assertEqual(snapshot(node.name, user), on_cyrus)
 
 
 if __name__ == "__main__":
